@@ -1,0 +1,298 @@
+//! The health state machine of one origin under one monitor: plain code over probe outcomes,
+//! with the time passed in, so that retries, consecutive up/down and the RTT average are
+//! unit-tested without sockets. The monitor's I/O shell feeds it attempts; the proxy feeds it
+//! failed connects (passive health).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How a monitor turns attempts into up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Attempts retried at once after a failure before the round counts as failed.
+    pub retries: u32,
+    /// Successful rounds in a row that bring a down origin up (at least 1).
+    pub consecutive_up: u32,
+    /// Failed rounds in a row that take an up origin down (at least 1).
+    pub consecutive_down: u32,
+}
+
+impl HealthPolicy {
+    pub fn new(retries: u32, consecutive_up: u32, consecutive_down: u32) -> Self {
+        HealthPolicy {
+            retries,
+            consecutive_up: consecutive_up.max(1),
+            consecutive_down: consecutive_down.max(1),
+        }
+    }
+}
+
+/// What one origin looks like to this node: the row the node reports (and the mesh gossips).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginHealth {
+    pub healthy: bool,
+    /// Whether any round has finished; an origin is presumed up until its first round.
+    pub checked: bool,
+    /// Moving average of successful probes' round-trip times.
+    pub rtt: Option<Duration>,
+    pub last_change: Instant,
+    /// Why it is down (`connect refused`, `timeout`, `status 503`, ...); None while up.
+    pub reason: Option<String>,
+}
+
+impl OriginHealth {
+    /// An origin nobody has probed yet: presumed up, so a node serves from its first second.
+    pub fn unchecked(now: Instant) -> Self {
+        OriginHealth {
+            healthy: true,
+            checked: false,
+            rtt: None,
+            last_change: now,
+            reason: None,
+        }
+    }
+}
+
+/// What a single probe attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Ok(Duration),
+    Failed(String),
+}
+
+/// What the caller does after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Try again at once: the round is not over.
+    Retry,
+    /// The round is over; `changed` says whether the origin flipped up or down.
+    Done { changed: bool },
+}
+
+/// Weight of a new sample in the RTT average: reacts within a few probes, ignores one outlier.
+const EWMA_ALPHA: f64 = 0.3;
+
+/// The state machine of one origin.
+#[derive(Debug, Clone)]
+pub struct HealthState {
+    row: OriginHealth,
+    failed_attempts: u32,
+    ok_rounds: u32,
+    failed_rounds: u32,
+}
+
+impl HealthState {
+    pub fn new(now: Instant) -> Self {
+        HealthState {
+            row: OriginHealth::unchecked(now),
+            failed_attempts: 0,
+            ok_rounds: 0,
+            failed_rounds: 0,
+        }
+    }
+
+    pub fn row(&self) -> &OriginHealth {
+        &self.row
+    }
+
+    /// Feeds one attempt of the current round.
+    pub fn on_attempt(&mut self, policy: &HealthPolicy, attempt: Attempt, now: Instant) -> Next {
+        match attempt {
+            Attempt::Ok(rtt) => {
+                self.failed_attempts = 0;
+                self.row.rtt = Some(match self.row.rtt {
+                    None => rtt,
+                    Some(avg) => avg.mul_f64(1.0 - EWMA_ALPHA) + rtt.mul_f64(EWMA_ALPHA),
+                });
+                let changed = self.round_ok(policy, now);
+                Next::Done { changed }
+            }
+            Attempt::Failed(reason) => {
+                self.failed_attempts += 1;
+                if self.failed_attempts <= policy.retries {
+                    return Next::Retry;
+                }
+                self.failed_attempts = 0;
+                let changed = self.round_failed(policy, reason, now);
+                Next::Done { changed }
+            }
+        }
+    }
+
+    /// A connect that failed while proxying: counts as a failed round at once, so a dead
+    /// origin stops receiving traffic before its monitor's next probe.
+    pub fn on_passive_failure(
+        &mut self,
+        policy: &HealthPolicy,
+        reason: String,
+        now: Instant,
+    ) -> bool {
+        self.round_failed(policy, reason, now)
+    }
+
+    fn round_ok(&mut self, policy: &HealthPolicy, now: Instant) -> bool {
+        self.failed_rounds = 0;
+        self.ok_rounds = self.ok_rounds.saturating_add(1);
+        let first = !self.row.checked;
+        self.row.checked = true;
+        if self.row.healthy {
+            if first {
+                self.row.last_change = now;
+            }
+            return false;
+        }
+        if self.ok_rounds >= policy.consecutive_up {
+            self.row.healthy = true;
+            self.row.reason = None;
+            self.row.last_change = now;
+            return true;
+        }
+        false
+    }
+
+    fn round_failed(&mut self, policy: &HealthPolicy, reason: String, now: Instant) -> bool {
+        self.ok_rounds = 0;
+        self.failed_rounds = self.failed_rounds.saturating_add(1);
+        let first = !self.row.checked;
+        self.row.checked = true;
+        if !self.row.healthy {
+            // Keep the latest reason: the origin may now fail differently.
+            self.row.reason = Some(reason);
+            return false;
+        }
+        // With no history, one failed round is enough: presuming up was only a default.
+        if first || self.failed_rounds >= policy.consecutive_down {
+            self.row.healthy = false;
+            self.row.reason = Some(reason);
+            self.row.last_change = now;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    fn fail(s: &str) -> Attempt {
+        Attempt::Failed(s.into())
+    }
+
+    #[test]
+    fn starts_up_and_unchecked() {
+        let t0 = Instant::now();
+        let s = HealthState::new(t0);
+        assert!(s.row().healthy && !s.row().checked);
+    }
+
+    #[test]
+    fn retries_happen_within_a_round() {
+        let p = HealthPolicy::new(2, 1, 1);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        assert_eq!(s.on_attempt(&p, fail("timeout"), t0), Next::Retry);
+        assert_eq!(s.on_attempt(&p, fail("timeout"), t0), Next::Retry);
+        assert_eq!(
+            s.on_attempt(&p, fail("connect refused"), t0),
+            Next::Done { changed: true }
+        );
+        assert!(!s.row().healthy);
+        assert_eq!(s.row().reason.as_deref(), Some("connect refused"));
+    }
+
+    #[test]
+    fn a_success_during_retries_ends_the_round_up() {
+        let p = HealthPolicy::new(2, 1, 1);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        assert_eq!(s.on_attempt(&p, fail("timeout"), t0), Next::Retry);
+        assert_eq!(
+            s.on_attempt(&p, Attempt::Ok(ms(3)), t0),
+            Next::Done { changed: false }
+        );
+        assert!(s.row().healthy && s.row().checked);
+    }
+
+    #[test]
+    fn consecutive_down_and_up_are_counted_in_rounds() {
+        let p = HealthPolicy::new(0, 2, 3);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        s.on_attempt(&p, Attempt::Ok(ms(1)), t0);
+        let t1 = t0 + ms(1000);
+        assert_eq!(
+            s.on_attempt(&p, fail("timeout"), t1),
+            Next::Done { changed: false }
+        );
+        assert_eq!(
+            s.on_attempt(&p, fail("timeout"), t1),
+            Next::Done { changed: false }
+        );
+        // A success resets the failure streak.
+        s.on_attempt(&p, Attempt::Ok(ms(1)), t1);
+        for _ in 0..2 {
+            assert_eq!(
+                s.on_attempt(&p, fail("status 503"), t1),
+                Next::Done { changed: false }
+            );
+        }
+        assert_eq!(
+            s.on_attempt(&p, fail("status 503"), t1),
+            Next::Done { changed: true }
+        );
+        assert!(!s.row().healthy);
+        assert_eq!(s.row().last_change, t1);
+        let t2 = t1 + ms(5000);
+        assert_eq!(
+            s.on_attempt(&p, Attempt::Ok(ms(1)), t2),
+            Next::Done { changed: false }
+        );
+        assert_eq!(
+            s.on_attempt(&p, Attempt::Ok(ms(1)), t2),
+            Next::Done { changed: true }
+        );
+        assert!(s.row().healthy && s.row().reason.is_none());
+        assert_eq!(s.row().last_change, t2);
+    }
+
+    #[test]
+    fn first_failed_round_marks_an_unchecked_origin_down() {
+        let p = HealthPolicy::new(0, 1, 3);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        assert_eq!(
+            s.on_attempt(&p, fail("connect refused"), t0),
+            Next::Done { changed: true }
+        );
+    }
+
+    #[test]
+    fn passive_failure_counts_as_a_round() {
+        let p = HealthPolicy::new(2, 1, 1);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        s.on_attempt(&p, Attempt::Ok(ms(1)), t0);
+        assert!(s.on_passive_failure(&p, "connect refused".into(), t0));
+        assert!(!s.row().healthy);
+    }
+
+    #[test]
+    fn rtt_is_a_moving_average() {
+        let p = HealthPolicy::new(0, 1, 1);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        s.on_attempt(&p, Attempt::Ok(ms(10)), t0);
+        assert_eq!(s.row().rtt, Some(ms(10)));
+        s.on_attempt(&p, Attempt::Ok(ms(20)), t0);
+        let rtt = s.row().rtt.unwrap().as_secs_f64() * 1000.0;
+        assert!((rtt - 13.0).abs() < 0.01, "{rtt}");
+        // Failures do not pull the average.
+        s.on_attempt(&p, fail("timeout"), t0);
+        assert!((s.row().rtt.unwrap().as_secs_f64() * 1000.0 - 13.0).abs() < 0.01);
+    }
+}
