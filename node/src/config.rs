@@ -977,7 +977,7 @@ fn locate(text: &str, path: &[Seg]) -> Option<usize> {
             }
             (Seg::Index(i), _, Some(a)) => {
                 let a: &toml::de::DeArray = a;
-                a.iter().nth(*i)
+                a.get(*i)
             }
             _ => None,
         };

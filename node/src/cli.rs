@@ -1,0 +1,171 @@
+//! The command line: `run`, `check` and `status`. Parsing and printing only; the work is in
+//! `App` and `status`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, StartOptions};
+use crate::config::Config;
+use crate::error::Error;
+use crate::status;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Multi-region TCP load balancer: an edge node of the Switchyard mesh"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a node: proxies its apps, probes origins, serves status. SIGHUP reloads the
+    /// config; SIGTERM drains and stops.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validates a config file and exits non-zero with the location of the first error.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Shows a node's status: apps, load balancers, pools and origin health.
+    Status {
+        /// The node's status_listen address.
+        #[arg(long, default_value = "127.0.0.1:9900", env = "SWITCHYARD_STATUS")]
+        addr: SocketAddr,
+        /// Print the raw JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Check { config } => match Config::load(config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (node {} in {}; {} monitors, {} pools, {} load balancers, {} apps)",
+                    config.display(),
+                    cfg.node.id,
+                    cfg.node.region,
+                    cfg.monitors.len(),
+                    cfg.pools.len(),
+                    cfg.load_balancers.len(),
+                    cfg.apps.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.into()),
+        },
+        Command::Status { addr, json } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail_msg(&format!("cannot start the runtime: {e}")),
+            };
+            let result = rt.block_on(async {
+                if *json {
+                    let (code, body) = status::http_get(*addr, "/v1/status").await?;
+                    if code != 200 {
+                        return Err(Error::Status {
+                            addr: *addr,
+                            message: format!("/v1/status answered {code}"),
+                        });
+                    }
+                    Ok(body)
+                } else {
+                    Ok(status::render(&status::fetch(*addr).await?))
+                }
+            });
+            match result {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Run { config } => {
+            init_tracing();
+            let cfg = match Config::load(config) {
+                Ok(c) => c,
+                Err(e) => return fail(e.into()),
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail_msg(&format!("cannot start the runtime: {e}")),
+            };
+            match rt.block_on(run(cfg, config.clone())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let drain = cfg.node.drain_timeout;
+    let app = App::start(
+        cfg,
+        StartOptions {
+            config_path: Some(path),
+        },
+    )
+    .await?;
+    let sig =
+        |k| signal(k).map_err(|e| Error::Reload(format!("cannot install a signal handler: {e}")));
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                // Errors are logged by reload; the old config keeps running.
+                let _ = app.reload_from_file().await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!(
+        "signal received; draining for up to {}",
+        humantime::format_duration(drain)
+    );
+    app.shutdown(drain).await;
+    Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn fail(e: Error) -> ExitCode {
+    fail_msg(&e.to_string())
+}
+
+fn fail_msg(msg: &str) -> ExitCode {
+    eprintln!("switchyard: {msg}");
+    ExitCode::FAILURE
+}

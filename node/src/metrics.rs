@@ -1,0 +1,161 @@
+//! The node's one metrics registry (Prometheus text on `/metrics`). Built once by the app and
+//! passed down; counters that status also shows (per-app connections and bytes) are the same
+//! atomics, so the two never disagree.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Client to origin.
+    In,
+    /// Origin to client.
+    Out,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub app: String,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub app: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    pub pool: String,
+    pub origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub pool: String,
+    pub origin: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub load_balancer: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<AppLabels, Counter>,
+    pub active: Family<AppLabels, Gauge>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub connect_failures: Family<OriginLabels, Counter>,
+    pub origin_healthy: Family<OriginLabels, Gauge>,
+    pub origin_rtt: Family<OriginLabels, Gauge<f64, AtomicU64>>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub health_changes: Family<OriginLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard");
+        let m = Metrics {
+            connections: Family::default(),
+            active: Family::default(),
+            bytes: Family::default(),
+            rejected: Family::default(),
+            connect_failures: Family::default(),
+            origin_healthy: Family::default(),
+            origin_rtt: Family::default(),
+            probes: Family::default(),
+            health_changes: Family::default(),
+            decisions: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes proxied (in: client to origin)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Client connections refused (ip_rules, max_connections, no_origin)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "origin_connect_failures",
+            "Failed connects to an origin while proxying",
+            m.connect_failures.clone(),
+        );
+        registry.register(
+            "origin_healthy",
+            "1 if the origin is up in this node's view",
+            m.origin_healthy.clone(),
+        );
+        registry.register(
+            "origin_rtt_seconds",
+            "Moving average of probe round-trip time",
+            m.origin_rtt.clone(),
+        );
+        registry.register("probes", "Probe rounds by result", m.probes.clone());
+        registry.register(
+            "origin_health_changes",
+            "Up/down flips seen by this node",
+            m.health_changes.clone(),
+        );
+        registry.register(
+            "steering_decisions",
+            "Connections steered, by chosen pool",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

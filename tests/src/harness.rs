@@ -1,0 +1,74 @@
+//! Helpers the integration tests share: start a node from TOML text on port 0, start test
+//! origins, and wait for a condition with a deadline (never a fixed sleep).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use switchyard_node::{App, Config, StartOptions};
+
+use crate::origin::{first_line, OriginConfig, TestOrigin};
+
+/// Polls `cond` every 20 ms until it holds; fails naming `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{what}: not true within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a test origin on 127.0.0.1, port 0.
+pub async fn origin(name: &str) -> TestOrigin {
+    origin_with(name, false).await
+}
+
+/// Starts a test origin that expects a PROXY header.
+pub async fn origin_with(name: &str, accept_proxy: bool) -> TestOrigin {
+    TestOrigin::start(OriginConfig {
+        name: name.into(),
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        http: Some("127.0.0.1:0".parse().expect("literal address")),
+        accept_proxy,
+    })
+    .await
+    .expect("test origin starts")
+}
+
+/// Starts a node from TOML text; `[node]` is prepended with a status endpoint on port 0.
+pub async fn node(body: &str) -> App {
+    let text = format!(
+        "[node]\nid = \"test-1\"\nregion = \"WEU\"\nstatus_listen = \"127.0.0.1:0\"\ndrain_timeout = \"2s\"\n\n{body}"
+    );
+    let cfg = Config::parse(&text, None).expect("test config is valid");
+    App::start(cfg, StartOptions::default())
+        .await
+        .expect("node starts")
+}
+
+/// The first address of an app.
+pub async fn app_addr(app: &App, name: &str) -> SocketAddr {
+    app.app_addrs(name).await[0]
+}
+
+/// Connects through the node and returns the origin's name line, or an error string.
+pub async fn name_via(addr: SocketAddr) -> String {
+    name_from(addr, None).await
+}
+
+/// Like `name_via`, from a chosen local source address.
+pub async fn name_from(addr: SocketAddr, from: Option<IpAddr>) -> String {
+    match first_line(addr, from, Duration::from_secs(3)).await {
+        Ok(line) => line,
+        Err(e) => format!("error: {e}"),
+    }
+}
