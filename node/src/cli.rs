@@ -121,6 +121,13 @@ pub fn main() -> ExitCode {
 async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let drain = cfg.node.drain_timeout;
+    // Handlers first: a SIGHUP or SIGTERM that arrives while the node starts must not take
+    // the default action (killing it).
+    let sig =
+        |k| signal(k).map_err(|e| Error::Reload(format!("cannot install a signal handler: {e}")));
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
     let app = App::start(
         cfg,
         StartOptions {
@@ -128,11 +135,6 @@ async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
         },
     )
     .await?;
-    let sig =
-        |k| signal(k).map_err(|e| Error::Reload(format!("cannot install a signal handler: {e}")));
-    let mut hup = sig(SignalKind::hangup())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -144,10 +146,20 @@ async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
         }
     }
     tracing::info!(
-        "signal received; draining for up to {}",
+        "signal received; draining for up to {} (send it again to stop at once)",
         humantime::format_duration(drain)
     );
-    app.shutdown(drain).await;
+    tokio::select! {
+        _ = app.shutdown(drain) => {}
+        _ = term.recv() => {
+            tracing::warn!("second signal; closing open connections now");
+            app.shutdown(std::time::Duration::ZERO).await;
+        }
+        _ = int.recv() => {
+            tracing::warn!("second signal; closing open connections now");
+            app.shutdown(std::time::Duration::ZERO).await;
+        }
+    }
     Ok(())
 }
 
