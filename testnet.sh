@@ -1,0 +1,738 @@
+#!/usr/bin/env bash
+# testnet.sh: a Switchyard test network on loopback. Three nodes, one per region (WNAM, WEU,
+# SEAS), in front of six test origins, two per region. Every process runs in the background
+# with its pid file and log under .testnet/. Run `./testnet.sh help` for the commands.
+#
+# Needs bash 4+ and coreutils. Uses curl, setsid and flock when present; works without them.
+set -euo pipefail
+
+if ((BASH_VERSINFO[0] < 4)); then
+    echo "testnet.sh: needs bash 4 or later (this is $BASH_VERSION)" >&2
+    exit 1
+fi
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+STATE=.testnet
+
+# Seconds to wait for processes to come up, and to exit after SIGTERM before SIGKILL.
+READY_TIMEOUT=${TESTNET_READY_TIMEOUT:-30}
+STOP_TIMEOUT=${TESTNET_STOP_TIMEOUT:-15}
+# How long a node drains open connections on SIGTERM; below STOP_TIMEOUT.
+DRAIN_TIMEOUT=5s
+
+# ---- Topology --------------------------------------------------------------------------------
+
+NODE_IDS=(edge-wnam edge-weu edge-seas)
+declare -A NODE_REGION=([edge-wnam]=WNAM [edge-weu]=WEU [edge-seas]=SEAS)
+declare -A NODE_STATUS=([edge-wnam]=127.0.0.1:9901 [edge-weu]=127.0.0.1:9902 [edge-seas]=127.0.0.1:9903)
+
+# Apps every node runs, and where: APP_ADDR[node/app].
+APP_NAMES=(failover)
+declare -A APP_ADDR=(
+    [edge-wnam/failover]=127.0.0.1:10001
+    [edge-weu/failover]=127.0.0.1:10002
+    [edge-seas/failover]=127.0.0.1:10003
+)
+
+POOLS=(wnam weu seas)
+declare -A POOL_REGION=([wnam]=WNAM [weu]=WEU [seas]=SEAS)
+
+# Each origin has its own loopback IP, so one monitor port override (HEALTH_PORT) fits all.
+ORIGIN_NAMES=(wnam-1 wnam-2 weu-1 weu-2 seas-1 seas-2)
+declare -A ORIGIN_POOL=([wnam-1]=wnam [wnam-2]=wnam [weu-1]=weu [weu-2]=weu [seas-1]=seas [seas-2]=seas)
+declare -A ORIGIN_IP=(
+    [wnam-1]=127.0.11.1 [wnam-2]=127.0.11.2
+    [weu-1]=127.0.12.1 [weu-2]=127.0.12.2
+    [seas-1]=127.0.13.1 [seas-2]=127.0.13.2
+)
+ORIGIN_PORT=7000
+HEALTH_PORT=7080
+
+# A loopback source address per region, for clients (a GeoIP database maps them to regions).
+REGIONS=(WNAM WEU SEAS)
+declare -A CLIENT_IP=([WNAM]=127.0.1.1 [WEU]=127.0.2.1 [SEAS]=127.0.3.1)
+
+# ---- Helpers ---------------------------------------------------------------------------------
+# Deadlines are SECONDS + N + 1: SECONDS counts whole seconds, so this waits at least N.
+
+say() { printf '%s\n' "$*"; }
+warn() { printf 'testnet.sh: %s\n' "$*" >&2; }
+die() {
+    warn "$*"
+    exit 1
+}
+
+usage() {
+    cat <<'EOF'
+usage: ./testnet.sh COMMAND
+
+  up                         build, start 6 origins and 3 nodes on loopback, wait until ready
+  down                       stop everything testnet.sh started (logs stay in .testnet/)
+  status                     each node's `switchyard status`, and which origins run
+                             (exit 3 when something is not running)
+  origin down|up NAME        stop / start one origin (wnam-1 wnam-2 weu-1 weu-2 seas-1 seas-2)
+  node down|up ID            stop (SIGTERM, graceful drain) / start one node
+                             (edge-wnam edge-weu edge-seas)
+  client [--from REGION] [--app NAME] [--node ID] [--timeout DUR]
+                             connect through a node's app (default: edge-wnam, failover) from
+                             the region's client address (default: the node's region) and
+                             print the origin's name
+  help                       this text
+
+Environment: TESTNET_READY_TIMEOUT (s, default 30), TESTNET_STOP_TIMEOUT (s, default 15),
+TESTNET_SKIP_BUILD=1 (up: use the binaries already built), RUST_LOG (default info).
+EOF
+}
+
+bad_usage() {
+    [[ $# -gt 0 ]] && warn "$*"
+    usage >&2
+    exit 2
+}
+
+contains() { # contains WORD LIST...: whether WORD is one of LIST
+    local word=$1 w
+    shift
+    for w; do [[ $w == "$word" ]] && return 0; done
+    return 1
+}
+
+is_node() { contains "$1" "${NODE_IDS[@]}"; }
+is_origin() { contains "$1" "${ORIGIN_NAMES[@]}"; }
+
+pidfile() { printf '%s/%s.pid\n' "$STATE" "$1"; }
+logfile() { printf '%s/%s.log\n' "$STATE" "$1"; }
+config_of() { printf '%s/%s.toml\n' "$STATE" "$1"; }
+
+# Where cargo puts release binaries: recorded by `up`, else CARGO_TARGET_DIR or target/.
+bin_dir() {
+    if [[ -s $STATE/bin-dir ]]; then
+        cat "$STATE/bin-dir"
+    else
+        printf '%s/release\n' "${CARGO_TARGET_DIR:-target}"
+    fi
+}
+
+# Shortens $ROOT/x to x for messages.
+rel() {
+    local p=$1
+    [[ $p == "$ROOT"/* ]] && p=${p#"$ROOT"/}
+    printf '%s\n' "$p"
+}
+
+need_bins() {
+    local bin
+    BIN=$(bin_dir)
+    for bin in switchyard test-origin sy-client; do
+        [[ -x $BIN/$bin ]] || die "$BIN/$bin is missing; run ./testnet.sh up (it builds them)"
+    done
+}
+
+# One lock for commands that start or stop processes, so two never race into duplicates.
+# Held on fd 9, which started processes must not inherit (see launch).
+lock() {
+    mkdir -p "$STATE"
+    command -v flock >/dev/null 2>&1 || return 0
+    exec 9>"$STATE/lock"
+    flock -w 120 9 || die "another testnet.sh has held $STATE/lock for 2 minutes; giving up"
+}
+
+# Whether a process exists and is not a zombie (orphans may wait unreaped).
+is_alive() {
+    local pid=$1 stat
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r /proc/$pid/stat ]]; then
+        { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || return 1
+        stat=${stat##*) }
+        [[ ${stat%% *} != Z ]] || return 1
+    fi
+    return 0
+}
+
+# What the command line of NAME's process contains, so a reused pid is never taken for it.
+marker() {
+    if is_node "$1"; then
+        printf ' run --config %s\n' "$(config_of "$1")"
+    else
+        printf ' --name %s --listen \n' "$1"
+    fi
+}
+
+# Prints the pid of NAME's process if it runs; fails otherwise.
+running_pid() {
+    local name=$1 file pid cmd
+    file=$(pidfile "$name")
+    [[ -f $file ]] || return 1
+    { pid=$(<"$file"); } 2>/dev/null || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    is_alive "$pid" || return 1
+    if [[ -r /proc/$pid/cmdline ]]; then
+        { cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline"); } 2>/dev/null || return 1
+        [[ $cmd == *"$(marker "$name")"* ]] || return 1
+    fi
+    printf '%s\n' "$pid"
+}
+
+# Prints the HTTP status code of GET http://ADDR/PATH, or 000 when nothing answers.
+HAVE_CURL=$(command -v curl >/dev/null 2>&1 && echo 1 || echo 0)
+HAVE_DEVTCP=
+devtcp_works() {
+    if [[ -z $HAVE_DEVTCP ]]; then
+        # Without network redirections bash opens a file named /dev/tcp/..., which is missing.
+        if [[ $(LC_ALL=C timeout 2 bash -c ': </dev/tcp/127.0.0.1/1' 2>&1) == *"No such file"* ]]; then
+            HAVE_DEVTCP=0
+        else
+            HAVE_DEVTCP=1
+        fi
+    fi
+    [[ $HAVE_DEVTCP == 1 ]]
+}
+
+http_code() {
+    local addr=$1 path=$2
+    if [[ $HAVE_CURL == 1 ]]; then
+        curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$addr$path" || true
+    elif devtcp_works; then
+        # shellcheck disable=SC2016 # expanded by the inner bash
+        timeout 3 bash -c '
+            exec 3<>"/dev/tcp/$1/$2" || exit 1
+            printf "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n" "$3" "$1" "$2" >&3
+            read -r _ code _ <&3 || exit 1
+            printf "%s\n" "$code"
+        ' _ "${addr%:*}" "${addr##*:}" "$path" 2>/dev/null || echo 000
+    else
+        echo 000
+    fi
+}
+
+# Whether a node's GET /ready answers 200.
+node_ready() {
+    local addr=${NODE_STATUS[$1]}
+    if [[ $HAVE_CURL == 1 ]] || devtcp_works; then
+        [[ $(http_code "$addr" /ready) == 200 ]]
+    else
+        "$BIN/switchyard" status --addr "$addr" >/dev/null 2>&1
+    fi
+}
+
+# Whether something accepts connections on ADDR (unknown without /dev/tcp: says no).
+port_taken() {
+    devtcp_works || return 1
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${1%:*}" "${1##*:}" 2>/dev/null
+}
+
+# The addresses a component binds.
+addrs_of() {
+    local name=$1 app
+    if is_node "$name"; then
+        printf '%s\n' "${NODE_STATUS[$name]}"
+        for app in "${APP_NAMES[@]}"; do printf '%s\n' "${APP_ADDR[$name/$app]}"; done
+    else
+        printf '%s\n' "${ORIGIN_IP[$name]}:$ORIGIN_PORT" "${ORIGIN_IP[$name]}:$HEALTH_PORT"
+    fi
+}
+
+check_free() {
+    local name addr
+    for name; do
+        while read -r addr; do
+            if port_taken "$addr"; then
+                die "$addr (for $name) is already in use; is another testnet running?" \
+                    "(./testnet.sh down there, or find it with: ss -ltnp)"
+            fi
+        done < <(addrs_of "$name")
+    done
+}
+
+# launch NAME CMD...: starts CMD in the background, logging to NAME's log, pid to its pid file.
+# Its own session (setsid) keeps it out of the terminal's Ctrl-C; fd 9 (the lock) is not passed.
+# NO_COLOR keeps escape codes out of the logs.
+launch() {
+    local name=$1 log
+    shift
+    log=$(logfile "$name")
+    printf -- '--- testnet.sh: starting %s at %s\n' "$name" "$(date '+%F %T')" >>"$log"
+    if command -v setsid >/dev/null 2>&1; then
+        NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
+    else
+        NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$@" </dev/null >>"$log" 2>&1 9>&- &
+    fi
+    printf '%s\n' "$!" >"$(pidfile "$name")"
+}
+
+start_origin() {
+    local name=$1 ip=${ORIGIN_IP[$1]}
+    launch "$name" "$BIN/test-origin" --name "$name" --listen "$ip:$ORIGIN_PORT" \
+        --http "$ip:$HEALTH_PORT"
+}
+
+start_node() {
+    launch "$1" "$BIN/switchyard" run --config "$(config_of "$1")"
+}
+
+# Fails with the log's tail when NAME's process has exited.
+check_alive() {
+    local name=$1 log
+    running_pid "$name" >/dev/null && return 0
+    log=$(logfile "$name")
+    warn "$name exited during startup; the end of $log:"
+    tail -n 15 "$log" | sed 's/^/    /' >&2
+    exit 1
+}
+
+# Whether NAME is ready: a node's /ready answers 200; an origin's health port answers 200.
+is_ready() {
+    if is_node "$1"; then
+        node_ready "$1"
+    elif [[ $HAVE_CURL == 1 ]] || devtcp_works; then
+        [[ $(http_code "${ORIGIN_IP[$1]}:$HEALTH_PORT" /) == 200 ]]
+    else
+        tail -n 5 "$(logfile "$1")" | grep -q 'test origin listening'
+    fi
+}
+
+# wait_ready NAME...: polls until all are ready, failing with the log of one that is not.
+wait_ready() {
+    local deadline=$((SECONDS + READY_TIMEOUT + 1)) name what
+    local -a pending=("$@") left
+    while ((${#pending[@]} > 0)); do
+        left=()
+        for name in "${pending[@]}"; do
+            check_alive "$name"
+            is_ready "$name" || left+=("$name")
+        done
+        pending=("${left[@]+"${left[@]}"}")
+        ((${#pending[@]} == 0)) && break
+        if ((SECONDS >= deadline)); then
+            name=${pending[0]}
+            if is_node "$name"; then
+                what="GET http://${NODE_STATUS[$name]}/ready did not answer 200"
+            else
+                what="its health check http://${ORIGIN_IP[$name]}:$HEALTH_PORT/ did not answer 200"
+            fi
+            die "$name is not ready after ${READY_TIMEOUT}s: $what; see $(logfile "$name")"
+        fi
+        sleep 0.1
+    done
+}
+
+# stop NAME...: SIGTERM, then SIGKILL after STOP_TIMEOUT; removes pid files. Only processes
+# whose pid file names them, and still run what testnet.sh started, are signalled.
+stop() {
+    local name pid deadline
+    local -A pids=() killed=()
+    for name; do
+        if pid=$(running_pid "$name"); then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids[$name]=$pid
+        else
+            rm -f "$(pidfile "$name")"
+        fi
+    done
+    deadline=$((SECONDS + STOP_TIMEOUT + 1))
+    while ((${#pids[@]} > 0)); do
+        for name in "${!pids[@]}"; do
+            pid=${pids[$name]}
+            if ! is_alive "$pid"; then
+                say "stopped $name (pid $pid)"
+                rm -f "$(pidfile "$name")"
+                unset "pids[$name]"
+            elif ((SECONDS >= deadline)) && [[ -z ${killed[$name]:-} ]]; then
+                warn "$name (pid $pid) did not exit ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+                killed[$name]=1
+            fi
+        done
+        ((${#pids[@]} == 0)) && break
+        if ((SECONDS >= deadline + 5)); then
+            die "could not stop: ${!pids[*]}"
+        fi
+        sleep 0.1
+    done
+}
+
+all_names() { printf '%s\n' "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"; }
+
+# ---- Files -----------------------------------------------------------------------------------
+
+write_config() {
+    local id=$1 pool name file
+    file=$(config_of "$id")
+    {
+        cat <<EOF
+# Written by ./testnet.sh up.
+[node]
+id = "$id"
+region = "${NODE_REGION[$id]}"
+status_listen = "${NODE_STATUS[$id]}"
+drain_timeout = "$DRAIN_TIMEOUT"
+
+[[monitor]]
+name = "http"
+type = "http"
+port = $HEALTH_PORT
+path = "/"
+expected_codes = "200"
+interval = "2s"
+timeout = "1s"
+retries = 1
+EOF
+        for pool in "${POOLS[@]}"; do
+            printf '\n[[pool]]\nname = "%s"\nmonitor = "http"\norigins = [\n' "$pool"
+            for name in "${ORIGIN_NAMES[@]}"; do
+                [[ ${ORIGIN_POOL[$name]} == "$pool" ]] || continue
+                printf '  { name = "%s", address = "%s:%s" },\n' \
+                    "$name" "${ORIGIN_IP[$name]}" "$ORIGIN_PORT"
+            done
+            printf ']\n'
+        done
+        cat <<EOF
+
+[[load_balancer]]
+name = "failover"
+steering = "failover"
+default_pools = ["wnam", "weu", "seas"]
+fallback_pool = "seas"
+
+[[app]]
+name = "failover"
+listen = "${APP_ADDR[$id/failover]}"
+load_balancer = "failover"
+EOF
+    } >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
+check_config() {
+    local out
+    if ! out=$("$BIN/switchyard" check --config "$(config_of "$1")" 2>&1); then
+        die "$(config_of "$1") is invalid: $out"
+    fi
+    say "  $out"
+}
+
+write_manifest() {
+    local file=$STATE/manifest.json i n id app name sep
+    {
+        printf '{\n  "nodes": [\n'
+        n=${#NODE_IDS[@]}
+        for ((i = 0; i < n; i++)); do
+            id=${NODE_IDS[i]}
+            printf '    {"id": "%s", "region": "%s", "status": "%s", "apps": {' \
+                "$id" "${NODE_REGION[$id]}" "${NODE_STATUS[$id]}"
+            sep=
+            for app in "${APP_NAMES[@]}"; do
+                printf '%s"%s": "%s"' "$sep" "$app" "${APP_ADDR[$id/$app]}"
+                sep=', '
+            done
+            printf '}}%s\n' "$( ((i < n - 1)) && echo ,)"
+        done
+        printf '  ],\n  "origins": [\n'
+        n=${#ORIGIN_NAMES[@]}
+        for ((i = 0; i < n; i++)); do
+            name=${ORIGIN_NAMES[i]}
+            printf '    {"name": "%s", "pool": "%s", "region": "%s", "addr": "%s:%s"}%s\n' \
+                "$name" "${ORIGIN_POOL[$name]}" "${POOL_REGION[${ORIGIN_POOL[$name]}]}" \
+                "${ORIGIN_IP[$name]}" "$ORIGIN_PORT" "$( ((i < n - 1)) && echo ,)"
+        done
+        printf '  ],\n  "clients": {'
+        sep=
+        for i in "${REGIONS[@]}"; do
+            printf '%s"%s": "%s"' "$sep" "$i" "${CLIENT_IP[$i]}"
+            sep=', '
+        done
+        printf '}\n}\n'
+    } >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
+print_summary() {
+    local id app name r b pid
+    b=$(rel "$BIN")
+    say "nodes:"
+    for id in "${NODE_IDS[@]}"; do
+        pid=$(running_pid "$id" || echo -)
+        printf '  %-10s %-5s status %-15s' "$id" "${NODE_REGION[$id]}" "${NODE_STATUS[$id]}"
+        for app in "${APP_NAMES[@]}"; do printf '  app %s %s' "$app" "${APP_ADDR[$id/$app]}"; done
+        printf '  pid %-7s log %s\n' "$pid" "$(logfile "$id")"
+    done
+    say "origins:"
+    for name in "${ORIGIN_NAMES[@]}"; do
+        pid=$(running_pid "$name" || echo -)
+        printf '  %-7s pool %-5s %-5s %s:%s  health http://%s:%s/  pid %-7s log %s\n' \
+            "$name" "${ORIGIN_POOL[$name]}" "${POOL_REGION[${ORIGIN_POOL[$name]}]}" \
+            "${ORIGIN_IP[$name]}" "$ORIGIN_PORT" "${ORIGIN_IP[$name]}" "$HEALTH_PORT" \
+            "$pid" "$(logfile "$name")"
+    done
+    printf 'client source addresses:'
+    for r in "${REGIONS[@]}"; do printf '  %s %s' "$r" "${CLIENT_IP[$r]}"; done
+    printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json\n\n' "$STATE" "$STATE"
+    cat <<EOF
+try:
+  $b/sy-client ${APP_ADDR[edge-wnam/failover]}          # prints the origin's name
+  ./testnet.sh client --from WEU --node edge-weu
+  $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}
+  ./testnet.sh origin down wnam-1                 # and wnam-2: edge-wnam fails over to weu
+  ./testnet.sh node down edge-weu                 # node up edge-weu starts it again
+  ./testnet.sh status
+  ./testnet.sh down
+EOF
+}
+
+# ---- Commands --------------------------------------------------------------------------------
+
+# A command that starts processes arms this, so leaving early (an error, Ctrl-C, kill, a closed
+# pipe) stops what it started: the named components, and any child not yet in a pid file.
+ABORT_NAMES=()
+ARMED=0
+abort_cleanup() {
+    local rc=$? pid deadline
+    local -a strays=()
+    ((ARMED == 1)) || return 0
+    trap - EXIT INT TERM HUP PIPE
+    warn "$ABORT_WHAT did not finish; stopping what it started"
+    stop "${ABORT_NAMES[@]}" >&2 || true
+    for pid in $(jobs -p); do is_alive "$pid" && strays+=("$pid"); done
+    if ((${#strays[@]} > 0)); then
+        kill -TERM "${strays[@]}" 2>/dev/null || true
+        deadline=$((SECONDS + STOP_TIMEOUT + 1))
+        for pid in "${strays[@]}"; do
+            while is_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+    fi
+    exit "$((rc == 0 ? 1 : rc))"
+}
+
+arm_abort() { # arm_abort WHAT NAME...
+    ABORT_WHAT=$1
+    shift
+    ABORT_NAMES=("$@")
+    ARMED=1
+    trap abort_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+    trap 'exit 141' PIPE
+}
+
+disarm_abort() {
+    ARMED=0
+    trap - EXIT INT TERM HUP PIPE
+}
+
+cmd_up() {
+    [[ $# -eq 0 ]] || bad_usage "up takes no arguments"
+    lock
+    local name running=0 total=0 target
+    while read -r name; do
+        total=$((total + 1))
+        running_pid "$name" >/dev/null && running=$((running + 1))
+    done < <(all_names)
+    if ((running == total)) && [[ -f $STATE/manifest.json ]]; then
+        BIN=$(bin_dir)
+        say "testnet is already up (stop it with ./testnet.sh down)"
+        print_summary
+        return 0
+    fi
+    arm_abort up "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
+
+    if ((running > 0)); then
+        say "testnet is partly up ($running of $total processes); restarting it cleanly"
+    fi
+    stop "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
+    rm -f "$STATE/manifest.json"
+
+    if [[ ${TESTNET_SKIP_BUILD:-0} != 1 ]]; then
+        command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH; install Rust (https://rustup.rs)"
+        say "building: cargo build --release -p switchyard-node -p switchyard-tests --bins"
+        cargo build --release -p switchyard-node -p switchyard-tests --bins
+        target=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
+        printf '%s/release\n' "$(rel "${target:-${CARGO_TARGET_DIR:-target}}")" >"$STATE/bin-dir"
+    fi
+    need_bins
+
+    say "writing and checking configs"
+    for name in "${NODE_IDS[@]}"; do
+        write_config "$name"
+        check_config "$name"
+    done
+    check_free "${ORIGIN_NAMES[@]}" "${NODE_IDS[@]}"
+
+    for name in "${ORIGIN_NAMES[@]}" "${NODE_IDS[@]}"; do : >"$(logfile "$name")"; done
+    say "starting origins: ${ORIGIN_NAMES[*]}"
+    for name in "${ORIGIN_NAMES[@]}"; do start_origin "$name"; done
+    wait_ready "${ORIGIN_NAMES[@]}"
+    say "starting nodes: ${NODE_IDS[*]}"
+    for name in "${NODE_IDS[@]}"; do start_node "$name"; done
+    wait_ready "${NODE_IDS[@]}"
+    write_manifest
+    disarm_abort
+
+    say ""
+    say "testnet is up"
+    print_summary
+}
+
+cmd_down() {
+    [[ $# -eq 0 ]] || bad_usage "down takes no arguments"
+    if [[ ! -d $STATE ]]; then
+        say "testnet is not running"
+        return 0
+    fi
+    lock
+    local name any=0
+    while read -r name; do
+        running_pid "$name" >/dev/null && any=1
+    done < <(all_names)
+    stop "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
+    rm -f "$STATE/manifest.json"
+    if ((any == 1)); then
+        say "testnet is down (logs stay in $STATE/)"
+    else
+        say "testnet is not running"
+    fi
+}
+
+cmd_status() {
+    [[ $# -eq 0 ]] || bad_usage "status takes no arguments"
+    local id name pid rc=0 out=
+    BIN=$(bin_dir)
+    for id in "${NODE_IDS[@]}"; do
+        if pid=$(running_pid "$id"); then
+            say "== $id (${NODE_REGION[$id]}, pid $pid, status ${NODE_STATUS[$id]})"
+            if [[ -x $BIN/switchyard ]] &&
+                out=$("$BIN/switchyard" status --addr "${NODE_STATUS[$id]}" 2>&1); then
+                printf '%s\n' "$out"
+            else
+                say "$id runs but its status did not answer: $out"
+                rc=3
+            fi
+        else
+            say "== $id (${NODE_REGION[$id]}): down"
+            rc=3
+        fi
+        say ""
+    done
+    say "== origins"
+    for name in "${ORIGIN_NAMES[@]}"; do
+        if pid=$(running_pid "$name"); then
+            printf '  %-7s %-5s %s:%s  running (pid %s)\n' \
+                "$name" "${ORIGIN_POOL[$name]}" "${ORIGIN_IP[$name]}" "$ORIGIN_PORT" "$pid"
+        else
+            printf '  %-7s %-5s %s:%s  down\n' \
+                "$name" "${ORIGIN_POOL[$name]}" "${ORIGIN_IP[$name]}" "$ORIGIN_PORT"
+            rc=3
+        fi
+    done
+    return "$rc"
+}
+
+cmd_origin() {
+    [[ $# -eq 2 ]] || bad_usage "usage: ./testnet.sh origin down|up NAME"
+    local action=$1 name=$2 pid
+    is_origin "$name" || bad_usage "unknown origin $name; one of: ${ORIGIN_NAMES[*]}"
+    case $action in
+        down)
+            lock
+            if running_pid "$name" >/dev/null; then
+                stop "$name"
+            else
+                rm -f "$(pidfile "$name")"
+                say "$name is not running"
+            fi
+            ;;
+        up)
+            lock
+            if pid=$(running_pid "$name"); then
+                say "$name is already running (pid $pid)"
+                return 0
+            fi
+            need_bins
+            check_free "$name"
+            arm_abort "origin up $name" "$name"
+            start_origin "$name"
+            wait_ready "$name"
+            disarm_abort
+            say "started $name (pid $(running_pid "$name")) on ${ORIGIN_IP[$name]}:$ORIGIN_PORT"
+            ;;
+        *) bad_usage "usage: ./testnet.sh origin down|up NAME" ;;
+    esac
+}
+
+cmd_node() {
+    [[ $# -eq 2 ]] || bad_usage "usage: ./testnet.sh node down|up ID"
+    local action=$1 id=$2 pid
+    is_node "$id" || bad_usage "unknown node $id; one of: ${NODE_IDS[*]}"
+    case $action in
+        down)
+            lock
+            if running_pid "$id" >/dev/null; then
+                stop "$id"
+            else
+                rm -f "$(pidfile "$id")"
+                say "$id is not running"
+            fi
+            ;;
+        up)
+            lock
+            if pid=$(running_pid "$id"); then
+                say "$id is already running (pid $pid)"
+                return 0
+            fi
+            need_bins
+            [[ -f $(config_of "$id") ]] || write_config "$id"
+            check_config "$id"
+            check_free "$id"
+            arm_abort "node up $id" "$id"
+            start_node "$id"
+            wait_ready "$id"
+            disarm_abort
+            say "started $id (pid $(running_pid "$id")), status ${NODE_STATUS[$id]}"
+            ;;
+        *) bad_usage "usage: ./testnet.sh node down|up ID" ;;
+    esac
+}
+
+cmd_client() {
+    local node=${NODE_IDS[0]} app=failover region='' timeout=5s
+    while [[ $# -gt 0 ]]; do
+        [[ $# -ge 2 ]] || bad_usage "$1 needs a value"
+        case $1 in
+            --from) region=${2^^} ;;
+            --app) app=$2 ;;
+            --node) node=$2 ;;
+            --timeout) timeout=$2 ;;
+            *) bad_usage "unknown client option $1" ;;
+        esac
+        shift 2
+    done
+    is_node "$node" || bad_usage "unknown node $node; one of: ${NODE_IDS[*]}"
+    contains "$app" "${APP_NAMES[@]}" || bad_usage "unknown app $app; one of: ${APP_NAMES[*]}"
+    region=${region:-${NODE_REGION[$node]}}
+    contains "$region" "${REGIONS[@]}" || bad_usage "unknown region $region; one of: ${REGIONS[*]}"
+    need_bins
+    exec "$BIN/sy-client" "${APP_ADDR[$node/$app]}" --from "${CLIENT_IP[$region]}" \
+        --timeout "$timeout"
+}
+
+main() {
+    [[ $# -gt 0 ]] || bad_usage
+    local cmd=$1
+    shift
+    case $cmd in
+        up) cmd_up "$@" ;;
+        down) cmd_down "$@" ;;
+        status) cmd_status "$@" ;;
+        origin) cmd_origin "$@" ;;
+        node) cmd_node "$@" ;;
+        client) cmd_client "$@" ;;
+        help | -h | --help) usage ;;
+        *) bad_usage "unknown command: $cmd" ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# tests/testnet-smoke.sh: a smoke test of testnet.sh, run from the repo root (CI does). Brings the
+# testnet up, fails edge-wnam's failover app over from the wnam pool to weu and back, restarts a
+# node, and tears everything down, also on failure. Bounded: every wait polls with a deadline.
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+TESTNET=./testnet.sh
+STATE=.testnet
+
+PASSED=0
+STEP="start"
+declare -A ALL_PIDS=()
+DOWN_CHECKED=0
+
+step() {
+    STEP=$*
+    printf '\n==> %s\n' "$*"
+}
+pass() {
+    PASSED=$((PASSED + 1))
+    printf '    ok: %s\n' "$*"
+}
+fail() {
+    printf '    FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# Whether a pid is a live process (a zombie counts as gone).
+is_alive() {
+    local pid=$1 stat
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r /proc/$pid/stat ]]; then
+        { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || return 1
+        stat=${stat##*) }
+        [[ ${stat%% *} != Z ]] || return 1
+    fi
+    return 0
+}
+
+# Remembers every pid in the pid files, to check at the end that none survived.
+record_pids() {
+    local f pid
+    for f in "$STATE"/*.pid; do
+        [[ -f $f ]] || continue
+        pid=$(<"$f")
+        [[ $pid =~ ^[0-9]+$ ]] && ALL_PIDS[$pid]=$f
+    done
+    return 0
+}
+
+# The HTTP status of GET http://ADDR/PATH, 000 when nothing answers.
+http_code() {
+    local addr=$1 path=$2
+    if command -v curl >/dev/null 2>&1; then
+        curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$addr$path" || true
+    else
+        # shellcheck disable=SC2016 # expanded by the inner bash
+        timeout 3 bash -c '
+            exec 3<>"/dev/tcp/$1/$2" || exit 1
+            printf "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n" "$3" "$1" "$2" >&3
+            read -r _ code _ <&3 || exit 1
+            printf "%s\n" "$code"
+        ' _ "${addr%:*}" "${addr##*:}" "$path" 2>/dev/null || echo 000
+    fi
+}
+
+# Connects through edge-wnam's failover app (127.0.0.1:10001); prints the origin, or nothing.
+through_wnam() {
+    "$TESTNET" client --node edge-wnam --app failover --timeout 2s 2>/dev/null || true
+}
+
+# expect_origin PATTERN SECONDS: polls connections until one reaches an origin matching PATTERN.
+expect_origin() {
+    local pattern=$1 deadline=$((SECONDS + $2 + 1)) got tries=0
+    while :; do
+        got=$(through_wnam)
+        tries=$((tries + 1))
+        # shellcheck disable=SC2053 # PATTERN is a glob
+        if [[ $got == $pattern ]]; then
+            pass "127.0.0.1:10001 reached $got (after $tries connection(s))"
+            return 0
+        fi
+        ((SECONDS < deadline)) || fail "no $pattern origin through 127.0.0.1:10001 within $2s (last: '${got:-no answer}')"
+        sleep 0.2
+    done
+}
+
+# expect_ready ADDR CODE SECONDS: polls GET /ready until the answer is CODE (000: no answer).
+expect_ready() {
+    local addr=$1 want=$2 deadline=$((SECONDS + $3 + 1)) code
+    while :; do
+        code=$(http_code "$addr" /ready)
+        if [[ $code == "$want" ]]; then
+            return 0
+        fi
+        ((SECONDS < deadline)) || fail "GET http://$addr/ready answered $code, not $want, within $3s"
+        sleep 0.2
+    done
+}
+
+check_all_stopped() {
+    local pid left=() f
+    for pid in "${!ALL_PIDS[@]}"; do
+        is_alive "$pid" && left+=("$pid (${ALL_PIDS[$pid]})")
+    done
+    ((${#left[@]} == 0)) || fail "processes from the pid files still run: ${left[*]}"
+    pass "none of the ${#ALL_PIDS[@]} processes from the pid files runs"
+    for f in "$STATE"/*.pid; do
+        [[ -e $f ]] && fail "pid file $f remains"
+    done
+    pass "no pid files remain"
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT
+    if ((DOWN_CHECKED == 0)); then
+        printf '\n==> cleanup after failure: %s down\n' "$TESTNET"
+        record_pids
+        "$TESTNET" down || true
+        (check_all_stopped) || true
+    fi
+    if ((rc != 0)); then
+        printf '\ntestnet smoke: %d passed, 1 failed (step: %s)\n' "$PASSED" "$STEP" >&2
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "clean slate: $TESTNET down"
+"$TESTNET" down >/dev/null || fail "testnet.sh down failed"
+pass "nothing left running"
+
+step "$TESTNET up"
+"$TESTNET" up || fail "testnet.sh up exited $?"
+record_pids
+pass "testnet is up"
+
+step "manifest"
+[[ -f $STATE/manifest.json ]] || fail "$STATE/manifest.json is missing"
+nodes=$(grep -o '"id": *"[^"]*"' "$STATE/manifest.json" | wc -l)
+((nodes == 3)) || fail "the manifest lists $nodes nodes, not 3"
+grep -q '"id": *"edge-wnam".*"failover": *"127.0.0.1:10001"' "$STATE/manifest.json" ||
+    fail "the manifest does not put edge-wnam's failover app at 127.0.0.1:10001"
+origins=$(grep -o '"name": *"[^"]*"' "$STATE/manifest.json" | wc -l)
+((origins == 6)) || fail "the manifest lists $origins origins, not 6"
+pass "$STATE/manifest.json lists 3 nodes and 6 origins"
+
+step "connect through edge-wnam's failover app"
+got=$(through_wnam)
+[[ $got == wnam-* ]] || fail "expected a wnam-* origin, got '${got:-no answer}'"
+pass "127.0.0.1:10001 reached $got"
+
+step "take the wnam pool down: origin down wnam-1, wnam-2"
+"$TESTNET" origin down wnam-1 || fail "origin down wnam-1 failed"
+"$TESTNET" origin down wnam-2 || fail "origin down wnam-2 failed"
+pass "both wnam origins stopped"
+expect_origin 'weu-*' 15
+
+step "bring the wnam pool back: origin up wnam-1, wnam-2"
+"$TESTNET" origin up wnam-1 || fail "origin up wnam-1 failed"
+"$TESTNET" origin up wnam-2 || fail "origin up wnam-2 failed"
+record_pids
+pass "both wnam origins started"
+expect_origin 'wnam-*' 15
+
+step "node down edge-weu"
+"$TESTNET" node down edge-weu || fail "node down edge-weu failed"
+expect_ready 127.0.0.1:9902 000 10
+pass "edge-weu's status endpoint 127.0.0.1:9902 no longer answers"
+
+step "node up edge-weu"
+"$TESTNET" node up edge-weu || fail "node up edge-weu failed"
+record_pids
+expect_ready 127.0.0.1:9902 200 10
+pass "edge-weu's GET /ready answers 200 again"
+
+step "$TESTNET status"
+"$TESTNET" status >"$STATE/smoke-status.txt" 2>&1 ||
+    fail "testnet.sh status exited $? (output in $STATE/smoke-status.txt)"
+pass "status exits 0 ($(grep -c '^== edge-' "$STATE/smoke-status.txt") nodes reported)"
+
+step "$TESTNET down"
+record_pids
+"$TESTNET" down || fail "testnet.sh down failed"
+check_all_stopped
+DOWN_CHECKED=1
+
+printf '\ntestnet smoke: %d passed, 0 failed\n' "$PASSED"
