@@ -123,6 +123,7 @@ async fn max_connections_closes_the_excess_and_frees_the_slot() {
 async fn a_port_range_maps_edge_port_n_plus_k_to_origin_port_m_plus_k() {
     // Three origins on consecutive ports: find a free run of three.
     let (base, origins) = loop {
+        // Bounded by the ports there are: a free run of three is found within a few tries.
         let first = origin("o0").await;
         let port = first.addr().port();
         let mut more = Vec::new();
@@ -143,14 +144,21 @@ async fn a_port_range_maps_edge_port_n_plus_k_to_origin_port_m_plus_k() {
             break (port, more);
         }
     };
-    let edge = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        p.min(65000)
-    };
-    let cfg = format!(
-        r#"
+    // Another process (or this test's origins) may hold a port of the range: pick again.
+    let mut started = None;
+    for _ in 0..20 {
+        let edge = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            drop(l);
+            p.min(65000)
+        };
+        let cfg = format!(
+            r#"[node]
+id = "test-1"
+region = "WEU"
+status_listen = "127.0.0.1:0"
+
 [[pool]]
 name = "p"
 origins = [{{ name = "o", address = "127.0.0.1:{base}" }}]
@@ -164,9 +172,15 @@ name = "range"
 listen = "127.0.0.1:{edge}-{}"
 load_balancer = "lb"
 "#,
-        edge + 2
-    );
-    let app = node(&cfg).await;
+            edge + 2
+        );
+        let cfg = Config::parse(&cfg, None).unwrap();
+        if let Ok(app) = switchyard_node::App::start(cfg, switchyard_node::StartOptions::default()).await {
+            started = Some((app, edge));
+            break;
+        }
+    }
+    let (app, edge) = started.expect("a free run of three edge ports");
     let addrs = app.app_addrs("range").await;
     assert_eq!(addrs.len(), 3);
     for (k, a) in addrs.iter().enumerate() {
