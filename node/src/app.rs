@@ -17,13 +17,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AppConfig, Config, Listen};
+use crate::config::{MeshProfile, MeshSection, Quorum};
 use crate::error::Error;
 use crate::health::{Attempt, HealthPolicy, HealthState, Next};
 use crate::metrics::{AppLabels, BytesLabels, Direction, Metrics, OriginLabels, ResultLabels};
 use crate::monitor::{self, MonitorSet};
 use crate::proxy::{self, Affinity};
-use crate::runtime::{OriginKey, Report, Runtime, Snapshot, View};
+use crate::runtime::{Obs, OriginKey, RemoteReport, Report, Runtime, Snapshot, View};
 use crate::status;
+use switchyard_gossip::mesh::{
+    LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
+};
 
 /// Counters of one app, kept across reloads while the app keeps its name.
 #[derive(Clone)]
@@ -95,6 +99,11 @@ pub struct Shared {
     pub apps: ArcSwap<Vec<AppInfo>>,
     /// Set when shutdown begins, so `/ready` tells load balancers in front to stop sending.
     pub draining: AtomicBool,
+    /// The mesh, when `[mesh]` is configured.
+    pub mesh: Option<Mesh>,
+    /// Other nodes' rows, as the mesh last delivered them.
+    remote: ArcSwap<Vec<RemoteReport>>,
+    quorum: Quorum,
 }
 
 /// An app as status shows it.
@@ -114,7 +123,8 @@ impl Shared {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rebuilds the view from the book and publishes it with the current runtime.
+    /// Rebuilds the view from the book and the mesh, publishes it with the runtime, and
+    /// hands the local rows to the mesh.
     fn publish(&self, book: &HealthBook, rt: Arc<Runtime>) {
         let report = Report {
             rows: book
@@ -123,8 +133,80 @@ impl Shared {
                 .map(|(k, (s, _))| (k.clone(), s.row().clone()))
                 .collect(),
         };
-        let view = Arc::new(View::build(&rt, &report));
+        let remote = self.remote.load();
+        let view = Arc::new(View::build_mesh(
+            &rt,
+            &report,
+            &remote,
+            self.quorum,
+            Duration::ZERO,
+        ));
         self.snapshot.store(Arc::new(Snapshot { rt, view }));
+        if let Some(mesh) = &self.mesh {
+            let rows = report
+                .rows
+                .iter()
+                .filter(|(_, r)| r.checked)
+                .map(|(k, r)| LocalRow {
+                    pool: k.pool.to_string(),
+                    origin: k.origin.to_string(),
+                    healthy: r.healthy,
+                    rtt: r.rtt,
+                    last_change_ms: wall_ms(self, r.last_change),
+                    reason: r.reason.clone(),
+                })
+                .collect();
+            mesh.set_local(rows);
+        }
+    }
+
+    /// Takes in what the mesh now knows and republishes the view.
+    fn on_mesh_state(&self, state: &MeshState) {
+        let remote: Vec<RemoteReport> = state
+            .writers
+            .iter()
+            .filter(|w| w.node != state.local.id)
+            .map(|w| {
+                let node: Arc<str> = w.node.as_str().into();
+                RemoteReport {
+                    node: node.clone(),
+                    region: w.region,
+                    live: w.live,
+                    rows: w
+                        .rows
+                        .iter()
+                        .map(|(row, age)| {
+                            (
+                                OriginKey {
+                                    pool: row.pool.as_str().into(),
+                                    origin: row.origin.as_str().into(),
+                                },
+                                Obs {
+                                    node: node.clone(),
+                                    region: w.region,
+                                    healthy: row.healthy,
+                                    rtt: row.rtt_us.map(|us| Duration::from_micros(u64::from(us))),
+                                    age: *age,
+                                },
+                            )
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        self.remote.store(Arc::new(remote));
+        let book = self.book();
+        let rt = self.snapshot.load().rt.clone();
+        self.publish(&book, rt);
+    }
+
+    /// Other nodes' rows, for status.
+    pub fn remote(&self) -> Arc<Vec<RemoteReport>> {
+        self.remote.load_full()
+    }
+
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
     }
 
     /// Feeds one probe attempt of `key`'s monitor; publishes a new view when health or RTT
@@ -252,12 +334,17 @@ impl App {
         let config = Arc::new(config);
         let rt = Arc::new(Runtime::compile(config.clone(), None));
         let view = Arc::new(View::build(&rt, &Report::default()));
+        let mut metrics = Metrics::new();
+        let mesh = match &config.mesh {
+            Some(m) => Some(start_mesh(&config, m, &mut metrics)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot { rt, view }),
             health: Mutex::new(HealthBook {
                 states: HashMap::new(),
             }),
-            metrics: Metrics::new(),
+            metrics,
             affinity: Affinity::default(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -265,7 +352,21 @@ impl App {
             abort: CancellationToken::new(),
             apps: ArcSwap::from_pointee(Vec::new()),
             draining: AtomicBool::new(false),
+            mesh,
+            remote: ArcSwap::from_pointee(Vec::new()),
+            quorum: config.mesh.as_ref().map(|m| m.quorum).unwrap_or_default(),
         });
+        if let Some(mesh) = &shared.mesh {
+            let mut rx = mesh.state();
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let state = rx.borrow_and_update().clone();
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.on_mesh_state(&state);
+                }
+            });
+        }
 
         let status_listener =
             TcpListener::bind(config.node.status_listen)
@@ -342,6 +443,12 @@ impl App {
                 old.node.id, old.node.region
             )));
         }
+        if config.mesh != old.mesh {
+            tracing::warn!("[mesh] changed; it takes effect on restart");
+        }
+        if let Some(mesh) = &self.shared.mesh {
+            mesh.set_fingerprint(config.fingerprint());
+        }
         if config.node.status_listen != old.node.status_listen {
             tracing::warn!(
                 "[node] status_listen changed to {}; it takes effect on restart",
@@ -409,6 +516,9 @@ impl App {
                 let Some(mon) = pool.monitor.as_deref().and_then(|m| config.monitor(m)) else {
                     continue;
                 };
+                if !pool.probed_from(rt.region) {
+                    continue;
+                }
                 let policy =
                     HealthPolicy::new(mon.retries, mon.consecutive_up, mon.consecutive_down);
                 for oi in 0..pool.origins.len() {
@@ -498,6 +608,23 @@ impl App {
         Ok(())
     }
 
+    /// Stops everything at once without leaving the mesh, as a crash would (for tests of
+    /// failure detection).
+    pub async fn kill(&self) {
+        {
+            let mut st = self.state.lock().await;
+            for l in st.listeners.values() {
+                l.stop.cancel();
+            }
+            st.monitors.stop_all();
+        }
+        self.shared.abort.cancel();
+        if let Some(mesh) = &self.shared.mesh {
+            mesh.kill().await;
+        }
+        self.status_stop.cancel();
+    }
+
     /// Stops accepting, waits up to `drain` for open connections to finish, then ends the
     /// rest. Returns the number of connections that were cut at the deadline.
     pub async fn shutdown(&self, drain: Duration) -> usize {
@@ -521,6 +648,9 @@ impl App {
                 n
             }
         };
+        if let Some(mesh) = &self.shared.mesh {
+            mesh.leave().await;
+        }
         self.status_stop.cancel();
         tracing::info!(cut, "stopped");
         cut
@@ -534,4 +664,49 @@ pub fn wall_ms(shared: &Shared, at: Instant) -> u64 {
     wall.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Loads the mesh's certificates and joins the mesh.
+fn start_mesh(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
+    let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
+    let profile = match m.profile {
+        MeshProfile::Lan => Profile::Lan,
+        MeshProfile::Wan => Profile::Wan,
+    };
+    let mesh_metrics = MeshMetrics::default();
+    mesh_metrics.register(metrics.registry_mut());
+    let cfg = MeshConfig {
+        node_id: config.node.id.clone(),
+        region: config.node.region,
+        cluster: m.cluster.clone(),
+        listen: m.listen,
+        advertise: m.advertise,
+        seeds: m.seeds.clone(),
+        profile,
+        expected_size: m.expected_size,
+        timings: mesh_timings(profile, m),
+        fingerprint: config.fingerprint(),
+    };
+    Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
+}
+
+/// SWIM and replication timings: the profile's, with the config's overrides.
+fn mesh_timings(profile: Profile, m: &MeshSection) -> Timings {
+    let mut t = Timings::for_profile(profile, m.expected_size);
+    if let Some(d) = m.probe_period {
+        t.probe_period = d;
+    }
+    if let Some(d) = m.probe_timeout {
+        t.probe_rtt = d;
+    }
+    if let Some(d) = m.suspect_timeout {
+        t.suspect_to_down_after = d;
+    }
+    if let Some(d) = m.announce_interval {
+        t.announce_period = d;
+    }
+    if let Some(d) = m.anti_entropy_interval {
+        t.anti_entropy_period = d;
+    }
+    t
 }

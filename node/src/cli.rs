@@ -36,6 +36,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The cluster's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Node certificates for the mesh's mutual TLS.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Shows a node's status: apps, load balancers, pools and origin health.
     Status {
         /// The node's status_listen address.
@@ -44,6 +54,33 @@ pub enum Command {
         /// Print the raw JSON document instead of tables.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Creates a cluster CA: DIR/ca.crt and DIR/ca.key (mode 0600). Keep ca.key offline.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// The cluster id, written into the CA's name.
+        #[arg(long, default_value = "switchyard")]
+        cluster: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issues a certificate for one node: OUT/ID.crt and OUT/ID.key (mode 0600).
+    Issue {
+        /// The directory holding ca.crt and ca.key.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node id, as in its [node] id.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -62,6 +99,32 @@ pub fn main() -> ExitCode {
                     cfg.pools.len(),
                     cfg.load_balancers.len(),
                     cfg.apps.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.into()),
+        },
+        Command::Ca {
+            command: CaCommand::Init { out, cluster },
+        } => match switchyard_gossip::tls::init_ca(out, cluster) {
+            Ok(p) => {
+                println!(
+                    "created the cluster CA: {} and {} (keep the key safe; it signs node certificates)",
+                    p.cert.display(),
+                    p.key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.into()),
+        },
+        Command::Cert {
+            command: CertCommand::Issue { ca, node, out },
+        } => match switchyard_gossip::tls::issue_cert(ca, node, out) {
+            Ok(p) => {
+                println!(
+                    "issued a certificate for node {node}: {} and {}",
+                    p.cert.display(),
+                    p.key.display()
                 );
                 ExitCode::SUCCESS
             }

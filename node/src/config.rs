@@ -28,6 +28,118 @@ pub struct Config {
     pub load_balancers: Vec<LoadBalancerConfig>,
     #[serde(default, rename = "app")]
     pub apps: Vec<AppConfig>,
+    /// `[mesh]`: absent, the node runs alone.
+    pub mesh: Option<MeshSection>,
+}
+
+/// `[mesh]`: how this node joins the others.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Cluster id: every message carries it; messages from another cluster are dropped.
+    pub cluster: String,
+    /// UDP address of the QUIC endpoint.
+    #[serde(default = "default_mesh_listen")]
+    pub listen: SocketAddr,
+    /// The address peers reach this node at, when it differs from `listen` (NAT, 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    #[serde(default = "default_profile")]
+    pub profile: MeshProfile,
+    /// Cluster CA certificate, this node's certificate and its private key (PEM).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How many of a region's live observers must see an origin up for the region to
+    /// count it up: "any", "majority" (default), "all", or a fraction such as 0.66.
+    #[serde(default)]
+    pub quorum: Quorum,
+    /// The mesh size SWIM's timings are tuned for.
+    #[serde(default = "default_expected_size")]
+    pub expected_size: u32,
+    /// Overrides of the profile's timings (SWIM probe period and timeout, how long a
+    /// suspect has to refute before it is down, how often seeds and down members are
+    /// announced to, how often anti-entropy runs).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub probe_period: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub probe_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub suspect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub announce_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub anti_entropy_interval: Option<Duration>,
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn default_mesh_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7946))
+}
+fn default_profile() -> MeshProfile {
+    MeshProfile::Lan
+}
+fn default_expected_size() -> u32 {
+    50
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshProfile {
+    Lan,
+    Wan,
+}
+
+/// A quorum rule over a region's observers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Quorum {
+    Any,
+    #[default]
+    Majority,
+    All,
+    Fraction(f64),
+}
+
+impl Quorum {
+    /// Whether `up` of `total` observers meet the quorum (`total` > 0).
+    pub fn met(self, up: usize, total: usize) -> bool {
+        match self {
+            Quorum::Any => up >= 1,
+            Quorum::Majority => up * 2 > total,
+            Quorum::All => up == total,
+            Quorum::Fraction(f) => up as f64 >= f * total as f64 && up >= 1,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Quorum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Fraction(f64),
+        }
+        let bad = |what: String| {
+            serde::de::Error::custom(format!(
+                "{what} is not a quorum; use \"any\", \"majority\", \"all\" or a fraction above 0 and at most 1 (e.g. 0.66)"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Word(w) => match w.as_str() {
+                "any" => Ok(Quorum::Any),
+                "majority" => Ok(Quorum::Majority),
+                "all" => Ok(Quorum::All),
+                _ => Err(bad(format!("{w:?}"))),
+            },
+            Raw::Fraction(f) if f > 0.0 && f <= 1.0 => Ok(Quorum::Fraction(f)),
+            Raw::Fraction(f) => Err(bad(f.to_string())),
+        }
+    }
 }
 
 /// `[node]`: who this node is.
@@ -565,6 +677,29 @@ impl Config {
             ));
         }
 
+        if let Some(mesh) = &self.mesh {
+            let at = |f: &str| vec![key("mesh"), key(f)];
+            if !valid_name(&mesh.cluster) {
+                return Err(fail(
+                    at("cluster"),
+                    "[mesh]".into(),
+                    "cluster",
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                        mesh.cluster
+                    ),
+                ));
+            }
+            if mesh.expected_size == 0 || mesh.expected_size > 10_000 {
+                return Err(fail(
+                    at("expected_size"),
+                    "[mesh]".into(),
+                    "expected_size",
+                    "must be 1 to 10000".into(),
+                ));
+            }
+        }
+
         let mut monitors = HashSet::new();
         for (i, m) in self.monitors.iter().enumerate() {
             let obj = format!("monitor {:?}", m.name);
@@ -915,6 +1050,19 @@ impl Config {
 
     pub fn monitor(&self, name: &str) -> Option<&MonitorConfig> {
         self.monitors.iter().find(|m| m.name == name)
+    }
+
+    /// A fingerprint of what must agree across the mesh (monitors, pools, load balancers),
+    /// so status can show nodes whose config drifted. `[node]`, `[mesh]` and apps differ
+    /// per node by design and are left out.
+    pub fn fingerprint(&self) -> u64 {
+        let text = format!(
+            "{:?}|{:?}|{:?}",
+            self.monitors, self.pools, self.load_balancers
+        );
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     }
 }
 

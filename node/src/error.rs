@@ -15,6 +15,10 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] switchyard_gossip::tls::TlsError),
+    #[error("mesh: {0}")]
+    Mesh(#[from] switchyard_gossip::GossipError),
     #[error("reload refused: {0}")]
     Reload(String),
     #[error("status endpoint {addr}: {message}; is a node running there? (set it with --addr or [node] status_listen)")]

@@ -145,6 +145,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// For components (the mesh) that register their own metrics in the one registry.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -29,6 +29,9 @@ pub struct Target {
 pub fn target_of(rt: &Runtime, key: &OriginKey) -> Option<Target> {
     let (pi, oi) = rt.origin_index(&key.pool, &key.origin)?;
     let pool = &rt.pools[pi];
+    if !pool.probed_from(rt.region) {
+        return None;
+    }
     let monitor = rt.config.monitor(pool.monitor.as_deref()?)?.clone();
     Some(Target {
         addr: pool.origins[oi].addr.clone(),

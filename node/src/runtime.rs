@@ -14,7 +14,7 @@ use std::time::Duration;
 use switchyard_geo::Region;
 
 use crate::config::{
-    Config, LoadBalancerConfig, OriginAddr, OriginSteering, SessionAffinity, SteeringPolicy,
+    Config, LoadBalancerConfig, OriginAddr, OriginSteering, Quorum, SessionAffinity, SteeringPolicy,
 };
 use crate::health::OriginHealth;
 
@@ -49,6 +49,16 @@ pub struct Pool {
     pub minimum_origins: usize,
     pub steering: OriginSteering,
     pub origins: Vec<Origin>,
+    /// Regions whose nodes probe this pool; empty: all.
+    pub check_regions: Vec<Region>,
+}
+
+impl Pool {
+    /// Whether nodes of `region` probe this pool; the others rely on the mesh.
+    pub fn probed_from(&self, region: Region) -> bool {
+        self.monitor.is_some()
+            && (self.check_regions.is_empty() || self.check_regions.contains(&region))
+    }
 }
 
 #[derive(Debug)]
@@ -113,6 +123,7 @@ impl Runtime {
                     minimum_origins: p.minimum_origins,
                     steering: p.origin_steering,
                     origins,
+                    check_regions: p.check_regions.clone(),
                 }
             })
             .collect();
@@ -214,10 +225,101 @@ pub struct View {
     pub pools: Vec<PoolView>,
 }
 
+/// One node's latest row for one origin, as the view weighs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Obs {
+    pub node: Arc<str>,
+    pub region: Region,
+    pub healthy: bool,
+    pub rtt: Option<Duration>,
+    /// Time since the row was written (local) or last received (remote).
+    pub age: Duration,
+}
+
+/// Another node's rows, as the mesh delivered them.
+#[derive(Debug, Clone)]
+pub struct RemoteReport {
+    pub node: Arc<str>,
+    pub region: Region,
+    /// False while SWIM believes the node down: its rows then count nowhere.
+    pub live: bool,
+    pub rows: HashMap<OriginKey, Obs>,
+}
+
+/// What the mesh concludes about one origin.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Judgement {
+    /// Per observing region: whether its live observers meet the quorum.
+    pub regions: Vec<(Region, bool)>,
+    /// A majority of the observing regions see it up; None without observers.
+    pub global: Option<bool>,
+    /// What steering uses: the receiving node's region when it has observers, else global.
+    pub healthy: Option<bool>,
+    /// Mean RTT seen from the node's region (or from everywhere when it has none).
+    pub rtt: Option<Duration>,
+}
+
+/// Weighs the observations of one origin, as Cloudflare's regional health does: first the
+/// health as seen from `region`, then global health.
+pub fn judge(obs: &[Obs], region: Region, quorum: Quorum) -> Judgement {
+    let mut regions: Vec<(Region, usize, usize)> = Vec::new();
+    for o in obs {
+        match regions.iter_mut().find(|(r, _, _)| *r == o.region) {
+            Some((_, up, total)) => {
+                *up += usize::from(o.healthy);
+                *total += 1;
+            }
+            None => regions.push((o.region, usize::from(o.healthy), 1)),
+        }
+    }
+    regions.sort_by_key(|(r, _, _)| *r);
+    let regions: Vec<(Region, bool)> = regions
+        .into_iter()
+        .map(|(r, up, total)| (r, quorum.met(up, total)))
+        .collect();
+    let global = if regions.is_empty() {
+        None
+    } else {
+        let up = regions.iter().filter(|(_, h)| *h).count();
+        Some(up * 2 > regions.len())
+    };
+    let local = regions.iter().find(|(r, _)| *r == region).map(|(_, h)| *h);
+    let mean = |it: &mut dyn Iterator<Item = Duration>| {
+        let (sum, n) = it.fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
+        (n > 0).then(|| sum / n)
+    };
+    let rtt = mean(
+        &mut obs
+            .iter()
+            .filter(|o| o.region == region)
+            .filter_map(|o| o.rtt),
+    )
+    .or_else(|| mean(&mut obs.iter().filter_map(|o| o.rtt)));
+    Judgement {
+        healthy: local.or(global),
+        regions,
+        global,
+        rtt,
+    }
+}
+
 impl View {
-    /// Builds the view from the reports. A pool without a monitor counts every enabled
-    /// origin as up; an origin no report mentions yet is presumed up.
+    /// Builds the view from this node's report alone.
     pub fn build(rt: &Runtime, report: &Report) -> View {
+        View::build_mesh(rt, report, &[], Quorum::Majority, Duration::ZERO)
+    }
+
+    /// Builds the view from this node's report and the other nodes' (`remote`). An origin of
+    /// a monitored pool is up when the mesh judges it so (`judge`); an origin nobody has
+    /// checked yet is presumed up; a pool without a monitor counts every enabled origin up.
+    pub fn build_mesh(
+        rt: &Runtime,
+        report: &Report,
+        remote: &[RemoteReport],
+        quorum: Quorum,
+        local_age: Duration,
+    ) -> View {
+        let mut obs = Vec::new();
         let pools = rt
             .pools
             .iter()
@@ -226,15 +328,21 @@ impl View {
                     .origins
                     .iter()
                     .map(|o| {
-                        let row = p.monitor.as_ref().and_then(|_| {
-                            report.rows.get(&OriginKey {
-                                pool: p.name.clone(),
-                                origin: o.name.clone(),
-                            })
-                        });
+                        if p.monitor.is_none() {
+                            return OriginView {
+                                up: o.enabled,
+                                rtt: None,
+                            };
+                        }
+                        let key = OriginKey {
+                            pool: p.name.clone(),
+                            origin: o.name.clone(),
+                        };
+                        observations(rt, &key, report, remote, local_age, &mut obs);
+                        let j = judge(&obs, rt.region, quorum);
                         OriginView {
-                            up: o.enabled && row.is_none_or(|r| r.healthy),
-                            rtt: row.and_then(|r| r.rtt),
+                            up: o.enabled && j.healthy.unwrap_or(true),
+                            rtt: j.rtt,
                         }
                     })
                     .collect();
@@ -249,9 +357,94 @@ impl View {
     }
 }
 
+/// Collects into `out` the observations of `key` that count: this node's, once checked, and
+/// those of live remote nodes.
+pub fn observations(
+    rt: &Runtime,
+    key: &OriginKey,
+    report: &Report,
+    remote: &[RemoteReport],
+    local_age: Duration,
+    out: &mut Vec<Obs>,
+) {
+    out.clear();
+    if let Some(row) = report.rows.get(key).filter(|r| r.checked) {
+        out.push(Obs {
+            node: rt.node_id.clone(),
+            region: rt.region,
+            healthy: row.healthy,
+            rtt: row.rtt,
+            age: local_age,
+        });
+    }
+    for r in remote.iter().filter(|r| r.live && r.node != rt.node_id) {
+        if let Some(o) = r.rows.get(key) {
+            out.push(o.clone());
+        }
+    }
+}
+
 /// A runtime and the view built over it, published together.
 #[derive(Debug)]
 pub struct Snapshot {
     pub rt: Arc<Runtime>,
     pub view: Arc<View>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(node: &str, region: Region, healthy: bool, rtt_ms: u64) -> Obs {
+        Obs {
+            node: node.into(),
+            region,
+            healthy,
+            rtt: Some(Duration::from_millis(rtt_ms)),
+            age: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn own_region_first_then_global() {
+        use Region::*;
+        // WEU sees it down (2 of 3), WNAM and SEAS see it up.
+        let o = [
+            obs("w1", Weu, false, 10),
+            obs("w2", Weu, false, 10),
+            obs("w3", Weu, true, 10),
+            obs("n1", Wnam, true, 80),
+            obs("s1", Seas, true, 160),
+        ];
+        let j = judge(&o, Weu, Quorum::Majority);
+        assert_eq!(j.regions, vec![(Wnam, true), (Weu, false), (Seas, true)]);
+        assert_eq!(j.global, Some(true));
+        assert_eq!(j.healthy, Some(false), "the node's own region wins");
+        assert_eq!(j.rtt, Some(Duration::from_millis(10)));
+        // A node in a region with no observer uses global health and everyone's RTT.
+        let j = judge(&o, Neas, Quorum::Majority);
+        assert_eq!(j.healthy, Some(true));
+        assert_eq!(j.rtt, Some(Duration::from_millis(54)));
+        // Nobody observes: no judgement.
+        assert_eq!(judge(&[], Weu, Quorum::Majority).healthy, None);
+    }
+
+    #[test]
+    fn quorum_rules() {
+        use Region::*;
+        let o = [
+            obs("a", Weu, true, 1),
+            obs("b", Weu, false, 1),
+            obs("c", Weu, false, 1),
+        ];
+        let at = |q| judge(&o, Weu, q).healthy;
+        assert_eq!(at(Quorum::Any), Some(true));
+        assert_eq!(at(Quorum::Majority), Some(false));
+        assert_eq!(at(Quorum::All), Some(false));
+        assert_eq!(at(Quorum::Fraction(0.3)), Some(true));
+        assert_eq!(at(Quorum::Fraction(0.5)), Some(false));
+        // Global health is a majority of observing regions: 1 of 2 is not.
+        let split = [obs("a", Weu, true, 1), obs("b", Wnam, false, 1)];
+        assert_eq!(judge(&split, Seas, Quorum::Majority).global, Some(false));
+    }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{wall_ms, Shared};
 use crate::error::Error;
+use crate::runtime::{judge, observations};
 use crate::steering::{self, Request as SteerRequest};
 
 /// Serves until `stop`.
@@ -97,6 +98,36 @@ pub struct Status {
     pub apps: Vec<AppStatus>,
     pub pools: Vec<PoolStatus>,
     pub load_balancers: Vec<LbStatus>,
+    /// Mesh members, this node included; empty without `[mesh]`.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Nodes whose config fingerprint differs from this node's.
+    #[serde(default)]
+    pub drift: Vec<DriftStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub region: String,
+    pub addr: String,
+    pub state: String,
+    pub generation: u64,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftStatus {
+    pub node: String,
+    pub fingerprint: String,
+    pub ours: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObserverStatus {
+    pub healthy: bool,
+    pub rtt_ms: Option<f64>,
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +171,15 @@ pub struct OriginStatus {
     pub reason: Option<String>,
     /// Open connections from this node.
     pub active: u32,
+    /// Every node whose row counts (this node once it has probed, and live members).
+    #[serde(default)]
+    pub observers: std::collections::BTreeMap<String, ObserverStatus>,
+    /// Per observing region, whether a quorum of its observers sees the origin up.
+    #[serde(default)]
+    pub region_health: std::collections::BTreeMap<String, bool>,
+    /// A majority of observing regions see it up; null when nobody observes it.
+    #[serde(default)]
+    pub global_health: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +198,8 @@ pub fn document(shared: &Shared) -> Status {
     let snap = shared.snapshot();
     let rt = &snap.rt;
     let report = shared.report();
+    let remote = shared.remote();
+    let mut obs = Vec::new();
     let apps = shared
         .apps
         .load()
@@ -189,8 +231,12 @@ pub fn document(shared: &Shared) -> Status {
                 .iter()
                 .enumerate()
                 .map(|(oi, o)| {
-                    let row = report.rows.get(&rt.key(pi, oi));
+                    let key = rt.key(pi, oi);
+                    let row = report.rows.get(&key);
                     let seen = &snap.view.pools[pi].origins[oi];
+                    observations(rt, &key, &report, &remote, Duration::ZERO, &mut obs);
+                    let judged = judge(&obs, rt.region, shared.quorum());
+                    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
                     OriginStatus {
                         name: o.name.to_string(),
                         address: o.addr.to_string(),
@@ -205,6 +251,25 @@ pub fn document(shared: &Shared) -> Status {
                         }),
                         reason: row.and_then(|r| r.reason.clone()),
                         active: o.active.load(Ordering::Relaxed),
+                        observers: obs
+                            .iter()
+                            .map(|o| {
+                                (
+                                    o.node.to_string(),
+                                    ObserverStatus {
+                                        healthy: o.healthy,
+                                        rtt_ms: o.rtt.map(ms),
+                                        age_ms: o.age.as_millis() as u64,
+                                    },
+                                )
+                            })
+                            .collect(),
+                        region_health: judged
+                            .regions
+                            .iter()
+                            .map(|(r, h)| (r.to_string(), *h))
+                            .collect(),
+                        global_health: judged.global,
                     }
                 })
                 .collect(),
@@ -238,7 +303,39 @@ pub fn document(shared: &Shared) -> Status {
             }
         })
         .collect();
+    let (members, drift) = match &shared.mesh {
+        Some(mesh) => {
+            let state = mesh.state().borrow().clone();
+            let ours = rt.config.fingerprint();
+            let members = state
+                .members
+                .iter()
+                .map(|m| MemberStatus {
+                    id: m.id.clone(),
+                    region: m.region.to_string(),
+                    addr: m.addr.to_string(),
+                    state: m.state.as_str().into(),
+                    generation: m.generation,
+                    rtt_ms: m.rtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+                })
+                .collect();
+            let drift = state
+                .writers
+                .iter()
+                .filter(|w| w.live && w.node != state.local.id && w.fingerprint != ours)
+                .map(|w| DriftStatus {
+                    node: w.node.clone(),
+                    fingerprint: format!("{:016x}", w.fingerprint),
+                    ours: format!("{ours:016x}"),
+                })
+                .collect();
+            (members, drift)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     Status {
+        members,
+        drift,
         node: NodeStatus {
             id: rt.node_id.to_string(),
             region: rt.region.to_string(),

@@ -366,6 +366,7 @@ fallback_pool = "c"
         for (pi, p) in rt.pools.iter().enumerate() {
             for (oi, o) in p.origins.iter().enumerate() {
                 let mut row = OriginHealth::unchecked(now);
+                row.checked = true;
                 row.healthy = !down.contains(&&*o.name);
                 report.rows.insert(rt.key(pi, oi), row);
             }

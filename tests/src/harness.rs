@@ -9,6 +9,16 @@ use switchyard_node::{App, Config, StartOptions};
 
 use crate::origin::{first_line, OriginConfig, TestOrigin};
 
+/// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=debug cargo test ...).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds; fails naming `what` after `within`.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F) -> anyhow::Result<()>
 where
@@ -49,6 +59,7 @@ pub async fn node(body: &str) -> App {
     let text = format!(
         "[node]\nid = \"test-1\"\nregion = \"WEU\"\nstatus_listen = \"127.0.0.1:0\"\ndrain_timeout = \"2s\"\n\n{body}"
     );
+    init_logs();
     let cfg = Config::parse(&text, None).expect("test config is valid");
     App::start(cfg, StartOptions::default())
         .await

@@ -175,7 +175,9 @@ load_balancer = "lb"
             edge + 2
         );
         let cfg = Config::parse(&cfg, None).unwrap();
-        if let Ok(app) = switchyard_node::App::start(cfg, switchyard_node::StartOptions::default()).await {
+        if let Ok(app) =
+            switchyard_node::App::start(cfg, switchyard_node::StartOptions::default()).await
+        {
             started = Some((app, edge));
             break;
         }

@@ -1,0 +1,1657 @@
+//! The replicated health table: every node's view of every origin, as each node probes it.
+//! Each node is the only writer of its own rows and numbers its changes; the others hold
+//! copies, learned from pushes, anti-entropy deltas and snapshots that may arrive late, twice,
+//! out of order or not at all. This module is the pure core of that replication (what to
+//! send, what to accept), with time passed in and no I/O, so convergence is tested by
+//! simulation.
+//!
+//! Versions. A writer's rows belong to an epoch (its boot, e.g. unix ms at start: it must
+//! grow across restarts) and each change takes the next sequence number of that epoch: the
+//! changed row carries it, and so does a batch. A removal or a fingerprint change takes a
+//! number too, without a row. A holder tracks per writer the highest seq up to which it has
+//! every change (`seq` in the [`Digest`]), so anti-entropy only ships what is missing. A
+//! removal cannot be shipped as rows, so a writer remembers the seq of its latest removal
+//! (`removed_seq`) and anyone asked for changes since before it answers with a full batch.
+//!
+//! Invariant a holder keeps for each writer (epoch E, complete up to C): for every row the
+//! writer had at seq C, the holder holds that row or a newer version of it; any other row it
+//! holds is newer than C. Every rule in [`Table::apply`] preserves it, which is why one
+//! digest-delta round with the writer leaves the holder with exactly the writer's rows.
+
+use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_geo::Region;
+use tokio::time::Instant;
+
+/// Most rows one batch may carry.
+pub const MAX_ROWS: usize = 10_000;
+/// Longest node, pool or origin name, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest reason, in bytes; longer local reasons are cut to fit.
+pub const MAX_REASON: usize = 1024;
+/// Most writers a table holds, so a confused peer inventing names cannot grow it unbounded.
+pub const MAX_WRITERS: usize = 4096;
+/// Most forgotten writers remembered (see [`Table::forget`]).
+const MAX_FORGOTTEN: usize = 4096;
+
+/// An RTT move of less than this fraction of the replicated value and also under
+/// [`RTT_MIN_DELTA_US`] is not replicated: probe jitter would otherwise make an idle mesh
+/// chatter on every probe.
+const RTT_MIN_DELTA_PERCENT: u64 = 5;
+const RTT_MIN_DELTA_US: u32 = 1_000;
+
+/// One origin as one node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub pool: String,
+    pub origin: String,
+    pub healthy: bool,
+    /// Moving average of the probe round-trip time, in microseconds.
+    pub rtt_us: Option<u32>,
+    /// When health last changed, on the writer's wall clock (unix ms).
+    pub last_change_ms: u64,
+    pub reason: Option<String>,
+    /// The writer's seq at this row's latest change.
+    pub seq: u64,
+}
+
+/// A writer's rows on the wire: a push, a delta for anti-entropy, or a full snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub node: String,
+    pub region: Region,
+    pub epoch: u64,
+    /// The receiver may count seqs up to the batch's highest as received only if it already
+    /// had every seq <= base_seq.
+    pub base_seq: u64,
+    /// The batch's highest seq: the writer's seq when it was made (a removal or a fingerprint
+    /// change takes a seq without any row carrying it, so the rows cannot tell). A relay's
+    /// batch may carry rows newer than this, which it holds without having all before them.
+    pub seq: u64,
+    /// The writer's seq at its latest row removal, so a relay knows when a delta cannot
+    /// express what changed. A delta always has `removed_seq <= base_seq`.
+    pub removed_seq: u64,
+    /// A full snapshot: the writer's rows are exactly these.
+    pub full: bool,
+    /// Fingerprint of the writer's config, for drift detection.
+    pub fingerprint: u64,
+    pub rows: Vec<Row>,
+}
+
+/// What a node holds: per writer, its epoch and the highest seq up to which it has everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    pub entries: Vec<(String, u64 /*epoch*/, u64 /*seq*/)>,
+}
+
+/// What [`Table::set_local`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Health changed, or the row is new.
+    Flip,
+    /// Only the RTT or the reason changed.
+    Rtt,
+}
+
+/// One row whose health changed in an [`Table::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flip {
+    pub node: String,
+    pub pool: String,
+    pub origin: String,
+    /// The new health; None when the row went away.
+    pub healthy: Option<bool>,
+}
+
+/// Why a well-formed batch was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// It carried this node's own rows, which only this node writes.
+    OwnRows,
+    /// Its epoch is older than the writer's epoch held here.
+    OlderEpoch,
+    /// Its writer was forgotten and has not restarted since.
+    Forgotten,
+}
+
+/// What [`Table::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Some row's health, RTT or reason changed, or rows appeared or went away: rebuild views.
+    pub changed: bool,
+    /// Rows whose health changed, appeared or went away.
+    pub flips: Vec<Flip>,
+    /// The writer's region or config fingerprint changed (or the writer is new).
+    pub meta_changed: bool,
+    pub ignored: Option<Ignored>,
+    /// The mesh holds rows of this node from an epoch not older than the current one: a
+    /// previous run of this node with a clock ahead, or the same epoch reused. The table took
+    /// this epoch, above it, so its rows win again; push a snapshot of the local rows.
+    pub local_epoch_bumped: Option<u64>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Batches refused as malformed.
+    pub malformed: u64,
+    /// Batches carrying this node's own rows, dropped.
+    pub own_rows: u64,
+    /// Batches from an older epoch or a forgotten writer, dropped.
+    pub stale: u64,
+    /// Local rows refused by `set_local` because a name is empty or over [`MAX_NAME`].
+    pub local_refused: u64,
+}
+
+/// Why a batch was refused; nothing of a refused batch is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("batch names no node")]
+    EmptyNode,
+    #[error("batch node name of {0} bytes is over the {MAX_NAME}-byte limit")]
+    NodeTooLong(usize),
+    #[error("batch from {node} has {rows} rows, over the {MAX_ROWS}-row limit")]
+    TooManyRows { node: String, rows: usize },
+    #[error("batch from {node}: a row has an empty {what} name")]
+    EmptyName { node: String, what: &'static str },
+    #[error(
+        "batch from {node}: a row's {what} name of {len} bytes is over the {MAX_NAME}-byte limit"
+    )]
+    NameTooLong {
+        node: String,
+        what: &'static str,
+        len: usize,
+    },
+    #[error(
+        "batch from {node}: row {pool}/{origin} has a reason of {len} bytes, \
+         over the {MAX_REASON}-byte limit"
+    )]
+    ReasonTooLong {
+        node: String,
+        pool: String,
+        origin: String,
+        len: usize,
+    },
+    #[error("batch from {node}: row {pool}/{origin} appears twice")]
+    DuplicateRow {
+        node: String,
+        pool: String,
+        origin: String,
+    },
+    #[error("batch from {node}: two rows share seq {seq}")]
+    DuplicateSeq { node: String, seq: u64 },
+    #[error("batch from {node} has inconsistent seqs: {detail}")]
+    BadSeq { node: String, detail: String },
+    #[error("batch from {node} would make one writer too many (limit {MAX_WRITERS})")]
+    TooManyWriters { node: String },
+}
+
+/// Read access to one writer's rows.
+#[derive(Debug, Clone)]
+pub struct WriterView<'a> {
+    pub node: &'a str,
+    pub region: Region,
+    pub fingerprint: u64,
+    pub epoch: u64,
+    /// Up to where this table has every change of the writer.
+    pub seq: u64,
+    /// Whether this is the local node.
+    pub local: bool,
+    /// The writer's rows by pool then origin, each with the instant it was last received (or,
+    /// for local rows, last changed).
+    pub rows: WriterRows<'a>,
+}
+
+/// The rows of a [`WriterView`].
+#[derive(Debug, Clone)]
+pub struct WriterRows<'a> {
+    pools: btree_map::Values<'a, String, BTreeMap<String, Stored>>,
+    origins: Option<btree_map::Values<'a, String, Stored>>,
+    left: usize,
+}
+
+impl<'a> Iterator for WriterRows<'a> {
+    type Item = (&'a Row, Instant);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(s) = self.origins.as_mut().and_then(Iterator::next) {
+                self.left = self.left.saturating_sub(1);
+                return Some((&s.row, s.at));
+            }
+            self.origins = Some(self.pools.next()?.values());
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for WriterRows<'_> {}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    row: Row,
+    at: Instant,
+}
+
+/// Rows keyed by pool then origin, so lookups take `&str` without allocating.
+#[derive(Debug, Clone, Default)]
+struct Rows {
+    by_pool: BTreeMap<String, BTreeMap<String, Stored>>,
+    len: usize,
+}
+
+impl Rows {
+    fn get(&self, pool: &str, origin: &str) -> Option<&Stored> {
+        self.by_pool.get(pool)?.get(origin)
+    }
+
+    fn get_mut(&mut self, pool: &str, origin: &str) -> Option<&mut Stored> {
+        self.by_pool.get_mut(pool)?.get_mut(origin)
+    }
+
+    fn insert(&mut self, stored: Stored) {
+        let origins = match self.by_pool.get_mut(&stored.row.pool) {
+            Some(origins) => origins,
+            None => self.by_pool.entry(stored.row.pool.clone()).or_default(),
+        };
+        if origins.insert(stored.row.origin.clone(), stored).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, pool: &str, origin: &str) -> Option<Stored> {
+        let origins = self.by_pool.get_mut(pool)?;
+        let removed = origins.remove(origin)?;
+        if origins.is_empty() {
+            self.by_pool.remove(pool);
+        }
+        self.len -= 1;
+        Some(removed)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Stored> {
+        self.by_pool.values().flat_map(|o| o.values())
+    }
+
+    fn rows_since(&self, since: u64) -> Vec<Row> {
+        self.iter()
+            .filter(|s| s.row.seq > since)
+            .map(|s| s.row.clone())
+            .collect()
+    }
+}
+
+/// What views are built from: the fields whose change makes `apply` report `changed`.
+#[derive(Debug, Clone, PartialEq)]
+struct Visible {
+    healthy: bool,
+    rtt_us: Option<u32>,
+    reason: Option<String>,
+}
+
+impl Visible {
+    fn of(row: &Row) -> Self {
+        Visible {
+            healthy: row.healthy,
+            rtt_us: row.rtt_us,
+            reason: row.reason.clone(),
+        }
+    }
+}
+
+/// One writer's rows and versions, as held here.
+#[derive(Debug, Clone)]
+struct Writer {
+    region: Region,
+    fingerprint: u64,
+    /// Seq of the batch region and fingerprint came from, so an older batch cannot undo them.
+    meta_seq: u64,
+    epoch: u64,
+    /// Every change up to here is held (for the local writer: its current seq).
+    seq: u64,
+    /// At or above the writer's seq of its latest removal as of `seq`, and never above `seq`.
+    removed_seq: u64,
+    rows: Rows,
+}
+
+impl Writer {
+    fn empty(region: Region, epoch: u64, fingerprint: u64) -> Self {
+        Writer {
+            region,
+            fingerprint,
+            meta_seq: 0,
+            epoch,
+            seq: 0,
+            removed_seq: 0,
+            rows: Rows::default(),
+        }
+    }
+
+    fn batch(&self, node: &str, base_seq: u64, full: bool, rows: Vec<Row>) -> Batch {
+        Batch {
+            node: node.to_string(),
+            region: self.region,
+            epoch: self.epoch,
+            base_seq,
+            seq: self.seq,
+            removed_seq: self.removed_seq,
+            full,
+            fingerprint: self.fingerprint,
+            rows,
+        }
+    }
+
+    fn full(&self, node: &str) -> Batch {
+        self.batch(node, 0, true, self.rows.rows_since(0))
+    }
+
+    /// Changes after `since`, or everything when a delta cannot express them.
+    fn since(&self, node: &str, since: u64) -> Batch {
+        if since < self.removed_seq || since > self.seq {
+            self.full(node)
+        } else {
+            self.batch(node, since, false, self.rows.rows_since(since))
+        }
+    }
+
+    fn view<'a>(&'a self, node: &'a str, local: bool) -> WriterView<'a> {
+        WriterView {
+            node,
+            region: self.region,
+            fingerprint: self.fingerprint,
+            epoch: self.epoch,
+            seq: self.seq,
+            local,
+            rows: WriterRows {
+                pools: self.rows.by_pool.values(),
+                origins: None,
+                left: self.rows.len,
+            },
+        }
+    }
+}
+
+/// The old visible state of every row a batch touched, to report what changed.
+#[derive(Default)]
+struct Touched(HashMap<(String, String), Option<Visible>>);
+
+impl Touched {
+    fn note(&mut self, pool: &str, origin: &str, old: Option<&Stored>) {
+        self.0
+            .entry((pool.to_string(), origin.to_string()))
+            .or_insert_with(|| old.map(|s| Visible::of(&s.row)));
+    }
+
+    fn report(self, node: &str, rows: &Rows, applied: &mut Applied) {
+        let mut touched: Vec<_> = self.0.into_iter().collect();
+        touched.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((pool, origin), old) in touched {
+            let new = rows.get(&pool, &origin).map(|s| Visible::of(&s.row));
+            if old == new {
+                continue;
+            }
+            applied.changed = true;
+            let was = old.map(|v| v.healthy);
+            let is = new.map(|v| v.healthy);
+            if was != is {
+                applied.flips.push(Flip {
+                    node: node.to_string(),
+                    pool,
+                    origin,
+                    healthy: is,
+                });
+            }
+        }
+    }
+}
+
+/// The replicated health table of one node.
+#[derive(Debug, Clone)]
+pub struct Table {
+    local_name: String,
+    local: Writer,
+    peers: BTreeMap<String, Writer>,
+    /// Writers forgotten, with the epoch they had: a peer that has not forgotten them yet
+    /// must not bring them back, but a restart (newer epoch) does.
+    forgotten: BTreeMap<String, u64>,
+    stats: TableStats,
+}
+
+impl Table {
+    pub fn new(local: String, region: Region, epoch: u64, fingerprint: u64) -> Self {
+        Table {
+            local_name: local,
+            local: Writer::empty(region, epoch, fingerprint),
+            peers: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn local_name(&self) -> &str {
+        &self.local_name
+    }
+
+    pub fn local_epoch(&self) -> u64 {
+        self.local.epoch
+    }
+
+    pub fn local_seq(&self) -> u64 {
+        self.local.seq
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Sets the local config fingerprint. A change takes a seq, so that pushes and
+    /// anti-entropy carry it even when no row changes.
+    pub fn set_fingerprint(&mut self, fp: u64) {
+        if self.local.fingerprint != fp {
+            self.local.fingerprint = fp;
+            self.local.seq += 1;
+            self.local.meta_seq = self.local.seq;
+        }
+    }
+
+    /// Updates one local row; bumps the local seq only if something changed. Returns Flip
+    /// when `healthy` changed (or the row is new), Rtt when only the RTT/reason changed, None
+    /// otherwise.
+    ///
+    /// An RTT change is ignored (None) when it is both under 5% of the RTT last replicated
+    /// and under 1 ms: measured against the replicated value, not the last sample, so a slow
+    /// drift still crosses the threshold. `last_change_ms` is taken only along with a change
+    /// that is replicated; alone it changes nothing. A reason over [`MAX_REASON`] bytes is cut
+    /// to fit; a row with an empty name or one over [`MAX_NAME`] bytes is refused (None,
+    /// counted in [`TableStats::local_refused`]), since every peer would refuse it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_local(
+        &mut self,
+        pool: &str,
+        origin: &str,
+        healthy: bool,
+        rtt_us: Option<u32>,
+        last_change_ms: u64,
+        reason: Option<&str>,
+        now: Instant,
+    ) -> Option<Change> {
+        if !valid_name(pool) || !valid_name(origin) {
+            self.stats.local_refused += 1;
+            return None;
+        }
+        let reason = reason.map(|r| truncate(r, MAX_REASON));
+        let change = match self.local.rows.get(pool, origin) {
+            None => Change::Flip,
+            Some(old) if old.row.healthy != healthy => Change::Flip,
+            Some(old) => {
+                if !rtt_moved(old.row.rtt_us, rtt_us) && old.row.reason.as_deref() == reason {
+                    return None;
+                }
+                Change::Rtt
+            }
+        };
+        self.local.seq += 1;
+        self.local.rows.insert(Stored {
+            row: Row {
+                pool: pool.to_string(),
+                origin: origin.to_string(),
+                healthy,
+                rtt_us,
+                last_change_ms,
+                reason: reason.map(str::to_string),
+                seq: self.local.seq,
+            },
+            at: now,
+        });
+        Some(change)
+    }
+
+    /// Removes one local row (e.g. its origin left the config). Returns whether it existed.
+    pub fn remove_local(&mut self, pool: &str, origin: &str) -> bool {
+        if self.local.rows.remove(pool, origin).is_none() {
+            return false;
+        }
+        self.local.seq += 1;
+        self.local.removed_seq = self.local.seq;
+        true
+    }
+
+    /// The local rows changed since seq `since` as one Batch (base_seq = since), for pushes.
+    /// It is a full batch instead when a row was removed after `since` (a delta cannot say
+    /// so) or `since` is ahead of the local seq.
+    pub fn local_since(&self, since: u64) -> Batch {
+        self.local.since(&self.local_name, since)
+    }
+
+    /// Applies a batch from a peer. Never lets a peer write the local node's rows (count and
+    /// drop). A higher epoch of a writer replaces all its older-epoch rows; an older epoch is
+    /// ignored; same epoch: per row, higher seq wins. A full batch replaces the writer's rows
+    /// exactly. A malformed batch is refused whole.
+    pub fn apply(&mut self, batch: Batch, now: Instant) -> Result<Applied, TableError> {
+        if let Err(e) = validate(&batch) {
+            self.stats.malformed += 1;
+            return Err(e);
+        }
+        if batch.node == self.local_name {
+            return Ok(self.own_rows(&batch));
+        }
+        if let Some(&epoch) = self.forgotten.get(&batch.node) {
+            if batch.epoch <= epoch {
+                self.stats.stale += 1;
+                return Ok(Applied {
+                    ignored: Some(Ignored::Forgotten),
+                    ..Applied::default()
+                });
+            }
+        }
+        if !self.peers.contains_key(&batch.node) && self.peers.len() >= MAX_WRITERS {
+            return Err(TableError::TooManyWriters { node: batch.node });
+        }
+        self.forgotten.remove(&batch.node);
+
+        let mut applied = Applied::default();
+        let mut touched = Touched::default();
+        let writer = self.peers.entry(batch.node.clone()).or_insert_with(|| {
+            applied.meta_changed = true;
+            Writer::empty(batch.region, batch.epoch, batch.fingerprint)
+        });
+        if batch.epoch < writer.epoch {
+            self.stats.stale += 1;
+            applied.ignored = Some(Ignored::OlderEpoch);
+            return Ok(applied);
+        }
+        if batch.epoch > writer.epoch {
+            // A restart: whatever the old run said no longer holds.
+            for s in writer.rows.iter() {
+                touched.note(&s.row.pool, &s.row.origin, Some(s));
+            }
+            *writer = Writer::empty(writer.region, batch.epoch, writer.fingerprint);
+        }
+        let node = batch.node.clone();
+        merge(writer, batch, now, &mut touched, &mut applied);
+        touched.report(&node, &writer.rows, &mut applied);
+        Ok(applied)
+    }
+
+    /// A peer sent rows of this node. They are never taken; but if they come from a run of
+    /// this node the mesh ranks above the current one, the current one could never replace
+    /// them, so it moves to an epoch above theirs.
+    fn own_rows(&mut self, batch: &Batch) -> Applied {
+        self.stats.own_rows += 1;
+        let mut applied = Applied {
+            ignored: Some(Ignored::OwnRows),
+            ..Applied::default()
+        };
+        let local = &mut self.local;
+        let ahead =
+            batch.epoch > local.epoch || (batch.epoch == local.epoch && batch.seq > local.seq);
+        if ahead {
+            if let Some(epoch) = batch.epoch.checked_add(1) {
+                local.epoch = epoch;
+                applied.local_epoch_bumped = Some(epoch);
+            }
+        }
+        applied
+    }
+
+    pub fn digest(&self) -> Digest {
+        let local = (self.local_name.clone(), self.local.epoch, self.local.seq);
+        let peers = self
+            .peers
+            .iter()
+            .map(|(node, w)| (node.clone(), w.epoch, w.seq));
+        Digest {
+            entries: std::iter::once(local).chain(peers).collect(),
+        }
+    }
+
+    /// What a peer with digest `theirs` lacks: for each writer we know newer than they do, a
+    /// full batch if their epoch is older or missing, else the rows with seq > their seq
+    /// (base_seq = their seq), or a full batch if a delta cannot express a removal. Includes
+    /// the local writer.
+    pub fn delta(&self, theirs: &Digest) -> Vec<Batch> {
+        let mut known: HashMap<&str, (u64, u64)> = HashMap::with_capacity(theirs.entries.len());
+        for (node, epoch, seq) in &theirs.entries {
+            // A repeated writer (only a confused peer sends one) counts as its oldest claim:
+            // sending too much is harmless, too little is not.
+            known
+                .entry(node.as_str())
+                .and_modify(|v| *v = (*v).min((*epoch, *seq)))
+                .or_insert((*epoch, *seq));
+        }
+        self.all_writers()
+            .filter_map(|(node, w)| match known.get(node) {
+                None => Some(w.full(node)),
+                Some(&(epoch, _)) if epoch < w.epoch => Some(w.full(node)),
+                Some(&(epoch, seq)) if epoch == w.epoch && seq < w.seq => Some(w.since(node, seq)),
+                Some(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every writer as full batches (for a joining node).
+    pub fn snapshot(&self) -> Vec<Batch> {
+        self.all_writers().map(|(node, w)| w.full(node)).collect()
+    }
+
+    /// Every writer, the local one first, then peers by name.
+    pub fn writers(&self) -> impl Iterator<Item = WriterView<'_>> {
+        std::iter::once(self.local.view(&self.local_name, true))
+            .chain(self.peers.iter().map(|(node, w)| w.view(node, false)))
+    }
+
+    /// Age of the oldest peer row (now - last received), for a metric. Local rows are not
+    /// counted: they are the source, never stale. Rows are re-sent only when they change or
+    /// in a full batch, so on a quiet mesh this grows until the next snapshot.
+    pub fn oldest_row_age(&self, now: Instant) -> Option<Duration> {
+        self.peers
+            .values()
+            .flat_map(|w| w.rows.iter())
+            .map(|s| now.saturating_duration_since(s.at))
+            .max()
+    }
+
+    /// Forget a writer entirely (e.g. removed from the cluster). Until it restarts (newer
+    /// epoch), batches of it are ignored, so a peer that has not forgotten it yet cannot bring
+    /// it back. The local node cannot be forgotten.
+    pub fn forget(&mut self, node: &str) {
+        let Some(w) = self.peers.remove(node) else {
+            return;
+        };
+        if self.forgotten.len() >= MAX_FORGOTTEN {
+            // Epochs are boot times, so the lowest is the longest gone.
+            if let Some(oldest) = self
+                .forgotten
+                .iter()
+                .min_by_key(|(_, &e)| e)
+                .map(|(n, _)| n.clone())
+            {
+                self.forgotten.remove(&oldest);
+            }
+        }
+        self.forgotten.insert(node.to_string(), w.epoch);
+    }
+
+    fn all_writers(&self) -> impl Iterator<Item = (&str, &Writer)> {
+        std::iter::once((self.local_name.as_str(), &self.local))
+            .chain(self.peers.iter().map(|(n, w)| (n.as_str(), w)))
+    }
+}
+
+/// Merges a validated batch of the writer's current epoch. With C the seq up to which the
+/// writer was complete: rows at or below C are already held in that version or newer (or were
+/// removed since), so only newer rows are taken, each only over an older version; a full batch
+/// newer than C also drops rows it lacks that are not newer than it; and C moves up to the
+/// batch's seq when the batch starts at or below C.
+fn merge(w: &mut Writer, batch: Batch, now: Instant, touched: &mut Touched, applied: &mut Applied) {
+    let c = w.seq;
+    let s = batch.seq;
+    let replaces = batch.full && s > c;
+
+    if replaces {
+        let keep: HashSet<(&str, &str)> = batch
+            .rows
+            .iter()
+            .map(|r| (r.pool.as_str(), r.origin.as_str()))
+            .collect();
+        let gone: Vec<(String, String)> = w
+            .rows
+            .iter()
+            .filter(|st| {
+                st.row.seq <= s && !keep.contains(&(st.row.pool.as_str(), st.row.origin.as_str()))
+            })
+            .map(|st| (st.row.pool.clone(), st.row.origin.clone()))
+            .collect();
+        for (pool, origin) in gone {
+            touched.note(&pool, &origin, w.rows.get(&pool, &origin));
+            w.rows.remove(&pool, &origin);
+        }
+    }
+
+    for row in batch.rows {
+        if let Some(held) = w.rows.get_mut(&row.pool, &row.origin) {
+            if held.row.seq == row.seq {
+                held.at = now;
+                continue;
+            }
+            if held.row.seq > row.seq {
+                continue;
+            }
+        }
+        if row.seq <= c && !replaces {
+            continue;
+        }
+        touched.note(&row.pool, &row.origin, w.rows.get(&row.pool, &row.origin));
+        w.rows.insert(Stored { row, at: now });
+    }
+
+    let advances = s > c && (batch.full || batch.base_seq <= c);
+    if advances {
+        w.seq = s;
+        w.removed_seq = w.removed_seq.max(batch.removed_seq);
+    }
+    if s >= w.meta_seq {
+        if w.region != batch.region || w.fingerprint != batch.fingerprint {
+            applied.meta_changed = true;
+        }
+        w.region = batch.region;
+        w.fingerprint = batch.fingerprint;
+        w.meta_seq = s;
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+fn rtt_moved(old: Option<u32>, new: Option<u32>) -> bool {
+    match (old, new) {
+        (Some(old), Some(new)) => {
+            let delta = old.abs_diff(new);
+            delta > 0
+                && (delta >= RTT_MIN_DELTA_US
+                    || u64::from(delta) * 100 >= u64::from(old) * RTT_MIN_DELTA_PERCENT)
+        }
+        (old, new) => old != new,
+    }
+}
+
+fn validate(b: &Batch) -> Result<(), TableError> {
+    if b.node.is_empty() {
+        return Err(TableError::EmptyNode);
+    }
+    if b.node.len() > MAX_NAME {
+        return Err(TableError::NodeTooLong(b.node.len()));
+    }
+    let node = || b.node.clone();
+    if b.rows.len() > MAX_ROWS {
+        return Err(TableError::TooManyRows {
+            node: node(),
+            rows: b.rows.len(),
+        });
+    }
+    let bad_seq = |detail: String| {
+        Err(TableError::BadSeq {
+            node: node(),
+            detail,
+        })
+    };
+    if b.base_seq > b.seq {
+        return bad_seq(format!("base_seq {} is above seq {}", b.base_seq, b.seq));
+    }
+    if b.removed_seq > b.seq {
+        return bad_seq(format!(
+            "removed_seq {} is above seq {}",
+            b.removed_seq, b.seq
+        ));
+    }
+    if !b.full && b.removed_seq > b.base_seq {
+        return bad_seq(format!(
+            "a delta from base_seq {} cannot carry the removal at seq {}",
+            b.base_seq, b.removed_seq
+        ));
+    }
+    for r in &b.rows {
+        for (what, name) in [("pool", &r.pool), ("origin", &r.origin)] {
+            if name.is_empty() {
+                return Err(TableError::EmptyName { node: node(), what });
+            }
+            if name.len() > MAX_NAME {
+                return Err(TableError::NameTooLong {
+                    node: node(),
+                    what,
+                    len: name.len(),
+                });
+            }
+        }
+        if let Some(reason) = &r.reason {
+            if reason.len() > MAX_REASON {
+                return Err(TableError::ReasonTooLong {
+                    node: node(),
+                    pool: r.pool.clone(),
+                    origin: r.origin.clone(),
+                    len: reason.len(),
+                });
+            }
+        }
+        if r.seq == 0 {
+            return bad_seq(format!("row {}/{} has seq 0", r.pool, r.origin));
+        }
+        if !b.full && r.seq <= b.base_seq {
+            return bad_seq(format!(
+                "row {}/{} has seq {}, not above the delta's base_seq {}",
+                r.pool, r.origin, r.seq, b.base_seq
+            ));
+        }
+    }
+    let mut keys = HashSet::with_capacity(b.rows.len());
+    let mut seqs = HashSet::with_capacity(b.rows.len());
+    for r in &b.rows {
+        if !keys.insert((r.pool.as_str(), r.origin.as_str())) {
+            return Err(TableError::DuplicateRow {
+                node: node(),
+                pool: r.pool.clone(),
+                origin: r.origin.clone(),
+            });
+        }
+        if !seqs.insert(r.seq) {
+            return Err(TableError::DuplicateSeq {
+                node: node(),
+                seq: r.seq,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn table(name: &str, epoch: u64) -> Table {
+        Table::new(name.into(), Region::Weu, epoch, 7)
+    }
+
+    fn up(t: &mut Table, pool: &str, origin: &str, rtt: u32, now: Instant) -> Option<Change> {
+        t.set_local(pool, origin, true, Some(rtt), 1, None, now)
+    }
+
+    fn down(t: &mut Table, pool: &str, origin: &str, why: &str, now: Instant) -> Option<Change> {
+        t.set_local(pool, origin, false, None, 2, Some(why), now)
+    }
+
+    /// The rows `holder` has of `writer`, without receive times.
+    fn rows_of(holder: &Table, writer: &str) -> Vec<Row> {
+        holder
+            .writers()
+            .find(|w| w.node == writer)
+            .map(|w| w.rows.map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn seq_of(holder: &Table, writer: &str) -> Option<(u64, u64)> {
+        holder
+            .digest()
+            .entries
+            .into_iter()
+            .find(|(n, _, _)| n == writer)
+            .map(|(_, e, s)| (e, s))
+    }
+
+    /// One anti-entropy exchange: `to` sends its digest, `from` answers with a delta.
+    fn pull(to: &mut Table, from: &Table, now: Instant) -> Applied {
+        let mut all = Applied::default();
+        for b in from.delta(&to.digest()) {
+            let a = to.apply(b, now).unwrap();
+            all.changed |= a.changed;
+            all.flips.extend(a.flips);
+        }
+        all
+    }
+
+    #[test]
+    fn set_local_reports_what_changed_and_bumps_seq_only_then() {
+        let now = t0();
+        let mut t = table("a", 1);
+        assert_eq!(up(&mut t, "web", "o1", 10_000, now), Some(Change::Flip));
+        assert_eq!(t.local_seq(), 1);
+        assert_eq!(up(&mut t, "web", "o1", 10_000, now), None);
+        // 4% and 400 us: jitter, not replicated.
+        assert_eq!(up(&mut t, "web", "o1", 10_400, now), None);
+        assert_eq!(t.local_seq(), 1);
+        // Measured against the replicated value, so drift adds up: 5% of 10 ms.
+        assert_eq!(up(&mut t, "web", "o1", 10_500, now), Some(Change::Rtt));
+        assert_eq!(t.local_seq(), 2);
+        // Large RTT: 1 ms is enough even under 5%.
+        assert_eq!(up(&mut t, "web", "o2", 100_000, now), Some(Change::Flip));
+        assert_eq!(up(&mut t, "web", "o2", 101_000, now), Some(Change::Rtt));
+        // Small RTT: 5% is enough even under 1 ms; less is not.
+        assert_eq!(up(&mut t, "web", "o3", 200, now), Some(Change::Flip));
+        assert_eq!(up(&mut t, "web", "o3", 209, now), None);
+        assert_eq!(up(&mut t, "web", "o3", 210, now), Some(Change::Rtt));
+        assert_eq!(
+            down(&mut t, "web", "o3", "timeout", now),
+            Some(Change::Flip)
+        );
+        assert_eq!(down(&mut t, "web", "o3", "timeout", now), None);
+        assert_eq!(down(&mut t, "web", "o3", "refused", now), Some(Change::Rtt));
+        assert_eq!(up(&mut t, "web", "o3", 200, now), Some(Change::Flip));
+        assert_eq!(t.local_seq(), 9);
+        // A zero RTT (a very near origin) stays put, and any move from it counts.
+        assert_eq!(up(&mut t, "web", "o4", 0, now), Some(Change::Flip));
+        assert_eq!(up(&mut t, "web", "o4", 0, now), None);
+        assert_eq!(up(&mut t, "web", "o4", 1, now), Some(Change::Rtt));
+        let gone = t.set_local("web", "o4", true, None, 1, None, now);
+        assert_eq!(gone, Some(Change::Rtt));
+        assert_eq!(t.local_seq(), 12);
+        let rows = rows_of(&t, "a");
+        assert_eq!(rows.len(), 4);
+        assert_eq!(t.writers().next().unwrap().rows.len(), 4);
+        assert_eq!(rows[0].rtt_us, Some(10_500));
+    }
+
+    #[test]
+    fn local_rows_are_kept_within_what_peers_accept() {
+        let now = t0();
+        let mut a = table("a", 1);
+        assert_eq!(up(&mut a, &"p".repeat(256), "o", 1, now), None);
+        assert_eq!(up(&mut a, "", "o", 1, now), None);
+        assert_eq!(a.stats().local_refused, 2);
+        let long = "é".repeat(600);
+        a.set_local("p", "o", false, None, 0, Some(&long), now);
+        let reason = rows_of(&a, "a")[0].reason.clone().unwrap();
+        assert!(reason.len() <= MAX_REASON && long.starts_with(&reason));
+        let mut b = table("b", 1);
+        b.apply(a.local_since(0), now).unwrap();
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn pushes_replicate_and_report_flips() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        let applied = b.apply(a.local_since(0), now).unwrap();
+        assert!(applied.changed && applied.meta_changed);
+        assert_eq!(
+            applied.flips,
+            vec![Flip {
+                node: "a".into(),
+                pool: "web".into(),
+                origin: "o1".into(),
+                healthy: Some(true)
+            }]
+        );
+        let since = a.local_seq();
+        up(&mut a, "web", "o1", 5000, now);
+        let applied = b.apply(a.local_since(since), now).unwrap();
+        assert!(applied.changed && applied.flips.is_empty() && !applied.meta_changed);
+        let since = a.local_seq();
+        down(&mut a, "web", "o1", "timeout", now);
+        let applied = b.apply(a.local_since(since), now).unwrap();
+        assert_eq!(applied.flips.len(), 1);
+        assert_eq!(applied.flips[0].healthy, Some(false));
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        assert_eq!(seq_of(&b, "a"), Some((1, 3)));
+    }
+
+    #[test]
+    fn applying_the_same_batch_twice_changes_nothing_the_second_time() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        down(&mut a, "web", "o2", "refused", now);
+        for batch in [a.local_since(0), a.local_since(1), a.snapshot().remove(0)] {
+            let first = b.apply(batch.clone(), now).unwrap();
+            let rows = rows_of(&b, "a");
+            let digest = b.digest();
+            let second = b.apply(batch, now).unwrap();
+            assert!(!second.changed && second.flips.is_empty() && !second.meta_changed);
+            assert_eq!(rows_of(&b, "a"), rows);
+            assert_eq!(b.digest(), digest);
+            let _ = first;
+        }
+    }
+
+    #[test]
+    fn an_early_push_does_not_make_anti_entropy_skip_the_missed_ones() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        let p1 = a.local_since(0);
+        up(&mut a, "web", "o2", 1000, now);
+        let p2 = a.local_since(1);
+        up(&mut a, "web", "o3", 1000, now);
+        let p3 = a.local_since(2);
+
+        // p3 arrives first: its row is taken, but b has not got seqs 1 and 2.
+        b.apply(p3, now).unwrap();
+        assert_eq!(rows_of(&b, "a").len(), 1);
+        assert_eq!(seq_of(&b, "a"), Some((1, 0)));
+        // p1 arrives; p2 is lost.
+        b.apply(p1, now).unwrap();
+        assert_eq!(seq_of(&b, "a"), Some((1, 1)));
+        drop(p2);
+
+        let delta = a.delta(&b.digest());
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].base_seq, 1);
+        pull(&mut b, &a, now);
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        assert_eq!(seq_of(&b, "a"), Some((1, 3)));
+        assert!(a.delta(&b.digest()).is_empty());
+    }
+
+    #[test]
+    fn a_restart_replaces_the_old_rows_everywhere() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        let mut c = table("c", 1);
+        for o in ["o1", "o2", "o3"] {
+            up(&mut a, "web", o, 1000, now);
+        }
+        b.apply(a.local_since(0), now).unwrap();
+        pull(&mut c, &b, now);
+        assert_eq!(rows_of(&c, "a").len(), 3);
+
+        // a restarts with a newer epoch and fewer origins; seq starts again from 0.
+        let mut a = table("a", 2);
+        up(&mut a, "web", "o1", 2000, now);
+        let applied = b.apply(a.local_since(0), now).unwrap();
+        assert!(applied.changed);
+        assert_eq!(
+            applied.flips.iter().filter(|f| f.healthy.is_none()).count(),
+            2
+        );
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        // c hears of the restart only from b.
+        pull(&mut c, &b, now);
+        assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
+        assert_eq!(seq_of(&c, "a"), Some((2, 1)));
+
+        // Late batches of the old run change nothing.
+        let mut old = table("a", 1);
+        for o in ["o1", "o2", "o3", "o4"] {
+            up(&mut old, "web", o, 1000, now);
+        }
+        let applied = c.apply(old.local_since(0), now).unwrap();
+        assert_eq!(applied.ignored, Some(Ignored::OlderEpoch));
+        assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
+        // And the restarted node ignores the mesh's memory of its old run.
+        let applied = a.apply(old.local_since(0), now).unwrap();
+        assert_eq!(applied.ignored, Some(Ignored::OwnRows));
+        assert_eq!(applied.local_epoch_bumped, None);
+    }
+
+    #[test]
+    fn a_peer_cannot_write_local_rows() {
+        let now = t0();
+        let mut a = table("a", 5);
+        up(&mut a, "web", "o1", 1000, now);
+        let mine = rows_of(&a, "a");
+        let mut forged = a.local_since(0);
+        forged.rows[0].healthy = false;
+        forged.rows.push(Row {
+            pool: "web".into(),
+            origin: "o2".into(),
+            healthy: false,
+            rtt_us: None,
+            last_change_ms: 0,
+            reason: None,
+            seq: 1_000,
+        });
+        forged.seq = 1; // not ahead of a: an echo, not an older run of a
+        let applied = a.apply(forged, now).unwrap();
+        assert_eq!(applied.ignored, Some(Ignored::OwnRows));
+        assert!(!applied.changed);
+        assert_eq!(rows_of(&a, "a"), mine);
+        assert_eq!(a.local_epoch(), 5);
+        assert_eq!(a.stats().own_rows, 1);
+    }
+
+    #[test]
+    fn a_reused_epoch_is_detected_and_moved_past() {
+        let now = t0();
+        let mut b = table("b", 1);
+        let mut old = table("a", 5);
+        for o in ["o1", "o2", "o3"] {
+            up(&mut old, "web", o, 1000, now);
+        }
+        b.apply(old.local_since(0), now).unwrap();
+
+        // a restarts with the same epoch (a clock went back): b would keep the old rows.
+        let mut a = table("a", 5);
+        up(&mut a, "web", "o1", 1000, now);
+        let applied = a.apply(b.snapshot().remove(1), now).unwrap();
+        assert_eq!(applied.local_epoch_bumped, Some(6));
+        assert_eq!(a.local_epoch(), 6);
+        pull(&mut b, &a, now);
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_whole() {
+        let now = t0();
+        let mut a = table("a", 1);
+        for o in ["o1", "o2"] {
+            up(&mut a, "web", o, 1000, now);
+        }
+        let mut b = table("b", 1);
+        let good = a.local_since(0);
+        let long = "x".repeat(MAX_NAME + 1);
+        let breakers: Vec<fn(&mut Batch, &str)> = vec![
+            |b, _| b.node.clear(),
+            |b, l| b.node = l.into(),
+            |b, l| b.rows[1].pool = l.into(),
+            |b, _| b.rows[1].origin.clear(),
+            |b, _| b.rows[1].reason = Some("r".repeat(MAX_REASON + 1)),
+            |b, _| b.rows[1].origin = b.rows[0].origin.clone(),
+            |b, _| b.rows[1].seq = b.rows[0].seq,
+            |b, _| b.rows[1].seq = 0,
+            |b, _| b.base_seq = b.seq + 1,
+            |b, _| b.removed_seq = b.seq + 1,
+            |b, _| {
+                b.base_seq = 1;
+                b.removed_seq = 2;
+            },
+            |b, _| {
+                // A delta carrying a row not above its base.
+                b.base_seq = 1;
+            },
+            |b, _| {
+                let row = b.rows[0].clone();
+                b.rows = (0..=MAX_ROWS as u64)
+                    .map(|i| Row {
+                        origin: format!("o{i}"),
+                        seq: i + 1,
+                        ..row.clone()
+                    })
+                    .collect();
+            },
+        ];
+        for (i, breaker) in breakers.into_iter().enumerate() {
+            let mut bad = good.clone();
+            breaker(&mut bad, &long);
+            let err = b.apply(bad, now).unwrap_err();
+            assert!(!err.to_string().is_empty());
+            assert!(rows_of(&b, "a").is_empty(), "breaker {i} applied part");
+            assert_eq!(b.digest().entries.len(), 1, "breaker {i}: {err}");
+        }
+        assert_eq!(b.stats().malformed, 13);
+        b.apply(good, now).unwrap();
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn removals_travel_as_full_batches_through_relays() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        let mut c = table("c", 1);
+        for o in ["o1", "o2", "o3"] {
+            up(&mut a, "web", o, 1000, now);
+        }
+        b.apply(a.local_since(0), now).unwrap();
+        pull(&mut c, &b, now);
+        let since = a.local_seq();
+
+        assert!(a.remove_local("web", "o2"));
+        assert!(!a.remove_local("web", "o2"));
+        up(&mut a, "web", "o4", 1000, now);
+        let push = a.local_since(since);
+        assert!(push.full, "a delta cannot say o2 went away");
+        assert!(!a.local_since(a.local_seq() - 1).full);
+        let applied = b.apply(push, now).unwrap();
+        assert!(applied
+            .flips
+            .iter()
+            .any(|f| f.origin == "o2" && f.healthy.is_none()));
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+
+        // c hears it from b, which must also answer with a full batch.
+        let delta = b.delta(&c.digest());
+        assert!(delta.iter().any(|d| d.node == "a" && d.full));
+        pull(&mut c, &b, now);
+        assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn a_stale_snapshot_does_not_undo_newer_rows() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        up(&mut a, "web", "o2", 1000, now);
+        let old_snapshot = a.snapshot().remove(0);
+        a.remove_local("web", "o1");
+        up(&mut a, "web", "o3", 1000, now);
+        b.apply(a.local_since(0), now).unwrap();
+        let rows = rows_of(&b, "a");
+        let applied = b.apply(old_snapshot, now).unwrap();
+        assert!(!applied.changed);
+        assert_eq!(rows_of(&b, "a"), rows);
+        assert_eq!(rows, rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn fingerprint_changes_replicate_without_row_changes() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        pull(&mut b, &a, now);
+        a.set_fingerprint(99);
+        a.set_fingerprint(99);
+        assert_eq!(a.local_seq(), 2);
+        let delta = a.delta(&b.digest());
+        assert_eq!(delta.len(), 1);
+        assert!(delta[0].rows.is_empty());
+        let applied = b.apply(delta[0].clone(), now).unwrap();
+        assert!(applied.meta_changed && !applied.changed);
+        let view = b.writers().find(|w| w.node == "a").unwrap();
+        assert_eq!(view.fingerprint, 99);
+        assert_eq!(view.seq, 2);
+        // An older batch does not bring the old fingerprint back.
+        b.apply(a.local_since(0).clone(), now).unwrap();
+        let mut stale = a.local_since(0);
+        stale.fingerprint = 7;
+        stale.seq = 1;
+        b.apply(stale, now).unwrap();
+        assert_eq!(b.writers().find(|w| w.node == "a").unwrap().fingerprint, 99);
+    }
+
+    #[test]
+    fn forgotten_writers_stay_gone_until_they_restart() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        let mut c = table("c", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        b.apply(a.local_since(0), now).unwrap();
+        c.apply(a.local_since(0), now).unwrap();
+        c.forget("a");
+        c.forget("c");
+        assert_eq!(c.digest().entries.len(), 1);
+        // b has not forgotten a yet and offers it back.
+        let applied = pull(&mut c, &b, now);
+        assert!(!applied.changed);
+        assert!(rows_of(&c, "a").is_empty());
+        assert_eq!(c.stats().stale, 1);
+        // a restarts and comes back.
+        let mut a = table("a", 2);
+        up(&mut a, "web", "o1", 1000, now);
+        pull(&mut c, &a, now);
+        assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn oldest_row_age_counts_peer_rows_from_when_they_were_last_received() {
+        let t = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        assert_eq!(b.oldest_row_age(t), None);
+        up(&mut b, "web", "mine", 1000, t);
+        assert_eq!(b.oldest_row_age(t + Duration::from_secs(60)), None);
+        up(&mut a, "web", "o1", 1000, t);
+        up(&mut a, "web", "o2", 1000, t);
+        b.apply(a.local_since(0), t).unwrap();
+        up(&mut a, "web", "o2", 9000, t);
+        b.apply(a.local_since(2), t + Duration::from_secs(5))
+            .unwrap();
+        let now = t + Duration::from_secs(8);
+        assert_eq!(b.oldest_row_age(now), Some(Duration::from_secs(8)));
+        // A snapshot confirms every row.
+        b.apply(a.snapshot().remove(0), t + Duration::from_secs(7))
+            .unwrap();
+        assert_eq!(b.oldest_row_age(now), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_hostile_digest_cannot_make_delta_send_too_little() {
+        let now = t0();
+        let mut a = table("a", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        up(&mut a, "web", "o2", 1000, now);
+        let digest = Digest {
+            entries: vec![("a".into(), 1, 2), ("a".into(), 1, 1), ("x".into(), 0, 0)],
+        };
+        let delta = a.delta(&digest);
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].base_seq, 1);
+        // A digest claiming a future seq gets nothing, and nothing breaks.
+        let ahead = Digest {
+            entries: vec![("a".into(), 1, u64::MAX), ("a".into(), u64::MAX, 0)],
+        };
+        assert!(a.delta(&ahead).is_empty() || a.delta(&ahead)[0].full);
+    }
+
+    // ---- Convergence under a hostile network, by simulation. ----
+
+    const POOLS: [&str; 2] = ["web", "api"];
+    const ORIGINS: [&str; 3] = ["o1", "o2", "o3"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set {
+            node: usize,
+            key: usize,
+            healthy: bool,
+            rtt: Option<u32>,
+            reason: Option<u8>,
+        },
+        Remove {
+            node: usize,
+            key: usize,
+        },
+        Fingerprint {
+            node: usize,
+            fp: u8,
+        },
+        Push {
+            from: usize,
+            to: u8,
+        },
+        AntiEntropy {
+            asker: usize,
+            answerer: usize,
+        },
+        Snapshot {
+            joiner: usize,
+            from: usize,
+        },
+        Deliver {
+            pick: prop::sample::Index,
+            twice: bool,
+        },
+        Drop {
+            pick: prop::sample::Index,
+        },
+        Restart {
+            node: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let n = 0usize..5;
+        prop_oneof![
+            4 => (
+                n.clone(),
+                0usize..6,
+                any::<bool>(),
+                // Small RTTs exercise the 5% rule, large ones the 1 ms rule.
+                prop::option::of(prop_oneof![0u32..2000, 0u32..200_000]),
+                prop::option::of(0u8..3),
+            )
+                .prop_map(|(node, key, healthy, rtt, reason)| Op::Set {
+                    node,
+                    key,
+                    healthy,
+                    rtt,
+                    reason
+                }),
+            1 => (n.clone(), 0usize..6).prop_map(|(node, key)| Op::Remove { node, key }),
+            1 => (n.clone(), 0u8..3).prop_map(|(node, fp)| Op::Fingerprint { node, fp }),
+            3 => (n.clone(), any::<u8>()).prop_map(|(from, to)| Op::Push { from, to }),
+            2 => (n.clone(), n.clone())
+                .prop_map(|(asker, answerer)| Op::AntiEntropy { asker, answerer }),
+            1 => (n.clone(), n.clone()).prop_map(|(joiner, from)| Op::Snapshot { joiner, from }),
+            6 => (any::<prop::sample::Index>(), any::<bool>())
+                .prop_map(|(pick, twice)| Op::Deliver { pick, twice }),
+            2 => any::<prop::sample::Index>().prop_map(|pick| Op::Drop { pick }),
+            1 => n.prop_map(|node| Op::Restart { node }),
+        ]
+    }
+
+    type Visibles = BTreeMap<(String, String, String), (bool, Option<u32>, Option<String>)>;
+
+    fn visibles(t: &Table) -> Visibles {
+        t.writers()
+            .filter(|w| !w.local)
+            .flat_map(|w| {
+                let node = w.node;
+                w.rows.map(move |(r, _)| {
+                    (
+                        (node.to_string(), r.pool.clone(), r.origin.clone()),
+                        (r.healthy, r.rtt_us, r.reason.clone()),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every held row's version: (writer, pool, origin) -> (epoch, seq).
+    fn versions(t: &Table) -> BTreeMap<(String, String, String), (u64, u64)> {
+        t.writers()
+            .flat_map(|w| {
+                let (node, epoch) = (w.node, w.epoch);
+                w.rows.map(move |(r, _)| {
+                    (
+                        (node.to_string(), r.pool.clone(), r.origin.clone()),
+                        (epoch, r.seq),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Applies and checks that what apply reports matches what changed, and that no row
+    /// goes back to an older version.
+    fn apply_checked(t: &mut Table, batch: Batch, now: Instant) -> Result<(), TestCaseError> {
+        let before = visibles(t);
+        let old = versions(t);
+        let applied = t.apply(batch, now);
+        prop_assert!(applied.is_ok(), "{:?}", applied);
+        let applied = applied.unwrap();
+        for (key, new) in versions(t) {
+            if let Some(old) = old.get(&key) {
+                prop_assert!(
+                    new >= *old,
+                    "{:?} went from {:?} back to {:?}",
+                    key,
+                    old,
+                    new
+                );
+            }
+        }
+        let after = visibles(t);
+        prop_assert_eq!(applied.changed, before != after);
+        let flipped: BTreeMap<_, _> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k).map(|v| v.0) != after.get(*k).map(|v| v.0))
+            .map(|k| (k.clone(), after.get(k).map(|v| v.0)))
+            .collect();
+        let reported: BTreeMap<_, _> = applied
+            .flips
+            .iter()
+            .map(|f| {
+                (
+                    (f.node.clone(), f.pool.clone(), f.origin.clone()),
+                    f.healthy,
+                )
+            })
+            .collect();
+        prop_assert_eq!(flipped, reported);
+        Ok(())
+    }
+
+    fn simulate(n: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let t = t0();
+        let name = |i: usize| format!("node-{i}");
+        let mut epochs: Vec<u64> = (0..n).map(|i| 100 + i as u64).collect();
+        let mut tables: Vec<Table> = (0..n)
+            .map(|i| Table::new(name(i), Region::ALL[i], epochs[i], 0))
+            .collect();
+        let mut pushed = vec![0u64; n];
+        let mut wire: Vec<(usize, Batch)> = Vec::new();
+
+        for (step, op) in ops.into_iter().enumerate() {
+            let now = t + Duration::from_millis(step as u64);
+            match op {
+                Op::Set {
+                    node,
+                    key,
+                    healthy,
+                    rtt,
+                    reason,
+                } => {
+                    let node = node % n;
+                    let reason = reason.map(|r| format!("reason {r}"));
+                    tables[node].set_local(
+                        POOLS[key / 3],
+                        ORIGINS[key % 3],
+                        healthy,
+                        rtt,
+                        step as u64,
+                        reason.as_deref(),
+                        now,
+                    );
+                }
+                Op::Remove { node, key } => {
+                    tables[node % n].remove_local(POOLS[key / 3], ORIGINS[key % 3]);
+                }
+                Op::Fingerprint { node, fp } => tables[node % n].set_fingerprint(u64::from(fp)),
+                Op::Push { from, to } => {
+                    let from = from % n;
+                    let batch = tables[from].local_since(pushed[from]);
+                    pushed[from] = tables[from].local_seq();
+                    for dst in (0..n).filter(|&d| d != from && to & (1 << d) != 0) {
+                        wire.push((dst, batch.clone()));
+                    }
+                }
+                Op::AntiEntropy { asker, answerer } => {
+                    let (asker, answerer) = (asker % n, answerer % n);
+                    if asker != answerer {
+                        let digest = tables[asker].digest();
+                        for batch in tables[answerer].delta(&digest) {
+                            wire.push((asker, batch));
+                        }
+                    }
+                }
+                Op::Snapshot { joiner, from } => {
+                    let (joiner, from) = (joiner % n, from % n);
+                    if joiner != from {
+                        for batch in tables[from].snapshot() {
+                            wire.push((joiner, batch));
+                        }
+                    }
+                }
+                Op::Deliver { pick, twice } => {
+                    if !wire.is_empty() {
+                        let (dst, batch) = wire.swap_remove(pick.index(wire.len()));
+                        if twice {
+                            wire.push((dst, batch.clone()));
+                        }
+                        apply_checked(&mut tables[dst], batch, now)?;
+                    }
+                }
+                Op::Drop { pick } => {
+                    if !wire.is_empty() {
+                        wire.swap_remove(pick.index(wire.len()));
+                    }
+                }
+                Op::Restart { node } => {
+                    let node = node % n;
+                    epochs[node] += 1000;
+                    tables[node] = Table::new(name(node), Region::ALL[node], epochs[node], 0);
+                    pushed[node] = 0;
+                }
+            }
+        }
+
+        // One full anti-entropy round; whatever is still on the wire is lost.
+        let end = t + Duration::from_secs(3600);
+        for asker in 0..n {
+            for answerer in (0..n).filter(|&a| a != asker) {
+                let digest = tables[asker].digest();
+                for batch in tables[answerer].delta(&digest) {
+                    apply_checked(&mut tables[asker], batch, end)?;
+                }
+            }
+        }
+
+        for holder in &tables {
+            let writers: Vec<_> = holder.writers().map(|w| w.node.to_string()).collect();
+            let mut expected: Vec<_> = (0..n).map(name).collect();
+            expected.sort();
+            let mut got = writers.clone();
+            got.sort();
+            prop_assert_eq!(got, expected);
+            for (w, writer) in tables.iter().enumerate() {
+                let view = holder.writers().find(|v| v.node == name(w)).unwrap();
+                prop_assert_eq!(view.epoch, writer.local_epoch());
+                prop_assert_eq!(view.seq, writer.local_seq());
+                prop_assert_eq!(
+                    view.fingerprint,
+                    writer.writers().next().unwrap().fingerprint
+                );
+                prop_assert_eq!(rows_of(holder, &name(w)), rows_of(writer, &name(w)));
+            }
+            prop_assert_eq!(holder.stats().malformed, 0);
+        }
+        // Converged: nobody has anything left to offer anybody.
+        for a in &tables {
+            for b in &tables {
+                prop_assert!(a.delta(&b.digest()).is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn tables_converge_after_one_anti_entropy_round(
+            n in 3usize..=5,
+            ops in prop::collection::vec(op(), 0..200),
+        ) {
+            simulate(n, ops)?;
+        }
+
+        #[test]
+        fn random_batches_never_panic_and_bad_ones_change_nothing(
+            full in any::<bool>(),
+            base_seq in 0u64..6,
+            seq in 0u64..8,
+            removed_seq in 0u64..6,
+            epoch in 0u64..3,
+            rows in prop::collection::vec((0usize..6, 0u64..8, any::<bool>()), 0..8),
+        ) {
+            let now = t0();
+            let mut t = table("b", 1);
+            let mut a = table("a", 1);
+            up(&mut a, "web", "o1", 1000, now);
+            t.apply(a.local_since(0), now).unwrap();
+            let before = (visibles(&t), t.digest());
+            let batch = Batch {
+                node: "a".into(),
+                region: Region::Weu,
+                epoch,
+                base_seq,
+                seq,
+                removed_seq,
+                full,
+                fingerprint: 0,
+                rows: rows.into_iter().map(|(key, seq, healthy)| Row {
+                    pool: POOLS[key / 3].into(),
+                    origin: ORIGINS[key % 3].into(),
+                    healthy,
+                    rtt_us: None,
+                    last_change_ms: 0,
+                    reason: None,
+                    seq,
+                }).collect(),
+            };
+            if t.apply(batch, now).is_err() {
+                prop_assert_eq!((visibles(&t), t.digest()), before);
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! QUIC transport between mesh members: one endpoint per node, one warm connection per peer
+//! (kept alive so a SWIM probe never waits on a handshake), SWIM packets in datagrams and
+//! replication messages on unidirectional streams. Everything received goes to the mesh task
+//! tagged with the node id from the peer's certificate, which the mesh checks against what
+//! the peer claims. Fault injection (blocked peers) lets tests cut links.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken as Cancel;
+
+use crate::tls::{self, NodeTls};
+
+/// A stream message larger than this is refused unread (a full snapshot of a large mesh is
+/// far smaller).
+pub const MAX_STREAM: usize = 8 << 20;
+
+/// Messages waiting for a peer's link; beyond this they are dropped (SWIM tolerates loss,
+/// anti-entropy repairs the rest).
+const LINK_QUEUE: usize = 256;
+
+/// How long a connect may take before the message is dropped and the next one retries.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What arrived from a peer.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The peer's address as seen by QUIC.
+    pub from: SocketAddr,
+    /// The node id in the peer's certificate.
+    pub peer_id: Option<String>,
+    pub kind: Kind,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A SWIM packet (datagram).
+    Swim,
+    /// A replication message (stream).
+    Repl,
+}
+
+/// Counters the node exports.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub datagrams_out: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub streams_out: AtomicU64,
+    pub streams_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub dropped_out: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Connections refused: no certificate from the cluster CA (handshake failures).
+    pub refused: AtomicU64,
+}
+
+enum Out {
+    Datagram(Bytes),
+    Stream(Bytes),
+}
+
+struct Link {
+    tx: mpsc::Sender<Out>,
+    conn: Arc<Mutex<Option<quinn::Connection>>>,
+}
+
+/// Peers whose traffic is dropped both ways, for partition tests.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Faults {
+    pub fn block(&self, peer: SocketAddr) {
+        self.lock().insert(peer);
+    }
+    pub fn heal(&self, peer: SocketAddr) {
+        self.lock().remove(&peer);
+    }
+    pub fn heal_all(&self) {
+        self.lock().clear();
+    }
+    pub fn is_blocked(&self, peer: SocketAddr) -> bool {
+        self.lock().contains(&peer)
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The node's QUIC endpoint and its links to peers.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    links: Mutex<HashMap<SocketAddr, Link>>,
+    inbox: mpsc::Sender<Inbound>,
+    pub faults: Arc<Faults>,
+    pub stats: Arc<TransportStats>,
+    stop: Cancel,
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting peers; everything received goes to `inbox`.
+    pub fn bind(
+        listen: SocketAddr,
+        tls: &NodeTls,
+        inbox: mpsc::Sender<Inbound>,
+    ) -> Result<Arc<Transport>, crate::GossipError> {
+        let server = tls.server_config().map_err(crate::GossipError::Tls)?;
+        let client = tls.client_config().map_err(crate::GossipError::Tls)?;
+        let mut endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|source| crate::GossipError::Bind {
+                addr: listen,
+                source,
+            })?;
+        endpoint.set_default_client_config(client);
+        let t = Arc::new(Transport {
+            endpoint,
+            links: Mutex::new(HashMap::new()),
+            inbox,
+            faults: Arc::new(Faults::default()),
+            stats: Arc::new(TransportStats::default()),
+            stop: Cancel::new(),
+        });
+        tokio::spawn(accept_loop(t.clone()));
+        Ok(t)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap_or_else(|_| {
+            // The socket is bound for the endpoint's life; an error here is unreachable in
+            // practice, and a placeholder address is better than a panic.
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    /// Queues a SWIM packet to `peer`; never waits.
+    pub fn send_datagram(self: &Arc<Self>, peer: SocketAddr, data: Bytes) {
+        self.send(peer, Out::Datagram(data));
+    }
+
+    /// Queues a replication message to `peer`; never waits.
+    pub fn send_stream(self: &Arc<Self>, peer: SocketAddr, data: Bytes) {
+        self.send(peer, Out::Stream(data));
+    }
+
+    fn send(self: &Arc<Self>, peer: SocketAddr, out: Out) {
+        if self.faults.is_blocked(peer) {
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let link = links
+            .entry(peer)
+            .or_insert_with(|| self.clone().start_link(peer, None));
+        if link.tx.try_send(out).is_err() {
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The QUIC round-trip time to a peer, when a connection is up.
+    pub fn rtt(&self, peer: SocketAddr) -> Option<Duration> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let link = links.get(&peer)?;
+        let conn = link.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| c.rtt())
+    }
+
+    /// Closes the link to a peer (it is re-opened on the next send).
+    pub fn forget(&self, peer: SocketAddr) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.remove(&peer) {
+            if let Some(c) = link.conn.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                c.close(0u32.into(), b"forgotten");
+            }
+        }
+    }
+
+    /// Closes every connection and stops accepting.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        self.endpoint.close(0u32.into(), b"leaving");
+        // Give the close frames a chance to leave, bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn start_link(self: Arc<Self>, peer: SocketAddr, conn: Option<quinn::Connection>) -> Link {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let slot = Arc::new(Mutex::new(conn));
+        tokio::spawn(link_task(self, peer, rx, slot.clone()));
+        Link { tx, conn: slot }
+    }
+
+    /// Registers an accepted connection as the link to its peer, so replies reuse it.
+    fn adopt(self: &Arc<Self>, peer: SocketAddr, conn: &quinn::Connection) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(&peer) {
+            Some(link) => {
+                let mut slot = link.conn.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+                    *slot = Some(conn.clone());
+                }
+            }
+            None => {
+                let link = self.clone().start_link(peer, Some(conn.clone()));
+                links.insert(peer, link);
+            }
+        }
+    }
+}
+
+async fn accept_loop(t: Arc<Transport>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = t.stop.cancelled() => return,
+            i = t.endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let t = t.clone();
+        tokio::spawn(async move {
+            let from = incoming.remote_address();
+            if t.faults.is_blocked(from) {
+                incoming.ignore();
+                return;
+            }
+            match incoming.await {
+                Ok(conn) => {
+                    t.adopt(from, &conn);
+                    read_loop(t, conn).await;
+                }
+                Err(e) => {
+                    t.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, "mesh connection refused: {e}");
+                }
+            }
+        });
+    }
+}
+
+async fn link_task(
+    t: Arc<Transport>,
+    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Out>,
+    slot: Arc<Mutex<Option<quinn::Connection>>>,
+) {
+    while let Some(out) = rx.recv().await {
+        if t.faults.is_blocked(peer) {
+            t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let current = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|c| c.close_reason().is_none());
+        let conn = match current {
+            Some(c) => c,
+            None => match connect(&t, peer).await {
+                Some(c) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                    tokio::spawn(read_loop(t.clone(), c.clone()));
+                    c
+                }
+                None => {
+                    t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        match out {
+            Out::Datagram(data) => {
+                let len = data.len() as u64;
+                match conn.send_datagram(data) {
+                    Ok(()) => {
+                        t.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        t.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "datagram not sent: {e}");
+                    }
+                }
+            }
+            Out::Stream(data) => {
+                // Streams go out on their own task so a slow peer's flow control never holds
+                // up the SWIM datagrams queued behind.
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let len = data.len() as u64;
+                    let sent = async {
+                        let mut s = conn.open_uni().await?;
+                        s.write_all(&data).await?;
+                        s.finish()?;
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), sent).await {
+                        Ok(Ok(())) => {
+                            t.stats.streams_out.fetch_add(1, Ordering::Relaxed);
+                            t.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                        }
+                        _ => {
+                            t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn connect(t: &Transport, peer: SocketAddr) -> Option<quinn::Connection> {
+    let connecting = match t.endpoint.connect(peer, tls::MESH_SERVER_NAME) {
+        Ok(c) => c,
+        Err(e) => {
+            t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "cannot connect: {e}");
+            return None;
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "connect failed: {e}");
+            None
+        }
+        Err(_) => {
+            t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "connect timed out");
+            None
+        }
+    }
+}
+
+/// Forwards what a connection receives to the mesh task until it closes.
+async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
+    let from = conn.remote_address();
+    let peer_id = tls::peer_node_id(&conn);
+    loop {
+        let (kind, data) = tokio::select! {
+            _ = t.stop.cancelled() => return,
+            d = conn.read_datagram() => match d {
+                Ok(d) => (Kind::Swim, d),
+                Err(_) => return,
+            },
+            s = conn.accept_uni() => match s {
+                Ok(mut s) => match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(MAX_STREAM)).await {
+                    Ok(Ok(d)) => (Kind::Repl, Bytes::from(d)),
+                    _ => continue,
+                },
+                Err(_) => return,
+            },
+        };
+        if t.faults.is_blocked(from) {
+            continue;
+        }
+        let counter = match kind {
+            Kind::Swim => &t.stats.datagrams_in,
+            Kind::Repl => &t.stats.streams_in,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        t.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let msg = Inbound {
+            from,
+            peer_id: peer_id.clone(),
+            kind,
+            data,
+        };
+        if t.inbox.try_send(msg).is_err() {
+            tracing::debug!(peer = %from, "mesh inbox full; message dropped");
+        }
+    }
+}

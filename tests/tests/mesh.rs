@@ -1,0 +1,344 @@
+//! The mesh, in process: nodes on port 0 with certificates from a test CA converge on
+//! membership, share what their monitors see, mark a killed node down and take it back under
+//! a new generation, and merge again by themselves after a partition.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use switchyard_node::{status, App, Config, StartOptions};
+use switchyard_tests::harness::{eventually, origin};
+
+/// Short SWIM timings so that detection takes about a second instead of ten.
+const FAST: &str = r#"probe_period = "200ms"
+probe_timeout = "100ms"
+suspect_timeout = "1s"
+announce_interval = "300ms"
+anti_entropy_interval = "300ms""#;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("sy-mesh-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        switchyard_gossip::tls::init_ca(&dir.join("ca"), "test").unwrap();
+        Certs { dir }
+    }
+    fn issue(&self, id: &str) {
+        switchyard_gossip::tls::issue_cert(&self.dir.join("ca"), id, &self.dir).unwrap();
+    }
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca").join("ca.crt")
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(
+    id: &str,
+    region: &str,
+    certs: &Path,
+    ca: &Path,
+    seeds: &[SocketAddr],
+    body: &str,
+) -> Config {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let text = format!(
+        r#"[node]
+id = "{id}"
+region = "{region}"
+status_listen = "127.0.0.1:0"
+drain_timeout = "1s"
+
+[mesh]
+cluster = "test"
+listen = "127.0.0.1:0"
+seeds = [{}]
+ca = "{}"
+cert = "{}"
+key = "{}"
+{FAST}
+
+{body}"#,
+        seeds.join(", "),
+        ca.display(),
+        certs.join(format!("{id}.crt")).display(),
+        certs.join(format!("{id}.key")).display(),
+    );
+    Config::parse(&text, None).unwrap()
+}
+
+fn pool(origin: SocketAddr, check_regions: &str) -> String {
+    format!(
+        r#"
+[[monitor]]
+name = "tcp"
+type = "tcp"
+interval = "200ms"
+timeout = "150ms"
+retries = 0
+
+[[pool]]
+name = "p"
+monitor = "tcp"
+check_regions = [{check_regions}]
+origins = [{{ name = "o", address = "{origin}" }}]
+
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+"#
+    )
+}
+
+async fn start(cfg: Config) -> App {
+    switchyard_tests::harness::init_logs();
+    App::start(cfg, StartOptions::default()).await.unwrap()
+}
+
+fn mesh_addr(app: &App) -> SocketAddr {
+    app.shared().mesh.as_ref().unwrap().local_addr()
+}
+
+/// Member states as one node sees them, by id.
+fn members(app: &App) -> Vec<(String, String, u64)> {
+    status::document(app.shared())
+        .members
+        .into_iter()
+        .map(|m| (m.id, m.state, m.generation))
+        .collect()
+}
+
+fn alive_count(app: &App) -> usize {
+    members(app).iter().filter(|m| m.1 == "alive").count()
+}
+
+fn state_of(app: &App, id: &str) -> Option<String> {
+    members(app).into_iter().find(|m| m.0 == id).map(|m| m.1)
+}
+
+fn origin_up(app: &App) -> bool {
+    status::document(app.shared()).pools[0].origins[0].healthy
+}
+
+fn observers(app: &App) -> Vec<String> {
+    status::document(app.shared()).pools[0].origins[0]
+        .observers
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<()> {
+    let certs = Certs::new("five");
+    let mut o = origin("o").await;
+    // Only the WNAM node probes; everyone else relies on the mesh.
+    let body = pool(o.addr(), "\"WNAM\"");
+    let ids = [
+        ("n1", "WNAM"),
+        ("n2", "WEU"),
+        ("n3", "WEU"),
+        ("n4", "SEAS"),
+        ("n5", "SEAS"),
+    ];
+    for (id, _) in ids {
+        certs.issue(id);
+    }
+    let first = start(config("n1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let seed = mesh_addr(&first);
+    let mut apps = vec![first];
+    for (id, region) in &ids[1..] {
+        apps.push(start(config(id, region, &certs.dir, &certs.ca(), &[seed], &body)).await);
+    }
+    for app in &apps {
+        eventually("every node sees 5 alive members", WAIT, || async {
+            alive_count(app) == 5
+        })
+        .await?;
+    }
+    for app in &apps {
+        eventually("every node has n1's row for the origin", WAIT, || async {
+            observers(app) == ["n1"] && origin_up(app)
+        })
+        .await?;
+    }
+    o.stop().await;
+    for app in &apps {
+        eventually("the origin is down in every node's view", WAIT, || async {
+            !origin_up(app)
+        })
+        .await?;
+    }
+    let s = status::document(apps[3].shared());
+    let row = &s.pools[0].origins[0];
+    assert_eq!(row.region_health.get("WNAM"), Some(&false));
+    assert_eq!(row.global_health, Some(false));
+    o.restart().await?;
+    for app in &apps {
+        eventually("the origin is back up everywhere", WAIT, || async {
+            origin_up(app)
+        })
+        .await?;
+    }
+    for app in &apps {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_marked_down_and_rejoins_under_a_new_generation() -> anyhow::Result<()> {
+    let certs = Certs::new("kill");
+    let o = origin("o").await;
+    let body = pool(o.addr(), "");
+    for id in ["k1", "k2", "k3"] {
+        certs.issue(id);
+    }
+    let k1 = start(config("k1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let seed = mesh_addr(&k1);
+    let k2 = start(config("k2", "WEU", &certs.dir, &certs.ca(), &[seed], &body)).await;
+    let k3 = start(config(
+        "k3",
+        "SEAS",
+        &certs.dir,
+        &certs.ca(),
+        &[seed],
+        &body,
+    ))
+    .await;
+    for app in [&k1, &k2, &k3] {
+        eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
+        eventually("all three observe the origin", WAIT, || async {
+            observers(app).len() == 3
+        })
+        .await?;
+    }
+    let old_generation = members(&k1).into_iter().find(|m| m.0 == "k3").unwrap().2;
+
+    k3.kill().await;
+    for app in [&k1, &k2] {
+        eventually("k3 is marked down", WAIT, || async {
+            state_of(app, "k3").as_deref() == Some("down")
+        })
+        .await?;
+        eventually("k3's rows stop counting", WAIT, || async {
+            observers(app) == ["k1", "k2"]
+        })
+        .await?;
+    }
+
+    let k3 = start(config(
+        "k3",
+        "SEAS",
+        &certs.dir,
+        &certs.ca(),
+        &[seed],
+        &body,
+    ))
+    .await;
+    for app in [&k1, &k2, &k3] {
+        eventually(
+            "k3 is alive again, once, with a new generation",
+            WAIT,
+            || async {
+                let m = members(app);
+                let k3s: Vec<_> = m.iter().filter(|m| m.0 == "k3").collect();
+                k3s.len() == 1
+                    && k3s[0].1 == "alive"
+                    && k3s[0].2 > old_generation
+                    && alive_count(app) == 3
+            },
+        )
+        .await?;
+        eventually("k3's rows count again", WAIT, || async {
+            observers(app).len() == 3
+        })
+        .await?;
+    }
+    for app in [&k1, &k2, &k3] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
+    let certs = Certs::new("part");
+    let o = origin("o").await;
+    let body = pool(o.addr(), "");
+    for id in ["p1", "p2", "p3"] {
+        certs.issue(id);
+    }
+    let p1 = start(config("p1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let seed = mesh_addr(&p1);
+    let p2 = start(config("p2", "WEU", &certs.dir, &certs.ca(), &[seed], &body)).await;
+    let p3 = start(config(
+        "p3",
+        "SEAS",
+        &certs.dir,
+        &certs.ca(),
+        &[seed],
+        &body,
+    ))
+    .await;
+    let apps = [&p1, &p2, &p3];
+    for app in apps {
+        eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
+    }
+    fn faults(a: &App) -> &switchyard_gossip::transport::Faults {
+        a.shared().mesh.as_ref().unwrap().faults()
+    }
+    // Cut p3 off from both others, both ways, at the transport.
+    faults(&p3).block(mesh_addr(&p1));
+    faults(&p3).block(mesh_addr(&p2));
+    faults(&p1).block(mesh_addr(&p3));
+    faults(&p2).block(mesh_addr(&p3));
+    for app in [&p1, &p2] {
+        eventually("p3 is marked down", WAIT, || async {
+            state_of(app, "p3").as_deref() == Some("down")
+        })
+        .await?;
+    }
+    eventually("p3 sees the others down", WAIT, || async {
+        alive_count(&p3) == 1
+    })
+    .await?;
+    // p3 keeps serving from its own view.
+    assert!(origin_up(&p3));
+
+    for app in apps {
+        faults(app).heal_all();
+    }
+    for app in apps {
+        let merged = eventually("the mesh merges again", WAIT, || async {
+            alive_count(app) == 3
+        })
+        .await;
+        if merged.is_err() {
+            for a in apps {
+                eprintln!("MEMBERS {:?}", members(a));
+            }
+        }
+        merged?;
+    }
+    for app in apps {
+        eventually("every view agrees again", WAIT, || async {
+            observers(app).len() == 3
+        })
+        .await?;
+    }
+    for app in apps {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
