@@ -480,6 +480,13 @@ impl Task {
                     let s = &self.transport.stats;
                     self.metrics.bytes_sent.inner().store(s.bytes_out.load(Ordering::Relaxed), Ordering::Relaxed);
                     self.metrics.bytes_received.inner().store(s.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
+                    // Handshakes refused by TLS (no certificate from the cluster CA) are
+                    // counted by the transport.
+                    self.metrics
+                        .refused
+                        .get_or_create(&ReasonLabels { reason: "wrong_ca" })
+                        .inner()
+                        .store(s.refused.load(Ordering::Relaxed), Ordering::Relaxed);
                     if let Some(age) = self.table.oldest_row_age(Instant::now()) {
                         self.metrics.oldest_row_age.set(age.as_secs_f64());
                     }
