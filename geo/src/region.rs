@@ -53,6 +53,11 @@ impl Region {
         Region::Neas,
     ];
 
+    /// The position in `ALL`, for tables indexed by region.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The code as written in config and status, e.g. `WNAM`.
     pub fn code(self) -> &'static str {
         match self {
@@ -118,6 +123,13 @@ mod tests {
         for r in Region::ALL {
             assert_eq!(r.code().parse::<Region>(), Ok(r));
             assert_eq!(r.code().to_lowercase().parse::<Region>(), Ok(r));
+        }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, r) in Region::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
         }
     }
 

@@ -306,6 +306,18 @@ pub struct LoadBalancerConfig {
     pub session_affinity: SessionAffinity,
     #[serde(default = "default_affinity_ttl", deserialize_with = "de_duration")]
     pub affinity_ttl: Duration,
+    /// Dynamic steering: measure RTT from the client's region (default) or from the
+    /// receiving node's.
+    #[serde(default)]
+    pub vantage: Vantage,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Vantage {
+    #[default]
+    Client,
+    Node,
 }
 
 fn default_affinity_ttl() -> Duration {
@@ -901,19 +913,23 @@ impl Config {
             let obj = format!("load_balancer {:?}", lb.name);
             let at = |f: &str| vec![key("load_balancer"), Seg::Index(i), key(f)];
             check_name(&lb.name, &mut lbs, "load_balancer", at("name"), &obj)?;
-            if matches!(
-                lb.steering,
-                SteeringPolicy::Geo | SteeringPolicy::Dynamic | SteeringPolicy::Proximity
-            ) {
-                return Err(fail(
-                    at("steering"),
-                    obj,
-                    "steering",
-                    format!(
-                        "{:?} is not available in this release (it needs GeoIP and the mesh); use \"failover\" or \"random\"",
-                        lb.steering.as_str()
-                    ),
-                ));
+            if lb.steering == SteeringPolicy::Proximity {
+                let missing = lb.default_pools.iter().find(|name| {
+                    self.pools
+                        .iter()
+                        .find(|p| &p.name == *name)
+                        .is_some_and(|p| p.latitude.is_none())
+                });
+                if let Some(name) = missing {
+                    return Err(fail(
+                        at("steering"),
+                        obj,
+                        "steering",
+                        format!(
+                            "\"proximity\" needs every default pool's location; pool {name:?} has no latitude/longitude"
+                        ),
+                    ));
+                }
             }
             if lb.default_pools.is_empty() {
                 return Err(fail(

@@ -204,6 +204,7 @@ async fn connect(
             random: rand::random(),
             exclude: &exclude[..attempt],
             sticky,
+            geo: crate::steering::ClientGeo::default(),
         };
         let Some(d) = steering::decide(rt, &snap.view, lb_idx, &req, &mut ()) else {
             tracing::warn!(load_balancer = %lb.name, "no origin left to try");

@@ -14,7 +14,8 @@ use std::time::Duration;
 use switchyard_geo::Region;
 
 use crate::config::{
-    Config, LoadBalancerConfig, OriginAddr, OriginSteering, Quorum, SessionAffinity, SteeringPolicy,
+    Config, LoadBalancerConfig, OriginAddr, OriginSteering, Quorum, SessionAffinity,
+    SteeringPolicy, Vantage,
 };
 use crate::health::OriginHealth;
 
@@ -51,6 +52,8 @@ pub struct Pool {
     pub origins: Vec<Origin>,
     /// Regions whose nodes probe this pool; empty: all.
     pub check_regions: Vec<Region>,
+    /// For proximity steering.
+    pub location: Option<(f64, f64)>,
 }
 
 impl Pool {
@@ -72,6 +75,13 @@ pub struct LoadBalancer {
     pub fallback_pool: usize,
     pub affinity: SessionAffinity,
     pub affinity_ttl: Duration,
+    /// Geo steering: pools per client region (by `Region::index`), per country (sorted by
+    /// code, for binary search), and this node's own list from `node_pools`.
+    pub region_pools: [Vec<usize>; 13],
+    pub country_pools: Vec<([u8; 2], Vec<usize>)>,
+    pub node_pools: Option<Vec<usize>>,
+    /// Dynamic steering measures RTT from the client's region or the receiving node's.
+    pub vantage: Vantage,
 }
 
 /// The compiled config.
@@ -124,6 +134,7 @@ impl Runtime {
                     steering: p.origin_steering,
                     origins,
                     check_regions: p.check_regions.clone(),
+                    location: p.latitude.zip(p.longitude),
                 }
             })
             .collect();
@@ -155,6 +166,36 @@ impl Runtime {
                     default_pools,
                     affinity: lb.session_affinity,
                     affinity_ttl: lb.affinity_ttl,
+                    region_pools: std::array::from_fn(|i| {
+                        let region = Region::ALL[i];
+                        lb.region_pools
+                            .iter()
+                            .find(|(k, _)| k.parse::<Region>().ok() == Some(region))
+                            .map(|(_, v)| v.iter().map(|p| idx(p)).collect())
+                            .unwrap_or_default()
+                    }),
+                    country_pools: {
+                        let mut v: Vec<([u8; 2], Vec<usize>)> = lb
+                            .country_pools
+                            .iter()
+                            .filter_map(|(k, v)| {
+                                let b = k.as_bytes();
+                                (b.len() == 2).then(|| {
+                                    (
+                                        [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()],
+                                        v.iter().map(|p| idx(p)).collect(),
+                                    )
+                                })
+                            })
+                            .collect();
+                        v.sort_by_key(|(c, _)| *c);
+                        v
+                    },
+                    node_pools: lb
+                        .node_pools
+                        .get(&config.node.id)
+                        .map(|v| v.iter().map(|p| idx(p)).collect()),
+                    vantage: lb.vantage,
                 }
             })
             .collect();
@@ -208,9 +249,55 @@ impl Runtime {
 /// Health of one origin as steering sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OriginView {
-    /// Enabled and healthy.
+    /// Enabled and healthy as seen from this node's region (else globally).
     pub up: bool,
+    /// Mean RTT from this node's region (else from everywhere).
     pub rtt: Option<Duration>,
+    pub enabled: bool,
+    /// Whether the pool has a monitor: without one, every enabled origin is up everywhere.
+    pub monitored: bool,
+    /// Per region (by `Region::index`): whether a quorum of its live observers sees the
+    /// origin up; None where nobody observes it.
+    pub regional: [Option<bool>; 13],
+    /// Per region: the mean RTT its observers measured.
+    pub regional_rtt: [Option<Duration>; 13],
+    /// A majority of observing regions see it up; None without observers.
+    pub global: Option<bool>,
+}
+
+impl OriginView {
+    /// An origin of a pool without a monitor, or one nobody has checked yet.
+    pub fn unobserved(enabled: bool, monitored: bool) -> OriginView {
+        OriginView {
+            up: enabled,
+            rtt: None,
+            enabled,
+            monitored,
+            regional: [None; 13],
+            regional_rtt: [None; 13],
+            global: None,
+        }
+    }
+
+    /// Health as seen from `region`: that region's judgement when it has observers, else
+    /// `node_region`'s, else global; an origin nobody observes is presumed up.
+    pub fn up_from(&self, region: Region, node_region: Region) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if !self.monitored {
+            return true;
+        }
+        self.regional[region.index()]
+            .or(self.regional[node_region.index()])
+            .or(self.global)
+            .unwrap_or(true)
+    }
+
+    /// RTT as measured from `region`, else from `node_region`.
+    pub fn rtt_from(&self, region: Region, node_region: Region) -> Option<Duration> {
+        self.regional_rtt[region.index()].or(self.regional_rtt[node_region.index()])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +344,8 @@ pub struct Judgement {
     pub healthy: Option<bool>,
     /// Mean RTT seen from the node's region (or from everywhere when it has none).
     pub rtt: Option<Duration>,
+    /// Per observing region with RTT data, the mean RTT its observers measured.
+    pub region_rtt: Vec<(Region, Duration)>,
 }
 
 /// Weighs the observations of one origin, as Cloudflare's regional health does: first the
@@ -295,7 +384,14 @@ pub fn judge(obs: &[Obs], region: Region, quorum: Quorum) -> Judgement {
             .filter_map(|o| o.rtt),
     )
     .or_else(|| mean(&mut obs.iter().filter_map(|o| o.rtt)));
+    let region_rtt = regions
+        .iter()
+        .filter_map(|(r, _)| {
+            mean(&mut obs.iter().filter(|o| o.region == *r).filter_map(|o| o.rtt)).map(|d| (*r, d))
+        })
+        .collect();
     Judgement {
+        region_rtt,
         healthy: local.or(global),
         regions,
         global,
@@ -329,10 +425,7 @@ impl View {
                     .iter()
                     .map(|o| {
                         if p.monitor.is_none() {
-                            return OriginView {
-                                up: o.enabled,
-                                rtt: None,
-                            };
+                            return OriginView::unobserved(o.enabled, false);
                         }
                         let key = OriginKey {
                             pool: p.name.clone(),
@@ -340,10 +433,17 @@ impl View {
                         };
                         observations(rt, &key, report, remote, local_age, &mut obs);
                         let j = judge(&obs, rt.region, quorum);
-                        OriginView {
-                            up: o.enabled && j.healthy.unwrap_or(true),
-                            rtt: j.rtt,
+                        let mut v = OriginView::unobserved(o.enabled, true);
+                        v.up = o.enabled && j.healthy.unwrap_or(true);
+                        v.rtt = j.rtt;
+                        v.global = j.global;
+                        for (r, h) in &j.regions {
+                            v.regional[r.index()] = Some(*h);
                         }
+                        for (r, rtt) in &j.region_rtt {
+                            v.regional_rtt[r.index()] = Some(*rtt);
+                        }
+                        v
                     })
                     .collect();
                 let up = origins.iter().filter(|o| o.up).count();

@@ -287,6 +287,7 @@ pub fn document(shared: &Shared) -> Status {
                 random: rand::random(),
                 exclude: &[],
                 sticky: None,
+                geo: crate::steering::ClientGeo::default(),
             };
             LbStatus {
                 name: lb.name.to_string(),

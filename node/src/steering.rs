@@ -9,7 +9,11 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
-use crate::config::{OriginSteering, SteeringPolicy};
+use std::time::Duration;
+
+use switchyard_geo::Region;
+
+use crate::config::{OriginSteering, SteeringPolicy, Vantage};
 use crate::runtime::{Runtime, View};
 
 /// The origin a client was sent to before, and until when it may keep it.
@@ -18,6 +22,16 @@ pub struct Sticky {
     pub pool: usize,
     pub origin: usize,
     pub expires: Instant,
+}
+
+/// Where a client is, from GeoIP (or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientGeo {
+    pub region: Option<Region>,
+    /// ISO 3166-1 alpha-2, upper-case.
+    pub country: Option<[u8; 2]>,
+    /// Latitude, longitude.
+    pub location: Option<(f64, f64)>,
 }
 
 /// One connection to steer.
@@ -30,10 +44,20 @@ pub struct Request<'a> {
     /// Origins already tried for this connection, which failed to connect.
     pub exclude: &'a [(usize, usize)],
     pub sticky: Option<Sticky>,
+    pub geo: ClientGeo,
+}
+
+/// Where geo steering's list of pools came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListSource {
+    NodePools,
+    CountryPools,
+    RegionPools,
+    DefaultPools,
 }
 
 /// Why a pool was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PoolWhy {
     /// Session affinity kept the client's previous origin.
     Affinity,
@@ -41,6 +65,15 @@ pub enum PoolWhy {
     Failover { rank: usize },
     /// Drawn by pool weight among the healthy default pools.
     Random,
+    /// Geo steering: the first healthy pool of the list from `source`, at this position
+    /// (positions past that list count on into `default_pools`).
+    Geo { source: ListSource, rank: usize },
+    /// Dynamic steering: the healthy pool with the lowest RTT from `from`.
+    Dynamic { rtt: Duration, from: Region },
+    /// Proximity steering: the healthy pool nearest the client.
+    Proximity { km: f64 },
+    /// Dynamic or proximity without data to rank by: failover order.
+    Unranked { rank: usize },
     /// No default pool was healthy.
     Fallback,
 }
@@ -56,7 +89,7 @@ pub enum OriginWhy {
     NoneHealthy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     pub pool: usize,
     pub origin: usize,
@@ -65,13 +98,31 @@ pub struct Decision {
 }
 
 /// What steering considered, for explain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Step {
+    /// The region whose view of health this decision uses.
+    HealthFrom {
+        region: Region,
+    },
+    /// Geo steering took its list from here.
+    List {
+        source: ListSource,
+    },
     /// A pool passed over: `up` usable origins where `minimum` are needed.
     PoolUnhealthy {
         pool: usize,
         up: usize,
         minimum: usize,
+    },
+    /// Dynamic steering: a healthy pool's RTT (None: no data).
+    PoolRtt {
+        pool: usize,
+        rtt: Option<Duration>,
+    },
+    /// Proximity steering: a healthy pool's distance from the client.
+    PoolDistance {
+        pool: usize,
+        km: Option<f64>,
     },
     PoolTaken {
         pool: usize,
@@ -94,6 +145,54 @@ impl Trace for Vec<Step> {
     }
 }
 
+/// What a decision reads.
+struct Ctx<'a, 'r> {
+    rt: &'a Runtime,
+    view: &'a View,
+    req: &'a Request<'r>,
+    /// Health is judged as seen from here: the client's region, else the node's.
+    from: Region,
+}
+
+impl Ctx<'_, '_> {
+    fn usable(&self, pool: usize, origin: usize) -> bool {
+        self.view
+            .pools
+            .get(pool)
+            .and_then(|p| p.origins.get(origin))
+            .is_some_and(|o| o.up_from(self.from, self.rt.region))
+            && !self.req.exclude.contains(&(pool, origin))
+    }
+
+    fn up_count(&self, pool: usize) -> usize {
+        (0..self.view.pools[pool].origins.len())
+            .filter(|o| self.usable(pool, *o))
+            .count()
+    }
+
+    /// Whether a pool is healthy, telling `trace` when it is not.
+    fn healthy(&self, pool: usize, trace: &mut impl Trace) -> bool {
+        let up = self.up_count(pool);
+        let minimum = self.rt.pools[pool].minimum_origins;
+        if up < minimum {
+            trace.step(Step::PoolUnhealthy { pool, up, minimum });
+        }
+        up >= minimum
+    }
+
+    /// A pool's RTT as measured from `region`: the mean over its usable origins.
+    fn pool_rtt(&self, pool: usize, region: Region) -> Option<Duration> {
+        let (sum, n) = self.view.pools[pool]
+            .origins
+            .iter()
+            .enumerate()
+            .filter(|(o, _)| self.usable(pool, *o))
+            .filter_map(|(_, o)| o.rtt_from(region, self.rt.region))
+            .fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
+        (n > 0).then(|| sum / n)
+    }
+}
+
 /// Chooses a pool and an origin for a connection to load balancer `lb`. None when the
 /// chosen pool has no enabled origin left to try.
 pub fn decide(
@@ -104,10 +203,21 @@ pub fn decide(
     trace: &mut impl Trace,
 ) -> Option<Decision> {
     let lb = &rt.load_balancers[lb];
+    let cx = Ctx {
+        rt,
+        view,
+        req,
+        from: req.geo.region.unwrap_or(rt.region),
+    };
+    if lb.policy != SteeringPolicy::Failover && lb.policy != SteeringPolicy::Random
+        || req.geo.region.is_some()
+    {
+        trace.step(Step::HealthFrom { region: cx.from });
+    }
     if let Some(s) = req.sticky {
         if req.now >= s.expires {
             trace.step(Step::StickyExpired);
-        } else if usable(view, req, s.pool, s.origin) {
+        } else if cx.usable(s.pool, s.origin) {
             trace.step(Step::PoolTaken {
                 pool: s.pool,
                 why: PoolWhy::Affinity,
@@ -123,30 +233,26 @@ pub fn decide(
         }
     }
 
-    let healthy = |pool: usize, trace: &mut dyn FnMut(Step)| {
-        let up = up_count(view, req, pool);
-        let minimum = rt.pools[pool].minimum_origins;
-        if up < minimum {
-            trace(Step::PoolUnhealthy { pool, up, minimum });
-        }
-        up >= minimum
+    let first_healthy = |list: &mut dyn Iterator<Item = usize>, trace: &mut _| {
+        list.enumerate().find(|(_, p)| cx.healthy(*p, trace))
     };
-    let mut note = |s: Step| trace.step(s);
 
     let chosen = match lb.policy {
+        SteeringPolicy::Failover => first_healthy(&mut lb.default_pools.iter().copied(), trace)
+            .map(|(rank, p)| (p, PoolWhy::Failover { rank })),
         SteeringPolicy::Random => {
             let total: f64 = lb
                 .default_pools
                 .iter()
                 .zip(&lb.pool_weights)
-                .filter(|(p, _)| healthy(**p, &mut note))
+                .filter(|(p, _)| cx.healthy(**p, trace))
                 .map(|(_, w)| *w)
                 .sum();
             let draw = unit(req.random) * total;
             let mut acc = 0.0;
             let mut pick = None;
             for (p, w) in lb.default_pools.iter().zip(&lb.pool_weights) {
-                if *w > 0.0 && up_count(view, req, *p) >= rt.pools[*p].minimum_origins {
+                if *w > 0.0 && cx.up_count(*p) >= rt.pools[*p].minimum_origins {
                     acc += w;
                     pick = Some(*p);
                     if draw < acc {
@@ -156,21 +262,90 @@ pub fn decide(
             }
             pick.map(|p| (p, PoolWhy::Random))
         }
-        // Geo, dynamic and proximity are refused by validation until GeoIP and the mesh
-        // land; should one get here, failover order is their documented last resort.
-        _ => lb
-            .default_pools
-            .iter()
-            .enumerate()
-            .find(|(_, p)| healthy(**p, &mut note))
-            .map(|(rank, p)| (*p, PoolWhy::Failover { rank })),
+        SteeringPolicy::Geo => {
+            let country = req.geo.country.and_then(|c| {
+                lb.country_pools
+                    .binary_search_by_key(&c, |(k, _)| *k)
+                    .ok()
+                    .map(|i| lb.country_pools[i].1.as_slice())
+            });
+            let region = req
+                .geo
+                .region
+                .map(|r| lb.region_pools[r.index()].as_slice())
+                .filter(|l| !l.is_empty());
+            let (source, list) = match (lb.node_pools.as_deref(), country, region) {
+                (Some(l), _, _) => (ListSource::NodePools, l),
+                (None, Some(l), _) => (ListSource::CountryPools, l),
+                (None, None, Some(l)) => (ListSource::RegionPools, l),
+                (None, None, None) => (ListSource::DefaultPools, &[][..]),
+            };
+            trace.step(Step::List { source });
+            first_healthy(
+                &mut list.iter().chain(lb.default_pools.iter()).copied(),
+                trace,
+            )
+            .map(|(rank, p)| (p, PoolWhy::Geo { source, rank }))
+        }
+        SteeringPolicy::Dynamic => {
+            let from = match lb.vantage {
+                Vantage::Client => cx.from,
+                Vantage::Node => rt.region,
+            };
+            let mut best: Option<(usize, Duration)> = None;
+            let mut first: Option<(usize, usize)> = None;
+            for (rank, p) in lb.default_pools.iter().copied().enumerate() {
+                if !cx.healthy(p, trace) {
+                    continue;
+                }
+                first.get_or_insert((rank, p));
+                let rtt = cx.pool_rtt(p, from);
+                trace.step(Step::PoolRtt { pool: p, rtt });
+                if let Some(rtt) = rtt {
+                    if best.is_none_or(|(_, b)| rtt < b) {
+                        best = Some((p, rtt));
+                    }
+                }
+            }
+            match (best, first) {
+                (Some((p, rtt)), _) => Some((p, PoolWhy::Dynamic { rtt, from })),
+                (None, Some((rank, p))) => Some((p, PoolWhy::Unranked { rank })),
+                (None, None) => None,
+            }
+        }
+        SteeringPolicy::Proximity => {
+            let mut best: Option<(usize, f64)> = None;
+            let mut first: Option<(usize, usize)> = None;
+            for (rank, p) in lb.default_pools.iter().copied().enumerate() {
+                if !cx.healthy(p, trace) {
+                    continue;
+                }
+                first.get_or_insert((rank, p));
+                let km = req
+                    .geo
+                    .location
+                    .zip(rt.pools[p].location)
+                    .map(|(a, b)| great_circle_km(a, b));
+                trace.step(Step::PoolDistance { pool: p, km });
+                if let Some(km) = km {
+                    if best.is_none_or(|(_, b)| km < b) {
+                        best = Some((p, km));
+                    }
+                }
+            }
+            match (best, first) {
+                (Some((p, km)), _) => Some((p, PoolWhy::Proximity { km })),
+                (None, Some((rank, p))) => Some((p, PoolWhy::Unranked { rank })),
+                (None, None) => None,
+            }
+        }
     };
     let (pool, pool_why) = chosen.unwrap_or((lb.fallback_pool, PoolWhy::Fallback));
     trace.step(Step::PoolTaken {
         pool,
         why: pool_why,
     });
-    let (origin, origin_why) = pick_origin(rt, view, pool, req)?;
+    let (origin, origin_why) = pick_origin(&cx, pool)?;
     Some(Decision {
         pool,
         origin,
@@ -179,33 +354,24 @@ pub fn decide(
     })
 }
 
-fn usable(view: &View, req: &Request<'_>, pool: usize, origin: usize) -> bool {
-    view.pools
-        .get(pool)
-        .and_then(|p| p.origins.get(origin))
-        .is_some_and(|o| o.up)
-        && !req.exclude.contains(&(pool, origin))
-}
-
-fn up_count(view: &View, req: &Request<'_>, pool: usize) -> usize {
-    (0..view.pools[pool].origins.len())
-        .filter(|o| usable(view, req, pool, *o))
-        .count()
+/// Distance between two points on the Earth (haversine, mean radius).
+pub fn great_circle_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().min(1.0).asin()
 }
 
 /// Picks an origin of `pool`: among its usable origins, or, when none is (a fallback pool
 /// is used regardless of health), among its enabled origins not yet tried.
-fn pick_origin(
-    rt: &Runtime,
-    view: &View,
-    pool: usize,
-    req: &Request<'_>,
-) -> Option<(usize, OriginWhy)> {
-    let p = &rt.pools[pool];
-    let any_usable = (0..p.origins.len()).any(|o| usable(view, req, pool, o));
+fn pick_origin(cx: &Ctx<'_, '_>, pool: usize) -> Option<(usize, OriginWhy)> {
+    let req = cx.req;
+    let p = &cx.rt.pools[pool];
+    let any_usable = (0..p.origins.len()).any(|o| cx.usable(pool, o));
     let candidate = |o: usize| {
         if any_usable {
-            usable(view, req, pool, o)
+            cx.usable(pool, o)
         } else {
             p.origins[o].enabled && !req.exclude.contains(&(pool, o))
         }
@@ -381,6 +547,7 @@ fallback_pool = "c"
             random,
             exclude: &[],
             sticky: None,
+            geo: ClientGeo::default(),
         }
     }
 
@@ -693,5 +860,321 @@ origins = [{ name = "a1", address = "127.0.0.1:1" }, { name = "a2", address = "1
             seen[a] += 1;
         }
         assert!(seen.iter().all(|n| *n > 60), "{seen:?}");
+    }
+
+    mod geo {
+        use super::*;
+        use crate::runtime::{Obs, OriginKey, RemoteReport};
+        use std::collections::HashMap;
+
+        const POOLS3: &str = r#"
+[[pool]]
+name = "wnam"
+monitor = "m"
+latitude = 37.4
+longitude = -122.1
+origins = [{ name = "wnam-1", address = "127.0.0.1:1" }]
+[[pool]]
+name = "weu"
+monitor = "m"
+latitude = 52.4
+longitude = 4.9
+origins = [{ name = "weu-1", address = "127.0.0.1:2" }]
+[[pool]]
+name = "seas"
+monitor = "m"
+latitude = 1.35
+longitude = 103.8
+origins = [{ name = "seas-1", address = "127.0.0.1:3" }]
+"#;
+
+        fn lb(policy: &str, extra: &str) -> String {
+            format!(
+                "[[load_balancer]]\nname = \"lb\"\nsteering = \"{policy}\"\ndefault_pools = [\"wnam\", \"weu\", \"seas\"]\nfallback_pool = \"seas\"\n{extra}\n"
+            )
+        }
+
+        /// A view from other nodes' rows: (node, region, origin, healthy, rtt ms).
+        fn mesh_view(rt: &Runtime, rows: &[(&str, Region, &str, bool, u64)]) -> View {
+            let mut reports: Vec<RemoteReport> = Vec::new();
+            for (node, region, origin, healthy, rtt) in rows {
+                let pool = origin.split('-').next().unwrap();
+                let key = OriginKey {
+                    pool: pool.into(),
+                    origin: (*origin).into(),
+                };
+                let obs = Obs {
+                    node: (*node).into(),
+                    region: *region,
+                    healthy: *healthy,
+                    rtt: Some(Duration::from_millis(*rtt)),
+                    age: Duration::ZERO,
+                };
+                match reports.iter_mut().find(|r| &*r.node == *node) {
+                    Some(r) => {
+                        r.rows.insert(key, obs);
+                    }
+                    None => reports.push(RemoteReport {
+                        node: (*node).into(),
+                        region: *region,
+                        live: true,
+                        rows: HashMap::from([(key, obs)]),
+                    }),
+                }
+            }
+            View::build_mesh(
+                rt,
+                &Report::default(),
+                &reports,
+                crate::config::Quorum::Majority,
+                Duration::ZERO,
+            )
+        }
+
+        fn from(
+            region: Option<Region>,
+            country: Option<&str>,
+            location: Option<(f64, f64)>,
+        ) -> Request<'static> {
+            Request {
+                geo: ClientGeo {
+                    region,
+                    country: country.map(|c| [c.as_bytes()[0], c.as_bytes()[1]]),
+                    location,
+                },
+                ..req("192.0.2.1", 0)
+            }
+        }
+
+        fn pool_of(rt: &Runtime, v: &View, r: &Request<'_>) -> (String, PoolWhy) {
+            let d = decide(rt, v, 0, r, &mut ()).unwrap();
+            (rt.pools[d.pool].name.to_string(), d.pool_why)
+        }
+
+        use Region::*;
+
+        #[test]
+        fn geo_table() {
+            let rt = runtime(
+                POOLS3,
+                &lb("geo", "region_pools = { WEU = [\"weu\"], SEAS = [\"seas\"] }\ncountry_pools = { DE = [\"seas\"] }"),
+            );
+            let all_up = View::build(&rt, &Report::default());
+            let weu_down = mesh_view(
+                &rt,
+                &[
+                    ("x", Weu, "weu-1", false, 5),
+                    ("y", Weu, "wnam-1", true, 80),
+                ],
+            );
+            let everything_down = mesh_view(
+                &rt,
+                &[
+                    ("x", Weu, "weu-1", false, 5),
+                    ("x", Weu, "wnam-1", false, 5),
+                    ("x", Weu, "seas-1", false, 5),
+                ],
+            );
+            let rg = |rank| PoolWhy::Geo {
+                source: ListSource::RegionPools,
+                rank,
+            };
+            let table: Vec<(&View, Request<'static>, &str, PoolWhy)> = vec![
+                (&all_up, from(Some(Weu), Some("FR"), None), "weu", rg(0)),
+                (&all_up, from(Some(Seas), None, None), "seas", rg(0)),
+                (
+                    &all_up,
+                    from(Some(Weu), Some("DE"), None),
+                    "seas",
+                    PoolWhy::Geo {
+                        source: ListSource::CountryPools,
+                        rank: 0,
+                    },
+                ),
+                // No list for the region: default pools.
+                (
+                    &all_up,
+                    from(Some(Enam), Some("US"), None),
+                    "wnam",
+                    PoolWhy::Geo {
+                        source: ListSource::DefaultPools,
+                        rank: 0,
+                    },
+                ),
+                (
+                    &all_up,
+                    from(None, None, None),
+                    "wnam",
+                    PoolWhy::Geo {
+                        source: ListSource::DefaultPools,
+                        rank: 0,
+                    },
+                ),
+                // The region's pool is down: its list, then default_pools in order.
+                (&weu_down, from(Some(Weu), Some("FR"), None), "wnam", rg(1)),
+                (
+                    &everything_down,
+                    from(Some(Weu), None, None),
+                    "seas",
+                    PoolWhy::Fallback,
+                ),
+            ];
+            for (view, r, want, why) in table {
+                assert_eq!(
+                    pool_of(&rt, view, &r),
+                    (want.to_string(), why),
+                    "{:?}",
+                    r.geo
+                );
+            }
+        }
+
+        #[test]
+        fn geo_node_pools_win() {
+            let rt = runtime(
+                POOLS3,
+                &lb(
+                    "geo",
+                    "region_pools = { WEU = [\"weu\"] }\nnode_pools = { n1 = [\"seas\"] }",
+                ),
+            );
+            let v = View::build(&rt, &Report::default());
+            assert_eq!(pool_of(&rt, &v, &from(Some(Weu), None, None)).0, "seas");
+        }
+
+        #[test]
+        fn health_is_judged_from_the_clients_region() {
+            let rt = runtime(
+                POOLS3,
+                &lb(
+                    "geo",
+                    "region_pools = { WEU = [\"weu\"], WNAM = [\"weu\"] }",
+                ),
+            );
+            // WEU observers see weu-1 down; WNAM observers see it up.
+            let v = mesh_view(
+                &rt,
+                &[
+                    ("e1", Weu, "weu-1", false, 5),
+                    ("n1x", Wnam, "weu-1", true, 80),
+                ],
+            );
+            assert_eq!(pool_of(&rt, &v, &from(Some(Weu), None, None)).0, "wnam");
+            assert_eq!(pool_of(&rt, &v, &from(Some(Wnam), None, None)).0, "weu");
+            // A region nobody observes from uses the node's region (WEU here).
+            assert_eq!(pool_of(&rt, &v, &from(Some(Seas), None, None)).0, "wnam");
+        }
+
+        #[test]
+        fn dynamic_follows_the_client_regions_rtt() {
+            let rows = [
+                ("e1", Weu, "weu-1", true, 10),
+                ("e1", Weu, "wnam-1", true, 80),
+                ("e1", Weu, "seas-1", true, 170),
+                ("w1", Wnam, "weu-1", true, 75),
+                ("w1", Wnam, "wnam-1", true, 5),
+                ("w1", Wnam, "seas-1", true, 160),
+            ];
+            let rt = runtime(POOLS3, &lb("dynamic", ""));
+            let v = mesh_view(&rt, &rows);
+            let dynamic = |ms, from| PoolWhy::Dynamic {
+                rtt: Duration::from_millis(ms),
+                from,
+            };
+            assert_eq!(
+                pool_of(&rt, &v, &from(Some(Weu), None, None)),
+                ("weu".into(), dynamic(10, Weu))
+            );
+            assert_eq!(
+                pool_of(&rt, &v, &from(Some(Wnam), None, None)),
+                ("wnam".into(), dynamic(5, Wnam))
+            );
+            // No observer in SEAS: the receiving node's region (WEU) measures.
+            assert_eq!(pool_of(&rt, &v, &from(Some(Seas), None, None)).0, "weu");
+            // An unhealthy pool is not ranked, however fast.
+            let mut down = rows.to_vec();
+            down[0].3 = false;
+            let v2 = mesh_view(&rt, &down);
+            assert_eq!(
+                pool_of(&rt, &v2, &from(Some(Weu), None, None)),
+                ("wnam".into(), dynamic(80, Weu))
+            );
+            // vantage = node: the node's region, whoever the client is.
+            let rt_node = runtime(POOLS3, &lb("dynamic", "vantage = \"node\""));
+            let v3 = mesh_view(&rt_node, &rows);
+            assert_eq!(
+                pool_of(&rt_node, &v3, &from(Some(Wnam), None, None)).0,
+                "weu"
+            );
+            // No RTT data at all: failover order.
+            let none = View::build(&rt, &Report::default());
+            assert_eq!(
+                pool_of(&rt, &none, &from(Some(Weu), None, None)),
+                ("wnam".into(), PoolWhy::Unranked { rank: 0 })
+            );
+        }
+
+        #[test]
+        fn proximity_picks_the_nearest_healthy_pool() {
+            let rt = runtime(POOLS3, &lb("proximity", ""));
+            let v = View::build(&rt, &Report::default());
+            let frankfurt = Some((50.1, 8.7));
+            let (p, why) = pool_of(&rt, &v, &from(Some(Weu), None, frankfurt));
+            assert_eq!(p, "weu");
+            let PoolWhy::Proximity { km } = why else {
+                panic!("{why:?}")
+            };
+            assert!((km - 366.0).abs() < 20.0, "{km}");
+            assert_eq!(
+                pool_of(&rt, &v, &from(None, None, Some((13.7, 100.5)))).0,
+                "seas"
+            );
+            // No location: failover order.
+            assert_eq!(
+                pool_of(&rt, &v, &from(None, None, None)),
+                ("wnam".into(), PoolWhy::Unranked { rank: 0 })
+            );
+            // The nearest pool is down (seen from the node's region): the next nearest.
+            let v2 = mesh_view(&rt, &[("e1", Weu, "weu-1", false, 5)]);
+            assert_eq!(pool_of(&rt, &v2, &from(None, None, frankfurt)).0, "wnam");
+        }
+
+        #[test]
+        fn trace_explains_a_geo_decision() {
+            let rt = runtime(POOLS3, &lb("geo", "region_pools = { WEU = [\"weu\"] }"));
+            let v = mesh_view(&rt, &[("e1", Weu, "weu-1", false, 5)]);
+            let mut steps = Vec::new();
+            decide(&rt, &v, 0, &from(Some(Weu), None, None), &mut steps).unwrap();
+            assert_eq!(
+                steps,
+                vec![
+                    Step::HealthFrom { region: Weu },
+                    Step::List {
+                        source: ListSource::RegionPools
+                    },
+                    Step::PoolUnhealthy {
+                        pool: 1,
+                        up: 0,
+                        minimum: 1
+                    },
+                    Step::PoolTaken {
+                        pool: 0,
+                        why: PoolWhy::Geo {
+                            source: ListSource::RegionPools,
+                            rank: 1
+                        }
+                    },
+                ]
+            );
+        }
+
+        #[test]
+        fn great_circle_distances() {
+            let london = (51.5, -0.13);
+            let new_york = (40.7, -74.0);
+            let d = great_circle_km(london, new_york);
+            assert!((d - 5570.0).abs() < 30.0, "{d}");
+            assert_eq!(great_circle_km(london, london), 0.0);
+        }
     }
 }
