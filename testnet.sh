@@ -17,6 +17,8 @@ STATE=.testnet
 
 # Seconds to wait for processes to come up, and to exit after SIGTERM before SIGKILL.
 READY_TIMEOUT=${TESTNET_READY_TIMEOUT:-30}
+# Seconds to wait, once the nodes are ready, until they see each other alive in the mesh.
+MESH_TIMEOUT=${TESTNET_MESH_TIMEOUT:-30}
 STOP_TIMEOUT=${TESTNET_STOP_TIMEOUT:-15}
 # How long a node drains open connections on SIGTERM; below STOP_TIMEOUT.
 DRAIN_TIMEOUT=5s
@@ -26,6 +28,17 @@ DRAIN_TIMEOUT=5s
 NODE_IDS=(edge-wnam edge-weu edge-seas)
 declare -A NODE_REGION=([edge-wnam]=WNAM [edge-weu]=WEU [edge-seas]=SEAS)
 declare -A NODE_STATUS=([edge-wnam]=127.0.0.1:9901 [edge-weu]=127.0.0.1:9902 [edge-seas]=127.0.0.1:9903)
+
+# The mesh: SWIM over QUIC (UDP) with mutual TLS; every node seeds from all three addresses.
+# The CA and node certificates are made once under $STATE/certs and reused by later runs.
+CLUSTER=testnet
+declare -A NODE_MESH=([edge-wnam]=127.0.0.1:7946 [edge-weu]=127.0.0.1:7947 [edge-seas]=127.0.0.1:7948)
+# Timings short enough to watch a node go down and rejoin within seconds.
+MESH_PROBE_PERIOD=500ms
+MESH_PROBE_TIMEOUT=250ms
+MESH_SUSPECT_TIMEOUT=2s
+MESH_ANNOUNCE_INTERVAL=1s
+MESH_ANTI_ENTROPY_INTERVAL=1s
 
 # Apps every node runs, and where: APP_ADDR[node/app].
 APP_NAMES=(failover)
@@ -68,20 +81,23 @@ usage() {
 usage: ./testnet.sh COMMAND
 
   up                         build, start 6 origins and 3 nodes on loopback, wait until ready
+                             and the nodes form one mesh (certificates in .testnet/certs/)
   down                       stop everything testnet.sh started (logs stay in .testnet/)
-  status                     each node's `switchyard status`, and which origins run
+  status                     each node's `switchyard status` (with its mesh members), and
+                             which origins run
                              (exit 3 when something is not running)
   origin down|up NAME        stop / start one origin (wnam-1 wnam-2 weu-1 weu-2 seas-1 seas-2)
-  node down|up ID            stop (SIGTERM, graceful drain) / start one node
-                             (edge-wnam edge-weu edge-seas)
+  node down|up ID            stop (SIGTERM, graceful drain, leaves the mesh) / start one
+                             node and wait until it rejoins (edge-wnam edge-weu edge-seas)
   client [--from REGION] [--app NAME] [--node ID] [--timeout DUR]
                              connect through a node's app (default: edge-wnam, failover) from
                              the region's client address (default: the node's region) and
                              print the origin's name
   help                       this text
 
-Environment: TESTNET_READY_TIMEOUT (s, default 30), TESTNET_STOP_TIMEOUT (s, default 15),
-TESTNET_SKIP_BUILD=1 (up: use the binaries already built), RUST_LOG (default info).
+Environment: TESTNET_READY_TIMEOUT (s, default 30), TESTNET_MESH_TIMEOUT (s, default 30),
+TESTNET_STOP_TIMEOUT (s, default 15), TESTNET_SKIP_BUILD=1 (up: use the binaries already
+built), RUST_LOG (default info).
 EOF
 }
 
@@ -223,7 +239,25 @@ port_taken() {
     timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${1%:*}" "${1##*:}" 2>/dev/null
 }
 
-# The addresses a component binds.
+# Whether a UDP socket is bound to ADDR's port on ADDR's IP (also IPv4-mapped) or on a
+# wildcard address, from /proc/net/udp and udp6 (unknown without them: says no). Their
+# local_address column is HEXIP:HEXPORT, the IP in host byte order.
+udp_taken() {
+    local a b c d ip port re f local_addr
+    IFS=. read -r a b c d <<<"${1%:*}"
+    printf -v ip '(%02X%02X%02X%02X|%02X%02X%02X%02X)' "$d" "$c" "$b" "$a" "$a" "$b" "$c" "$d"
+    printf -v port '%04X' "${1##*:}"
+    re="^((0000000000000000FFFF0000)?$ip|0+):$port\$"
+    for f in /proc/net/udp /proc/net/udp6; do
+        [[ -r $f ]] || continue
+        while read -r _ local_addr _; do
+            [[ ${local_addr^^} =~ $re ]] && return 0
+        done <"$f"
+    done
+    return 1
+}
+
+# The addresses a component binds over TCP (a node's mesh address is UDP: NODE_MESH).
 addrs_of() {
     local name=$1 app
     if is_node "$name"; then
@@ -243,6 +277,10 @@ check_free() {
                     "(./testnet.sh down there, or find it with: ss -ltnp)"
             fi
         done < <(addrs_of "$name")
+        if is_node "$name" && udp_taken "${NODE_MESH[$name]}"; then
+            die "UDP ${NODE_MESH[$name]} (the mesh address of $name) is already in use; is" \
+                "another testnet running? (./testnet.sh down there, or find it with: ss -lunp)"
+        fi
     done
 }
 
@@ -318,6 +356,82 @@ wait_ready() {
     done
 }
 
+# mesh_members ID: ID's mesh members as its status reports them, one "ID STATE GENERATION
+# REGION ADDR RTT_MS" line each (nothing without [mesh]); fails when its status does not answer.
+# The JSON is flattened first; member objects hold no nested objects or arrays.
+mesh_members() {
+    local json body obj f re
+    local -A m
+    json=$("$BIN/switchyard" status --addr "${NODE_STATUS[$1]}" --json 2>/dev/null) || return 1
+    json=$(tr -d ' \t\r\n' <<<"$json")
+    re='"members":\[([^]]*)\]'
+    [[ $json =~ $re ]] || return 0
+    body=${BASH_REMATCH[1]}
+    while IFS= read -r obj; do
+        [[ -n $obj ]] || continue
+        m=()
+        for f in id state region addr; do
+            re="\"$f\":\"([^\"]*)\""
+            [[ $obj =~ $re ]] && m[$f]=${BASH_REMATCH[1]}
+        done
+        for f in generation rtt_ms; do
+            re="\"$f\":([0-9.]+)"
+            [[ $obj =~ $re ]] && m[$f]=${BASH_REMATCH[1]}
+        done
+        printf '%s %s %s %s %s %s\n' "${m[id]:-?}" "${m[state]:-?}" "${m[generation]:--}" \
+            "${m[region]:--}" "${m[addr]:--}" "${m[rtt_ms]:--}"
+    done <<<"${body//\},\{/$'\n'}"
+}
+
+# sees_alive ID WANT...: whether ID lists every WANT alive. Sets SEEN to what it lists.
+SEEN=
+sees_alive() {
+    local id=$1 members mid state want
+    local -A alive=()
+    shift
+    if ! members=$(mesh_members "$id"); then
+        SEEN="its status (${NODE_STATUS[$id]}) did not answer"
+        return 1
+    fi
+    SEEN=
+    while read -r mid state _; do
+        [[ -n $mid ]] || continue
+        SEEN+="${SEEN:+, }$mid $state"
+        [[ $state == alive ]] && alive[$mid]=1
+    done <<<"$members"
+    SEEN="it lists ${SEEN:-no members}"
+    for want; do
+        [[ -n ${alive[$want]:-} ]] || return 1
+    done
+    return 0
+}
+
+# wait_mesh ID...: polls until each of them lists all of them alive; fails naming one that
+# does not, with what it lists, and its log.
+wait_mesh() {
+    local deadline=$((SECONDS + MESH_TIMEOUT + 1)) id
+    local -a pending=("$@") left
+    local -A seen=()
+    while :; do
+        left=()
+        for id in "${pending[@]}"; do
+            check_alive "$id"
+            if ! sees_alive "$id" "$@"; then
+                seen[$id]=$SEEN
+                left+=("$id")
+            fi
+        done
+        pending=("${left[@]+"${left[@]}"}")
+        ((${#pending[@]} == 0)) && return 0
+        if ((SECONDS >= deadline)); then
+            id=${pending[0]}
+            die "the mesh did not form within ${MESH_TIMEOUT}s: $id does not list $* all" \
+                "alive (${seen[$id]}); see $(logfile "$id")"
+        fi
+        sleep 0.2
+    done
+}
+
 # stop NAME...: SIGTERM, then SIGKILL after STOP_TIMEOUT; removes pid files. Only processes
 # whose pid file names them, and still run what testnet.sh started, are signalled.
 stop() {
@@ -356,6 +470,36 @@ stop() {
 all_names() { printf '%s\n' "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"; }
 
 # ---- Files -----------------------------------------------------------------------------------
+
+CERTS=$STATE/certs
+
+# ensure_certs ID...: creates the cluster CA unless it exists, and a certificate for each ID
+# that has none, or one older than the CA (so from another CA).
+ensure_certs() {
+    local ca=$CERTS/ca id out
+    if [[ ! -s $ca/ca.crt || ! -s $ca/ca.key ]]; then
+        rm -f "$ca/ca.crt" "$ca/ca.key" # half a CA is of no use
+        out=$("$BIN/switchyard" ca init --out "$ca" --cluster "$CLUSTER" 2>&1) ||
+            die "cannot create the cluster CA in $ca: $out"
+        say "  $out"
+    fi
+    for id; do
+        if [[ ! -s $CERTS/$id.crt || ! -s $CERTS/$id.key || $CERTS/$id.crt -ot $ca/ca.crt ]]; then
+            out=$("$BIN/switchyard" cert issue --ca "$ca" --node "$id" --out "$CERTS" 2>&1) ||
+                die "cannot issue a certificate for $id: $out"
+            say "  $out"
+        fi
+    done
+}
+
+# The seeds of every node: all mesh addresses, as TOML strings.
+mesh_seeds() {
+    local id sep=
+    for id in "${NODE_IDS[@]}"; do
+        printf '%s"%s"' "$sep" "${NODE_MESH[$id]}"
+        sep=', '
+    done
+}
 
 write_config() {
     local id=$1 pool name file
@@ -400,6 +544,19 @@ fallback_pool = "seas"
 name = "failover"
 listen = "${APP_ADDR[$id/failover]}"
 load_balancer = "failover"
+
+[mesh]
+cluster = "$CLUSTER"
+listen = "${NODE_MESH[$id]}"
+seeds = [$(mesh_seeds)]
+ca = '$ROOT/$CERTS/ca/ca.crt'
+cert = '$ROOT/$CERTS/$id.crt'
+key = '$ROOT/$CERTS/$id.key'
+probe_period = "$MESH_PROBE_PERIOD"
+probe_timeout = "$MESH_PROBE_TIMEOUT"
+suspect_timeout = "$MESH_SUSPECT_TIMEOUT"
+announce_interval = "$MESH_ANNOUNCE_INTERVAL"
+anti_entropy_interval = "$MESH_ANTI_ENTROPY_INTERVAL"
 EOF
     } >"$file.tmp"
     mv "$file.tmp" "$file"
@@ -420,8 +577,8 @@ write_manifest() {
         n=${#NODE_IDS[@]}
         for ((i = 0; i < n; i++)); do
             id=${NODE_IDS[i]}
-            printf '    {"id": "%s", "region": "%s", "status": "%s", "apps": {' \
-                "$id" "${NODE_REGION[$id]}" "${NODE_STATUS[$id]}"
+            printf '    {"id": "%s", "region": "%s", "status": "%s", "mesh": "%s", "apps": {' \
+                "$id" "${NODE_REGION[$id]}" "${NODE_STATUS[$id]}" "${NODE_MESH[$id]}"
             sep=
             for app in "${APP_NAMES[@]}"; do
                 printf '%s"%s": "%s"' "$sep" "$app" "${APP_ADDR[$id/$app]}"
@@ -454,7 +611,8 @@ print_summary() {
     say "nodes:"
     for id in "${NODE_IDS[@]}"; do
         pid=$(running_pid "$id" || echo -)
-        printf '  %-10s %-5s status %-15s' "$id" "${NODE_REGION[$id]}" "${NODE_STATUS[$id]}"
+        printf '  %-10s %-5s status %-15s  mesh %s' "$id" "${NODE_REGION[$id]}" \
+            "${NODE_STATUS[$id]}" "${NODE_MESH[$id]}"
         for app in "${APP_NAMES[@]}"; do printf '  app %s %s' "$app" "${APP_ADDR[$id/$app]}"; done
         printf '  pid %-7s log %s\n' "$pid" "$(logfile "$id")"
     done
@@ -468,14 +626,17 @@ print_summary() {
     done
     printf 'client source addresses:'
     for r in "${REGIONS[@]}"; do printf '  %s %s' "$r" "${CLIENT_IP[$r]}"; done
-    printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json\n\n' "$STATE" "$STATE"
+    printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json   mesh certificates: %s/\n\n' \
+        "$STATE" "$STATE" "$CERTS"
     cat <<EOF
 try:
   $b/sy-client ${APP_ADDR[edge-wnam/failover]}          # prints the origin's name
   ./testnet.sh client --from WEU --node edge-weu
-  $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}
+  $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}   # members, and who sees which origin
   ./testnet.sh origin down wnam-1                 # and wnam-2: edge-wnam fails over to weu
-  ./testnet.sh node down edge-weu                 # node up edge-weu starts it again
+  ./testnet.sh node down edge-weu                 # it leaves the mesh; then watch it go down:
+  $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}   # edge-weu is down in the member list
+  ./testnet.sh node up edge-weu                   # it rejoins, with a new generation
   ./testnet.sh status
   ./testnet.sh down
 EOF
@@ -555,6 +716,8 @@ cmd_up() {
     fi
     need_bins
 
+    say "mesh certificates in $CERTS/ (cluster $CLUSTER)"
+    ensure_certs "${NODE_IDS[@]}"
     say "writing and checking configs"
     for name in "${NODE_IDS[@]}"; do
         write_config "$name"
@@ -569,6 +732,9 @@ cmd_up() {
     say "starting nodes: ${NODE_IDS[*]}"
     for name in "${NODE_IDS[@]}"; do start_node "$name"; done
     wait_ready "${NODE_IDS[@]}"
+    say "waiting for the mesh: ${NODE_IDS[*]} on ${NODE_MESH[*]}"
+    wait_mesh "${NODE_IDS[@]}"
+    say "mesh formed: ${#NODE_IDS[@]} members alive"
     write_manifest
     disarm_abort
 
@@ -599,7 +765,7 @@ cmd_down() {
 
 cmd_status() {
     [[ $# -eq 0 ]] || bad_usage "status takes no arguments"
-    local id name pid rc=0 out=
+    local id name pid rc=0 out='' members m_id m_state m_gen m_region m_addr m_rtt
     BIN=$(bin_dir)
     for id in "${NODE_IDS[@]}"; do
         if pid=$(running_pid "$id"); then
@@ -607,6 +773,17 @@ cmd_status() {
             if [[ -x $BIN/switchyard ]] &&
                 out=$("$BIN/switchyard" status --addr "${NODE_STATUS[$id]}" 2>&1); then
                 printf '%s\n' "$out"
+                # A node lists itself alive, so a status without "alive" lacks the member
+                # table (an older switchyard): print the members from its JSON.
+                if [[ $out != *alive* ]] && members=$(mesh_members "$id") && [[ -n $members ]]; then
+                    printf '\n%-10s  %-7s  %-13s  %-6s  %-15s  %s\n' \
+                        MEMBER STATE GENERATION REGION ADDRESS RTT
+                    while read -r m_id m_state m_gen m_region m_addr m_rtt; do
+                        [[ $m_rtt == - ]] || m_rtt=${m_rtt}ms
+                        printf '%-10s  %-7s  %-13s  %-6s  %-15s  %s\n' \
+                            "$m_id" "$m_state" "$m_gen" "$m_region" "$m_addr" "$m_rtt"
+                    done <<<"$members"
+                fi
             else
                 say "$id runs but its status did not answer: $out"
                 rc=3
@@ -665,7 +842,7 @@ cmd_origin() {
 
 cmd_node() {
     [[ $# -eq 2 ]] || bad_usage "usage: ./testnet.sh node down|up ID"
-    local action=$1 id=$2 pid
+    local action=$1 id=$2 pid other
     is_node "$id" || bad_usage "unknown node $id; one of: ${NODE_IDS[*]}"
     case $action in
         down)
@@ -684,14 +861,24 @@ cmd_node() {
                 return 0
             fi
             need_bins
+            [[ -s $CERTS/ca/ca.crt && -s $CERTS/ca/ca.key ]] ||
+                die "the cluster CA ($CERTS/ca) is missing; start afresh: ./testnet.sh down; ./testnet.sh up"
+            ensure_certs "$id"
             [[ -f $(config_of "$id") ]] || write_config "$id"
             check_config "$id"
             check_free "$id"
             arm_abort "node up $id" "$id"
             start_node "$id"
             wait_ready "$id"
+            # It rejoins once it and the other running nodes list each other alive.
+            local -a mesh=()
+            for other in "${NODE_IDS[@]}"; do
+                running_pid "$other" >/dev/null && mesh+=("$other")
+            done
+            wait_mesh "${mesh[@]}"
             disarm_abort
-            say "started $id (pid $(running_pid "$id")), status ${NODE_STATUS[$id]}"
+            say "started $id (pid $(running_pid "$id")), status ${NODE_STATUS[$id]}, mesh ${NODE_MESH[$id]}"
+            say "$id is in the mesh: ${mesh[*]} alive"
             ;;
         *) bad_usage "usage: ./testnet.sh node down|up ID" ;;
     esac

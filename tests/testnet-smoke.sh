@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # tests/testnet-smoke.sh: a smoke test of testnet.sh, run from the repo root (CI does). Brings the
-# testnet up, fails edge-wnam's failover app over from the wnam pool to weu and back, restarts a
-# node, and tears everything down, also on failure. Bounded: every wait polls with a deadline.
+# testnet up and checks that its three nodes form one mesh, fails edge-wnam's failover app over
+# from the wnam pool to weu and back (and checks that another node sees edge-wnam's view of the
+# origin), restarts a node and watches it leave and rejoin the mesh, and tears everything down,
+# also on failure. Bounded: every wait polls with a deadline.
+#
+# Status JSON (`switchyard status --json`) is read with bash alone: flattened to one line, then
+# matched with patterns that rely only on the document's shape (member objects hold no nested
+# objects; an origin's observers are objects keyed by node id).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,6 +70,106 @@ http_code() {
             printf "%s\n" "$code"
         ' _ "${addr%:*}" "${addr##*:}" "$path" 2>/dev/null || echo 000
     fi
+}
+
+# ---- Mesh checks over `switchyard status --json` ----------------------------------------------
+
+NODES=(edge-wnam edge-weu edge-seas)
+declare -A STATUS_ADDR=([edge-wnam]=127.0.0.1:9901 [edge-weu]=127.0.0.1:9902 [edge-seas]=127.0.0.1:9903)
+LAST=
+
+switchyard_bin() {
+    local dir=target/release
+    [[ -s $STATE/bin-dir ]] && dir=$(<"$STATE/bin-dir")
+    printf '%s/switchyard\n' "$dir"
+}
+
+# status_json NODE: NODE's status document on one line, without whitespace (empty: no answer).
+status_json() {
+    "$(switchyard_bin)" status --addr "${STATUS_ADDR[$1]}" --json 2>/dev/null | tr -d ' \t\r\n' || true
+}
+
+# members JSON: one "ID STATE GENERATION" line per member in a status document.
+members() {
+    local re='"members":\[([^]]*)\]' list obj id state gen
+    [[ $1 =~ $re ]] || return 0
+    list=${BASH_REMATCH[1]}
+    while IFS= read -r obj; do
+        id='' state='' gen=''
+        re='"id":"([^"]*)"' && [[ $obj =~ $re ]] && id=${BASH_REMATCH[1]}
+        re='"state":"([^"]*)"' && [[ $obj =~ $re ]] && state=${BASH_REMATCH[1]}
+        re='"generation":([0-9]+)' && [[ $obj =~ $re ]] && gen=${BASH_REMATCH[1]}
+        if [[ -n $id ]]; then printf '%s %s %s\n' "$id" "${state:-?}" "${gen:-0}"; fi
+    done <<<"${list//\},\{/$'\n'}"
+    return 0
+}
+
+# member JSON ID: "STATE GENERATION" of member ID; nothing when it is not listed.
+member() {
+    local id state gen
+    while read -r id state gen; do
+        [[ $id == "$2" ]] && printf '%s %s\n' "$state" "$gen"
+    done < <(members "$1")
+    return 0
+}
+
+# observer JSON ORIGIN NODE: whether NODE sees ORIGIN healthy (true/false), as the document
+# reports in ORIGIN's "observers"; nothing when NODE is not among them. Every object with a
+# name starts with "name", so cutting before each "name": keeps ORIGIN's fields together.
+observer() {
+    local chunk re="\"$3\":\\{[^}]*\"healthy\":(true|false)"
+    while IFS= read -r chunk; do
+        if [[ $chunk == '"name":"'"$2"'",'* && $chunk =~ $re ]]; then
+            printf '%s\n' "${BASH_REMATCH[1]}"
+            return 0
+        fi
+    done <<<"${1//'"name":"'/$'\n''"name":"'}"
+    return 0
+}
+
+# within SECONDS WHAT CHECK...: polls CHECK until it succeeds; after SECONDS, fails saying
+# WHAT did not happen, with what CHECK last saw (LAST).
+within() {
+    local secs=$1 what=$2 deadline=$((SECONDS + $1 + 1))
+    shift 2
+    until "$@"; do
+        ((SECONDS < deadline)) || fail "$what within ${secs}s (last seen: ${LAST:-nothing})"
+        sleep 0.2
+    done
+}
+
+# Checks for within; each sets LAST to what it saw.
+lists_all_alive() { # NODE: lists exactly the three nodes, all alive
+    local json list n=0 alive=0 id state gen
+    json=$(status_json "$1")
+    [[ -n $json ]] || { LAST="$1's status did not answer"; return 1; }
+    list=$(members "$json")
+    while read -r id state gen; do
+        [[ -n $id ]] || continue
+        n=$((n + 1))
+        [[ $state == alive ]] && alive=$((alive + 1))
+    done <<<"$list"
+    LAST="$1 lists $n member(s): $(tr '\n' ';' <<<"$list")"
+    ((n == 3 && alive == 3))
+}
+not_alive() { # NODE ID: NODE lists ID as not alive, or not at all
+    local m
+    m=$(member "$(status_json "$1")" "$2")
+    LAST="$1 lists $2 as: ${m:-(not listed)}"
+    [[ ${m%% *} != alive ]]
+}
+rejoined() { # NODE ID GEN: NODE lists ID alive with a generation above GEN
+    local m state gen
+    m=$(member "$(status_json "$1")" "$2")
+    LAST="$1 lists $2 as: ${m:-(not listed)}"
+    read -r state gen <<<"$m"
+    [[ $state == alive ]] && ((${gen:-0} > $3))
+}
+observed_down() { # NODE ORIGIN OBSERVER: NODE's status has ORIGIN unhealthy as OBSERVER sees it
+    local h
+    h=$(observer "$(status_json "$1")" "$2" "$3")
+    LAST="$1: $2 as $3 sees it: ${h:-(no such observer)}"
+    [[ $h == false ]]
 }
 
 # Connects through edge-wnam's failover app (127.0.0.1:10001); prints the origin, or nothing.
@@ -150,6 +256,16 @@ origins=$(grep -o '"name": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 pass "$STATE/manifest.json lists 3 nodes and 6 origins"
 
+step "mesh: every node lists 3 members, all alive"
+for node in "${NODES[@]}"; do
+    within 10 "$node does not list 3 alive members" lists_all_alive "$node"
+    pass "$LAST"
+done
+weu_generation=$(member "$(status_json edge-wnam)" edge-weu)
+weu_generation=${weu_generation#* }
+[[ $weu_generation =~ ^[0-9]+$ ]] || fail "no generation for edge-weu in edge-wnam's status"
+pass "edge-wnam lists edge-weu at generation $weu_generation"
+
 step "connect through edge-wnam's failover app"
 got=$(through_wnam)
 [[ $got == wnam-* ]] || fail "expected a wnam-* origin, got '${got:-no answer}'"
@@ -160,6 +276,11 @@ step "take the wnam pool down: origin down wnam-1, wnam-2"
 "$TESTNET" origin down wnam-2 || fail "origin down wnam-2 failed"
 pass "both wnam origins stopped"
 expect_origin 'weu-*' 15
+
+step "mesh-wide view: edge-seas sees wnam-1 down as edge-wnam observes it"
+within 15 "edge-seas's status did not show wnam-1 unhealthy for observer edge-wnam" \
+    observed_down edge-seas wnam-1 edge-wnam
+pass "$LAST"
 
 step "bring the wnam pool back: origin up wnam-1, wnam-2"
 "$TESTNET" origin up wnam-1 || fail "origin up wnam-1 failed"
@@ -172,17 +293,25 @@ step "node down edge-weu"
 "$TESTNET" node down edge-weu || fail "node down edge-weu failed"
 expect_ready 127.0.0.1:9902 000 10
 pass "edge-weu's status endpoint 127.0.0.1:9902 no longer answers"
+within 10 "edge-wnam did not see edge-weu leave the mesh" not_alive edge-wnam edge-weu
+pass "$LAST"
 
 step "node up edge-weu"
 "$TESTNET" node up edge-weu || fail "node up edge-weu failed"
 record_pids
 expect_ready 127.0.0.1:9902 200 10
 pass "edge-weu's GET /ready answers 200 again"
+within 15 "edge-wnam did not see edge-weu rejoin with a generation above $weu_generation" \
+    rejoined edge-wnam edge-weu "$weu_generation"
+pass "$LAST (was $weu_generation)"
 
 step "$TESTNET status"
 "$TESTNET" status >"$STATE/smoke-status.txt" 2>&1 ||
     fail "testnet.sh status exited $? (output in $STATE/smoke-status.txt)"
 pass "status exits 0 ($(grep -c '^== edge-' "$STATE/smoke-status.txt") nodes reported)"
+listed=$(grep -cw alive "$STATE/smoke-status.txt" || true)
+((listed >= 9)) || fail "testnet.sh status shows $listed alive members, not 3 per node (see $STATE/smoke-status.txt)"
+pass "status shows the member lists ($listed alive entries)"
 
 step "$TESTNET down"
 record_pids

@@ -1327,9 +1327,9 @@ load_balancer = "lb"
             (
                 GOOD.replace(
                     "[[load_balancer]]\nname = \"lb\"",
-                    "[[load_balancer]]\nname = \"lb\"\nsteering = \"geo\"",
+                    "[[load_balancer]]\nname = \"lb\"\nsteering = \"proximity\"",
                 ),
-                "\"geo\" is not available",
+                "pool \"primary\" has no latitude/longitude",
             ),
             (
                 GOOD.replace("path = \"/health\"", "path = \"health\""),
