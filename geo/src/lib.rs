@@ -1,7 +1,8 @@
-//! Switchyard geo: where clients are. Today it holds the region codes that every other crate
-//! speaks (Cloudflare's 13 load-balancing regions); GeoIP lookups and the country-to-region
-//! table arrive with the geo work.
+//! Switchyard geo: where clients are. The region codes every other crate speaks (Cloudflare's
+//! 13 load-balancing regions), the country-to-region table, and GeoIP lookups.
 
 mod region;
+mod table;
 
 pub use region::{Region, UnknownRegion};
+pub use table::{region_of, region_of_country, RegionTable, COUNTRIES};
