@@ -331,7 +331,14 @@ async fn connect(t: &Transport, peer: SocketAddr) -> Option<quinn::Connection> {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "connect failed: {e}");
+            if is_handshake_refusal(&e) {
+                // Our side or theirs refused the other's certificate: a peer of another CA,
+                // or a misconfigured seed. Worth a warning, unlike an unreachable peer.
+                t.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "mesh handshake refused: {e}; is this peer's certificate from this cluster's CA?");
+            } else {
+                tracing::debug!(%peer, "connect failed: {e}");
+            }
             None
         }
         Err(_) => {
@@ -339,6 +346,18 @@ async fn connect(t: &Transport, peer: SocketAddr) -> Option<quinn::Connection> {
             tracing::debug!(%peer, "connect timed out");
             None
         }
+    }
+}
+
+/// Whether a failed connect was a TLS refusal (a certificate one side would not accept),
+/// as opposed to a peer that did not answer.
+fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
+    // TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100-0x1ff, whichever side raised them.
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
     }
 }
 

@@ -30,6 +30,95 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// `[mesh]`: absent, the node runs alone.
     pub mesh: Option<MeshSection>,
+    /// `[geo]`: absent, every client is taken to be in the node's region.
+    pub geo: Option<GeoConfig>,
+}
+
+/// `[geo]`: where clients are.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind-format database: GeoLite2/GeoIP2 Country or City, DB-IP lite, or one built
+    /// by `switchyard geoip build`.
+    pub database: Option<PathBuf>,
+    /// Overrides of the country-to-region table: `{ "US-TX" = "WNAM", DE = "EEU" }`.
+    #[serde(default)]
+    pub regions: BTreeMap<String, Region>,
+    /// `[[geo.override]]`: address blocks placed by hand; they win over the database.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<GeoOverride>,
+}
+
+/// One `[[geo.override]]`: a CIDR block and exactly one of country, subdivision or region.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeoOverride {
+    #[serde(deserialize_with = "de_net")]
+    pub cidr: IpNet,
+    pub country: Option<String>,
+    /// ISO 3166-2, e.g. "US-CA".
+    pub subdivision: Option<String>,
+    pub region: Option<Region>,
+}
+
+/// Where an override places its block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideTarget {
+    Country([u8; 2]),
+    Subdivision([u8; 2], String),
+    Region(Region),
+}
+
+impl GeoOverride {
+    pub fn target(&self) -> Result<OverrideTarget, String> {
+        let country = |c: &str| -> Result<[u8; 2], String> {
+            let up = c.to_ascii_uppercase();
+            if switchyard_geo::COUNTRIES
+                .binary_search(&up.as_str())
+                .is_ok()
+            {
+                let b = up.as_bytes();
+                Ok([b[0], b[1]])
+            } else {
+                Err(format!(
+                    "{c:?} is not an ISO 3166-1 alpha-2 country code such as \"DE\""
+                ))
+            }
+        };
+        match (&self.country, &self.subdivision, &self.region) {
+            (Some(c), None, None) => Ok(OverrideTarget::Country(country(c)?)),
+            (None, Some(s), None) => {
+                let (c, sub) = s.split_once('-').ok_or_else(|| {
+                    format!("{s:?} is not an ISO 3166-2 subdivision such as \"US-CA\"")
+                })?;
+                if sub.is_empty()
+                    || sub.len() > 3
+                    || !sub.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(format!(
+                        "{s:?} is not an ISO 3166-2 subdivision such as \"US-CA\""
+                    ));
+                }
+                Ok(OverrideTarget::Subdivision(
+                    country(c)?,
+                    sub.to_ascii_uppercase(),
+                ))
+            }
+            (None, None, Some(r)) => Ok(OverrideTarget::Region(*r)),
+            _ => Err("set exactly one of country, subdivision or region".into()),
+        }
+    }
+}
+
+fn de_net<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a CIDR block or an IP address (e.g. 10.0.0.0/8, 2001:db8::/32)"
+            ))
+        })
 }
 
 /// `[mesh]`: how this node joins the others.
@@ -709,6 +798,30 @@ impl Config {
                     "expected_size",
                     "must be 1 to 10000".into(),
                 ));
+            }
+        }
+
+        if let Some(geo) = &self.geo {
+            let mut table = switchyard_geo::RegionTable::builtin();
+            for (k, r) in &geo.regions {
+                if let Err(e) = table.set_override(k, *r) {
+                    return Err(fail(
+                        vec![key("geo"), key("regions")],
+                        "[geo]".into(),
+                        "regions",
+                        e,
+                    ));
+                }
+            }
+            for (i, o) in geo.overrides.iter().enumerate() {
+                if let Err(e) = o.target() {
+                    return Err(fail(
+                        vec![key("geo"), key("override"), Seg::Index(i)],
+                        format!("[[geo.override]] {}", o.cidr),
+                        "country/subdivision/region",
+                        e,
+                    ));
+                }
             }
         }
 
