@@ -152,11 +152,13 @@ lists_all_alive() { # NODE: lists exactly the three nodes, all alive
     LAST="$1 lists $n member(s): $(tr '\n' ';' <<<"$list")"
     ((n == 3 && alive == 3))
 }
-not_alive() { # NODE ID: NODE lists ID as not alive, or not at all
-    local m
-    m=$(member "$(status_json "$1")" "$2")
+gone() { # NODE ID: NODE lists ID as down, or not at all
+    local json m
+    json=$(status_json "$1")
+    [[ -n $json ]] || { LAST="$1's status did not answer"; return 1; }
+    m=$(member "$json" "$2")
     LAST="$1 lists $2 as: ${m:-(not listed)}"
-    [[ ${m%% *} != alive ]]
+    [[ -z $m || ${m%% *} == down ]]
 }
 rejoined() { # NODE ID GEN: NODE lists ID alive with a generation above GEN
     local m state gen
@@ -293,25 +295,40 @@ step "node down edge-weu"
 "$TESTNET" node down edge-weu || fail "node down edge-weu failed"
 expect_ready 127.0.0.1:9902 000 10
 pass "edge-weu's status endpoint 127.0.0.1:9902 no longer answers"
-within 10 "edge-wnam did not see edge-weu leave the mesh" not_alive edge-wnam edge-weu
-pass "$LAST"
+started=$SECONDS
+within 10 "edge-wnam did not see edge-weu leave the mesh" gone edge-wnam edge-weu
+pass "$LAST (within $((SECONDS - started + 1))s)"
 
 step "node up edge-weu"
 "$TESTNET" node up edge-weu || fail "node up edge-weu failed"
 record_pids
 expect_ready 127.0.0.1:9902 200 10
 pass "edge-weu's GET /ready answers 200 again"
+started=$SECONDS
 within 15 "edge-wnam did not see edge-weu rejoin with a generation above $weu_generation" \
     rejoined edge-wnam edge-weu "$weu_generation"
-pass "$LAST (was $weu_generation)"
+pass "$LAST (was $weu_generation; within $((SECONDS - started + 1))s)"
 
 step "$TESTNET status"
 "$TESTNET" status >"$STATE/smoke-status.txt" 2>&1 ||
     fail "testnet.sh status exited $? (output in $STATE/smoke-status.txt)"
 pass "status exits 0 ($(grep -c '^== edge-' "$STATE/smoke-status.txt") nodes reported)"
-listed=$(grep -cw alive "$STATE/smoke-status.txt" || true)
-((listed >= 9)) || fail "testnet.sh status shows $listed alive members, not 3 per node (see $STATE/smoke-status.txt)"
-pass "status shows the member lists ($listed alive entries)"
+# Each node lists itself alive, so each node's section of a member list says "alive".
+declare -A alive_in=()
+section=
+while IFS= read -r line; do
+    if [[ $line == '== '* ]]; then
+        section=
+        [[ $line =~ ^==\ (edge-[a-z]+) ]] && section=${BASH_REMATCH[1]}
+    fi
+    [[ -n $section && $line =~ (^|[[:space:]])alive([[:space:]]|$) ]] &&
+        alive_in[$section]=$((${alive_in[$section]:-0} + 1))
+done <"$STATE/smoke-status.txt"
+for node in "${NODES[@]}"; do
+    [[ -n ${alive_in[$node]:-} ]] ||
+        fail "testnet.sh status shows no member list for $node (see $STATE/smoke-status.txt)"
+done
+pass "status shows each node's member list (alive: edge-wnam ${alive_in[edge-wnam]}, edge-weu ${alive_in[edge-weu]}, edge-seas ${alive_in[edge-seas]})"
 
 step "$TESTNET down"
 record_pids

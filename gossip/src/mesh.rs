@@ -355,6 +355,7 @@ impl Mesh {
             rtt_due: None,
             rng: StdRng::from_os_rng(),
             suspect_since: HashMap::new(),
+            leaving: false,
         };
         tokio::spawn(task.run(rx, inbox));
         Ok(Mesh {
@@ -375,7 +376,8 @@ impl Mesh {
 
     /// Replaces this node's health rows; flips go to every peer at once.
     pub fn set_local(&self, rows: Vec<LocalRow>) {
-        if self.tx.try_send(Cmd::SetLocal(rows)).is_err() {
+        // Closed means the mesh has stopped (shutdown): nothing to tell anyone.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Cmd::SetLocal(rows)) {
             tracing::warn!("mesh command queue full; a health update waits for the next one");
         }
     }
@@ -406,6 +408,8 @@ impl Mesh {
         if self.tx.send(Cmd::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
+        // The leave messages are queued on the links; let them go out before closing.
+        self.transport.flush(Duration::from_millis(500)).await;
         self.transport.close().await;
     }
 }
@@ -433,6 +437,7 @@ struct Task {
     /// node renews its identity, which can leave a member suspect forever; the watchdog
     /// declares such a member down, and it rejoins under a new generation.
     suspect_since: HashMap<String, Instant>,
+    leaving: bool,
 }
 
 impl Task {
@@ -456,6 +461,7 @@ impl Task {
                         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
                             tracing::debug!("leave: {e}");
                         }
+                        self.leaving = true;
                         self.drain();
                         let _ = done.send(());
                         return;

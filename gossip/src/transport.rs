@@ -184,6 +184,23 @@ impl Transport {
         }
     }
 
+    /// Waits, at most `limit`, until every link has sent what was queued on it.
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let pending = {
+                let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+                links
+                    .values()
+                    .any(|l| l.tx.capacity() < l.tx.max_capacity())
+            };
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Closes every connection and stops accepting.
     pub async fn close(&self) {
         self.stop.cancel();
