@@ -1,6 +1,7 @@
 //! Switchyard geo: where clients are. The region codes every other crate speaks (Cloudflare's
 //! 13 load-balancing regions), the country-to-region table, and GeoIP lookups.
 
+pub mod geoip;
 mod region;
 mod table;
 

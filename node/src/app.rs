@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AppConfig, Config, Listen};
 use crate::config::{MeshProfile, MeshSection, Quorum};
 use crate::error::Error;
+use crate::geo::Geo;
 use crate::health::{Attempt, HealthPolicy, HealthState, Next};
 use crate::metrics::{AppLabels, BytesLabels, Direction, Metrics, OriginLabels, ResultLabels};
 use crate::monitor::{self, MonitorSet};
@@ -101,6 +102,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The mesh, when `[mesh]` is configured.
     pub mesh: Option<Mesh>,
+    /// Where clients are.
+    pub geo: Geo,
     /// Other nodes' rows, as the mesh last delivered them.
     remote: ArcSwap<Vec<RemoteReport>>,
     quorum: Quorum,
@@ -334,6 +337,7 @@ impl App {
         let config = Arc::new(config);
         let rt = Arc::new(Runtime::compile(config.clone(), None));
         let view = Arc::new(View::build(&rt, &Report::default()));
+        let geo = Geo::new(config.geo.as_ref(), config.node.region)?;
         let mut metrics = Metrics::new();
         let mesh = match &config.mesh {
             Some(m) => Some(start_mesh(&config, m, &mut metrics)?),
@@ -353,9 +357,22 @@ impl App {
             apps: ArcSwap::from_pointee(Vec::new()),
             draining: AtomicBool::new(false),
             mesh,
+            geo,
             remote: ArcSwap::from_pointee(Vec::new()),
             quorum: config.mesh.as_ref().map(|m| m.quorum).unwrap_or_default(),
         });
+        {
+            // A replaced GeoIP file is picked up without a reload.
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    let _ = shared.geo.reload_if_changed();
+                }
+            });
+        }
         if let Some(mesh) = &shared.mesh {
             let mut rx = mesh.state();
             let weak = Arc::downgrade(&shared);
@@ -443,6 +460,7 @@ impl App {
                 old.node.id, old.node.region
             )));
         }
+        self.shared.geo.reload(config.geo.as_ref())?;
         if config.mesh != old.mesh {
             tracing::warn!("[mesh] changed; it takes effect on restart");
         }

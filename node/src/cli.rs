@@ -46,6 +46,23 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Explains how a node would steer a client now: its location, each pool considered,
+    /// the origin.
+    Explain {
+        #[arg(long)]
+        lb: String,
+        #[arg(long)]
+        client: std::net::IpAddr,
+        #[arg(long, default_value = "127.0.0.1:9900", env = "SWITCHYARD_STATUS")]
+        addr: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// GeoIP tools: look an address up, build a small database.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
     /// Shows a node's status: apps, load balancers, pools and origin health.
     Status {
         /// The node's status_listen address.
@@ -54,6 +71,25 @@ pub enum Command {
         /// Print the raw JSON document instead of tables.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GeoipCommand {
+    /// Country, subdivision and region of an address, and why.
+    Lookup {
+        ip: std::net::IpAddr,
+        /// A MaxMind-format database; without it, only the region table's view of a country.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Builds a small database from CSV lines `cidr,country[,subdivision[,lat,lon]]`, for
+    /// private networks and tests.
+    Build {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -130,6 +166,91 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e.into()),
         },
+        Command::Geoip {
+            command: GeoipCommand::Lookup { ip, db },
+        } => {
+            let cfg = crate::config::GeoConfig {
+                database: db.clone(),
+                ..Default::default()
+            };
+            // The region a client gets with no database is the node's; here there is no
+            // node, so say "unknown" instead of inventing one.
+            match crate::geo::Geo::new(Some(&cfg), switchyard_geo::Region::Weu) {
+                Ok(geo) => {
+                    let l = geo.locate(*ip);
+                    if db.is_none() {
+                        println!("{ip}: no database given (--db FILE); nothing to look up");
+                        return ExitCode::SUCCESS;
+                    }
+                    println!(
+                        "{ip}: country {}, subdivision {}, region {} ({})",
+                        l.country.as_deref().unwrap_or("unknown"),
+                        l.subdivision.as_deref().unwrap_or("-"),
+                        l.geo
+                            .region
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "unknown".into()),
+                        l.source.describe()
+                    );
+                    if let Some((lat, lon)) = l.geo.location {
+                        println!("location {lat:.4}, {lon:.4}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Geoip {
+            command: GeoipCommand::Build { from, out },
+        } => {
+            let csv = match std::fs::read_to_string(from) {
+                Ok(c) => c,
+                Err(e) => return fail_msg(&format!("{}: cannot read: {e}", from.display())),
+            };
+            match switchyard_geo::geoip::build(&csv, out) {
+                Ok(summary) => {
+                    println!(
+                        "wrote {} ({} networks from {})",
+                        out.display(),
+                        summary.networks,
+                        from.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail_msg(&e.to_string()),
+            }
+        }
+        Command::Explain {
+            lb,
+            client,
+            addr,
+            json,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail_msg(&format!("cannot start the runtime: {e}")),
+            };
+            let path = format!("/v1/explain?lb={lb}&client={client}");
+            match rt.block_on(status::http_get(*addr, &path)) {
+                Ok((200, body)) if *json => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((200, body)) => match serde_json::from_str::<crate::explain::Explanation>(&body)
+                {
+                    Ok(e) => {
+                        print!("{}", crate::explain::render(&e));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail_msg(&format!("{addr}: /v1/explain is not an explanation: {e}")),
+                },
+                Ok((_, body)) => fail_msg(body.trim()),
+                Err(e) => fail(e),
+            }
+        }
         Command::Status { addr, json } => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

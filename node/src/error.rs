@@ -19,6 +19,8 @@ pub enum Error {
     Tls(#[from] switchyard_gossip::tls::TlsError),
     #[error("mesh: {0}")]
     Mesh(#[from] switchyard_gossip::GossipError),
+    #[error("geo: {0}")]
+    Geo(String),
     #[error("reload refused: {0}")]
     Reload(String),
     #[error("status endpoint {addr}: {message}; is a node running there? (set it with --addr or [node] status_listen)")]

@@ -6,6 +6,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod explain;
+pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod monitor;

@@ -185,6 +185,7 @@ async fn connect(
     started: Instant,
 ) -> Option<Connected> {
     let deadline = started + cfg.connect_timeout;
+    let geo = shared.geo.locate_fast(client);
     let mut exclude = [(usize::MAX, usize::MAX); MAX_ATTEMPTS];
     for attempt in 0..MAX_ATTEMPTS {
         // Each attempt reads the latest snapshot: a failed connect may just have taken its
@@ -204,7 +205,7 @@ async fn connect(
             random: rand::random(),
             exclude: &exclude[..attempt],
             sticky,
-            geo: crate::steering::ClientGeo::default(),
+            geo,
         };
         let Some(d) = steering::decide(rt, &snap.view, lb_idx, &req, &mut ()) else {
             tracing::warn!(load_balancer = %lb.name, "no origin left to try");

@@ -71,6 +71,37 @@ fn route<B>(shared: &Shared, req: Request<B>) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             shared.metrics.encode(),
         ),
+        "/v1/explain" => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |name: &str| {
+                query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (k == name).then(|| v.replace("%3A", ":").replace("%3a", ":"))
+                })
+            };
+            let (Some(lb), Some(client)) = (param("lb"), param("client")) else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "use /v1/explain?lb=NAME&client=IP\n".into(),
+                );
+            };
+            let Ok(ip) = client.parse::<std::net::IpAddr>() else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("client={client:?} is not an IP address\n"),
+                );
+            };
+            match crate::explain::explain(shared, &lb, ip) {
+                Ok(e) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string_pretty(&e).unwrap_or_default() + "\n",
+                ),
+                Err(e) => reply(StatusCode::NOT_FOUND, "text/plain", e + "\n"),
+            }
+        }
         "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
             if shared.draining.load(Ordering::Relaxed) {
@@ -86,7 +117,7 @@ fn route<B>(shared: &Shared, req: Request<B>) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /v1/status, /metrics, /live or /ready\n".into(),
+            "not found; try /v1/status, /v1/explain, /metrics, /live or /ready\n".into(),
         ),
     }
 }
@@ -104,6 +135,9 @@ pub struct Status {
     /// Nodes whose config fingerprint differs from this node's.
     #[serde(default)]
     pub drift: Vec<DriftStatus>,
+    /// The GeoIP database and its age.
+    #[serde(default)]
+    pub geo: Option<crate::geo::GeoStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +371,7 @@ pub fn document(shared: &Shared) -> Status {
     Status {
         members,
         drift,
+        geo: Some(shared.geo.status()),
         node: NodeStatus {
             id: rt.node_id.to_string(),
             region: rt.region.to_string(),
@@ -405,6 +440,26 @@ pub fn render(s: &Status) -> String {
         s.node.version,
         humantime::format_duration(Duration::from_secs(s.node.uptime))
     );
+    if let Some(g) = &s.geo {
+        match &g.database {
+            Some(db) => {
+                let _ = writeln!(
+                    out,
+                    "geoip {db} ({}, built {}, {} days old, {} overrides)",
+                    g.r#type.as_deref().unwrap_or("?"),
+                    g.build_date.as_deref().unwrap_or("?"),
+                    g.age_days.unwrap_or(0),
+                    g.overrides
+                );
+            }
+            None => {
+                let _ = writeln!(out, "geoip: no database ({} overrides)", g.overrides);
+            }
+        }
+        if let Some(w) = &g.warning {
+            let _ = writeln!(out, "warning: {w}");
+        }
+    }
     let mut table = Table::new(&[
         "APP",
         "LISTEN",

@@ -1,0 +1,213 @@
+//! Explain: why a client would be steered where it would, in words. The same `decide` the
+//! proxy runs, with a tracer that records each step, plus where the client's location came
+//! from. Served on `/v1/explain` and printed by `switchyard explain`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::Shared;
+use crate::runtime::{Runtime, View};
+use crate::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
+
+/// A decision and its reasons.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Explanation {
+    pub load_balancer: String,
+    pub steering: String,
+    pub client: String,
+    pub country: Option<String>,
+    pub subdivision: Option<String>,
+    pub region: Option<String>,
+    /// Where the location came from: database, an override, no database, ...
+    pub located_by: String,
+    /// Each step, in order: whose view of health, which list, each pool considered.
+    pub steps: Vec<String>,
+    pub pool: Option<String>,
+    pub pool_reason: Option<String>,
+    pub origin: Option<String>,
+    pub origin_address: Option<String>,
+    pub origin_reason: Option<String>,
+}
+
+/// Explains how `lb` would steer a new connection from `client` now.
+pub fn explain(shared: &Shared, lb: &str, client: IpAddr) -> Result<Explanation, String> {
+    let snap = shared.snapshot();
+    let rt = &snap.rt;
+    let Some(lb_idx) = rt.lb_index(lb) else {
+        let names: Vec<&str> = rt.load_balancers.iter().map(|l| &*l.name).collect();
+        return Err(format!(
+            "no load balancer is named {lb:?} (known: {})",
+            names.join(", ")
+        ));
+    };
+    let located = shared.geo.locate(client);
+    let l = &rt.load_balancers[lb_idx];
+    let sticky = match l.affinity {
+        crate::config::SessionAffinity::ClientIp => {
+            shared
+                .affinity
+                .get(rt, &l.name, crate::config::canonical_ip(client))
+        }
+        crate::config::SessionAffinity::None => None,
+    };
+    let req = Request {
+        client,
+        now: tokio::time::Instant::now(),
+        // The middle of the range: a weighted draw lands where most of the weight is.
+        random: u64::MAX / 2,
+        exclude: &[],
+        sticky,
+        geo: located.geo,
+    };
+    let mut steps: Vec<Step> = Vec::new();
+    let decision = steering::decide(rt, &snap.view, lb_idx, &req, &mut steps);
+    let from = located.geo.region.unwrap_or(rt.region);
+    let lines = steps
+        .iter()
+        .map(|s| describe(rt, &snap.view, from, s))
+        .collect();
+    let (pool, pool_reason, origin, origin_address, origin_reason) = match decision {
+        Some(d) => {
+            let p = &rt.pools[d.pool];
+            let o = &p.origins[d.origin];
+            (
+                Some(p.name.to_string()),
+                Some(pool_why(d.pool_why)),
+                Some(o.name.to_string()),
+                Some(o.addr.to_string()),
+                Some(origin_why(d.origin_why, p.steering)),
+            )
+        }
+        None => (None, None, None, None, None),
+    };
+    Ok(Explanation {
+        load_balancer: l.name.to_string(),
+        steering: l.policy.as_str().into(),
+        client: client.to_string(),
+        country: located.country,
+        subdivision: located.subdivision,
+        region: located.geo.region.map(|r| r.to_string()),
+        located_by: located.source.describe(),
+        steps: lines,
+        pool,
+        pool_reason,
+        origin,
+        origin_address,
+        origin_reason,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn describe(rt: &Runtime, view: &View, from: switchyard_geo::Region, s: &Step) -> String {
+    let name = |p: usize| rt.pools[p].name.to_string();
+    match s {
+        Step::HealthFrom { region } => format!("health as seen from {region}"),
+        Step::List { source } => format!("pools listed by {}", list(*source)),
+        Step::PoolUnhealthy { pool, up, minimum } => format!(
+            "pool {} passed over: unhealthy ({up} of {} origins up, {minimum} needed)",
+            name(*pool),
+            view.pools[*pool].origins.len()
+        ),
+        Step::PoolRtt { pool, rtt } => match rtt {
+            Some(r) => format!("pool {} healthy, RTT {} from {from}", name(*pool), ms(*r)),
+            None => format!("pool {} healthy, no RTT data", name(*pool)),
+        },
+        Step::PoolDistance { pool, km } => match km {
+            Some(km) => format!("pool {} healthy, {km:.0} km from the client", name(*pool)),
+            None => format!("pool {} healthy, distance unknown", name(*pool)),
+        },
+        Step::PoolTaken { pool, why } => format!("pool {} taken: {}", name(*pool), pool_why(*why)),
+        Step::StickyExpired => "session affinity expired".into(),
+        Step::StickyOriginDown => "session affinity origin is down; steering afresh".into(),
+    }
+}
+
+fn list(source: ListSource) -> &'static str {
+    match source {
+        ListSource::NodePools => "node_pools (this node)",
+        ListSource::CountryPools => "country_pools (the client's country)",
+        ListSource::RegionPools => "region_pools (the client's region)",
+        ListSource::DefaultPools => "default_pools",
+    }
+}
+
+fn pool_why(w: PoolWhy) -> String {
+    match w {
+        PoolWhy::Affinity => "session affinity".into(),
+        PoolWhy::Failover { rank } => format!(
+            "first healthy pool (position {} of default_pools)",
+            rank + 1
+        ),
+        PoolWhy::Random => "drawn by pool weight among healthy pools".into(),
+        PoolWhy::Geo { source, rank } => {
+            format!(
+                "first healthy pool of {} then default_pools (position {})",
+                list(source),
+                rank + 1
+            )
+        }
+        PoolWhy::Dynamic { rtt, from } => format!("lowest RTT from {from}: {}", ms(rtt)),
+        PoolWhy::Proximity { km } => format!("nearest healthy pool: {km:.0} km"),
+        PoolWhy::Unranked { rank } => format!(
+            "no data to rank by; first healthy pool in failover order (position {})",
+            rank + 1
+        ),
+        PoolWhy::Fallback => "no default pool is healthy: the fallback pool".into(),
+    }
+}
+
+fn origin_why(w: OriginWhy, steering: crate::config::OriginSteering) -> String {
+    match w {
+        OriginWhy::Affinity => "session affinity".into(),
+        OriginWhy::Random => "weighted random among healthy origins".into(),
+        OriginWhy::Hash => "consistent hash of the client address over healthy origins".into(),
+        OriginWhy::LeastConnections => "fewest open connections per unit of weight".into(),
+        OriginWhy::NoneHealthy => format!(
+            "no healthy origin in the pool; an enabled one regardless of health ({steering:?})"
+        ),
+    }
+}
+
+/// The readable form, for `switchyard explain`.
+pub fn render(e: &Explanation) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "load balancer {} ({} steering), client {}",
+        e.load_balancer, e.steering, e.client
+    );
+    let place = match (&e.country, &e.subdivision) {
+        (Some(c), Some(s)) => format!("{c}-{s}"),
+        (Some(c), None) => c.clone(),
+        _ => "unknown country".into(),
+    };
+    let _ = writeln!(
+        out,
+        "client: {place}, region {} ({})",
+        e.region.as_deref().unwrap_or("unknown"),
+        e.located_by
+    );
+    for s in &e.steps {
+        let _ = writeln!(out, "  - {s}");
+    }
+    match (&e.pool, &e.origin) {
+        (Some(p), Some(o)) => {
+            let _ = writeln!(
+                out,
+                "=> pool {p}, origin {o} ({}): {}",
+                e.origin_address.as_deref().unwrap_or("?"),
+                e.origin_reason.as_deref().unwrap_or("")
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "=> no origin: the chosen pool has no enabled origin");
+        }
+    }
+    out
+}

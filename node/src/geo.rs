@@ -1,0 +1,346 @@
+//! Where clients are: the GeoIP database (replaced on disk or on SIGHUP without dropping
+//! connections; a bad file is refused and the old one stays), the operator's overrides, and
+//! the country-to-region table. The proxy asks `locate_fast` per connection (no allocation);
+//! explain and status ask `locate`, which also says where the answer came from.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use switchyard_geo::geoip::{is_special, GeoDb};
+use switchyard_geo::{Region, RegionTable};
+
+use crate::config::{GeoConfig, OverrideTarget};
+use crate::error::Error;
+use crate::steering::ClientGeo;
+
+/// A database older than this gets a warning in status: GeoIP data drifts.
+const STALE_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
+
+/// Where an answer came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A `[[geo.override]]` entry.
+    Override(IpNet),
+    Database,
+    /// Loopback, private, CGNAT, link-local or documentation address that no database or
+    /// override covers: public databases must not be asked about these.
+    Special,
+    NotFound,
+    /// No database configured: every client is taken to be in the node's region.
+    NoDatabase,
+    /// The database failed for this address (a corrupt file can open and fail per lookup).
+    LookupFailed(String),
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Override(net) => format!("override {net}"),
+            Source::Database => "database".into(),
+            Source::Special => "private or special-purpose address, not in any database".into(),
+            Source::NotFound => "not in the database".into(),
+            Source::NoDatabase => "no [geo] database: the node's own region".into(),
+            Source::LookupFailed(e) => format!("lookup failed: {e}"),
+        }
+    }
+}
+
+/// A client's location with its provenance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub geo: ClientGeo,
+    pub country: Option<String>,
+    pub subdivision: Option<String>,
+    pub source: Source,
+}
+
+struct Override {
+    net: IpNet,
+    target: OverrideTarget,
+}
+
+struct State {
+    db: Option<Arc<GeoDb>>,
+    /// Most specific first, so the longest prefix wins.
+    overrides: Vec<Override>,
+    table: RegionTable,
+    /// Identity of the file last loaded, to notice a replacement.
+    stamp: Option<FileStamp>,
+    path: Option<PathBuf>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// GeoIP and the region table, swapped whole on reload.
+pub struct Geo {
+    state: ArcSwap<State>,
+    node_region: Region,
+}
+
+/// What status shows about GeoIP.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct GeoStatus {
+    pub database: Option<String>,
+    pub r#type: Option<String>,
+    pub layout: Option<String>,
+    /// RFC 3339 date the database was built.
+    pub build_date: Option<String>,
+    pub age_days: Option<u64>,
+    pub overrides: usize,
+    pub warning: Option<String>,
+}
+
+impl Geo {
+    /// Loads the database named in `[geo]`, if any; a bad file is an error at start.
+    pub fn new(cfg: Option<&GeoConfig>, node_region: Region) -> Result<Geo, Error> {
+        let state = build_state(cfg)?;
+        Ok(Geo {
+            state: ArcSwap::from_pointee(state),
+            node_region,
+        })
+    }
+
+    /// Applies a new `[geo]` section (reload): the database is read again. On error the
+    /// old state stays.
+    pub fn reload(&self, cfg: Option<&GeoConfig>) -> Result<(), Error> {
+        let old = self.state.load();
+        match build_state(cfg) {
+            Ok(state) => {
+                self.state.store(Arc::new(state));
+                Ok(())
+            }
+            Err(e) => {
+                let mut kept = clone_state(&old);
+                kept.last_error = Some(e.to_string());
+                self.state.store(Arc::new(kept));
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads the database when its file was replaced; for a periodic check.
+    pub fn reload_if_changed(&self) -> Option<Result<(), Error>> {
+        let old = self.state.load();
+        let path = old.path.clone()?;
+        let now = stamp(&path);
+        if now == old.stamp || now.is_none() {
+            return None;
+        }
+        let result = match GeoDb::open(&path) {
+            Ok(db) => {
+                let mut st = clone_state(&old);
+                st.db = Some(Arc::new(db));
+                st.stamp = now;
+                st.last_error = None;
+                self.state.store(Arc::new(st));
+                tracing::info!(path = %path.display(), "GeoIP database reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                let mut st = clone_state(&old);
+                // Remember the bad file so it is not retried every tick; a new replacement
+                // changes the stamp again.
+                st.stamp = now;
+                st.last_error = Some(format!("{e}; keeping the previous database"));
+                self.state.store(Arc::new(st));
+                tracing::error!("GeoIP database not reloaded, keeping the previous one: {e}");
+                Err(Error::Geo(e.to_string()))
+            }
+        };
+        Some(result)
+    }
+
+    /// The client's location, for steering: no allocation.
+    pub fn locate_fast(&self, ip: IpAddr) -> ClientGeo {
+        let st = self.state.load();
+        self.resolve(&st, ip).0
+    }
+
+    /// The client's location and where it came from, for explain.
+    pub fn locate(&self, ip: IpAddr) -> Located {
+        let st = self.state.load();
+        let (geo, country, subdivision, source) = self.resolve(&st, ip);
+        Located {
+            geo,
+            country: country.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            subdivision,
+            source,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        st: &State,
+        ip: IpAddr,
+    ) -> (ClientGeo, Option<[u8; 2]>, Option<String>, Source) {
+        let ip = crate::config::canonical_ip(ip);
+        if let Some(o) = st.overrides.iter().find(|o| o.net.contains(&ip)) {
+            let (country, sub, region) = match &o.target {
+                OverrideTarget::Country(c) => (Some(*c), None, st.table.lookup(cstr(c), None)),
+                OverrideTarget::Subdivision(c, s) => {
+                    (Some(*c), Some(s.clone()), st.table.lookup(cstr(c), Some(s)))
+                }
+                OverrideTarget::Region(r) => (None, None, Some(*r)),
+            };
+            let geo = ClientGeo {
+                region,
+                country,
+                location: None,
+            };
+            return (geo, country, sub, Source::Override(o.net));
+        }
+        let Some(db) = &st.db else {
+            let geo = ClientGeo {
+                region: Some(self.node_region),
+                ..ClientGeo::default()
+            };
+            return (geo, None, None, Source::NoDatabase);
+        };
+        // A database built for private networks may cover special addresses; a public one
+        // must not be trusted with them.
+        let special = is_special(ip);
+        match db.lookup(ip) {
+            Ok(Some(a)) if !special || db.layout() == switchyard_geo::geoip::Layout::Switchyard => {
+                let country = a.country_str().and_then(|c| {
+                    let b = c.as_bytes();
+                    (b.len() == 2).then(|| [b[0], b[1]])
+                });
+                let sub = a.subdivision_str();
+                let region = a.country_str().and_then(|c| st.table.lookup(c, sub));
+                let geo = ClientGeo {
+                    region,
+                    country,
+                    location: a.location,
+                };
+                (geo, country, sub.map(str::to_string), Source::Database)
+            }
+            Ok(_) if special => (ClientGeo::default(), None, None, Source::Special),
+            Ok(_) => (ClientGeo::default(), None, None, Source::NotFound),
+            Err(e) => (
+                ClientGeo::default(),
+                None,
+                None,
+                Source::LookupFailed(e.to_string()),
+            ),
+        }
+    }
+
+    pub fn status(&self) -> GeoStatus {
+        let st = self.state.load();
+        let mut s = GeoStatus {
+            database: st.path.as_ref().map(|p| p.display().to_string()),
+            r#type: None,
+            layout: None,
+            build_date: None,
+            age_days: None,
+            overrides: st.overrides.len(),
+            warning: st.last_error.clone(),
+        };
+        match &st.db {
+            Some(db) => {
+                s.r#type = Some(db.database_type().to_string());
+                s.layout = Some(format!("{:?}", db.layout()));
+                let built = UNIX_EPOCH + Duration::from_secs(db.build_epoch());
+                s.build_date = Some(humantime::format_rfc3339_seconds(built).to_string());
+                let age = SystemTime::now().duration_since(built).unwrap_or_default();
+                s.age_days = Some(age.as_secs() / 86_400);
+                if age > STALE_AFTER && s.warning.is_none() {
+                    s.warning = Some(format!(
+                        "the database is {} days old; GeoIP data drifts, update it",
+                        age.as_secs() / 86_400
+                    ));
+                }
+            }
+            None if s.warning.is_none() => {
+                s.warning = Some(format!(
+                    "no [geo] database: every client is taken to be in this node's region ({})",
+                    self.node_region
+                ));
+            }
+            None => {}
+        }
+        s
+    }
+}
+
+fn cstr(c: &[u8; 2]) -> &str {
+    std::str::from_utf8(c).unwrap_or("")
+}
+
+fn clone_state(s: &State) -> State {
+    State {
+        db: s.db.clone(),
+        overrides: s
+            .overrides
+            .iter()
+            .map(|o| Override {
+                net: o.net,
+                target: o.target.clone(),
+            })
+            .collect(),
+        table: s.table.clone(),
+        stamp: s.stamp,
+        path: s.path.clone(),
+        last_error: s.last_error.clone(),
+    }
+}
+
+fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
+    let mut table = RegionTable::builtin();
+    let mut overrides = Vec::new();
+    let mut db = None;
+    let mut path = None;
+    let mut st = None;
+    if let Some(cfg) = cfg {
+        for (key, region) in &cfg.regions {
+            table
+                .set_override(key, *region)
+                .map_err(|e| Error::Geo(format!("[geo] regions: {e}")))?;
+        }
+        for o in &cfg.overrides {
+            overrides.push(Override {
+                net: o.cidr,
+                target: o
+                    .target()
+                    .map_err(|e| Error::Geo(format!("[[geo.override]] {}: {e}", o.cidr)))?,
+            });
+        }
+        overrides.sort_by_key(|o| std::cmp::Reverse(o.net.prefix_len()));
+        if let Some(p) = &cfg.database {
+            st = stamp(p);
+            db = Some(Arc::new(
+                GeoDb::open(p).map_err(|e| Error::Geo(e.to_string()))?,
+            ));
+            path = Some(p.clone());
+        }
+    }
+    Ok(State {
+        db,
+        overrides,
+        table,
+        stamp: st,
+        path,
+        last_error: None,
+    })
+}
