@@ -183,23 +183,20 @@ impl Geo {
         Located {
             geo,
             country: country.map(|c| String::from_utf8_lossy(&c).into_owned()),
-            subdivision,
+            subdivision: subdivision.map(|s| s.as_str().to_string()),
             source,
         }
     }
 
+    /// The per-connection path: nothing here allocates but an error message.
     #[allow(clippy::type_complexity)]
-    fn resolve(
-        &self,
-        st: &State,
-        ip: IpAddr,
-    ) -> (ClientGeo, Option<[u8; 2]>, Option<String>, Source) {
+    fn resolve(&self, st: &State, ip: IpAddr) -> (ClientGeo, Option<[u8; 2]>, Option<Sub>, Source) {
         let ip = crate::config::canonical_ip(ip);
         if let Some(o) = st.overrides.iter().find(|o| o.net.contains(&ip)) {
             let (country, sub, region) = match &o.target {
                 OverrideTarget::Country(c) => (Some(*c), None, st.table.lookup(cstr(c), None)),
                 OverrideTarget::Subdivision(c, s) => {
-                    (Some(*c), Some(s.clone()), st.table.lookup(cstr(c), Some(s)))
+                    (Some(*c), Sub::new(s), st.table.lookup(cstr(c), Some(s)))
                 }
                 OverrideTarget::Region(r) => (None, None, Some(*r)),
             };
@@ -233,7 +230,7 @@ impl Geo {
                     country,
                     location: a.location,
                 };
-                (geo, country, sub.map(str::to_string), Source::Database)
+                (geo, country, sub.and_then(Sub::new), Source::Database)
             }
             Ok(_) if special => (ClientGeo::default(), None, None, Source::Special),
             Ok(_) => (ClientGeo::default(), None, None, Source::NotFound),
@@ -281,6 +278,26 @@ impl Geo {
             None => {}
         }
         s
+    }
+}
+
+/// An ISO 3166-2 subdivision suffix (at most 3 characters), kept on the stack.
+#[derive(Debug, Clone, Copy)]
+struct Sub([u8; 3], u8);
+
+impl Sub {
+    fn new(s: &str) -> Option<Sub> {
+        let b = s.as_bytes();
+        if b.is_empty() || b.len() > 3 {
+            return None;
+        }
+        let mut buf = [0u8; 3];
+        buf[..b.len()].copy_from_slice(b);
+        Some(Sub(buf, b.len() as u8))
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[..usize::from(self.1)]).unwrap_or("")
     }
 }
 
@@ -343,4 +360,160 @@ fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
         path,
         last_error: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GeoOverride;
+    use std::collections::BTreeMap;
+
+    const CSV: &str = "cidr,country,subdivision,latitude,longitude
+81.2.69.0/24,GB,ENG,51.5,-0.1
+2a02:8000::/20,DE,HE,50.1,8.7
+175.16.199.0/24,CN
+10.0.0.0/8,US,CA,37.3,-121.9
+";
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("sy-geo-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn with_db(d: &Dir, csv: &str) -> GeoConfig {
+        let path = d.0.join("geo.mmdb");
+        switchyard_geo::geoip::build(csv, &path).unwrap();
+        GeoConfig {
+            database: Some(path),
+            ..GeoConfig::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn no_database_means_the_nodes_region() {
+        let geo = Geo::new(None, Region::Seas).unwrap();
+        let l = geo.locate(ip("81.2.69.1"));
+        assert_eq!(l.geo.region, Some(Region::Seas));
+        assert_eq!(l.source, Source::NoDatabase);
+        assert!(geo.status().warning.unwrap().contains("no [geo] database"));
+    }
+
+    #[test]
+    fn ipv4_ipv6_mapped_absent_and_private() {
+        let d = dir("lookups");
+        let geo = Geo::new(Some(&with_db(&d, CSV)), Region::Weu).unwrap();
+        let gb = geo.locate(ip("81.2.69.1"));
+        assert_eq!(
+            (gb.country.as_deref(), gb.geo.region),
+            (Some("GB"), Some(Region::Weu))
+        );
+        assert_eq!(gb.source, Source::Database);
+        assert_eq!(gb.geo.location, Some((51.5, -0.1)));
+        let de = geo.locate(ip("2a02:8000::1"));
+        assert_eq!(
+            (de.country.as_deref(), de.subdivision.as_deref()),
+            (Some("DE"), Some("HE"))
+        );
+        assert_eq!(
+            geo.locate(ip("::ffff:81.2.69.1")).country.as_deref(),
+            Some("GB")
+        );
+        assert_eq!(
+            geo.locate(ip("175.16.199.9")).geo.region,
+            Some(Region::Neas)
+        );
+        let absent = geo.locate(ip("8.8.8.8"));
+        assert_eq!((absent.geo.region, absent.source), (None, Source::NotFound));
+        // A database built for private networks may place them...
+        let private = geo.locate(ip("10.1.2.3"));
+        assert_eq!(private.geo.region, Some(Region::Wnam));
+        // ...but an address nobody placed stays unknown.
+        assert_eq!(geo.locate(ip("192.168.1.1")).source, Source::Special);
+        // The fast path gives the same answer.
+        assert_eq!(geo.locate_fast(ip("81.2.69.1")), gb.geo);
+    }
+
+    #[test]
+    fn overrides_and_region_table_overrides_win() {
+        let d = dir("overrides");
+        let mut cfg = with_db(&d, CSV);
+        cfg.regions = BTreeMap::from([("GB".to_string(), Region::Eeu)]);
+        cfg.overrides = vec![
+            GeoOverride {
+                cidr: "81.2.69.0/28".parse().unwrap(),
+                country: None,
+                subdivision: None,
+                region: Some(Region::Oc),
+            },
+            GeoOverride {
+                cidr: "81.2.69.0/30".parse().unwrap(),
+                country: None,
+                subdivision: Some("US-CA".into()),
+                region: None,
+            },
+        ];
+        let geo = Geo::new(Some(&cfg), Region::Weu).unwrap();
+        // The longest prefix wins.
+        let l = geo.locate(ip("81.2.69.1"));
+        assert_eq!(
+            (l.geo.region, l.subdivision.as_deref()),
+            (Some(Region::Wnam), Some("CA"))
+        );
+        assert_eq!(l.source, Source::Override("81.2.69.0/30".parse().unwrap()));
+        assert_eq!(geo.locate(ip("81.2.69.9")).geo.region, Some(Region::Oc));
+        // Outside the overrides: the database, through the overridden region table.
+        assert_eq!(geo.locate(ip("81.2.69.200")).geo.region, Some(Region::Eeu));
+    }
+
+    #[test]
+    fn a_replaced_file_is_reloaded_and_a_corrupt_one_is_refused() {
+        let d = dir("reload");
+        let cfg = with_db(&d, CSV);
+        let path = cfg.database.clone().unwrap();
+        let geo = Geo::new(Some(&cfg), Region::Weu).unwrap();
+        assert!(geo.reload_if_changed().is_none(), "nothing changed yet");
+        switchyard_geo::geoip::build("81.2.69.0/24,FR\n", &path).unwrap();
+        assert!(matches!(geo.reload_if_changed(), Some(Ok(()))));
+        assert_eq!(geo.locate(ip("81.2.69.1")).country.as_deref(), Some("FR"));
+
+        std::fs::write(&path, b"not a database at all").unwrap();
+        let err = geo.reload_if_changed().unwrap().unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        // The previous database keeps answering, and status says why.
+        assert_eq!(geo.locate(ip("81.2.69.1")).country.as_deref(), Some("FR"));
+        assert!(geo
+            .status()
+            .warning
+            .unwrap()
+            .contains("keeping the previous database"));
+        // A reload through config (SIGHUP) refuses the same file and keeps the old one too.
+        assert!(geo.reload(Some(&cfg)).is_err());
+        assert_eq!(geo.locate(ip("81.2.69.1")).country.as_deref(), Some("FR"));
+    }
+
+    #[test]
+    fn a_bad_database_at_start_names_the_file() {
+        let d = dir("bad");
+        let path = d.0.join("empty.mmdb");
+        std::fs::write(&path, b"").unwrap();
+        let cfg = GeoConfig {
+            database: Some(path.clone()),
+            ..GeoConfig::default()
+        };
+        let err = Geo::new(Some(&cfg), Region::Weu).err().unwrap().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
 }
