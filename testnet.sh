@@ -40,16 +40,35 @@ MESH_SUSPECT_TIMEOUT=2s
 MESH_ANNOUNCE_INTERVAL=1s
 MESH_ANTI_ENTROPY_INTERVAL=1s
 
-# Apps every node runs, and where: APP_ADDR[node/app].
-APP_NAMES=(failover)
+# Apps every node runs, and where: APP_ADDR[node/app]. Each app has the load balancer of its
+# name (see write_config): failover, geo, dynamic and proximity steering over the pools wnam,
+# weu and seas; hash is geo steering over wnam-hash, weu-hash and seas-hash, the same origins
+# picked by a consistent hash of the client address. Node i (0 edge-wnam, 1 edge-weu,
+# 2 edge-seas) has app k of APP_NAMES on port 10001 + 10k + i.
+APP_NAMES=(failover geo dynamic proximity hash)
 declare -A APP_ADDR=(
     [edge-wnam/failover]=127.0.0.1:10001
     [edge-weu/failover]=127.0.0.1:10002
     [edge-seas/failover]=127.0.0.1:10003
+    [edge-wnam/geo]=127.0.0.1:10011
+    [edge-weu/geo]=127.0.0.1:10012
+    [edge-seas/geo]=127.0.0.1:10013
+    [edge-wnam/dynamic]=127.0.0.1:10021
+    [edge-weu/dynamic]=127.0.0.1:10022
+    [edge-seas/dynamic]=127.0.0.1:10023
+    [edge-wnam/proximity]=127.0.0.1:10031
+    [edge-weu/proximity]=127.0.0.1:10032
+    [edge-seas/proximity]=127.0.0.1:10033
+    [edge-wnam/hash]=127.0.0.1:10041
+    [edge-weu/hash]=127.0.0.1:10042
+    [edge-seas/hash]=127.0.0.1:10043
 )
 
 POOLS=(wnam weu seas)
 declare -A POOL_REGION=([wnam]=WNAM [weu]=WEU [seas]=SEAS)
+# Where each pool is (latitude,longitude), for proximity steering: Palo Alto, Frankfurt,
+# Singapore. Its -hash twin is in the same place.
+declare -A POOL_LOCATION=([wnam]="37.4,-122.1" [weu]="50.1,8.7" [seas]="1.35,103.8")
 
 # Each origin has its own loopback IP, so one monitor port override (HEALTH_PORT) fits all.
 ORIGIN_NAMES=(wnam-1 wnam-2 weu-1 weu-2 seas-1 seas-2)
@@ -62,9 +81,15 @@ declare -A ORIGIN_IP=(
 ORIGIN_PORT=7000
 HEALTH_PORT=7080
 
-# A loopback source address per region, for clients (a GeoIP database maps them to regions).
+# A loopback source address per region, for clients. `up` builds a GeoIP database
+# ($STATE/geo.mmdb, from $STATE/geo.csv) that places each region's client network
+# (CLIENT_NET) in a country of that region, at the coordinates of a city there; every node's
+# [geo] section reads it. CLIENT_GEO is the CSV's `country,subdivision,latitude,longitude`.
 REGIONS=(WNAM WEU SEAS)
 declare -A CLIENT_IP=([WNAM]=127.0.1.1 [WEU]=127.0.2.1 [SEAS]=127.0.3.1)
+declare -A CLIENT_NET=([WNAM]=127.0.1.0/24 [WEU]=127.0.2.0/24 [SEAS]=127.0.3.0/24)
+declare -A CLIENT_GEO=([WNAM]="US,CA,37.34,-121.89" [WEU]="DE,,50.11,8.68" [SEAS]="SG,,1.35,103.82")
+declare -A CLIENT_PLACE=([WNAM]="San Jose, California" [WEU]=Frankfurt [SEAS]=Singapore)
 
 # ---- Helpers ---------------------------------------------------------------------------------
 # Deadlines are SECONDS + N + 1: SECONDS counts whole seconds, so this waits at least N.
@@ -92,7 +117,8 @@ usage: ./testnet.sh COMMAND
   client [--from REGION] [--app NAME] [--node ID] [--timeout DUR]
                              connect through a node's app (default: edge-wnam, failover) from
                              the region's client address (default: the node's region) and
-                             print the origin's name
+                             print the origin's name. Apps: failover, geo, dynamic, proximity,
+                             hash (see .testnet/manifest.json); regions: WNAM WEU SEAS
   help                       this text
 
 Environment: TESTNET_READY_TIMEOUT (s, default 30), TESTNET_MESH_TIMEOUT (s, default 30),
@@ -492,6 +518,36 @@ ensure_certs() {
     done
 }
 
+GEO_CSV=$STATE/geo.csv
+GEO_DB=$STATE/geo.mmdb
+
+# build_geoip: writes $GEO_CSV, builds $GEO_DB from it with `switchyard geoip build`, and checks
+# with `switchyard geoip lookup` that each region's client address is placed in that region.
+build_geoip() {
+    local r out re
+    {
+        printf '# Written by ./testnet.sh up: where the testnet clients are. Built into\n'
+        printf '# %s with: switchyard geoip build --from %s --out %s\n' "$GEO_DB" "$GEO_CSV" "$GEO_DB"
+        printf 'cidr,country,subdivision,latitude,longitude\n'
+        for r in "${REGIONS[@]}"; do
+            printf '%s,%s  # %s: %s\n' "${CLIENT_NET[$r]}" "${CLIENT_GEO[$r]}" "$r" "${CLIENT_PLACE[$r]}"
+        done
+    } >"$GEO_CSV.tmp"
+    mv "$GEO_CSV.tmp" "$GEO_CSV"
+    out=$("$BIN/switchyard" geoip build --from "$GEO_CSV" --out "$GEO_DB" 2>&1) ||
+        die "cannot build the GeoIP database $GEO_DB from $GEO_CSV: $out"
+    say "  $out"
+    for r in "${REGIONS[@]}"; do
+        out=$("$BIN/switchyard" geoip lookup "${CLIENT_IP[$r]}" --db "$GEO_DB" 2>&1) ||
+            die "switchyard geoip lookup ${CLIENT_IP[$r]} --db $GEO_DB failed: $out"
+        re="(^|[[:space:]])region $r([[:space:],]|\$)"
+        [[ $out =~ $re ]] ||
+            die "the GeoIP database $GEO_DB does not place ${CLIENT_IP[$r]} (the $r client) in" \
+                "region $r; switchyard geoip lookup ${CLIENT_IP[$r]} --db $GEO_DB says: $out"
+        say "  ${out%%$'\n'*}"
+    done
+}
+
 # The seeds of every node: all mesh addresses, as TOML strings.
 mesh_seeds() {
     local id sep=
@@ -501,8 +557,25 @@ mesh_seeds() {
     done
 }
 
+# lb_toml NAME STEERING SUFFIX: a [[load_balancer]] over the pools wnam, weu and seas, each
+# with SUFFIX appended; geo steering sends each region to its own pool.
+lb_toml() {
+    local name=$1 steering=$2 x=$3 pool r sep=
+    printf '\n[[load_balancer]]\nname = "%s"\nsteering = "%s"\n' "$name" "$steering"
+    printf 'default_pools = ["wnam%s", "weu%s", "seas%s"]\nfallback_pool = "seas%s"\n' "$x" "$x" "$x" "$x"
+    if [[ $steering == geo ]]; then
+        printf 'region_pools = {'
+        for pool in "${POOLS[@]}"; do
+            r=${POOL_REGION[$pool]}
+            printf '%s %s = ["%s%s"]' "$sep" "$r" "$pool" "$x"
+            sep=,
+        done
+        printf ' }\n'
+    fi
+}
+
 write_config() {
-    local id=$1 pool name file
+    local id=$1 pool name file app x
     file=$(config_of "$id")
     {
         cat <<EOF
@@ -512,6 +585,9 @@ id = "$id"
 region = "${NODE_REGION[$id]}"
 status_listen = "${NODE_STATUS[$id]}"
 drain_timeout = "$DRAIN_TIMEOUT"
+
+[geo]
+database = '$ROOT/$GEO_DB'
 
 [[monitor]]
 name = "http"
@@ -523,27 +599,31 @@ interval = "2s"
 timeout = "1s"
 retries = 1
 EOF
-        for pool in "${POOLS[@]}"; do
-            printf '\n[[pool]]\nname = "%s"\nmonitor = "http"\norigins = [\n' "$pool"
-            for name in "${ORIGIN_NAMES[@]}"; do
-                [[ ${ORIGIN_POOL[$name]} == "$pool" ]] || continue
-                printf '  { name = "%s", address = "%s:%s" },\n' \
-                    "$name" "${ORIGIN_IP[$name]}" "$ORIGIN_PORT"
+        # Each pool, then its -hash twin: the same origins, picked by client address.
+        for x in '' -hash; do
+            for pool in "${POOLS[@]}"; do
+                printf '\n[[pool]]\nname = "%s%s"\nmonitor = "http"\n' "$pool" "$x"
+                [[ -z $x ]] || printf 'origin_steering = "hash"\n'
+                printf 'latitude = %s\nlongitude = %s\norigins = [\n' \
+                    "${POOL_LOCATION[$pool]%,*}" "${POOL_LOCATION[$pool]#*,}"
+                for name in "${ORIGIN_NAMES[@]}"; do
+                    [[ ${ORIGIN_POOL[$name]} == "$pool" ]] || continue
+                    printf '  { name = "%s", address = "%s:%s" },\n' \
+                        "$name" "${ORIGIN_IP[$name]}" "$ORIGIN_PORT"
+                done
+                printf ']\n'
             done
-            printf ']\n'
+        done
+        lb_toml failover failover ''
+        lb_toml geo geo ''
+        lb_toml dynamic dynamic ''
+        lb_toml proximity proximity ''
+        lb_toml hash geo -hash
+        for app in "${APP_NAMES[@]}"; do
+            printf '\n[[app]]\nname = "%s"\nlisten = "%s"\nload_balancer = "%s"\n' \
+                "$app" "${APP_ADDR[$id/$app]}" "$app"
         done
         cat <<EOF
-
-[[load_balancer]]
-name = "failover"
-steering = "failover"
-default_pools = ["wnam", "weu", "seas"]
-fallback_pool = "seas"
-
-[[app]]
-name = "failover"
-listen = "${APP_ADDR[$id/failover]}"
-load_balancer = "failover"
 
 [mesh]
 cluster = "$CLUSTER"
@@ -611,10 +691,11 @@ print_summary() {
     say "nodes:"
     for id in "${NODE_IDS[@]}"; do
         pid=$(running_pid "$id" || echo -)
-        printf '  %-10s %-5s status %-15s  mesh %s' "$id" "${NODE_REGION[$id]}" \
-            "${NODE_STATUS[$id]}" "${NODE_MESH[$id]}"
-        for app in "${APP_NAMES[@]}"; do printf '  app %s %s' "$app" "${APP_ADDR[$id/$app]}"; done
-        printf '  pid %-7s log %s\n' "$pid" "$(logfile "$id")"
+        printf '  %-10s %-5s status %-15s  mesh %s  pid %-7s log %s\n' "$id" "${NODE_REGION[$id]}" \
+            "${NODE_STATUS[$id]}" "${NODE_MESH[$id]}" "$pid" "$(logfile "$id")"
+        printf '  %-10s apps:' ''
+        for app in "${APP_NAMES[@]}"; do printf '  %s %s' "$app" "${APP_ADDR[$id/$app]}"; done
+        printf '\n'
     done
     say "origins:"
     for name in "${ORIGIN_NAMES[@]}"; do
@@ -626,12 +707,19 @@ print_summary() {
     done
     printf 'client source addresses:'
     for r in "${REGIONS[@]}"; do printf '  %s %s' "$r" "${CLIENT_IP[$r]}"; done
-    printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json   mesh certificates: %s/\n\n' \
+    printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json   mesh certificates: %s/\n' \
         "$STATE" "$STATE" "$CERTS"
+    printf 'GeoIP database: %s (from %s)\n\n' "$GEO_DB" "$GEO_CSV"
     cat <<EOF
 try:
   $b/sy-client ${APP_ADDR[edge-wnam/failover]}          # prints the origin's name
   ./testnet.sh client --from WEU --node edge-weu
+  ./testnet.sh client --from WEU --app geo --node edge-wnam        # WEU client, WNAM node: a weu origin
+  ./testnet.sh client --from SEAS --app proximity --node edge-weu  # the nearest pool's: a seas origin
+  ./testnet.sh client --from WNAM --app hash --node edge-seas      # the same origin from every node
+  ./testnet.sh client --from WEU --app dynamic                     # the pool of lowest RTT from WEU
+  $b/switchyard explain --lb geo --client ${CLIENT_IP[WEU]} --addr ${NODE_STATUS[edge-wnam]}   # why that origin
+  $b/switchyard geoip lookup ${CLIENT_IP[WEU]} --db $GEO_DB   # where a client is
   $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}   # members, and who sees which origin
   ./testnet.sh origin down wnam-1                 # and wnam-2: edge-wnam fails over to weu
   ./testnet.sh node down edge-weu                 # it leaves the mesh; then watch it go down:
@@ -718,6 +806,8 @@ cmd_up() {
 
     say "mesh certificates in $CERTS/ (cluster $CLUSTER)"
     ensure_certs "${NODE_IDS[@]}"
+    say "GeoIP database $GEO_DB (from $GEO_CSV)"
+    build_geoip
     say "writing and checking configs"
     for name in "${NODE_IDS[@]}"; do
         write_config "$name"
@@ -864,6 +954,7 @@ cmd_node() {
             [[ -s $CERTS/ca/ca.crt && -s $CERTS/ca/ca.key ]] ||
                 die "the cluster CA ($CERTS/ca) is missing; start afresh: ./testnet.sh down; ./testnet.sh up"
             ensure_certs "$id"
+            [[ -s $GEO_DB ]] || build_geoip
             [[ -f $(config_of "$id") ]] || write_config "$id"
             check_config "$id"
             check_free "$id"

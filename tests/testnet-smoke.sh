@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # tests/testnet-smoke.sh: a smoke test of testnet.sh, run from the repo root (CI does). Brings the
-# testnet up and checks that its three nodes form one mesh, fails edge-wnam's failover app over
-# from the wnam pool to weu and back (and checks that another node sees edge-wnam's view of the
-# origin), restarts a node and watches it leave and rejoin the mesh, and tears everything down,
-# also on failure. Bounded: every wait polls with a deadline.
+# testnet up and checks that its three nodes form one mesh; that geo and proximity steering send
+# each region's client (placed by the testnet's GeoIP database) to its region's pool through
+# every node, and hash origin steering to one origin on every node; that `switchyard explain`
+# and `switchyard status` show the client's region and the database. Then fails edge-wnam's
+# failover app over from the wnam pool to weu and back (and checks that another node sees
+# edge-wnam's view of the origin), restarts a node and watches it leave and rejoin the mesh,
+# and tears everything down, also on failure. Bounded: every wait polls with a deadline.
 #
 # Status JSON (`switchyard status --json`) is read with bash alone: flattened to one line, then
 # matched with patterns that rely only on the document's shape (member objects hold no nested
@@ -195,6 +198,52 @@ expect_origin() {
     done
 }
 
+# ---- Steering checks over the apps geo, proximity, hash and dynamic -------------------------
+
+REGIONS=(WNAM WEU SEAS)
+declare -A CLIENT_IP=([WNAM]=127.0.1.1 [WEU]=127.0.2.1 [SEAS]=127.0.3.1)
+APPS=(failover geo dynamic proximity hash)
+# APP_PORT[app] + node index (0 edge-wnam, 1 edge-weu, 2 edge-seas) is the app's port.
+declare -A APP_PORT=([failover]=10001 [geo]=10011 [dynamic]=10021 [proximity]=10031 [hash]=10041)
+
+# client_via REGION APP NODE: the origin a connection from REGION's client address to NODE's
+# APP reaches, or nothing.
+client_via() {
+    "$TESTNET" client --from "$1" --app "$2" --node "$3" --timeout 2s 2>/dev/null || true
+}
+
+# Checks for within; each sets LAST to what it saw.
+in_region_pool() { # REGION APP NODE: three connections in a row reach origins of REGION's pool
+    local region=$1 pool=${1,,} got i
+    LAST=
+    for i in 1 2 3; do
+        got=$(client_via "$region" "$2" "$3")
+        LAST+="${LAST:+, }${got:-no answer}"
+        [[ $got == "$pool"-[0-9]* ]] || return 1
+    done
+}
+HASHED=
+same_everywhere() { # REGION: hash from every node, twice, reaches one origin of REGION's pool
+    local region=$1 node got
+    local -a seen=()
+    for _ in 1 2; do
+        for node in "${NODES[@]}"; do
+            got=$(client_via "$region" hash "$node")
+            seen+=("$node:${got:-no answer}")
+            [[ $got == "${region,,}"-[0-9]* ]] || { LAST="${seen[*]}"; return 1; }
+            [[ -z $HASHED || $got == "$HASHED" ]] || { LAST="${seen[*]}"; return 1; }
+            HASHED=$got
+        done
+    done
+    LAST="${seen[*]}"
+}
+any_origin() { # APP NODE REGION: a connection from REGION to NODE's APP reaches an origin
+    local got
+    got=$(client_via "$3" "$1" "$2")
+    LAST="${got:-no answer}"
+    [[ $got =~ ^(wnam|weu|seas)-[0-9]+$ ]]
+}
+
 # expect_ready ADDR CODE SECONDS: polls GET /ready until the answer is CODE (000: no answer).
 expect_ready() {
     local addr=$1 want=$2 deadline=$((SECONDS + $3 + 1)) code
@@ -257,6 +306,16 @@ grep -q '"id": *"edge-wnam".*"failover": *"127.0.0.1:10001"' "$STATE/manifest.js
 origins=$(grep -o '"name": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 pass "$STATE/manifest.json lists 3 nodes and 6 origins"
+for i in "${!NODES[@]}"; do
+    for app in "${APPS[@]}"; do
+        grep -q "\"id\": *\"${NODES[i]}\".*\"$app\": *\"127.0.0.1:$((APP_PORT[$app] + i))\"" \
+            "$STATE/manifest.json" ||
+            fail "the manifest does not put ${NODES[i]}'s $app app at 127.0.0.1:$((APP_PORT[$app] + i))"
+    done
+done
+pass "the manifest lists the apps ${APPS[*]} of every node at their ports"
+[[ -s $STATE/geo.mmdb && -s $STATE/geo.csv ]] || fail "$STATE/geo.mmdb or $STATE/geo.csv is missing"
+pass "$STATE/geo.mmdb was built from $STATE/geo.csv"
 
 step "mesh: every node lists 3 members, all alive"
 for node in "${NODES[@]}"; do
@@ -272,6 +331,56 @@ step "connect through edge-wnam's failover app"
 got=$(through_wnam)
 [[ $got == wnam-* ]] || fail "expected a wnam-* origin, got '${got:-no answer}'"
 pass "127.0.0.1:10001 reached $got"
+
+# All origins run here: every pool is healthy, so steering alone decides.
+step "geo steering: each region's clients reach their region's pool through every node"
+for region in "${REGIONS[@]}"; do
+    for node in "${NODES[@]}"; do
+        within 10 "$region client on $node's geo app did not reach the ${region,,} pool" \
+            in_region_pool "$region" geo "$node"
+        pass "$region client (${CLIENT_IP[$region]}) on $node's geo app: $LAST"
+    done
+done
+
+step "proximity steering: each region's clients reach the nearest pool, their region's"
+for region in "${REGIONS[@]}"; do
+    for node in "${NODES[@]}"; do
+        within 10 "$region client on $node's proximity app did not reach the ${region,,} pool" \
+            in_region_pool "$region" proximity "$node"
+        pass "$region client (${CLIENT_IP[$region]}) on $node's proximity app: $LAST"
+    done
+done
+
+step "hash origin steering: each region's client reaches the same origin through every node"
+for region in "${REGIONS[@]}"; do
+    HASHED=
+    within 10 "the hash app did not send the $region client to one ${region,,} origin from all nodes" \
+        same_everywhere "$region"
+    pass "$region client (${CLIENT_IP[$region]}) always reaches $HASHED ($LAST)"
+done
+
+step "dynamic steering: every node's dynamic app reaches an origin"
+for node in "${NODES[@]}"; do
+    region=${node#edge-}
+    within 10 "$node's dynamic app did not reach an origin" any_origin dynamic "$node" "${region^^}"
+    pass "${region^^} client on $node's dynamic app reached $LAST"
+done
+
+step "switchyard explain --lb geo --client 127.0.2.1 --addr 127.0.0.1:9901"
+explained=$("$(switchyard_bin)" explain --lb geo --client 127.0.2.1 --addr 127.0.0.1:9901 2>&1) ||
+    fail "switchyard explain exited non-zero: $explained"
+printf '%s\n' "$explained" | sed 's/^/    | /'
+[[ $explained == *WEU* ]] || fail "the explanation does not mention the client's region WEU"
+[[ $explained =~ weu-[0-9] ]] || fail "the explanation names no weu origin"
+pass "explain exits 0 and names region WEU and origin ${BASH_REMATCH[0]}"
+
+step "switchyard status --addr 127.0.0.1:9901 shows the GeoIP database"
+geo_db=$ROOT/$STATE/geo.mmdb
+node_status=$("$(switchyard_bin)" status --addr 127.0.0.1:9901 2>&1) ||
+    fail "switchyard status exited non-zero: $node_status"
+[[ $node_status == *"$geo_db"* ]] ||
+    fail "edge-wnam's status does not mention $geo_db: $(head -n 3 <<<"$node_status")"
+pass "$(grep -m1 -F "$geo_db" <<<"$node_status")"
 
 step "take the wnam pool down: origin down wnam-1, wnam-2"
 "$TESTNET" origin down wnam-1 || fail "origin down wnam-1 failed"

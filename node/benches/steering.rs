@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{black_box, criterion_group, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, Criterion};
 use switchyard_node::config::{Config, GeoConfig};
 use switchyard_node::geo::Geo;
 use switchyard_node::runtime::{Report, Runtime, View};
