@@ -686,16 +686,16 @@ write_manifest() {
 }
 
 print_summary() {
-    local id app name r b pid
+    local id app apps name r b pid
     b=$(rel "$BIN")
     say "nodes:"
     for id in "${NODE_IDS[@]}"; do
         pid=$(running_pid "$id" || echo -)
         printf '  %-10s %-5s status %-15s  mesh %s  pid %-7s log %s\n' "$id" "${NODE_REGION[$id]}" \
             "${NODE_STATUS[$id]}" "${NODE_MESH[$id]}" "$pid" "$(logfile "$id")"
-        printf '  %-10s apps:' ''
-        for app in "${APP_NAMES[@]}"; do printf '  %s %s' "$app" "${APP_ADDR[$id/$app]}"; done
-        printf '\n'
+        apps=
+        for app in "${APP_NAMES[@]}"; do apps+="${apps:+  }$app ${APP_ADDR[$id/$app]}"; done
+        printf '  %-10s apps: %s\n' '' "$apps"
     done
     say "origins:"
     for name in "${ORIGIN_NAMES[@]}"; do

@@ -557,6 +557,8 @@ impl Task {
             }
             OwnedNotification::Active => tracing::info!("joined the mesh"),
             OwnedNotification::Idle => tracing::warn!("no other member is reachable"),
+            // Leaving declares this node down on purpose.
+            OwnedNotification::Defunct if self.leaving => tracing::info!("left the mesh"),
             OwnedNotification::Defunct => {
                 tracing::error!("this node was declared down and cannot rejoin")
             }

@@ -79,9 +79,9 @@ pub enum GeoipCommand {
     /// Country, subdivision and region of an address, and why.
     Lookup {
         ip: std::net::IpAddr,
-        /// A MaxMind-format database; without it, only the region table's view of a country.
+        /// A MaxMind-format database (GeoLite2/GeoIP2, DB-IP lite, or one from `geoip build`).
         #[arg(long)]
-        db: Option<PathBuf>,
+        db: PathBuf,
     },
     /// Builds a small database from CSV lines `cidr,country[,subdivision[,lat,lon]]`, for
     /// private networks and tests.
@@ -170,7 +170,7 @@ pub fn main() -> ExitCode {
             command: GeoipCommand::Lookup { ip, db },
         } => {
             let cfg = crate::config::GeoConfig {
-                database: db.clone(),
+                database: Some(db.clone()),
                 ..Default::default()
             };
             // The region a client gets with no database is the node's; here there is no
@@ -178,10 +178,6 @@ pub fn main() -> ExitCode {
             match crate::geo::Geo::new(Some(&cfg), switchyard_geo::Region::Weu) {
                 Ok(geo) => {
                     let l = geo.locate(*ip);
-                    if db.is_none() {
-                        println!("{ip}: no database given (--db FILE); nothing to look up");
-                        return ExitCode::SUCCESS;
-                    }
                     println!(
                         "{ip}: country {}, subdivision {}, region {} ({})",
                         l.country.as_deref().unwrap_or("unknown"),

@@ -144,13 +144,18 @@ fn pool_why(w: PoolWhy) -> String {
             rank + 1
         ),
         PoolWhy::Random => "drawn by pool weight among healthy pools".into(),
-        PoolWhy::Geo { source, rank } => {
-            format!(
-                "first healthy pool of {} then default_pools (position {})",
-                list(source),
-                rank + 1
-            )
-        }
+        PoolWhy::Geo {
+            source: ListSource::DefaultPools,
+            rank,
+        } => format!(
+            "first healthy pool of default_pools (position {})",
+            rank + 1
+        ),
+        PoolWhy::Geo { source, rank } => format!(
+            "first healthy pool of {} then default_pools (position {})",
+            list(source),
+            rank + 1
+        ),
         PoolWhy::Dynamic { rtt, from } => format!("lowest RTT from {from}: {}", ms(rtt)),
         PoolWhy::Proximity { km } => format!("nearest healthy pool: {km:.0} km"),
         PoolWhy::Unranked { rank } => format!(
