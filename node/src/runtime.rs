@@ -547,4 +547,56 @@ mod tests {
         let split = [obs("a", Weu, true, 1), obs("b", Wnam, false, 1)];
         assert_eq!(judge(&split, Seas, Quorum::Majority).global, Some(false));
     }
+
+    #[test]
+    fn a_node_that_has_not_probed_yet_steers_with_the_mesh() {
+        use crate::health::OriginHealth;
+        let text = r#"
+[node]
+id = "fresh"
+region = "WEU"
+[[monitor]]
+name = "m"
+type = "tcp"
+[[pool]]
+name = "p"
+monitor = "m"
+origins = [{ name = "o", address = "127.0.0.1:1" }]
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+"#;
+        let rt = Runtime::compile(Arc::new(Config::parse(text, None).unwrap()), None);
+        let key = rt.key(0, 0);
+        // This node's own row exists but no round has finished: it must not count.
+        let mut report = Report::default();
+        report.rows.insert(
+            key.clone(),
+            OriginHealth::unchecked(tokio::time::Instant::now()),
+        );
+        let peer = RemoteReport {
+            node: "old-timer".into(),
+            region: Region::Weu,
+            live: true,
+            rows: HashMap::from([(key.clone(), obs("old-timer", Region::Weu, false, 3))]),
+        };
+        let view = View::build_mesh(
+            &rt,
+            &report,
+            &[peer.clone()],
+            Quorum::Majority,
+            Duration::ZERO,
+        );
+        assert!(!view.pools[0].origins[0].up, "the mesh says down");
+        // Once the peer is declared down, its rows stop counting.
+        let gone = RemoteReport {
+            live: false,
+            ..peer
+        };
+        let view = View::build_mesh(&rt, &report, &[gone], Quorum::Majority, Duration::ZERO);
+        assert!(
+            view.pools[0].origins[0].up,
+            "nobody live observes it: presumed up"
+        );
+    }
 }

@@ -342,3 +342,57 @@ async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
+    let certs = Certs::new("drift");
+    let o = origin("o").await;
+    for id in ["d1", "d2"] {
+        certs.issue(id);
+    }
+    let body = pool(o.addr(), "");
+    // d2 probes more often: a different monitor, so a different fingerprint.
+    let drifted = body.replace("interval = \"200ms\"", "interval = \"300ms\"");
+    let d1 = start(config("d1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let seed = mesh_addr(&d1);
+    let d2 = start(config(
+        "d2",
+        "WEU",
+        &certs.dir,
+        &certs.ca(),
+        &[seed],
+        &drifted,
+    ))
+    .await;
+    eventually("d1 lists d2 as drifted", WAIT, || async {
+        let s = status::document(d1.shared());
+        s.drift.len() == 1 && s.drift[0].node == "d2"
+    })
+    .await?;
+    // The same config everywhere: no drift.
+    d2.shutdown(Duration::from_secs(1)).await;
+    let d3 = {
+        certs.issue("d3");
+        start(config(
+            "d3",
+            "SEAS",
+            &certs.dir,
+            &certs.ca(),
+            &[seed],
+            &body,
+        ))
+        .await
+    };
+    eventually("d3 joins", WAIT, || async {
+        state_of(&d1, "d3").as_deref() == Some("alive")
+    })
+    .await?;
+    eventually("only live drifted nodes are listed", WAIT, || async {
+        status::document(d1.shared()).drift.is_empty()
+    })
+    .await?;
+    for app in [&d1, &d3] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
