@@ -583,7 +583,7 @@ default_pools = ["p"]
         let view = View::build_mesh(
             &rt,
             &report,
-            &[peer.clone()],
+            std::slice::from_ref(&peer),
             Quorum::Majority,
             Duration::ZERO,
         );
