@@ -280,7 +280,7 @@ on_exit() {
         (check_all_stopped) || true
     fi
     if ((rc != 0)); then
-        printf '\ntestnet smoke: %d passed, 1 failed (step: %s)\n' "$PASSED" "$STEP" >&2
+        printf '\ntestnet-smoke: %d passed, 1 failed (step: %s)\n' "$PASSED" "$STEP" >&2
     fi
     exit "$rc"
 }
@@ -445,4 +445,4 @@ record_pids
 check_all_stopped
 DOWN_CHECKED=1
 
-printf '\ntestnet smoke: %d passed, 0 failed\n' "$PASSED"
+printf '\ntestnet-smoke: %d passed, 0 failed\n' "$PASSED"

@@ -91,6 +91,12 @@ impl Timings {
         c.probe_rtt = self.probe_rtt;
         c.suspect_to_down_after = self.suspect_to_down_after;
         c.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
+        // News of a member is repeated twice as often as foca's default: with 50 nodes
+        // joining at once, 6 repetitions left some pairs unaware of each other for up to a
+        // minute; 12 converges in under 2 s at no measurable idle cost (mesh benchmark).
+        c.max_transmissions = c
+            .max_transmissions
+            .saturating_mul(std::num::NonZeroU8::new(2).unwrap_or(std::num::NonZeroU8::MIN));
         // Down members are forgotten after a while; a restarted node rejoins under a new
         // generation anyway.
         c.remove_down_after = Some(Duration::from_secs(3600));

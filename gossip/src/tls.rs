@@ -51,7 +51,7 @@ pub const ALPN: &[u8] = b"switchyard-mesh/1";
 
 /// QUIC keep-alive interval: well under [`MAX_IDLE_TIMEOUT`] so an idle but healthy connection
 /// between two nodes never times out, and short enough to keep NAT/conntrack entries alive.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A connection that has heard nothing from its peer for this long is dead. SWIM detects
 /// failures on its own (faster); this only bounds how long a dead connection lingers.

@@ -24,8 +24,9 @@ pub const MAX_STREAM: usize = 8 << 20;
 /// anti-entropy repairs the rest).
 const LINK_QUEUE: usize = 256;
 
-/// How long a connect may take before the message is dropped and the next one retries.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a connect may take before the message is dropped and the next one retries. QUIC
+/// retransmits a lost handshake packet after about a second, so this allows several.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What arrived from a peer.
 #[derive(Debug)]
@@ -114,11 +115,23 @@ impl Transport {
     ) -> Result<Arc<Transport>, crate::GossipError> {
         let server = tls.server_config().map_err(crate::GossipError::Tls)?;
         let client = tls.client_config().map_err(crate::GossipError::Tls)?;
-        let mut endpoint =
-            quinn::Endpoint::server(server, listen).map_err(|source| crate::GossipError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let bind_err = |source| crate::GossipError::Bind {
+            addr: listen,
+            source,
+        };
+        let socket = bind_udp(listen).map_err(bind_err)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            bind_err(std::io::Error::other(
+                "no async runtime for the QUIC endpoint",
+            ))
+        })?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let t = Arc::new(Transport {
             endpoint,
@@ -233,6 +246,25 @@ impl Transport {
         }
     }
 }
+
+/// The endpoint's UDP socket, with a receive buffer large enough for a joining node's burst:
+/// every member handshakes with it at once, and the default 208 KiB overflows at 50 nodes,
+/// dropping handshake packets (measured by the mesh benchmark).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack when bound to [::], as quinn does.
+        let _ = socket.set_only_v6(false);
+    }
+    // The kernel caps this at net.core.rmem_max; a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Receive buffer asked of the kernel for the endpoint's socket.
+const RECV_BUFFER: usize = 4 << 20;
 
 async fn accept_loop(t: Arc<Transport>) {
     loop {

@@ -123,6 +123,15 @@ pub enum CertCommand {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A one-shot command piped into `head` should end quietly when the pipe closes, as
+        // other command-line tools do. `run` keeps Rust's default (SIGPIPE ignored), since a
+        // proxy writes to sockets that close under it all the time.
+        // SAFETY: setting a signal disposition to the default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match &cli.command {
         Command::Check { config } => match Config::load(config) {
             Ok(cfg) => {

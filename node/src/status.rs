@@ -494,6 +494,10 @@ pub fn render(s: &Status) -> String {
     }
     out.push('\n');
     out.push_str(&table.render());
+    if !s.members.is_empty() {
+        out.push('\n');
+        out.push_str(&render_mesh(s));
+    }
     let mut table = Table::new(&[
         "POOL", "ORIGIN", "ADDRESS", "HEALTH", "RTT", "SINCE", "REASON",
     ]);
@@ -528,6 +532,73 @@ pub fn render(s: &Status) -> String {
                 o.last_change.clone().unwrap_or_else(|| "-".into()),
                 o.reason.clone().unwrap_or_default(),
             ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&table.render());
+    out
+}
+
+/// The member list and the origin x observer health matrix.
+fn render_mesh(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut table = Table::new(&["MEMBER", "REGION", "ADDRESS", "STATE", "GENERATION", "RTT"]);
+    for m in &s.members {
+        table.row(vec![
+            m.id.clone(),
+            m.region.clone(),
+            m.addr.clone(),
+            m.state.clone(),
+            m.generation.to_string(),
+            m.rtt_ms
+                .map(|r| format!("{r:.2}ms"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out.push_str(&table.render());
+    for d in &s.drift {
+        let _ = writeln!(
+            out,
+            "warning: {} runs a different config (fingerprint {}, ours {})",
+            d.node, d.fingerprint, d.ours
+        );
+    }
+    let observers: Vec<&str> = s.members.iter().map(|m| m.id.as_str()).collect();
+    let mut header = vec!["POOL/ORIGIN".to_string()];
+    header.extend(observers.iter().map(|o| o.to_string()));
+    header.push("REGIONS".into());
+    header.push("GLOBAL".into());
+    let header: Vec<&str> = header.iter().map(|h| h.as_str()).collect();
+    let mut table = Table::new(&header);
+    for p in &s.pools {
+        for o in &p.origins {
+            let mut row = vec![format!("{}/{}", p.name, o.name)];
+            for id in &observers {
+                row.push(match o.observers.get(*id) {
+                    Some(ob) => {
+                        let h = if ob.healthy { "up" } else { "DOWN" };
+                        match ob.rtt_ms {
+                            Some(r) => format!("{h} {r:.1}ms"),
+                            None => h.to_string(),
+                        }
+                    }
+                    None => "-".into(),
+                });
+            }
+            row.push(
+                o.region_health
+                    .iter()
+                    .map(|(r, h)| format!("{r}:{}", if *h { "up" } else { "DOWN" }))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            row.push(match o.global_health {
+                Some(true) => "up".into(),
+                Some(false) => "DOWN".into(),
+                None => "-".into(),
+            });
+            table.row(row);
         }
     }
     out.push('\n');

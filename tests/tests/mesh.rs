@@ -166,6 +166,10 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
         })
         .await?;
     }
+    let text = status::render(&status::document(apps[2].shared()));
+    for want in ["MEMBER", "n1", "n5", "alive", "POOL/ORIGIN", "p/o"] {
+        assert!(text.contains(want), "{want} in:\n{text}");
+    }
     for app in &apps {
         eventually("every node has n1's row for the origin", WAIT, || async {
             observers(app) == ["n1"] && origin_up(app)
