@@ -3,7 +3,12 @@
 # SEAS), in front of six test origins, two per region. Every process runs in the background
 # with its pid file and log under .testnet/. Run `./testnet.sh help` for the commands.
 #
+# WAN mode (`up --wan`, root only) runs the same testnet with each region in its own network
+# namespace, joined through wan-emu with a WAN's latencies (tests/wan/netns.sh; see the WAN mode
+# section below and tests/wan/README.md).
+#
 # Needs bash 4+ and coreutils. Uses curl, setsid and flock when present; works without them.
+# WAN mode also needs root, iproute2 (ip) and /dev/net/tun.
 set -euo pipefail
 
 if ((BASH_VERSINFO[0] < 4)); then
@@ -91,6 +96,68 @@ declare -A CLIENT_NET=([WNAM]=127.0.1.0/24 [WEU]=127.0.2.0/24 [SEAS]=127.0.3.0/2
 declare -A CLIENT_GEO=([WNAM]="US,CA,37.34,-121.89" [WEU]="DE,,50.11,8.68" [SEAS]="SG,,1.35,103.82")
 declare -A CLIENT_PLACE=([WNAM]="San Jose, California" [WEU]=Frankfurt [SEAS]=Singapore)
 
+# ---- WAN mode --------------------------------------------------------------------------------
+# `up --wan` starts the WAN testbed (tests/wan/netns.sh, state in $WAN_DIR): one network
+# namespace per region (sy-wnam, sy-weu, sy-seas), joined through wan-emu, a userspace WAN
+# emulator with a latency matrix (`./testnet.sh wan set|cut|heal|show`). Region i (WNAM 1,
+# WEU 2, SEAS 3) owns 10.250.i.0/24 inside its namespace: its node at .1 (apps on the ports of
+# loopback mode, status :9900, mesh :7946), its origins at .11 and .12, its client at .100.
+# Every process runs inside its region's namespace (`ip netns exec`); pid files as on loopback.
+# $STATE/mode says "wan" while a WAN testnet is up, so the other commands follow it.
+MODE=loopback
+MODE_FILE=$STATE/mode
+NETNS_SH=$ROOT/tests/wan/netns.sh
+WAN_DIR=$STATE/wan
+declare -A REGION_INDEX=([WNAM]=1 [WEU]=2 [SEAS]=3)
+declare -A NETNS=() # region -> namespace, from $WAN_DIR/regions (what netns.sh made)
+
+# use_wan: switches the topology above to WAN mode's addresses and timings.
+use_wan() {
+    local id i app name r
+    MODE=wan
+    for id in "${NODE_IDS[@]}"; do
+        i=${REGION_INDEX[${NODE_REGION[$id]}]}
+        NODE_STATUS[$id]=10.250.$i.1:9900
+        NODE_MESH[$id]=10.250.$i.1:7946
+        for app in "${APP_NAMES[@]}"; do
+            APP_ADDR[$id/$app]=10.250.$i.1:${APP_ADDR[$id/$app]##*:}
+        done
+    done
+    for name in "${ORIGIN_NAMES[@]}"; do # wnam-1 -> 10.250.1.11, wnam-2 -> 10.250.1.12
+        i=${REGION_INDEX[${POOL_REGION[${ORIGIN_POOL[$name]}]}]}
+        ORIGIN_IP[$name]=10.250.$i.$((10 + ${name##*-}))
+    done
+    for r in "${REGIONS[@]}"; do
+        i=${REGION_INDEX[$r]}
+        CLIENT_IP[$r]=10.250.$i.100
+        CLIENT_NET[$r]=10.250.$i.0/24
+    done
+    # Timings for round trips of 75-170 ms: a probe, its timeout and suspicion with room to
+    # spare, so only a cut link or a stopped node makes a member suspect.
+    MESH_PROBE_PERIOD=1s
+    MESH_PROBE_TIMEOUT=500ms
+    MESH_SUSPECT_TIMEOUT=5s
+    MESH_ANNOUNCE_INTERVAL=2s
+    MESH_ANTI_ENTROPY_INTERVAL=1s
+    load_netns
+}
+
+# load_netns: NETNS from the namespaces netns.sh recorded (default: sy-<region>).
+load_netns() {
+    local r name index netns
+    for r in "${REGIONS[@]}"; do NETNS[$r]=${WAN_NETNS_PREFIX:-sy-}${r,,}; done
+    [[ -f $WAN_DIR/regions ]] || return 0
+    while read -r name index netns; do
+        [[ -n $name && -n $netns ]] && NETNS[$name]=$netns
+    done <"$WAN_DIR/regions"
+    return 0
+}
+
+# The mode the running (or last started) testnet is in: wan or loopback.
+recorded_mode() {
+    if [[ -f $MODE_FILE && $(<"$MODE_FILE") == wan ]]; then echo wan; else echo loopback; fi
+}
+
 # ---- Helpers ---------------------------------------------------------------------------------
 # Deadlines are SECONDS + N + 1: SECONDS counts whole seconds, so this waits at least N.
 
@@ -107,7 +174,13 @@ usage: ./testnet.sh COMMAND
 
   up                         build, start 6 origins and 3 nodes on loopback, wait until ready
                              and the nodes form one mesh (certificates in .testnet/certs/)
-  down                       stop everything testnet.sh started (logs stay in .testnet/)
+  up --wan                   the same in WAN mode (root only): each region in its own network
+                             namespace (sy-wnam, sy-weu, sy-seas), joined through wan-emu with
+                             a WAN's latencies (tests/wan/netns.sh); region i is 10.250.i.0/24:
+                             node .1 (status :9900, mesh :7946), origins .11 .12, client .100.
+                             The commands below then act inside the namespaces
+  down                       stop everything testnet.sh started (logs stay in .testnet/);
+                             in WAN mode also wan-emu and the namespaces it made
   status                     each node's `switchyard status` (with its mesh members), and
                              which origins run
                              (exit 3 when something is not running)
@@ -119,11 +192,16 @@ usage: ./testnet.sh COMMAND
                              the region's client address (default: the node's region) and
                              print the origin's name. Apps: failover, geo, dynamic, proximity,
                              hash (see .testnet/manifest.json); regions: WNAM WEU SEAS
+  wan set A B DUR            WAN mode: the round-trip time between regions A and B (e.g. 120ms)
+  wan cut A B | heal A B     WAN mode: drop everything between A and B (B may be '*') / undo
+  wan loss A B PCT           WAN mode: drop each packet between A and B with this probability
+  wan show                   WAN mode: the latency matrix and wan-emu's counters
   help                       this text
 
 Environment: TESTNET_READY_TIMEOUT (s, default 30), TESTNET_MESH_TIMEOUT (s, default 30),
 TESTNET_STOP_TIMEOUT (s, default 15), TESTNET_SKIP_BUILD=1 (up: use the binaries already
-built), RUST_LOG (default info).
+built), RUST_LOG (default info), WAN_NETNS_PREFIX and WAN_LIFETIME (up --wan; see
+tests/wan/netns.sh).
 EOF
 }
 
@@ -142,6 +220,58 @@ contains() { # contains WORD LIST...: whether WORD is one of LIST
 
 is_node() { contains "$1" "${NODE_IDS[@]}"; }
 is_origin() { contains "$1" "${ORIGIN_NAMES[@]}"; }
+
+# The region a node or origin is in.
+region_of() {
+    if is_node "$1"; then
+        printf '%s\n' "${NODE_REGION[$1]}"
+    else
+        printf '%s\n' "${POOL_REGION[${ORIGIN_POOL[$1]}]}"
+    fi
+}
+
+# in_ns REGION CMD...: runs CMD (a program) in REGION's namespace in WAN mode; on loopback,
+# or with an empty REGION, runs it as it is.
+in_ns() {
+    local region=$1
+    shift
+    if [[ $MODE == wan && -n $region ]]; then
+        ip netns exec "${NETNS[$region]}" "$@"
+    else
+        "$@"
+    fi
+}
+
+# need_root WHAT: exits 2 unless root (WAN mode makes namespaces and runs processes in them).
+need_root() {
+    [[ $(id -u) == 0 ]] && return 0
+    warn "$* needs root (network namespaces, a TUN device); run it as root, e.g. with sudo"
+    exit 2
+}
+
+# netns_sh ARG...: tests/wan/netns.sh with this testnet's wan-emu and state directory. The
+# lock (fd 9) is not passed on: wan-emu outlives this script.
+netns_sh() {
+    WAN_EMU=$BIN/wan-emu WAN_STATE=$ROOT/$WAN_DIR "$NETNS_SH" "$@" 9>&-
+}
+
+# Whether the WAN testbed runs (its wan-emu answers to its pid file).
+wan_running() {
+    WAN_STATE=$ROOT/$WAN_DIR "$NETNS_SH" status >/dev/null 2>&1 9>&-
+}
+
+# Whether netns.sh has state under $WAN_DIR: a testbed up, or what one left behind.
+wan_state_present() {
+    [[ -s $WAN_DIR/regions || -f $WAN_DIR/wan-emu.pid ]]
+}
+
+# wan_down: stops the WAN testbed: wan-emu, every process left in its namespaces, and the
+# namespaces with their TUN devices (netns.sh down removes only what it recorded making).
+wan_down() {
+    wan_state_present || return 0
+    BIN=${BIN:-$(bin_dir)}
+    netns_sh down || die "tests/wan/netns.sh down failed; see $WAN_DIR/wan-emu.log"
+}
 
 pidfile() { printf '%s/%s.pid\n' "$STATE" "$1"; }
 logfile() { printf '%s/%s.log\n' "$STATE" "$1"; }
@@ -164,9 +294,10 @@ rel() {
 }
 
 need_bins() {
-    local bin
+    local bin bins=(switchyard test-origin sy-client)
     BIN=$(bin_dir)
-    for bin in switchyard test-origin sy-client; do
+    [[ $MODE == wan ]] && bins+=(wan-emu)
+    for bin in "${bins[@]}"; do
         [[ -x $BIN/$bin ]] || die "$BIN/$bin is missing; run ./testnet.sh up (it builds them)"
     done
 }
@@ -231,13 +362,15 @@ devtcp_works() {
     [[ $HAVE_DEVTCP == 1 ]]
 }
 
+# http_code ADDR PATH [REGION]: in WAN mode, asked from inside REGION's namespace.
 http_code() {
-    local addr=$1 path=$2
+    local addr=$1 path=$2 region=${3:-}
     if [[ $HAVE_CURL == 1 ]]; then
-        curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$addr$path" || true
+        in_ns "$region" curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 \
+            "http://$addr$path" || true
     elif devtcp_works; then
         # shellcheck disable=SC2016 # expanded by the inner bash
-        timeout 3 bash -c '
+        in_ns "$region" timeout 3 bash -c '
             exec 3<>"/dev/tcp/$1/$2" || exit 1
             printf "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n" "$3" "$1" "$2" >&3
             read -r _ code _ <&3 || exit 1
@@ -250,35 +383,44 @@ http_code() {
 
 # Whether a node's GET /ready answers 200.
 node_ready() {
-    local addr=${NODE_STATUS[$1]}
+    local addr=${NODE_STATUS[$1]} region=${NODE_REGION[$1]}
     if [[ $HAVE_CURL == 1 ]] || devtcp_works; then
-        [[ $(http_code "$addr" /ready) == 200 ]]
+        [[ $(http_code "$addr" /ready "$region") == 200 ]]
     else
-        "$BIN/switchyard" status --addr "$addr" >/dev/null 2>&1
+        in_ns "$region" "$BIN/switchyard" status --addr "$addr" >/dev/null 2>&1
     fi
 }
 
-# Whether something accepts connections on ADDR (unknown without /dev/tcp: says no).
+# port_taken ADDR [REGION]: whether something accepts connections on ADDR (in REGION's
+# namespace in WAN mode; unknown without /dev/tcp: says no).
 port_taken() {
     devtcp_works || return 1
     # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${1%:*}" "${1##*:}" 2>/dev/null
+    in_ns "${2:-}" timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${1%:*}" "${1##*:}" 2>/dev/null
 }
 
-# Whether a UDP socket is bound to ADDR's port on ADDR's IP (also IPv4-mapped) or on a
-# wildcard address, from /proc/net/udp and udp6 (unknown without them: says no). Their
-# local_address column is HEXIP:HEXPORT, the IP in host byte order.
+# udp_taken ADDR [REGION]: whether a UDP socket is bound to ADDR's port on ADDR's IP (also
+# IPv4-mapped) or on a wildcard address, from /proc/net/udp and udp6 (unknown without them:
+# says no; in WAN mode, read inside REGION's namespace). Their local_address column is
+# HEXIP:HEXPORT, the IP in host byte order.
 udp_taken() {
-    local a b c d ip port re f local_addr
+    local a b c d ip port re f local_addr region=${2:-}
     IFS=. read -r a b c d <<<"${1%:*}"
     printf -v ip '(%02X%02X%02X%02X|%02X%02X%02X%02X)' "$d" "$c" "$b" "$a" "$a" "$b" "$c" "$d"
     printf -v port '%04X' "${1##*:}"
     re="^((0000000000000000FFFF0000)?$ip|0+):$port\$"
     for f in /proc/net/udp /proc/net/udp6; do
         [[ -r $f ]] || continue
-        while read -r _ local_addr _; do
-            [[ ${local_addr^^} =~ $re ]] && return 0
-        done <"$f"
+        if [[ $MODE == wan && -n $region ]]; then
+            # /proc/net is the reader's namespace's.
+            while read -r _ local_addr _; do
+                [[ ${local_addr^^} =~ $re ]] && return 0
+            done < <(in_ns "$region" cat "$f" 2>/dev/null)
+        else
+            while read -r _ local_addr _; do
+                [[ ${local_addr^^} =~ $re ]] && return 0
+            done <"$f"
+        fi
     done
     return 1
 }
@@ -295,15 +437,16 @@ addrs_of() {
 }
 
 check_free() {
-    local name addr
+    local name addr region
     for name; do
+        region=$(region_of "$name")
         while read -r addr; do
-            if port_taken "$addr"; then
+            if port_taken "$addr" "$region"; then
                 die "$addr (for $name) is already in use; is another testnet running?" \
                     "(./testnet.sh down there, or find it with: ss -ltnp)"
             fi
         done < <(addrs_of "$name")
-        if is_node "$name" && udp_taken "${NODE_MESH[$name]}"; then
+        if is_node "$name" && udp_taken "${NODE_MESH[$name]}" "$region"; then
             die "UDP ${NODE_MESH[$name]} (the mesh address of $name) is already in use; is" \
                 "another testnet running? (./testnet.sh down there, or find it with: ss -lunp)"
         fi
@@ -313,9 +456,14 @@ check_free() {
 # launch NAME CMD...: starts CMD in the background, logging to NAME's log, pid to its pid file.
 # Its own session (setsid) keeps it out of the terminal's Ctrl-C; fd 9 (the lock) is not passed.
 # NO_COLOR keeps escape codes out of the logs.
+# In WAN mode CMD runs in NAME's region's namespace: `ip netns exec` execs it, so the pid
+# recorded is still CMD's.
 launch() {
     local name=$1 log
     shift
+    if [[ $MODE == wan ]]; then
+        set -- ip netns exec "${NETNS[$(region_of "$name")]}" "$@"
+    fi
     log=$(logfile "$name")
     printf -- '--- testnet.sh: starting %s at %s\n' "$name" "$(date '+%F %T')" >>"$log"
     if command -v setsid >/dev/null 2>&1; then
@@ -351,7 +499,7 @@ is_ready() {
     if is_node "$1"; then
         node_ready "$1"
     elif [[ $HAVE_CURL == 1 ]] || devtcp_works; then
-        [[ $(http_code "${ORIGIN_IP[$1]}:$HEALTH_PORT" /) == 200 ]]
+        [[ $(http_code "${ORIGIN_IP[$1]}:$HEALTH_PORT" / "$(region_of "$1")") == 200 ]]
     else
         tail -n 5 "$(logfile "$1")" | grep -q 'test origin listening'
     fi
@@ -376,6 +524,7 @@ wait_ready() {
             else
                 what="its health check http://${ORIGIN_IP[$name]}:$HEALTH_PORT/ did not answer 200"
             fi
+            [[ $MODE == wan ]] && what+=" (asked inside namespace ${NETNS[$(region_of "$name")]})"
             die "$name is not ready after ${READY_TIMEOUT}s: $what; see $(logfile "$name")"
         fi
         sleep 0.1
@@ -388,7 +537,8 @@ wait_ready() {
 mesh_members() {
     local json body obj f re
     local -A m
-    json=$("$BIN/switchyard" status --addr "${NODE_STATUS[$1]}" --json 2>/dev/null) || return 1
+    json=$(in_ns "${NODE_REGION[$1]}" "$BIN/switchyard" status --addr "${NODE_STATUS[$1]}" \
+        --json 2>/dev/null) || return 1
     json=$(tr -d ' \t\r\n' <<<"$json")
     re='"members":\[([^]]*)\]'
     [[ $json =~ $re ]] || return 0
@@ -651,9 +801,20 @@ check_config() {
 }
 
 write_manifest() {
-    local file=$STATE/manifest.json i n id app name sep
+    local file=$STATE/manifest.json i n id app name sep r
     {
-        printf '{\n  "nodes": [\n'
+        printf '{\n'
+        # WAN mode adds the mode and each region's namespace; loopback's manifest is as it was.
+        if [[ $MODE == wan ]]; then
+            printf '  "mode": "wan",\n  "netns": {'
+            sep=
+            for r in "${REGIONS[@]}"; do
+                printf '%s"%s": "%s"' "$sep" "$r" "${NETNS[$r]}"
+                sep=', '
+            done
+            printf '},\n'
+        fi
+        printf '  "nodes": [\n'
         n=${#NODE_IDS[@]}
         for ((i = 0; i < n; i++)); do
             id=${NODE_IDS[i]}
@@ -710,6 +871,10 @@ print_summary() {
     printf '\nconfigs: %s/<node>.toml   manifest: %s/manifest.json   mesh certificates: %s/\n' \
         "$STATE" "$STATE" "$CERTS"
     printf 'GeoIP database: %s (from %s)\n\n' "$GEO_DB" "$GEO_CSV"
+    if [[ $MODE == wan ]]; then
+        print_wan_summary
+        return
+    fi
     cat <<EOF
 try:
   $b/sy-client ${APP_ADDR[edge-wnam/failover]}          # prints the origin's name
@@ -730,12 +895,44 @@ try:
 EOF
 }
 
+# The WAN part of the summary: namespaces, latencies, and what to try.
+print_wan_summary() {
+    local b r ns_wnam=${NETNS[WNAM]}
+    b=$(rel "$BIN")
+    say "WAN mode: every process runs in its region's namespace; wan-emu joins them"
+    for r in "${REGIONS[@]}"; do
+        printf '  %-5s namespace %-8s 10.250.%s.0/24   (ip netns exec %s CMD...)\n' \
+            "$r" "${NETNS[$r]}" "${REGION_INDEX[$r]}" "${NETNS[$r]}"
+    done
+    say "  testbed state, wan-emu log and control socket: $WAN_DIR/"
+    netns_sh show 2>/dev/null | sed -n '1,/^link /{/^link /d;s/^/  /;p}' || true
+    cat <<EOF
+
+try:
+  ./testnet.sh client --from WNAM                                  # edge-wnam's failover app: a wnam origin
+  ./testnet.sh client --from WEU --app geo --node edge-wnam        # across the WAN: a weu origin
+  ./testnet.sh client --from SEAS --app proximity --node edge-weu  # the nearest pool's: a seas origin
+  ./testnet.sh client --from WEU --app dynamic                     # the pool of lowest RTT from WEU
+  ./testnet.sh wan show                           # latencies and per-link counters
+  ./testnet.sh wan set WNAM WEU 300ms             # a round-trip time between two regions
+  ./testnet.sh wan cut WNAM WEU                   # and: ./testnet.sh wan heal WNAM WEU
+  ip netns exec $ns_wnam $b/switchyard status --addr ${NODE_STATUS[edge-wnam]}   # members and RTTs
+  ip netns exec $ns_wnam $b/switchyard explain --lb geo --client ${CLIENT_IP[WEU]} --addr ${NODE_STATUS[edge-wnam]}
+  ./testnet.sh origin down wnam-1                 # and wnam-2: edge-wnam fails over to weu
+  ./testnet.sh node down edge-weu                 # and: ./testnet.sh node up edge-weu
+  ./testnet.sh status
+  ./testnet.sh down                               # also removes the namespaces
+EOF
+}
+
 # ---- Commands --------------------------------------------------------------------------------
 
 # A command that starts processes arms this, so leaving early (an error, Ctrl-C, kill, a closed
 # pipe) stops what it started: the named components, and any child not yet in a pid file.
 ABORT_NAMES=()
 ARMED=0
+# Set once `up --wan` has started the WAN testbed, which leaving early then stops too.
+ABORT_WAN=0
 abort_cleanup() {
     local rc=$? pid deadline
     local -a strays=()
@@ -751,6 +948,9 @@ abort_cleanup() {
             while is_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null || true
         done
+    fi
+    if ((ABORT_WAN == 1)) && (wan_down) >&2; then
+        rm -f "$MODE_FILE"
     fi
     exit "$((rc == 0 ? 1 : rc))"
 }
@@ -773,26 +973,47 @@ disarm_abort() {
 }
 
 cmd_up() {
-    [[ $# -eq 0 ]] || bad_usage "up takes no arguments"
+    local name running=0 total=0 target prev
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --wan) use_wan ;;
+            *) bad_usage "unknown up option $1 (up takes only --wan)" ;;
+        esac
+        shift
+    done
+    [[ $MODE == wan ]] && need_root "./testnet.sh up --wan"
     lock
-    local name running=0 total=0 target
+    prev=$(recorded_mode)
+    # Switching from WAN mode takes root too: its processes and namespaces are root's.
+    [[ $prev == wan ]] && need_root "stopping the WAN testnet (it is up in WAN mode)"
+    if [[ $MODE == wan && $prev != wan ]] && wan_state_present; then
+        die "a WAN testbed that testnet.sh did not start is up ($WAN_DIR; tests/wan/netns.sh" \
+            "by hand?); stop it first: tests/wan/netns.sh down"
+    fi
     while read -r name; do
         total=$((total + 1))
         running_pid "$name" >/dev/null && running=$((running + 1))
     done < <(all_names)
-    if ((running == total)) && [[ -f $STATE/manifest.json ]]; then
+    if ((running == total)) && [[ -f $STATE/manifest.json && $prev == "$MODE" ]] &&
+        { [[ $MODE != wan ]] || wan_running; }; then
         BIN=$(bin_dir)
-        say "testnet is already up (stop it with ./testnet.sh down)"
+        say "testnet is already up$([[ $MODE == wan ]] && echo ' in WAN mode') (stop it with ./testnet.sh down)"
         print_summary
         return 0
     fi
     arm_abort up "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
 
-    if ((running > 0)); then
+    if [[ $prev != "$MODE" ]] && ((running > 0)); then
+        say "testnet is up in $prev mode ($running of $total processes); stopping it for $MODE mode"
+    elif ((running > 0)); then
         say "testnet is partly up ($running of $total processes); restarting it cleanly"
     fi
     stop "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
     rm -f "$STATE/manifest.json"
+    if [[ $prev == wan ]]; then
+        wan_down
+        rm -f "$MODE_FILE"
+    fi
 
     if [[ ${TESTNET_SKIP_BUILD:-0} != 1 ]]; then
         command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH; install Rust (https://rustup.rs)"
@@ -803,6 +1024,16 @@ cmd_up() {
         printf '%s/release\n' "$(rel "${target:-${CARGO_TARGET_DIR:-target}}")" >"$STATE/bin-dir"
     fi
     need_bins
+
+    if [[ $MODE == wan ]]; then
+        # Recorded first, so `down` cleans up after an `up --wan` that was killed.
+        printf 'wan\n' >"$MODE_FILE"
+        ABORT_WAN=1
+        say "starting the WAN testbed: WAN_EMU=$BIN/wan-emu tests/wan/netns.sh up ${REGIONS[*]}"
+        netns_sh up "${REGIONS[@]}" || die "tests/wan/netns.sh up failed"
+        load_netns
+        check_wan_regions
+    fi
 
     say "mesh certificates in $CERTS/ (cluster $CLUSTER)"
     ensure_certs "${NODE_IDS[@]}"
@@ -829,8 +1060,32 @@ cmd_up() {
     disarm_abort
 
     say ""
-    say "testnet is up"
+    say "testnet is up$([[ $MODE == wan ]] && echo ' in WAN mode')"
     print_summary
+}
+
+# check_wan_regions: fails unless netns.sh gave each region the index its addresses assume.
+check_wan_regions() {
+    local name index netns
+    local -A seen=()
+    while read -r name index netns; do
+        [[ -n $name ]] || continue
+        [[ ${REGION_INDEX[$name]:-} == "$index" ]] ||
+            die "the WAN testbed gave region $name index $index, not ${REGION_INDEX[$name]:-none}" \
+                "($WAN_DIR/regions)"
+        seen[$name]=1
+    done <"$WAN_DIR/regions"
+    for name in "${REGIONS[@]}"; do
+        [[ -n ${seen[$name]:-} ]] || die "the WAN testbed has no region $name ($WAN_DIR/regions)"
+    done
+}
+
+# need_wan WHAT: in WAN mode, checks for root and that the testbed runs.
+need_wan() {
+    [[ $MODE == wan ]] || return 0
+    need_root "$*"
+    wan_running || die "the WAN testbed is down (wan-emu is not running); start afresh:" \
+        "./testnet.sh down; ./testnet.sh up --wan"
 }
 
 cmd_down() {
@@ -839,6 +1094,10 @@ cmd_down() {
         say "testnet is not running"
         return 0
     fi
+    # In WAN mode the testbed goes too: netns.sh down stops wan-emu and removes the namespaces
+    # (and their TUN devices) it recorded making, and nothing else.
+    local wan=0
+    [[ $MODE == wan ]] && wan=1 && need_root "./testnet.sh down (the testnet is up in WAN mode)"
     lock
     local name any=0
     while read -r name; do
@@ -846,6 +1105,11 @@ cmd_down() {
     done < <(all_names)
     stop "${NODE_IDS[@]}" "${ORIGIN_NAMES[@]}"
     rm -f "$STATE/manifest.json"
+    if ((wan == 1)); then
+        wan_state_present && any=1
+        wan_down
+        rm -f "$MODE_FILE"
+    fi
     if ((any == 1)); then
         say "testnet is down (logs stay in $STATE/)"
     else
@@ -855,13 +1119,16 @@ cmd_down() {
 
 cmd_status() {
     [[ $# -eq 0 ]] || bad_usage "status takes no arguments"
-    local id name pid rc=0 out='' members m_id m_state m_gen m_region m_addr m_rtt
+    local id name pid rc=0 out='' members m_id m_state m_gen m_region m_addr m_rtt where=''
     BIN=$(bin_dir)
+    [[ $MODE == wan ]] && need_root "./testnet.sh status (the testnet is up in WAN mode)"
     for id in "${NODE_IDS[@]}"; do
+        [[ $MODE == wan ]] && where=", namespace ${NETNS[${NODE_REGION[$id]}]}"
         if pid=$(running_pid "$id"); then
-            say "== $id (${NODE_REGION[$id]}, pid $pid, status ${NODE_STATUS[$id]})"
+            say "== $id (${NODE_REGION[$id]}, pid $pid, status ${NODE_STATUS[$id]}$where)"
             if [[ -x $BIN/switchyard ]] &&
-                out=$("$BIN/switchyard" status --addr "${NODE_STATUS[$id]}" 2>&1); then
+                out=$(in_ns "${NODE_REGION[$id]}" "$BIN/switchyard" status \
+                    --addr "${NODE_STATUS[$id]}" 2>&1); then
                 printf '%s\n' "$out"
                 # A node lists itself alive, so a status without "alive" lacks the member
                 # table (an older switchyard): print the members from its JSON.
@@ -895,6 +1162,16 @@ cmd_status() {
             rc=3
         fi
     done
+    if [[ $MODE == wan ]]; then
+        say ""
+        if wan_running; then
+            say "== WAN testbed (wan-emu; state in $WAN_DIR/)"
+            netns_sh show 2>&1 | sed 's/^/  /' || true
+        else
+            say "== WAN testbed: down"
+            rc=3
+        fi
+    fi
     return "$rc"
 }
 
@@ -902,6 +1179,7 @@ cmd_origin() {
     [[ $# -eq 2 ]] || bad_usage "usage: ./testnet.sh origin down|up NAME"
     local action=$1 name=$2 pid
     is_origin "$name" || bad_usage "unknown origin $name; one of: ${ORIGIN_NAMES[*]}"
+    [[ $MODE == wan ]] && need_root "./testnet.sh origin (the testnet is up in WAN mode)"
     case $action in
         down)
             lock
@@ -919,6 +1197,7 @@ cmd_origin() {
                 return 0
             fi
             need_bins
+            need_wan "./testnet.sh origin up"
             check_free "$name"
             arm_abort "origin up $name" "$name"
             start_origin "$name"
@@ -934,6 +1213,7 @@ cmd_node() {
     [[ $# -eq 2 ]] || bad_usage "usage: ./testnet.sh node down|up ID"
     local action=$1 id=$2 pid other
     is_node "$id" || bad_usage "unknown node $id; one of: ${NODE_IDS[*]}"
+    [[ $MODE == wan ]] && need_root "./testnet.sh node (the testnet is up in WAN mode)"
     case $action in
         down)
             lock
@@ -951,6 +1231,7 @@ cmd_node() {
                 return 0
             fi
             need_bins
+            need_wan "./testnet.sh node up"
             [[ -s $CERTS/ca/ca.crt && -s $CERTS/ca/ca.key ]] ||
                 die "the cluster CA ($CERTS/ca) is missing; start afresh: ./testnet.sh down; ./testnet.sh up"
             ensure_certs "$id"
@@ -993,14 +1274,46 @@ cmd_client() {
     region=${region:-${NODE_REGION[$node]}}
     contains "$region" "${REGIONS[@]}" || bad_usage "unknown region $region; one of: ${REGIONS[*]}"
     need_bins
+    if [[ $MODE == wan ]]; then
+        # From inside the client's region's namespace, so it crosses the WAN to other regions.
+        need_wan "./testnet.sh client"
+        exec ip netns exec "${NETNS[$region]}" "$BIN/sy-client" "${APP_ADDR[$node/$app]}" \
+            --from "${CLIENT_IP[$region]}" --timeout "$timeout"
+    fi
     exec "$BIN/sy-client" "${APP_ADDR[$node/$app]}" --from "${CLIENT_IP[$region]}" \
         --timeout "$timeout"
+}
+
+# wan set A B DUR | cut A B | heal A B | loss A B PCT | show: tests/wan/netns.sh's commands.
+cmd_wan() {
+    local usage_msg="usage: ./testnet.sh wan set A B DUR | cut A B | heal A B | loss A B PCT | show"
+    [[ $# -ge 1 ]] || bad_usage "$usage_msg"
+    case "$1/$#" in
+        set/4 | loss/4 | cut/3 | heal/3 | show/1) ;;
+        *) bad_usage "$usage_msg" ;;
+    esac
+    local arg
+    for arg in "${@:2:2}"; do
+        [[ $arg == '*' ]] || contains "${arg^^}" "${REGIONS[@]}" ||
+            bad_usage "unknown region $arg; one of: ${REGIONS[*]} (B may be '*': all others)"
+    done
+    [[ $MODE == wan ]] || die "the testnet is not in WAN mode; start it with ./testnet.sh up --wan"
+    BIN=$(bin_dir)
+    need_wan "./testnet.sh wan"
+    netns_sh "$@"
+    if [[ $1 != show ]]; then # the matrix as it is now
+        netns_sh show | sed -n '1,/^link /{/^link /d;p}'
+    fi
 }
 
 main() {
     [[ $# -gt 0 ]] || bad_usage
     local cmd=$1
     shift
+    # `up` picks its mode (--wan); the other commands follow the running testnet's.
+    if [[ $cmd != up && $(recorded_mode) == wan ]]; then
+        use_wan
+    fi
     case $cmd in
         up) cmd_up "$@" ;;
         down) cmd_down "$@" ;;
@@ -1008,6 +1321,7 @@ main() {
         origin) cmd_origin "$@" ;;
         node) cmd_node "$@" ;;
         client) cmd_client "$@" ;;
+        wan) cmd_wan "$@" ;;
         help | -h | --help) usage ;;
         *) bad_usage "unknown command: $cmd" ;;
     esac

@@ -234,10 +234,12 @@ impl Transport {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match links.get(&peer) {
             Some(link) => {
-                let mut slot = link.conn.lock().unwrap_or_else(|p| p.into_inner());
-                if slot.as_ref().is_none_or(|c| c.close_reason().is_some()) {
-                    *slot = Some(conn.clone());
-                }
+                // The newest connection from a peer wins: a peer that restarted at the same
+                // address dials anew, while the old connection to its dead process still
+                // looks open until it idles out (30 s) and would swallow every reply. The old
+                // one is not closed here: when both sides dial at once, each keeps the
+                // other's, and closing would tear down both.
+                *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
             }
             None => {
                 let link = self.clone().start_link(peer, Some(conn.clone()));

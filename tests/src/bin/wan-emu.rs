@@ -274,17 +274,22 @@ fn ctl(control: &Path, timeout: Duration, line: &str) -> anyhow::Result<ExitCode
     s.read_to_string(&mut reply)
         .with_context(|| format!("read reply from {}", control.display()))?;
     let mut lines: Vec<&str> = reply.lines().collect();
+    // Output piped into `head` may close early; that is not an error worth a panic.
+    let print = |lines: &[&str]| {
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            if writeln!(out, "{l}").is_err() {
+                break;
+            }
+        }
+    };
     match lines.pop() {
         Some("ok") => {
-            for l in lines {
-                println!("{l}");
-            }
+            print(&lines);
             Ok(ExitCode::SUCCESS)
         }
         Some(err) if err.starts_with("error:") => {
-            for l in lines {
-                println!("{l}");
-            }
+            print(&lines);
             eprintln!("wan-emu: {}", err.trim_start_matches("error:").trim());
             Ok(ExitCode::FAILURE)
         }

@@ -1,0 +1,1383 @@
+//! End-to-end scenarios on the WAN testbed (root only: skipped otherwise). The real
+//! `switchyard` binary runs as one node per region (WNAM, WEU, SEAS at 10.250.<r>.1) inside the
+//! testbed's namespaces, joined by `wan-emu` (WNAM-WEU 75 ms, WNAM-SEAS 160 ms, WEU-SEAS
+//! 170 ms round trip), in front of two `test-origin` processes per region (.11 and .12, data on
+//! 7000, HTTP health on 7080). Clients connect from each region's .100 address, which a GeoIP
+//! database built for the test places in the US (California: WNAM), Germany (WEU) and
+//! Singapore (SEAS), and read the greeting of the origin that served them.
+//!
+//! 1. Dynamic steering follows the latency the client's region measures, when the WAN changes.
+//! 2. Geo steering sends a client to its region's pool, whichever region's node it reaches.
+//! 3. Failover across regions when a region's origins die, within the monitor's bound, and back.
+//! 4. A partition: the cut-off node keeps serving its own clients from its own view, the others
+//!    mark it down, and after healing the mesh merges by itself and the views agree.
+//! 5. Node loss: a client retries through another node; the node restarts and rejoins under its
+//!    id with a higher generation, and no node declares the running new incarnation down.
+//!
+//! Each scenario prints a timeline (run with `--nocapture` to see it): what changed when, and
+//! what each node saw. On failure it also prints the tail of every node's log and the
+//! emulator's counters. Every wait has a deadline and polls; the only timing bound asserted is
+//! the failover bound the monitor implies (see [`failover_bound`]). The scenarios run one at a
+//! time (each runs three nodes and six origins on a small machine).
+//!
+//! `E2E_WAN_LOGS=1` prints every node's whole log after each scenario, pass or fail;
+//! `E2E_WAN_NODE_LOG` sets the nodes' `RUST_LOG` (default `info`).
+//!
+//! Needs the `switchyard` binary next to the tests crate's binaries (`cargo test --workspace`
+//! builds it; otherwise `cargo build -p switchyard-node`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use switchyard_node::status::Status;
+use switchyard_tests::wan::{skip_without_root, Testbed, DEFAULT_REGIONS};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::time::timeout;
+
+const WAN_EMU: &str = env!("CARGO_BIN_EXE_wan-emu");
+const TEST_ORIGIN: &str = env!("CARGO_BIN_EXE_test-origin");
+
+/// One node per region: (region, node id, the region's pool).
+const NODES: [(&str, &str, &str); 3] = [
+    ("WNAM", "edge-wnam", "wnam"),
+    ("WEU", "edge-weu", "weu"),
+    ("SEAS", "edge-seas", "seas"),
+];
+
+/// Host parts of each region's 10.250.<r>.0/24.
+const NODE_HOST: u8 = 1;
+const ORIGIN_HOSTS: [u8; 2] = [11, 12];
+const CLIENT_HOST: u8 = 100;
+
+const MESH_PORT: u16 = 7946;
+const STATUS_PORT: u16 = 9900;
+const DATA_PORT: u16 = 7000;
+const HEALTH_PORT: u16 = 7080;
+/// Every node's apps, on its own address.
+const APP_FAILOVER: u16 = 10001;
+const APP_GEO: u16 = 10002;
+const APP_DYNAMIC: u16 = 10003;
+
+/// The http monitor. An HTTP probe takes two round trips (connect, then request and response):
+/// up to 2 x 170 ms across the WAN by default, and 2 x 300 ms from WNAM to WEU once scenario 1
+/// raises that link. A timeout of 400 ms would turn scenario 1's slower link into a dead one
+/// (the pool would leave for being down, not for being slow), so the monitor probes every
+/// second with a 900 ms timeout.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+const MONITOR_TIMEOUT: Duration = Duration::from_millis(900);
+const MONITOR_RETRIES: u32 = 1;
+/// For a flip to reach every node: it is pushed to every peer at once (one way: at most
+/// 85 ms here), then taken into the next published view.
+const MESH_ALLOWANCE: Duration = Duration::from_secs(1);
+
+/// How long after origins die (or come back) every node steers accordingly, as the issue
+/// states it: interval x (retries + 1) plus one second (the next round starts within one
+/// interval; each of its 1 + retries attempts ends within the timeout, at most the interval),
+/// plus the mesh's propagation allowance for the other nodes. With the monitor above:
+/// 1 s x (1 + 1) + 1 s + 1 s = 4 s.
+fn failover_bound() -> Duration {
+    MONITOR_INTERVAL * (MONITOR_RETRIES + 1) + Duration::from_secs(1) + MESH_ALLOWANCE
+}
+
+/// For the mesh to form, merge after a partition, or take a restarted node back, and for every
+/// node to observe every origin. Generous: not a target.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// For SWIM to declare an unreachable member down (probe 500 ms, suspect 3 s). Generous.
+const DETECT: Duration = Duration::from_secs(20);
+/// For RTT averages to rank pools anew and steering to follow. Generous.
+const RTT_CATCH_UP: Duration = Duration::from_secs(30);
+/// One connect, read or status request that should succeed.
+const STEP: Duration = Duration::from_secs(3);
+/// How often waits poll.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The scenarios run one at a time (each test has its own runtime; tokio's mutex is not
+/// tied to one, and a failed scenario does not poison it).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The `switchyard` binary: next to this crate's binaries, in target/<profile>/.
+fn switchyard_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/<profile>/deps/e2e_wan-xxxx
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+    let bin = dir.join("switchyard");
+    if !bin.is_file() {
+        bail!(
+            "no switchyard binary at {}: build it with cargo build -p switchyard-node",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The pool an origin belongs to, from its name (`weu-2` -> `weu`).
+fn pool_of(origin: &str) -> &str {
+    origin.split('-').next().unwrap_or("")
+}
+
+fn node_id(region: &str) -> &'static str {
+    NODES
+        .iter()
+        .find(|n| n.0 == region)
+        .map(|n| n.1)
+        .expect("a known region")
+}
+
+fn pool_of_region(region: &str) -> &'static str {
+    NODES
+        .iter()
+        .find(|n| n.0 == region)
+        .map(|n| n.2)
+        .expect("a known region")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the status document.
+
+fn member_state<'a>(s: &'a Status, id: &str) -> Option<&'a str> {
+    s.members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.state.as_str())
+}
+
+fn member_generation(s: &Status, id: &str) -> Option<u64> {
+    s.members.iter().find(|m| m.id == id).map(|m| m.generation)
+}
+
+fn alive(s: &Status) -> Vec<&str> {
+    s.members
+        .iter()
+        .filter(|m| m.state == "alive")
+        .map(|m| m.id.as_str())
+        .collect()
+}
+
+/// The mean RTT (ms) that `observer` measured to `pool`'s origins, as `s`'s node sees it.
+fn observer_rtt(s: &Status, observer: &str, pool: &str) -> Option<f64> {
+    let p = s.pools.iter().find(|p| p.name == pool)?;
+    let mut sum = 0.0;
+    for o in &p.origins {
+        sum += o.observers.get(observer)?.rtt_ms?;
+    }
+    (!p.origins.is_empty()).then(|| sum / p.origins.len() as f64)
+}
+
+/// Whether every origin of `pool` is seen up (`up`) or down by `region`'s observers, in `s`.
+fn pool_in_region(s: &Status, pool: &str, region: &str, up: bool) -> bool {
+    s.pools.iter().find(|p| p.name == pool).is_some_and(|p| {
+        p.origins
+            .iter()
+            .all(|o| o.region_health.get(region) == Some(&up))
+    })
+}
+
+/// One line: members, and each origin's health per observing region.
+fn describe(s: &Status) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| format!("{}={}(gen {})", m.id, m.state, m.generation))
+        .collect();
+    let origins: Vec<String> = s
+        .pools
+        .iter()
+        .flat_map(|p| &p.origins)
+        .map(|o| {
+            let regions: Vec<String> = o
+                .region_health
+                .iter()
+                .map(|(r, up)| format!("{r}{}", if *up { '+' } else { '-' }))
+                .collect();
+            format!(
+                "{}={}[{}]",
+                o.name,
+                if o.healthy { "up" } else { "down" },
+                regions.join(" ")
+            )
+        })
+        .collect();
+    format!(
+        "members {}; origins {}",
+        members.join(" "),
+        origins.join(" ")
+    )
+}
+
+/// Whether every node's status agrees on every origin's health (per region and global) and
+/// every origin is up, observed by all three nodes.
+fn views_agree(views: &[(String, Status)]) -> Result<(), String> {
+    // Per origin: its name, health per observing region, and global health.
+    type Health = (String, Vec<(String, bool)>, Option<bool>);
+    let key = |s: &Status| -> Vec<Health> {
+        s.pools
+            .iter()
+            .flat_map(|p| &p.origins)
+            .map(|o| {
+                (
+                    o.name.clone(),
+                    o.region_health
+                        .iter()
+                        .map(|(r, h)| (r.clone(), *h))
+                        .collect(),
+                    o.global_health,
+                )
+            })
+            .collect()
+    };
+    for (id, s) in views {
+        for o in s.pools.iter().flat_map(|p| &p.origins) {
+            if !o.healthy || o.observers.len() != 3 || !o.observers.values().all(|v| v.healthy) {
+                return Err(format!(
+                    "{id}: {} not up with 3 healthy observers: {o:?}",
+                    o.name
+                ));
+            }
+            if o.region_health.len() != 3 || !o.region_health.values().all(|h| *h) {
+                return Err(format!(
+                    "{id}: {} region health {:?}",
+                    o.name, o.region_health
+                ));
+            }
+        }
+    }
+    let first = key(&views[0].1);
+    for (id, s) in &views[1..] {
+        if key(s) != first {
+            return Err(format!(
+                "{id} disagrees with {}: {:?} vs {:?}",
+                views[0].0,
+                key(s),
+                first
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: testbed, certificates, GeoIP database, origins and nodes.
+
+struct Cluster {
+    test: &'static str,
+    t0: Instant,
+    tb: Option<Testbed>,
+    /// Certificates, the GeoIP database, configs and logs (inside the testbed's directory,
+    /// removed with it).
+    dir: PathBuf,
+    switchyard: PathBuf,
+    nodes: BTreeMap<&'static str, Child>,
+    origins: BTreeMap<String, Child>,
+    /// Set when the scenario passed; otherwise Drop prints the logs.
+    ok: bool,
+}
+
+impl Cluster {
+    /// Brings the testbed up, starts six origins and three nodes, and waits until every node
+    /// lists all three alive and every origin is up, observed by all three nodes.
+    async fn up(test: &'static str) -> Result<Cluster> {
+        let switchyard = switchyard_bin()?;
+        let t0 = Instant::now();
+        let tb = Testbed::up(WAN_EMU, &DEFAULT_REGIONS)?;
+        let dir = tb.dir().join("e2e");
+        std::fs::create_dir_all(&dir)?;
+        let mut c = Cluster {
+            test,
+            t0,
+            tb: Some(tb),
+            dir,
+            switchyard,
+            nodes: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            ok: false,
+        };
+        c.note(format!(
+            "testbed up: WNAM 10.250.1.0/24, WEU 10.250.2.0/24, SEAS 10.250.3.0/24; monitor http \
+             interval {MONITOR_INTERVAL:?} timeout {MONITOR_TIMEOUT:?} retries {MONITOR_RETRIES}"
+        ));
+        switchyard_gossip::tls::init_ca(&c.dir.join("ca"), "e2e-wan")
+            .map_err(|e| anyhow!("init CA: {e}"))?;
+        for (_, id, _) in NODES {
+            switchyard_gossip::tls::issue_cert(&c.dir.join("ca"), id, &c.dir)
+                .map_err(|e| anyhow!("issue a certificate for {id}: {e}"))?;
+        }
+        switchyard_geo::geoip::build(
+            "10.250.1.0/24,US,CA,37.34,-121.89\n\
+             10.250.2.0/24,DE,,50.11,8.68\n\
+             10.250.3.0/24,SG,,1.35,103.82\n",
+            &c.dir.join("geo.mmdb"),
+        )
+        .map_err(|e| anyhow!("build the GeoIP database: {e}"))?;
+        for (region, id, _) in NODES {
+            std::fs::write(c.config_path(id), c.node_config(region))?;
+        }
+        for (region, _, pool) in NODES {
+            for k in 1..=ORIGIN_HOSTS.len() {
+                c.start_origin(region, &format!("{pool}-{k}")).await?;
+            }
+        }
+        c.note("6 origins accepting");
+        for (region, ..) in NODES {
+            c.start_node(region).await?;
+        }
+        c.note("3 nodes answer status");
+        let took = c
+            .wait_for("every node lists all 3 alive", CONVERGE, || async {
+                for (region, ..) in NODES {
+                    let s = c.status(region).await.map_err(|e| format!("{e:#}"))?;
+                    let a = alive(&s);
+                    if a.len() != 3 {
+                        return Err(format!("{} sees alive: {a:?}", node_id(region)));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        c.note(format!(
+            "mesh formed ({} after the nodes answered)",
+            secs(took)
+        ));
+        c.wait_for(
+            "every origin up, observed by all 3 nodes, in every node's view",
+            CONVERGE,
+            || async { c.views_agree().await },
+        )
+        .await?;
+        c.snapshot("ready").await;
+        Ok(c)
+    }
+
+    fn tb(&self) -> &Testbed {
+        self.tb.as_ref().expect("the testbed is up until drop")
+    }
+
+    fn ip(&self, region: &str, host: u8) -> IpAddr {
+        self.tb().addr(region, host)
+    }
+
+    fn node_addr(&self, region: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip(region, NODE_HOST), port)
+    }
+
+    fn client_ip(&self, region: &str) -> IpAddr {
+        self.ip(region, CLIENT_HOST)
+    }
+
+    fn config_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.toml"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Prints a timeline line: seconds since the testbed came up.
+    fn note(&self, msg: impl Display) {
+        println!(
+            "[{} +{:>8.3}s] {msg}",
+            self.test,
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    fn node_config(&self, region: &str) -> String {
+        let id = node_id(region);
+        let seeds: Vec<String> = NODES
+            .iter()
+            .filter(|n| n.0 != region)
+            .map(|n| format!("\"{}\"", self.node_addr(n.0, MESH_PORT)))
+            .collect();
+        let mut pools = String::new();
+        for (r, _, pool) in NODES {
+            let origins: Vec<String> = ORIGIN_HOSTS
+                .iter()
+                .enumerate()
+                .map(|(k, h)| {
+                    format!(
+                        r#"{{ name = "{pool}-{}", address = "{}" }}"#,
+                        k + 1,
+                        SocketAddr::new(self.ip(r, *h), DATA_PORT)
+                    )
+                })
+                .collect();
+            pools.push_str(&format!(
+                "\n[[pool]]\nname = \"{pool}\"\nmonitor = \"http\"\norigins = [{}]\n",
+                origins.join(", ")
+            ));
+        }
+        let app = |name: &str, port: u16| {
+            format!(
+                "\n[[app]]\nname = \"{name}\"\nlisten = \"{}\"\nload_balancer = \"{name}\"\n",
+                self.node_addr(region, port)
+            )
+        };
+        format!(
+            r#"[node]
+id = "{id}"
+region = "{region}"
+status_listen = "{status}"
+drain_timeout = "1s"
+
+[mesh]
+cluster = "e2e-wan"
+listen = "{mesh}"
+seeds = [{seeds}]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+probe_period = "500ms"
+probe_timeout = "400ms"
+suspect_timeout = "3s"
+announce_interval = "1s"
+anti_entropy_interval = "1s"
+
+[geo]
+database = "{geo}"
+
+[[monitor]]
+name = "http"
+type = "http"
+port = {HEALTH_PORT}
+path = "/health"
+interval = "{interval}ms"
+timeout = "{timeout}ms"
+retries = {MONITOR_RETRIES}
+{pools}
+[[load_balancer]]
+name = "failover"
+steering = "failover"
+default_pools = ["weu", "wnam", "seas"]
+
+[[load_balancer]]
+name = "geo"
+steering = "geo"
+default_pools = ["wnam", "weu", "seas"]
+region_pools = {{ WNAM = ["wnam"], WEU = ["weu"], SEAS = ["seas"] }}
+
+[[load_balancer]]
+name = "dynamic"
+steering = "dynamic"
+default_pools = ["weu", "seas"]
+{failover}{geo_app}{dynamic}"#,
+            status = self.node_addr(region, STATUS_PORT),
+            mesh = self.node_addr(region, MESH_PORT),
+            seeds = seeds.join(", "),
+            ca = self.dir.join("ca").join("ca.crt").display(),
+            cert = self.dir.join(format!("{id}.crt")).display(),
+            key = self.dir.join(format!("{id}.key")).display(),
+            geo = self.dir.join("geo.mmdb").display(),
+            interval = MONITOR_INTERVAL.as_millis(),
+            timeout = MONITOR_TIMEOUT.as_millis(),
+            failover = app("failover", APP_FAILOVER),
+            geo_app = app("geo", APP_GEO),
+            dynamic = app("dynamic", APP_DYNAMIC),
+        )
+    }
+
+    fn log_file(&self, name: &str) -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .with_context(|| format!("open the log of {name}"))
+    }
+
+    /// Starts origin `name` (`weu-2`: WEU, host .12) and waits until both its ports accept.
+    async fn start_origin(&mut self, region: &str, name: &str) -> Result<()> {
+        let k: usize = name
+            .rsplit('-')
+            .next()
+            .and_then(|k| k.parse().ok())
+            .expect("pool-k");
+        let ip = self.ip(region, ORIGIN_HOSTS[k - 1]);
+        let data = SocketAddr::new(ip, DATA_PORT);
+        let http = SocketAddr::new(ip, HEALTH_PORT);
+        let log = self.log_file(name)?;
+        let child = self
+            .tb()
+            .command(region, TEST_ORIGIN)?
+            .args([
+                "--name",
+                name,
+                "--listen",
+                &data.to_string(),
+                "--http",
+                &http.to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start test-origin {name} in {region}"))?;
+        self.origins.insert(name.to_string(), child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for addr in [data, http] {
+            loop {
+                let sock = self.tb().tcp_socket(region)?;
+                if let Ok(Ok(_)) = timeout(Duration::from_millis(500), sock.connect(addr)).await {
+                    break;
+                }
+                if let Some(st) = self.origins.get_mut(name).and_then(|c| c.try_wait().ok()?) {
+                    bail!(
+                        "test-origin {name} exited ({st}): {}",
+                        tail(&self.log_path(name), 20)
+                    );
+                }
+                if Instant::now() >= deadline {
+                    bail!("origin {name} not accepting on {addr} within 10s");
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs an origin and reaps it.
+    fn kill_origin(&mut self, name: &str) -> Result<()> {
+        let mut child = self
+            .origins
+            .remove(name)
+            .ok_or_else(|| anyhow!("origin {name} is not running"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the region's node and waits until its status endpoint answers.
+    async fn start_node(&mut self, region: &'static str) -> Result<()> {
+        let id = node_id(region);
+        let log = self.log_file(id)?;
+        let child = self
+            .tb()
+            .command(region, &self.switchyard)?
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path(id))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_WAN_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} in {region}", self.switchyard.display()))?;
+        self.nodes.insert(region, child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.status(region).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(st) = self.nodes.get_mut(region).and_then(|c| c.try_wait().ok()?) {
+                bail!("{id} exited ({st}):\n{}", tail(&self.log_path(id), 30));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{id}: status not answering within 15s:\n{}",
+                    tail(&self.log_path(id), 30)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILLs a node (a crash: no leave) and reaps it.
+    fn kill_node(&mut self, region: &str) -> Result<()> {
+        let mut child = self
+            .nodes
+            .remove(region)
+            .ok_or_else(|| anyhow!("no node running in {region}"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// GETs `path` from the region's node status endpoint, from inside its namespace (the
+    /// endpoint is bound to the node's address, which only that namespace can reach directly).
+    async fn http_get(&self, region: &str, path: &str) -> Result<String> {
+        let addr = self.node_addr(region, STATUS_PORT);
+        let sock = self.tb().tcp_socket(region)?;
+        let mut s = timeout(STEP, sock.connect(addr))
+            .await
+            .map_err(|_| anyhow!("connect {addr}: timed out"))?
+            .with_context(|| format!("connect {addr}"))?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        timeout(STEP, s.read_to_end(&mut buf))
+            .await
+            .map_err(|_| anyhow!("GET {addr}{path}: no full answer within {STEP:?}"))??;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("GET {addr}{path}: no HTTP head in {text:?}"))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {addr}{path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_string())
+    }
+
+    async fn status(&self, region: &str) -> Result<Status> {
+        let body = self.http_get(region, "/v1/status").await?;
+        serde_json::from_str(&body).context("decode /v1/status")
+    }
+
+    /// Every node's status, by node id.
+    async fn statuses(&self) -> Result<Vec<(String, Status)>, String> {
+        let mut all = Vec::new();
+        for (region, id, _) in NODES {
+            let s = self
+                .status(region)
+                .await
+                .map_err(|e| format!("{id}: {e:#}"))?;
+            all.push((id.to_string(), s));
+        }
+        Ok(all)
+    }
+
+    async fn views_agree(&self) -> Result<(), String> {
+        views_agree(&self.statuses().await?)
+    }
+
+    /// The region's node's explanation of how `lb` steers `client` now, in one line.
+    async fn explain(&self, region: &str, lb: &str, client: IpAddr) -> String {
+        let path = format!("/v1/explain?lb={lb}&client={client}");
+        match self.http_get(region, &path).await {
+            Ok(body) => match serde_json::from_str::<switchyard_node::explain::Explanation>(&body)
+            {
+                Ok(e) => format!(
+                    "{} explains {lb} for {client}: region {:?} (by {}), pool {:?} ({}), origin {:?}",
+                    node_id(region),
+                    e.region,
+                    e.located_by,
+                    e.pool,
+                    e.pool_reason.unwrap_or_default(),
+                    e.origin
+                ),
+                Err(e) => format!("{}: explain: {e}", node_id(region)),
+            },
+            Err(e) => format!("{}: explain: {e:#}", node_id(region)),
+        }
+    }
+
+    /// Connects as a client of region `from` (source 10.250.<from>.100, socket made in that
+    /// namespace) to app `port` of the node in region `via`, and returns the greeting of the
+    /// origin that served it.
+    async fn client(&self, from: &str, via: &str, port: u16) -> Result<String> {
+        let sock = self.tb().tcp_socket(from)?;
+        sock.bind(SocketAddr::new(self.client_ip(from), 0))?;
+        let to = self.node_addr(via, port);
+        let what = format!("a {from} client via {} ({to})", node_id(via));
+        let stream = timeout(STEP, sock.connect(to))
+            .await
+            .map_err(|_| anyhow!("{what}: connect timed out"))?
+            .with_context(|| format!("{what}: connect"))?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let n = timeout(STEP, reader.read_line(&mut line))
+            .await
+            .map_err(|_| anyhow!("{what}: no greeting within {STEP:?}"))?
+            .with_context(|| format!("{what}: read"))?;
+        if n == 0 {
+            bail!("{what}: closed without a greeting");
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Like `client`, as an error string for waits.
+    async fn origin_for(&self, from: &str, via: &str, port: u16) -> Result<String, String> {
+        self.client(from, via, port)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Prints what every node sees now.
+    async fn snapshot(&self, label: &str) {
+        for (region, id, _) in NODES {
+            if !self.nodes.contains_key(region) {
+                self.note(format!("  {label}: {id}: (not running)"));
+                continue;
+            }
+            match self.status(region).await {
+                Ok(s) => self.note(format!("  {label}: {id} sees {}", describe(&s))),
+                Err(e) => self.note(format!("  {label}: {id}: status: {e:#}")),
+            }
+        }
+    }
+
+    /// Polls `check` every POLL until it returns Ok; fails with `what` and the last reason
+    /// after `within`. Returns how long it took.
+    async fn wait_for<F, Fut>(&self, what: &str, within: Duration, mut check: F) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let start = Instant::now();
+        let deadline = start + within;
+        loop {
+            let last = match check().await {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                self.note(format!(
+                    "TIMEOUT: {what}: not within {within:?}; last: {last}"
+                ));
+                bail!("{what}: not true within {within:?}; last: {last}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Records the scenario's outcome (Drop prints the logs on failure).
+    fn finish(mut self, res: Result<()>) -> Result<()> {
+        self.ok = res.is_ok();
+        match &res {
+            Ok(()) => self.note("PASSED"),
+            Err(e) => self.note(format!("FAILED: {e:#}")),
+        }
+        res
+    }
+
+    /// The tail of every node's log (all of it with E2E_WAN_LOGS set) and the emulator's
+    /// counters.
+    fn dump_logs(&self) {
+        let lines = if std::env::var_os("E2E_WAN_LOGS").is_some() {
+            usize::MAX
+        } else {
+            40
+        };
+        for (_, id, _) in NODES {
+            println!(
+                "----- {id} log (last {lines} lines) -----\n{}",
+                tail(&self.log_path(id), lines)
+            );
+        }
+        if let Some(tb) = &self.tb {
+            match tb.show() {
+                Ok(show) => println!("----- wan-emu show -----\n{show}"),
+                Err(e) => println!("----- wan-emu show: {e:#}"),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.ok || std::thread::panicking() || std::env::var_os("E2E_WAN_LOGS").is_some() {
+            self.dump_logs();
+        }
+        for child in self.nodes.values_mut().chain(self.origins.values_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(tb) = self.tb.take() {
+            if let Err(e) = tb.down() {
+                eprintln!("{}: {e:#}", self.test);
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Dynamic steering.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_dynamic_steering_follows_wan_latency() -> Result<()> {
+    if skip_without_root("e2e_dynamic_steering_follows_wan_latency") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::up("dynamic").await?;
+    let res = dynamic(&c).await;
+    c.finish(res)
+}
+
+/// The RTT averages (ms) that WNAM's node measured to weu and seas, as `s`'s node sees them.
+fn wnam_rtts(s: &Status) -> (Option<f64>, Option<f64>) {
+    (
+        observer_rtt(s, "edge-wnam", "weu"),
+        observer_rtt(s, "edge-wnam", "seas"),
+    )
+}
+
+async fn print_wnam_rtts(c: &Cluster, label: &str) {
+    for (region, id, _) in NODES {
+        if let Ok(s) = c.status(region).await {
+            let ms = |v: Option<f64>| v.map_or("none".into(), |v| format!("{v:.1} ms"));
+            let (weu, seas) = wnam_rtts(&s);
+            c.note(format!(
+                "  {label}: {id} sees edge-wnam's RTT averages: weu {}, seas {}",
+                ms(weu),
+                ms(seas)
+            ));
+        }
+    }
+}
+
+async fn dynamic(c: &Cluster) -> Result<()> {
+    let wnam_client = c.client_ip("WNAM");
+    // WNAM-WEU 75 ms < WNAM-SEAS 160 ms: from WNAM, weu is nearer.
+    let took = c
+        .wait_for(
+            "a WNAM client reaches weu through every node's dynamic app",
+            RTT_CATCH_UP,
+            || async {
+                for (via, ..) in NODES {
+                    let got = c.origin_for("WNAM", via, APP_DYNAMIC).await?;
+                    if pool_of(&got) != "weu" {
+                        return Err(format!("via {}: {got}", node_id(via)));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    c.note(format!(
+        "a WNAM client reaches weu through every node ({})",
+        secs(took)
+    ));
+    print_wnam_rtts(c, "at 75 ms").await;
+    c.note(c.explain("WNAM", "dynamic", wnam_client).await);
+    for _ in 0..5 {
+        let got = c.client("WNAM", "WNAM", APP_DYNAMIC).await?;
+        assert_eq!(pool_of(&got), "weu", "a WNAM client via edge-wnam: {got}");
+    }
+
+    c.tb()
+        .set_latency("WNAM", "WEU", Duration::from_millis(300))?;
+    let t_set = Instant::now();
+    c.note("set WNAM-WEU to 300 ms round trip (WNAM-SEAS stays 160 ms)");
+
+    // The RTT averages (EWMA of probe round trips) catch up: from WNAM, weu is now slower than
+    // seas, in every node's view of the mesh.
+    c.wait_for(
+        "every node sees edge-wnam's RTT average to weu above its average to seas",
+        RTT_CATCH_UP,
+        || async {
+            for (id, s) in c.statuses().await? {
+                match wnam_rtts(&s) {
+                    (Some(weu), Some(seas)) if weu > seas => {}
+                    other => return Err(format!("{id}: (weu, seas) = {other:?}")),
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let caught_up = t_set.elapsed();
+    c.note(format!(
+        "RTT averages caught up {} after the change",
+        secs(caught_up)
+    ));
+    print_wnam_rtts(c, "at 300 ms").await;
+
+    let t_caught = Instant::now();
+    c.wait_for(
+        "a WNAM client reaches seas through every node's dynamic app",
+        RTT_CATCH_UP,
+        || async {
+            for (via, ..) in NODES {
+                let got = c.origin_for("WNAM", via, APP_DYNAMIC).await?;
+                if pool_of(&got) != "seas" {
+                    return Err(format!("via {}: {got}", node_id(via)));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    c.note(format!(
+        "WNAM clients moved to seas on every node {} after the RTT averages caught up ({} after the change)",
+        secs(t_caught.elapsed()),
+        secs(t_set.elapsed())
+    ));
+    c.note(c.explain("WNAM", "dynamic", wnam_client).await);
+    for _ in 0..5 {
+        let got = c.client("WNAM", "WNAM", APP_DYNAMIC).await?;
+        assert_eq!(pool_of(&got), "seas", "a WNAM client via edge-wnam: {got}");
+    }
+    // Both pools stayed healthy: the move is for latency, not for health.
+    let s = c.status("WNAM").await?;
+    assert!(
+        pool_in_region(&s, "weu", "WNAM", true),
+        "weu should still be up from WNAM: {}",
+        describe(&s)
+    );
+    c.snapshot("after").await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Geo steering across nodes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_geo_steering_across_nodes() -> Result<()> {
+    if skip_without_root("e2e_geo_steering_across_nodes") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::up("geo").await?;
+    let res = geo(&c).await;
+    c.finish(res)
+}
+
+async fn geo(c: &Cluster) -> Result<()> {
+    // The case the scenario names: a WEU client on the WNAM node's geo app.
+    for _ in 0..5 {
+        let got = c.client("WEU", "WNAM", APP_GEO).await?;
+        c.note(format!("a WEU client via edge-wnam's geo app: {got}"));
+        assert_eq!(pool_of(&got), "weu", "a WEU client via edge-wnam: {got}");
+    }
+    let weu_client = c.client_ip("WEU");
+    let body = c
+        .http_get("WNAM", &format!("/v1/explain?lb=geo&client={weu_client}"))
+        .await?;
+    let e: switchyard_node::explain::Explanation = serde_json::from_str(&body)?;
+    c.note(c.explain("WNAM", "geo", weu_client).await);
+    assert_eq!(e.region.as_deref(), Some("WEU"), "{e:?}");
+    assert_eq!(e.country.as_deref(), Some("DE"), "{e:?}");
+    assert_eq!(e.located_by, "database", "{e:?}");
+    assert_eq!(e.pool.as_deref(), Some("weu"), "{e:?}");
+
+    // And every region's client on every node.
+    for (from, ..) in NODES {
+        for (via, ..) in NODES {
+            let got = c.client(from, via, APP_GEO).await?;
+            c.note(format!("a {from} client via {}: {got}", node_id(via)));
+            assert_eq!(
+                pool_of(&got),
+                pool_of_region(from),
+                "a {from} client via {}: {got}",
+                node_id(via)
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Failover across regions.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_failover_across_regions() -> Result<()> {
+    if skip_without_root("e2e_failover_across_regions") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::up("failover").await?;
+    let res = failover(&mut c).await;
+    c.finish(res)
+}
+
+/// Waits until, on every node, a WEU client on the failover app is served by `pool` and the
+/// node's status shows weu's origins `weu_up` as WEU sees them; notes when each node got there.
+async fn every_node_steers_weu_clients(
+    c: &Cluster,
+    what: &str,
+    pool: &str,
+    weu_up: bool,
+    since: Instant,
+) -> Result<Duration> {
+    let done: RefCell<BTreeMap<&str, Duration>> = RefCell::new(BTreeMap::new());
+    let res = c
+        .wait_for(what, failover_bound(), || async {
+            let mut pending = Vec::new();
+            for (via, id, _) in NODES {
+                if done.borrow().contains_key(id) {
+                    continue;
+                }
+                let s = c.status(via).await.map_err(|e| format!("{id}: {e:#}"))?;
+                let view = pool_in_region(&s, "weu", "WEU", weu_up);
+                let got = c.origin_for("WEU", via, APP_FAILOVER).await;
+                match got {
+                    Ok(name) if pool_of(&name) == pool && view => {
+                        let at = since.elapsed();
+                        c.note(format!(
+                            "  {id}: a WEU client is served by {name}; weu in WEU's view: {} ({})",
+                            if weu_up { "up" } else { "down" },
+                            secs(at)
+                        ));
+                        done.borrow_mut().insert(id, at);
+                    }
+                    other => pending.push(format!("{id}: client {other:?}, weu view ok: {view}")),
+                }
+            }
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(pending.join("; "))
+            }
+        })
+        .await;
+    res?;
+    let slowest = done.borrow().values().copied().max().unwrap_or_default();
+    Ok(slowest)
+}
+
+async fn failover(c: &mut Cluster) -> Result<()> {
+    let bound = failover_bound();
+    c.note(format!(
+        "failover bound: interval {MONITOR_INTERVAL:?} x (retries {MONITOR_RETRIES} + 1) + 1s + \
+         mesh allowance {MESH_ALLOWANCE:?} = {bound:?}"
+    ));
+    c.wait_for(
+        "a WEU client is served by weu through every node's failover app",
+        CONVERGE,
+        || async {
+            for (via, ..) in NODES {
+                let got = c.origin_for("WEU", via, APP_FAILOVER).await?;
+                if pool_of(&got) != "weu" {
+                    return Err(format!("via {}: {got}", node_id(via)));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    c.note("before: a WEU client is served by weu through every node");
+
+    c.kill_origin("weu-1")?;
+    c.kill_origin("weu-2")?;
+    let t_kill = Instant::now();
+    c.note("killed weu-1 and weu-2 (SIGKILL)");
+    let took = every_node_steers_weu_clients(
+        c,
+        "every node steers WEU clients to wnam (failover: weu, wnam, seas)",
+        "wnam",
+        false,
+        t_kill,
+    )
+    .await?;
+    c.note(format!(
+        "every node fails WEU clients over to wnam: slowest {} (bound {bound:?})",
+        secs(took)
+    ));
+    c.note(c.explain("WNAM", "failover", c.client_ip("WEU")).await);
+    c.snapshot("weu down").await;
+
+    c.start_origin("WEU", "weu-1").await?;
+    c.start_origin("WEU", "weu-2").await?;
+    let t_back = Instant::now();
+    c.note("restarted weu-1 and weu-2 (accepting)");
+    let took = every_node_steers_weu_clients(
+        c,
+        "every node steers WEU clients back to weu",
+        "weu",
+        true,
+        t_back,
+    )
+    .await?;
+    c.note(format!(
+        "every node steers WEU clients back to weu: slowest {} (bound {bound:?})",
+        secs(took)
+    ));
+    c.snapshot("weu back").await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Partition.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_partition_and_heal() -> Result<()> {
+    if skip_without_root("e2e_partition_and_heal") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::up("partition").await?;
+    let res = partition(&c).await;
+    c.finish(res)
+}
+
+/// Waits until every node in `observers` lists `id` as `state`; notes when each did.
+async fn wait_member_state(
+    c: &Cluster,
+    observers: &[&str],
+    id: &str,
+    state: &str,
+    within: Duration,
+    since: Instant,
+) -> Result<()> {
+    let done: RefCell<Vec<&str>> = RefCell::new(Vec::new());
+    c.wait_for(
+        &format!("{observers:?} list {id} {state}"),
+        within,
+        || async {
+            let mut pending = Vec::new();
+            for &region in observers {
+                let me = node_id(region);
+                if done.borrow().contains(&me) {
+                    continue;
+                }
+                let s = c.status(region).await.map_err(|e| format!("{me}: {e:#}"))?;
+                match member_state(&s, id) {
+                    Some(st) if st == state => {
+                        c.note(format!(
+                            "  {me} lists {id} {state} ({} after the change)",
+                            secs(since.elapsed())
+                        ));
+                        done.borrow_mut().push(me);
+                    }
+                    other => pending.push(format!("{me} lists {id} as {other:?}")),
+                }
+            }
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(pending.join("; "))
+            }
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn partition(c: &Cluster) -> Result<()> {
+    let got = c.client("SEAS", "SEAS", APP_GEO).await?;
+    assert_eq!(
+        pool_of(&got),
+        "seas",
+        "before: a SEAS client via edge-seas: {got}"
+    );
+
+    c.tb().cut("SEAS", "WNAM")?;
+    c.tb().cut("SEAS", "WEU")?;
+    let t_cut = Instant::now();
+    c.note("cut SEAS off from WNAM and WEU");
+
+    let got = c.client("SEAS", "SEAS", APP_GEO).await?;
+    c.note(format!(
+        "right after the cut, a SEAS client via edge-seas: {got}"
+    ));
+    assert_eq!(pool_of(&got), "seas", "a SEAS client via edge-seas: {got}");
+
+    wait_member_state(c, &["WNAM", "WEU"], "edge-seas", "down", DETECT, t_cut).await?;
+    wait_member_state(c, &["SEAS"], "edge-wnam", "down", DETECT, t_cut).await?;
+    wait_member_state(c, &["SEAS"], "edge-weu", "down", DETECT, t_cut).await?;
+
+    // SEAS's own view: it cannot reach weu's or wnam's origins, so its failover app (weu, wnam,
+    // seas) serves its clients from seas, as does geo.
+    c.wait_for(
+        "edge-seas serves its own clients from seas on both apps",
+        CONVERGE,
+        || async {
+            let s = c.status("SEAS").await.map_err(|e| format!("{e:#}"))?;
+            if !pool_in_region(&s, "weu", "SEAS", false)
+                || !pool_in_region(&s, "wnam", "SEAS", false)
+            {
+                return Err(format!("edge-seas sees {}", describe(&s)));
+            }
+            for port in [APP_FAILOVER, APP_GEO] {
+                let got = c.origin_for("SEAS", "SEAS", port).await?;
+                if pool_of(&got) != "seas" {
+                    return Err(format!("port {port}: {got}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    c.note(format!(
+        "edge-seas serves SEAS clients from seas on failover and geo, weu and wnam down in its view ({} after the cut)",
+        secs(t_cut.elapsed())
+    ));
+    // The other side still serves its own clients.
+    for (from, via) in [("WNAM", "WNAM"), ("WEU", "WEU"), ("WEU", "WNAM")] {
+        let got = c.client(from, via, APP_GEO).await?;
+        c.note(format!(
+            "during the partition, a {from} client via {}: {got}",
+            node_id(via)
+        ));
+        assert_eq!(
+            pool_of(&got),
+            pool_of_region(from),
+            "{from} via {via}: {got}"
+        );
+    }
+    c.snapshot("partitioned").await;
+
+    c.tb().heal("SEAS", "WNAM")?;
+    c.tb().heal("SEAS", "WEU")?;
+    let t_heal = Instant::now();
+    c.note("healed both links");
+
+    let took = c
+        .wait_for("every node lists all 3 alive again", CONVERGE, || async {
+            for (id, s) in c.statuses().await? {
+                let a = alive(&s);
+                if a.len() != 3 {
+                    return Err(format!("{id} sees alive {a:?}; {}", describe(&s)));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    c.note(format!(
+        "the mesh merged by itself: all 3 alive everywhere {} after the heal",
+        secs(took)
+    ));
+    c.wait_for(
+        "every node's view agrees: every origin up in every region",
+        CONVERGE,
+        || async { c.views_agree().await },
+    )
+    .await?;
+    c.note(format!(
+        "views agree on origin health {} after the heal",
+        secs(t_heal.elapsed())
+    ));
+    let got = c.client("SEAS", "SEAS", APP_FAILOVER).await?;
+    c.note(format!(
+        "after the heal, a SEAS client via edge-seas's failover app: {got}"
+    ));
+    assert_eq!(pool_of(&got), "weu", "SEAS's view has weu back: {got}");
+    c.snapshot("healed").await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Node loss.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_node_loss_and_rejoin() -> Result<()> {
+    if skip_without_root("e2e_node_loss_and_rejoin") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::up("node-loss").await?;
+    let res = node_loss(&mut c).await;
+    c.finish(res)
+}
+
+async fn node_loss(c: &mut Cluster) -> Result<()> {
+    let before = c.status("WNAM").await?;
+    let old_gen = member_generation(&before, "edge-weu")
+        .ok_or_else(|| anyhow!("edge-wnam does not list edge-weu"))?;
+    c.note(format!("edge-weu runs under generation {old_gen}"));
+
+    c.kill_node("WEU")?;
+    let t_kill = Instant::now();
+    c.note("killed edge-weu (SIGKILL)");
+
+    // The client tries its own region's node first, and fails...
+    let first = c.client("WEU", "WEU", APP_GEO).await;
+    match &first {
+        Ok(got) => bail!("edge-weu is dead but a WEU client via edge-weu was served by {got}"),
+        Err(e) => c.note(format!("a WEU client via edge-weu fails: {e:#}")),
+    }
+    // ...then retries through another node.
+    let got = c.client("WEU", "WNAM", APP_GEO).await?;
+    c.note(format!("the WEU client retries via edge-wnam: {got}"));
+    assert_eq!(pool_of(&got), "weu", "a WEU client via edge-wnam: {got}");
+
+    wait_member_state(c, &["WNAM", "SEAS"], "edge-weu", "down", DETECT, t_kill).await?;
+    let got = c.client("WEU", "WNAM", APP_GEO).await?;
+    c.note(format!(
+        "with edge-weu down, a WEU client via edge-wnam: {got}"
+    ));
+    assert_eq!(pool_of(&got), "weu", "a WEU client via edge-wnam: {got}");
+    c.note(c.explain("WNAM", "geo", c.client_ip("WEU")).await);
+    c.snapshot("edge-weu down").await;
+
+    c.start_node("WEU").await?;
+    let t_restart = Instant::now();
+    c.note("restarted edge-weu (same id, same config); its status answers");
+    // When each node first lists the new incarnation alive (or down); and whether any declares the
+    // new incarnation down while its process runs and every link is up (a false failure
+    // detection: SWIM's probe timeout, 400 ms, is far above any round trip here).
+    let seen: RefCell<BTreeSet<String>> = RefCell::new(BTreeSet::new());
+    let flapped: RefCell<Option<String>> = RefCell::new(None);
+    let waited = c
+        .wait_for(
+            "every node lists edge-weu alive under a higher generation, and all 3 alive",
+            CONVERGE,
+            || async {
+                let mut pending = Vec::new();
+                for (id, s) in c.statuses().await? {
+                    let gen = member_generation(&s, "edge-weu");
+                    let state = member_state(&s, "edge-weu").unwrap_or("absent");
+                    if let Some(g) = gen.filter(|g| *g > old_gen) {
+                        let key = format!("{id} {state} {g}");
+                        if state != "suspect" && seen.borrow_mut().insert(key) {
+                            c.note(format!(
+                                "  {id} lists edge-weu {state}, generation {g} ({} after the restart)",
+                                secs(t_restart.elapsed())
+                            ));
+                        }
+                        if state == "down" && flapped.borrow().is_none() {
+                            *flapped.borrow_mut() = Some(format!(
+                                "{id} declared the restarted, running edge-weu (generation {g}) down {} after the restart: {}",
+                                secs(t_restart.elapsed()),
+                                describe(&s)
+                            ));
+                            c.snapshot("flapped").await;
+                        }
+                    }
+                    let a = alive(&s);
+                    if a.len() != 3 || gen.is_none_or(|g| g <= old_gen) || state != "alive" {
+                        pending.push(format!(
+                            "{id}: alive {a:?}, edge-weu {state} generation {gen:?} (old {old_gen})"
+                        ));
+                    }
+                }
+                if pending.is_empty() {
+                    Ok(())
+                } else {
+                    Err(pending.join("; "))
+                }
+            },
+        )
+        .await;
+    // A flap fails the scenario even if the node is taken back later; the wait above went on,
+    // to show when (if) it was.
+    if let Some(msg) = flapped.into_inner() {
+        match &waited {
+            Ok(took) => c.note(format!(
+                "every node lists edge-weu alive, all 3 alive, only {} after the restart",
+                secs(*took)
+            )),
+            Err(e) => c.note(format!("and then: {e:#}")),
+        }
+        bail!("{msg}");
+    }
+    let took = waited?;
+    let s = c.status("WNAM").await?;
+    c.note(format!(
+        "edge-weu rejoined: generation {old_gen} -> {:?}, all 3 alive everywhere {} after the restart",
+        member_generation(&s, "edge-weu"),
+        secs(took)
+    ));
+    for (id, s) in c.statuses().await.map_err(anyhow::Error::msg)? {
+        let n = s.members.iter().filter(|m| m.id == "edge-weu").count();
+        assert_eq!(n, 1, "{id} lists edge-weu {n} times: {}", describe(&s));
+    }
+    let got = c.client("WEU", "WEU", APP_GEO).await?;
+    c.note(format!("a WEU client via the restarted edge-weu: {got}"));
+    assert_eq!(pool_of(&got), "weu", "a WEU client via edge-weu: {got}");
+    c.snapshot("rejoined").await;
+    Ok(())
+}
