@@ -262,11 +262,8 @@ impl Geo {
                 s.build_date = Some(humantime::format_rfc3339_seconds(built).to_string());
                 let age = SystemTime::now().duration_since(built).unwrap_or_default();
                 s.age_days = Some(age.as_secs() / 86_400);
-                if age > STALE_AFTER && s.warning.is_none() {
-                    s.warning = Some(format!(
-                        "the database is {} days old; GeoIP data drifts, update it",
-                        age.as_secs() / 86_400
-                    ));
+                if s.warning.is_none() {
+                    s.warning = stale_warning(age);
                 }
             }
             None if s.warning.is_none() => {
@@ -279,6 +276,16 @@ impl Geo {
         }
         s
     }
+}
+
+/// A warning for a database older than 60 days.
+fn stale_warning(age: Duration) -> Option<String> {
+    (age > STALE_AFTER).then(|| {
+        format!(
+            "the database is {} days old; GeoIP data drifts, update it",
+            age.as_secs() / 86_400
+        )
+    })
 }
 
 /// An ISO 3166-2 subdivision suffix (at most 3 characters), kept on the stack.
@@ -400,6 +407,14 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_database_older_than_60_days_gets_a_warning() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(stale_warning(day * 59), None);
+        let w = stale_warning(day * 61).unwrap();
+        assert!(w.contains("61 days old"), "{w}");
     }
 
     #[test]

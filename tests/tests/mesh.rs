@@ -400,3 +400,81 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The LAN profile's own timings (no overrides), tuned for 50 nodes: a crashed node is
+/// declared down within about 10 s, and a node that stalls for 2 s is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -> anyhow::Result<()>
+{
+    let certs = Certs::new("defaults");
+    let o = origin("o").await;
+    let body = pool(o.addr(), "");
+    let ids = ["t1", "t2", "t3"];
+    for id in ids {
+        certs.issue(id);
+    }
+    // The default [mesh] timings: strip the fast overrides.
+    let slow = |id: &str, region: &str, seeds: &[SocketAddr]| {
+        let mut cfg = config(id, region, &certs.dir, &certs.ca(), seeds, &body);
+        if let Some(m) = cfg.mesh.as_mut() {
+            m.probe_period = None;
+            m.probe_timeout = None;
+            m.suspect_timeout = None;
+        }
+        cfg
+    };
+    let t1 = start(slow("t1", "WNAM", &[])).await;
+    let seed = mesh_addr(&t1);
+    let t2 = start(slow("t2", "WEU", &[seed])).await;
+    let t3 = start(slow("t3", "SEAS", &[seed])).await;
+    for app in [&t1, &t2, &t3] {
+        eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
+    }
+
+    // A 2 s stall: t3 neither sends nor receives, then resumes. Nobody may declare it down.
+    fn faults(a: &App) -> &switchyard_gossip::transport::Faults {
+        a.shared().mesh.as_ref().unwrap().faults()
+    }
+    let stalled_at = tokio::time::Instant::now();
+    for (a, b) in [(&t3, &t1), (&t3, &t2), (&t1, &t3), (&t2, &t3)] {
+        faults(a).block(mesh_addr(b));
+    }
+    // Watch for the whole stall and a probe period after it.
+    let mut saw_down = false;
+    while stalled_at.elapsed() < Duration::from_secs(2) {
+        saw_down |= state_of(&t1, "t3").as_deref() == Some("down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for app in [&t1, &t2, &t3] {
+        faults(app).heal_all();
+    }
+    let resumed = tokio::time::Instant::now();
+    while resumed.elapsed() < Duration::from_secs(5) {
+        saw_down |= [&t1, &t2]
+            .iter()
+            .any(|a| state_of(a, "t3").as_deref() == Some("down"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!saw_down, "a 2 s stall made a node declare t3 down");
+    for app in [&t1, &t2] {
+        eventually("t3 is alive after the stall", WAIT, || async {
+            state_of(app, "t3").as_deref() == Some("alive")
+        })
+        .await?;
+    }
+
+    // A crash: declared down by both others within about 10 s (12 s allowed).
+    t3.kill().await;
+    for app in [&t1, &t2] {
+        eventually(
+            "t3 is declared down within 12 s of the crash",
+            Duration::from_secs(12),
+            || async { state_of(app, "t3").as_deref() == Some("down") },
+        )
+        .await?;
+    }
+    for app in [&t1, &t2] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
