@@ -20,7 +20,7 @@ use crate::config::{AppConfig, Config, Listen};
 use crate::config::{MeshProfile, MeshSection, Quorum};
 use crate::error::Error;
 use crate::geo::Geo;
-use crate::health::{Attempt, HealthPolicy, HealthState, Next};
+use crate::health::{Attempt, HealthPolicy, HealthState, Next, OriginHealth};
 use crate::metrics::{AppLabels, BytesLabels, Direction, Metrics, OriginLabels, ResultLabels};
 use crate::monitor::{self, MonitorSet};
 use crate::proxy::{self, Affinity};
@@ -224,10 +224,7 @@ impl Shared {
         let next = state.on_attempt(policy, attempt, now);
         if let Next::Done { changed } = next {
             let row = state.row().clone();
-            let labels = OriginLabels {
-                pool: key.pool.to_string(),
-                origin: key.origin.to_string(),
-            };
+            let labels = OriginLabels::of(key);
             let result = if failed { "fail" } else { "ok" };
             self.metrics
                 .probes
@@ -248,12 +245,7 @@ impl Shared {
                 .get_or_create(&labels)
                 .set(i64::from(row.healthy));
             if changed {
-                self.metrics.health_changes.get_or_create(&labels).inc();
-                if row.healthy {
-                    tracing::info!(pool = %key.pool, origin = %key.origin, "origin up");
-                } else {
-                    tracing::warn!(pool = %key.pool, origin = %key.origin, reason = row.reason.as_deref().unwrap_or(""), "origin down");
-                }
+                self.on_flip(key, &labels, &row, "");
             }
             let rt = self.snapshot.load().rt.clone();
             self.publish(&book, rt);
@@ -263,35 +255,29 @@ impl Shared {
 
     /// A connect to an origin failed while proxying: count it against the origin now.
     pub fn on_connect_failure(&self, key: &OriginKey, reason: String) {
-        self.metrics
-            .connect_failures
-            .get_or_create(&OriginLabels {
-                pool: key.pool.to_string(),
-                origin: key.origin.to_string(),
-            })
-            .inc();
+        let labels = OriginLabels::of(key);
+        self.metrics.connect_failures.get_or_create(&labels).inc();
         let mut book = self.book();
         let Some((state, policy)) = book.states.get_mut(key) else {
             return;
         };
-        if state.on_passive_failure(policy, reason.clone(), Instant::now()) {
-            self.metrics
-                .health_changes
-                .get_or_create(&OriginLabels {
-                    pool: key.pool.to_string(),
-                    origin: key.origin.to_string(),
-                })
-                .inc();
-            self.metrics
-                .origin_healthy
-                .get_or_create(&OriginLabels {
-                    pool: key.pool.to_string(),
-                    origin: key.origin.to_string(),
-                })
-                .set(0);
-            tracing::warn!(pool = %key.pool, origin = %key.origin, %reason, "origin down (passive)");
+        if state.on_passive_failure(policy, reason, Instant::now()) {
+            let row = state.row().clone();
+            self.metrics.origin_healthy.get_or_create(&labels).set(0);
+            self.on_flip(key, &labels, &row, " (passive)");
             let rt = self.snapshot.load().rt.clone();
             self.publish(&book, rt);
+        }
+    }
+
+    /// Counts and logs an up/down flip, whichever way it was noticed.
+    fn on_flip(&self, key: &OriginKey, labels: &OriginLabels, row: &OriginHealth, how: &str) {
+        self.metrics.health_changes.get_or_create(labels).inc();
+        if row.healthy {
+            tracing::info!(pool = %key.pool, origin = %key.origin, "origin up{how}");
+        } else {
+            let reason = row.reason.as_deref().unwrap_or("");
+            tracing::warn!(pool = %key.pool, origin = %key.origin, %reason, "origin down{how}");
         }
     }
 
