@@ -23,7 +23,7 @@ use crate::geo::Geo;
 use crate::health::{Attempt, HealthPolicy, HealthState, Next, OriginHealth};
 use crate::metrics::{AppLabels, BytesLabels, Direction, Metrics, OriginLabels, ResultLabels};
 use crate::monitor::{self, MonitorSet};
-use crate::proxy::{self, Affinity};
+use crate::proxy::{self, Affinity, DecisionCounters};
 use crate::runtime::{Obs, OriginKey, RemoteReport, Report, Runtime, Snapshot, View};
 use crate::status;
 use switchyard_gossip::mesh::{
@@ -90,6 +90,8 @@ pub struct Shared {
     health: Mutex<HealthBook>,
     pub metrics: Metrics,
     pub affinity: Affinity,
+    /// Per-(load balancer, pool) decision counters for the current runtime.
+    pub decision_counters: DecisionCounters,
     pub started: Instant,
     pub started_wall: SystemTime,
     /// Connections being proxied, so shutdown can wait for them.
@@ -336,6 +338,7 @@ impl App {
             }),
             metrics,
             affinity: Affinity::default(),
+            decision_counters: DecisionCounters::default(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
             connections: TaskTracker::new(),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -17,11 +17,13 @@ use tracing::{field::Empty, Instrument};
 
 use crate::app::{AppSlot, Shared};
 use crate::config::{canonical_ip, ProxyProtocol, SessionAffinity};
-use crate::metrics::{DecisionLabels, RejectLabels};
+use crate::metrics::{DecisionLabels, Metrics, RejectLabels};
 use crate::proxy_protocol;
 use crate::relay::{self, Direction};
 use crate::runtime::Runtime;
 use crate::steering::{self, Request, Sticky};
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 
 /// Origins tried at most for one connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -113,9 +115,40 @@ async fn handle(
         slot.stats.active.dec();
     });
 
+    // What the origin gets first, in one write as soon as it is connected: the PROXY header
+    // and whatever the client has sent already (client-first protocols such as HTTP and TLS
+    // then reach the origin in one piece, without waiting for the relay).
+    let mut first = match match cfg.proxy_protocol {
+        ProxyProtocol::Off => None,
+        ProxyProtocol::V1 => Some(proxy_protocol::Version::V1),
+        ProxyProtocol::V2 => Some(proxy_protocol::Version::V2),
+    } {
+        Some(version) => {
+            let local = client.local_addr().unwrap_or(peer);
+            proxy_protocol::encode(version, peer, local)
+        }
+        None => Vec::new(),
+    };
+    let initial_len = match relay::read_initial(&client) {
+        Ok(Some(bytes)) => {
+            let n = bytes.len();
+            if first.is_empty() {
+                first = bytes;
+            } else {
+                first.extend_from_slice(&bytes);
+            }
+            n
+        }
+        Ok(None) => 0,
+        Err(_) => {
+            tracing::debug!(parent: &span, "client reset before its origin was chosen");
+            return;
+        }
+    };
+
     let started = Instant::now();
-    let Some((origin, pool_name, origin_name, counter)) =
-        connect(&shared, &cfg, client_ip, port_offset, started)
+    let Some((mut origin, sent, pool_name, origin_name, counter)) =
+        connect(&shared, &cfg, client_ip, port_offset, started, &first)
             .instrument(span.clone())
             .await
     else {
@@ -127,21 +160,15 @@ async fn handle(
     let _counted = Guard(|| {
         counter.fetch_sub(1, Ordering::Relaxed);
     });
-
-    let mut origin = origin;
-    if let Some(version) = match cfg.proxy_protocol {
-        ProxyProtocol::Off => None,
-        ProxyProtocol::V1 => Some(proxy_protocol::Version::V1),
-        ProxyProtocol::V2 => Some(proxy_protocol::Version::V2),
-    } {
-        let local = client.local_addr().unwrap_or(peer);
-        let header = proxy_protocol::encode(version, peer, local);
-        if let Err(e) = origin.write_all(&header).await {
-            tracing::debug!(parent: &span, "sending the PROXY header failed: {e}");
-            return;
-        }
+    if let Err(e) = origin.write_all(&first[sent..]).await {
+        tracing::debug!(parent: &span, "sending the first bytes to the origin failed: {e}");
+        return;
     }
+    slot.stats.bytes_in.inc_by(initial_len as u64);
+    drop(first);
 
+    // Linux hands the listener's TCP_NODELAY down to accepted sockets.
+    #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let stats = &slot.stats;
     let relayed = relay::relay(client, origin, cfg.idle_timeout, |dir, n| match dir {
@@ -156,7 +183,7 @@ async fn handle(
         out = relayed => {
             tracing::debug!(
                 parent: &span,
-                bytes_in = out.client_to_origin,
+                bytes_in = out.client_to_origin + initial_len as u64,
                 bytes_out = out.origin_to_client,
                 duration_ms = started.elapsed().as_millis() as u64,
                 end = out.end.as_str(),
@@ -169,8 +196,11 @@ async fn handle(
     }
 }
 
+/// The origin connection, how much of `first` it took already, the pool's and origin's
+/// names, and the origin's open-connection count.
 type Connected = (
     TcpStream,
+    usize,
     Arc<str>,
     Arc<str>,
     Arc<std::sync::atomic::AtomicU32>,
@@ -183,6 +213,7 @@ async fn connect(
     client: IpAddr,
     port_offset: u16,
     started: Instant,
+    first: &[u8],
 ) -> Option<Connected> {
     let deadline = started + cfg.connect_timeout;
     let geo = shared.geo.locate_fast(client);
@@ -214,12 +245,8 @@ async fn connect(
         let pool = &rt.pools[d.pool];
         let origin = &pool.origins[d.origin];
         shared
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                load_balancer: lb.name.to_string(),
-                pool: pool.name.to_string(),
-            })
+            .decision_counters
+            .get(&shared.metrics, rt, lb_idx, d.pool)
             .inc();
         exclude[attempt] = (d.pool, d.origin);
         let key = rt.key(d.pool, d.origin);
@@ -228,10 +255,9 @@ async fn connect(
             continue;
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = tokio::time::timeout(left, dial(&origin.addr, port)).await;
+        let result = tokio::time::timeout(left, dial(&origin.addr, port, first)).await;
         match result {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+            Ok(Ok((stream, sent))) => {
                 if lb.affinity == SessionAffinity::ClientIp {
                     shared.affinity.put(
                         &lb.name,
@@ -243,6 +269,7 @@ async fn connect(
                 }
                 return Some((
                     stream,
+                    sent,
                     pool.name.clone(),
                     origin.name.clone(),
                     origin.active.clone(),
@@ -266,11 +293,62 @@ async fn connect(
     None
 }
 
-async fn dial(addr: &crate::config::OriginAddr, port: u16) -> std::io::Result<TcpStream> {
-    match addr.ip {
-        Some(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
-        None => TcpStream::connect((addr.host.as_str(), port)).await,
+/// Connects, and sends what it can of `first` once connected: returns the stream and how
+/// many bytes of `first` went out.
+async fn dial(
+    addr: &crate::config::OriginAddr,
+    port: u16,
+    first: &[u8],
+) -> std::io::Result<(TcpStream, usize)> {
+    let stream = match addr.ip {
+        Some(ip) => return dial_ip(SocketAddr::new(ip, port), first).await,
+        None => TcpStream::connect((addr.host.as_str(), port)).await?,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok((stream, 0))
+}
+
+/// Connects with TCP_NODELAY set before the handshake, and writes `first` as soon as the
+/// connection is up. The first write is tried right after `connect`: on a fast path (a
+/// local origin) the handshake is already done, so the bytes leave before the origin is
+/// scheduled to accept and it reads them in the same wake-up. Otherwise the outcome is read
+/// from the readiness event, so a successful connect costs no `getsockopt(SO_ERROR)`.
+async fn dial_ip(addr: SocketAddr, first: &[u8]) -> std::io::Result<(TcpStream, usize)> {
+    use socket2::{Domain, Socket, Type};
+    use std::io::ErrorKind;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
     }
+    // On the raw socket: tokio would not try a write before the reactor reports the socket
+    // writable. While the handshake is in flight this fails with WouldBlock; a refused
+    // connect shows here as its own error.
+    let sent = match first.is_empty() {
+        true => None,
+        false => match socket.send_with_flags(first, libc::MSG_NOSIGNAL) {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            Err(e) => return Err(e),
+        },
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if let Some(n) = sent {
+        return Ok((stream, n));
+    }
+    let ready = stream.ready(tokio::io::Interest::WRITABLE).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| ErrorKind::ConnectionRefused.into()));
+    }
+    Ok((stream, 0))
 }
 
 fn connect_reason(e: &std::io::Error) -> String {
@@ -349,5 +427,87 @@ impl Affinity {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// `switchyard_steering_decisions_total` handles for the current runtime, so a connection
+/// counts its decision without building label strings or locking the metric family. A
+/// series appears on its first decision, as it would with `get_or_create`.
+#[derive(Default)]
+pub struct DecisionCounters(ArcSwapOption<CountersFor>);
+
+struct CountersFor {
+    rt: Arc<Runtime>,
+    /// Indexed `[load balancer * pools + pool]`.
+    counters: Vec<OnceLock<Counter>>,
+}
+
+impl DecisionCounters {
+    pub fn get(&self, metrics: &Metrics, rt: &Arc<Runtime>, lb: usize, pool: usize) -> Counter {
+        let pools = rt.pools.len();
+        let mut current = self.0.load_full();
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(&c.rt, rt)) {
+            // After a reload: whichever connection gets here first swaps in the new table.
+            let fresh = Arc::new(CountersFor {
+                rt: rt.clone(),
+                counters: (0..rt.load_balancers.len() * pools)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+            });
+            self.0.store(Some(fresh.clone()));
+            current = Some(fresh);
+        }
+        let table = current.expect("set above");
+        table.counters[lb * pools + pool]
+            .get_or_init(|| {
+                metrics
+                    .decisions
+                    .get_or_create(&DecisionLabels {
+                        load_balancer: rt.load_balancers[lb].name.to_string(),
+                        pool: rt.pools[pool].name.to_string(),
+                    })
+                    .clone()
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn dial_sends_the_first_bytes_with_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(dial_ip(addr, b"hello"), listener.accept());
+        let (mut stream, sent) = dialed.unwrap();
+        stream.write_all(&b"hello"[sent..]).await.unwrap();
+        let mut got = [0; 5];
+        accepted.unwrap().0.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert!(
+            stream.nodelay().unwrap(),
+            "origin connections set TCP_NODELAY"
+        );
+    }
+
+    #[tokio::test]
+    async fn dial_reports_a_refused_connect_with_or_without_first_bytes() {
+        // A port that was just free: nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        for first in [&b""[..], &b"hello"[..]] {
+            let err = dial_ip(addr, first).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "first={first:?}: {err}"
+            );
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -138,6 +138,7 @@ async fn relay_with<F: Fn(Direction, u64)>(
         activity: Activity::new(),
         client_to_origin: AtomicU64::new(0),
         origin_to_client: AtomicU64::new(0),
+        eofs: AtomicU8::new(0),
         on_bytes: &on_bytes,
     };
     let client_to_origin = Side {
@@ -178,6 +179,8 @@ struct Shared<'a, F> {
     activity: Activity,
     client_to_origin: AtomicU64,
     origin_to_client: AtomicU64,
+    /// Directions that have seen EOF.
+    eofs: AtomicU8,
     on_bytes: &'a F,
 }
 
@@ -288,25 +291,48 @@ async fn pump<F: Fn(Direction, u64)>(
     side: Side<'_>,
     shared: &Shared<'_, F>,
 ) -> Result<(), EndReason> {
+    // Whether the last burst was big enough that the next one should go straight to
+    // splicing; see `SMALL_BURST`.
+    #[cfg(target_os = "linux")]
+    let mut bulk = false;
     loop {
         // Nothing is held while waiting here: that is what keeps idle
         // connections cheap.
         side.src.readable().await.map_err(|_| EndReason::Error)?;
         let flow = match engine {
             #[cfg(target_os = "linux")]
-            Engine::Splice => match splicing::PipeLease::acquire() {
-                Ok(mut pipe) => splicing::splice_burst(&side, shared, &mut pipe).await?,
-                Err(err) => {
-                    splicing::note_pipe_failure(&err);
-                    copy_burst(&side, shared).await?
+            Engine::Splice => {
+                let small = if bulk {
+                    None
+                } else {
+                    copy_small(&side, shared).await?
+                };
+                match small {
+                    Some(flow) => flow,
+                    None => match splicing::PipeLease::acquire() {
+                        Ok(mut pipe) => {
+                            let (flow, moved) =
+                                splicing::splice_burst(&side, shared, &mut pipe).await?;
+                            bulk = moved >= SMALL_BURST;
+                            flow
+                        }
+                        Err(err) => {
+                            splicing::note_pipe_failure(&err);
+                            copy_burst(&side, shared).await?
+                        }
+                    },
                 }
-            },
+            }
             Engine::Copy => copy_burst(&side, shared).await?,
         };
         if let Flow::Eof = flow {
-            SockRef::from(side.dst)
-                .shutdown(Shutdown::Write)
-                .map_err(|_| side.dst_reset)?;
+            // The other direction is done too when it has already taken `shared.eofs`:
+            // then both sockets are about to be closed, and close sends this FIN itself.
+            if shared.eofs.fetch_add(1, Ordering::Relaxed) == 0 {
+                SockRef::from(side.dst)
+                    .shutdown(Shutdown::Write)
+                    .map_err(|_| side.dst_reset)?;
+            }
             return Ok(());
         }
     }
@@ -317,6 +343,12 @@ async fn pump<F: Fn(Direction, u64)>(
 const COPY_BUFFER_SIZE: usize = 64 * 1024;
 /// Per-thread cap on idle copy buffers kept for reuse.
 const MAX_POOLED_BUFFERS: usize = 8;
+/// Bursts up to this size are copied rather than spliced. A splice pair costs more
+/// kernel time than a read and a write of a few bytes, and request/reply traffic rarely
+/// comes in larger pieces; a read that fills this much switches the direction to
+/// splicing until a burst comes in under it again.
+#[cfg(target_os = "linux")]
+const SMALL_BURST: usize = 16 * 1024;
 
 thread_local! {
     static BUFFER_POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -350,6 +382,73 @@ impl Drop for BufferLease {
     }
 }
 
+/// What a just-accepted client has already sent, read without waiting (up to 16 KiB),
+/// so it can go out with the origin connection's first write: client-first protocols
+/// (HTTP, TLS) then reach the origin in one piece, and the origin is not woken by the new
+/// connection and again by its first bytes. `Ok(None)` when nothing has arrived yet (a
+/// server-first protocol, or a slow client) or the client already sent FIN; the relay
+/// sees that EOF again. `Err` when the client has reset.
+pub fn read_initial(client: &TcpStream) -> Result<Option<Vec<u8>>, EndReason> {
+    let mut lease = BufferLease::acquire();
+    let buf = &mut lease.0[..INITIAL_READ];
+    loop {
+        return match client.try_read(buf) {
+            Ok(0) => Ok(None),
+            // Copied out at its size: the pooled buffer must not stay with a connection
+            // that may wait seconds for its origin.
+            Ok(n) => Ok(Some(buf[..n].to_vec())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => Err(EndReason::ClientReset),
+        };
+    }
+}
+
+/// The most `read_initial` takes; the rest waits for the relay.
+const INITIAL_READ: usize = 16 * 1024;
+
+/// One read from the source into `buf`: `Ok(None)` when it would block.
+fn read_some(side: &Side<'_>, buf: &mut [u8]) -> Result<Option<usize>, EndReason> {
+    loop {
+        return match side.src.try_read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => Err(side.src_reset),
+        };
+    }
+}
+
+/// Whether a write that failed with `e` is to be retried once the socket is writable.
+fn try_again(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Writes all of `buf` to the destination, waiting for room as needed.
+async fn write_all<F: Fn(Direction, u64)>(
+    side: &Side<'_>,
+    shared: &Shared<'_, F>,
+    buf: &[u8],
+) -> Result<(), EndReason> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        side.dst.writable().await.map_err(|_| EndReason::Error)?;
+        match side.dst.try_write(&buf[sent..]) {
+            Ok(0) => return Err(side.dst_reset),
+            Ok(m) => {
+                sent += m;
+                shared.delivered(side.dir, m);
+            }
+            Err(e) if try_again(&e) => {}
+            Err(_) => return Err(side.dst_reset),
+        }
+    }
+    Ok(())
+}
+
 /// Reads and forwards through a userspace buffer until the source would block.
 async fn copy_burst<F: Fn(Direction, u64)>(
     side: &Side<'_>,
@@ -358,28 +457,35 @@ async fn copy_burst<F: Fn(Direction, u64)>(
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..];
     loop {
-        let n = match side.src.try_read(buf) {
-            Ok(0) => return Ok(Flow::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(side.src_reset),
-        };
-        let mut sent = 0;
-        while sent < n {
-            side.dst.writable().await.map_err(|_| EndReason::Error)?;
-            match side.dst.try_write(&buf[sent..n]) {
-                Ok(0) => return Err(side.dst_reset),
-                Ok(m) => {
-                    sent += m;
-                    shared.delivered(side.dir, m);
+        match read_some(side, buf)? {
+            None => return Ok(Flow::Drained),
+            Some(0) => return Ok(Flow::Eof),
+            Some(n) => write_all(side, shared, &buf[..n]).await?,
+        }
+    }
+}
+
+/// Copies a burst while it stays small. `Ok(None)` once a read fills `SMALL_BURST`
+/// (everything read so far delivered): the rest of the burst is the splicer's.
+#[cfg(target_os = "linux")]
+async fn copy_small<F: Fn(Direction, u64)>(
+    side: &Side<'_>,
+    shared: &Shared<'_, F>,
+) -> Result<Option<Flow>, EndReason> {
+    let mut lease = BufferLease::acquire();
+    let buf = &mut lease.0[..SMALL_BURST];
+    let mut copied = 0;
+    loop {
+        match read_some(side, buf)? {
+            None => return Ok(Some(Flow::Drained)),
+            Some(0) => return Ok(Some(Flow::Eof)),
+            Some(n) => {
+                write_all(side, shared, &buf[..n]).await?;
+                copied += n;
+                // Many small reads in one burst are a stream after all.
+                if n == buf.len() || copied >= 4 * SMALL_BURST {
+                    return Ok(None);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => return Err(side.dst_reset),
             }
         }
     }
@@ -589,22 +695,28 @@ mod splicing {
         side: &Side<'_>,
         shared: &Shared<'_, F>,
         lease: &mut PipeLease,
-    ) -> Result<Flow, EndReason> {
+    ) -> Result<(Flow, usize), EndReason> {
         let (pipe_read, pipe_write, capacity) = match lease.pipe() {
             Ok(pipe) => (pipe.read.as_raw_fd(), pipe.write.as_raw_fd(), pipe.capacity),
             Err(_) => return Err(EndReason::Error),
         };
         let src = side.src.as_raw_fd();
         let dst = side.dst.as_raw_fd();
+        let mut moved = 0;
         loop {
             debug_assert_eq!(lease.pending, 0);
             match side
                 .src
                 .try_io(Interest::READABLE, || splice(src, pipe_write, capacity))
             {
-                Ok(0) => return Ok(Flow::Eof),
-                Ok(n) => lease.pending = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Drained),
+                Ok(0) => return Ok((Flow::Eof, moved)),
+                Ok(n) => {
+                    lease.pending = n;
+                    moved += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flow::Drained, moved))
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     lease.poisoned = true;
@@ -625,11 +737,7 @@ mod splicing {
                         lease.pending -= m.min(lease.pending);
                         shared.delivered(side.dir, m);
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) => {}
+                    Err(e) if try_again(&e) => {}
                     Err(_) => {
                         lease.poisoned = true;
                         return Err(side.dst_reset);
@@ -848,6 +956,70 @@ mod tests {
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(stream);
+    }
+
+    /// A request/reply exchange after a bulk transfer: the direction that went to splicing
+    /// for the bulk part must come back to small messages without stalling or reordering.
+    #[tokio::test]
+    async fn small_messages_after_bulk_keep_flowing() {
+        for &engine in ENGINES {
+            let mut rig = rig(engine, Duration::from_secs(60)).await;
+            let sent = send(&mut rig.client, 2 << 20, 11).await;
+            let mut got = vec![0; 2 << 20];
+            rig.origin.read_exact(&mut got).await.unwrap();
+            assert_eq!(fnv(0xcbf2_9ce4_8422_2325, &got), sent, "{engine:?}");
+            for i in 0..20u8 {
+                let msg = [i; 64];
+                rig.client.write_all(&msg).await.unwrap();
+                let mut req = [0; 64];
+                rig.origin.read_exact(&mut req).await.unwrap();
+                assert_eq!(req, msg, "{engine:?}");
+                rig.origin.write_all(&[i ^ 0xff; 32]).await.unwrap();
+                let mut reply = [0; 32];
+                rig.client.read_exact(&mut reply).await.unwrap();
+                assert_eq!(reply, [i ^ 0xff; 32], "{engine:?}");
+            }
+            drop(rig.client);
+            drop(rig.origin);
+            assert_eq!(
+                outcome(rig.relay).await.end,
+                EndReason::Closed,
+                "{engine:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn read_initial_takes_what_the_client_sent_first() {
+        // Nothing sent yet: nothing taken, and the socket is left as it was.
+        let (mut client, accepted) = pair().await;
+        assert_eq!(read_initial(&accepted).unwrap(), None);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        // Wait for the bytes to land, then take them without blocking.
+        accepted.readable().await.unwrap();
+        assert_eq!(
+            read_initial(&accepted).unwrap().as_deref(),
+            Some(&b"GET / HTTP/1.1\r\n"[..])
+        );
+        // More than the cap: the rest stays for the relay.
+        let big = vec![5u8; INITIAL_READ + 100];
+        client.write_all(&big).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut taken = 0;
+        while taken < INITIAL_READ {
+            assert!(Instant::now() < deadline, "the bytes never arrived");
+            accepted.readable().await.unwrap();
+            taken += read_initial(&accepted).unwrap().map_or(0, |b| b.len());
+        }
+        assert_eq!(
+            taken, INITIAL_READ,
+            "one read never takes more than the cap"
+        );
+        // A FIN before any byte is not an error: the relay sees the EOF again.
+        let (client2, accepted2) = pair().await;
+        drop(client2);
+        accepted2.readable().await.unwrap();
+        assert_eq!(read_initial(&accepted2).unwrap(), None);
     }
 
     #[tokio::test]

@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchyard_node::{status, Config};
+use switchyard_node::{status, App, Config};
 use switchyard_tests::harness::{
     app_addr, eventually, name_from, name_via, node, origin, origin_with,
 };
-use switchyard_tests::origin::{connect_from, read_line};
+use switchyard_tests::origin::{connect_from, read_line, TestOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 fn one_pool(
@@ -44,18 +44,24 @@ load_balancer = "lb"
     )
 }
 
+/// An app that sends PROXY headers of `version` to one origin that expects them.
+async fn behind_proxy_protocol(version: &str) -> (TestOrigin, App, SocketAddr) {
+    let o = origin_with("o", true).await;
+    let app = node(&one_pool(
+        &[("o", o.addr())],
+        "",
+        "",
+        &format!("proxy_protocol = \"{version}\""),
+    ))
+    .await;
+    let addr = app_addr(&app, "a").await;
+    (o, app, addr)
+}
+
 #[tokio::test]
 async fn proxy_protocol_v1_and_v2_carry_the_client_address() {
     for version in ["v1", "v2"] {
-        let o = origin_with("o", true).await;
-        let app = node(&one_pool(
-            &[("o", o.addr())],
-            "",
-            "",
-            &format!("proxy_protocol = \"{version}\""),
-        ))
-        .await;
-        let addr = app_addr(&app, "a").await;
+        let (o, _app, addr) = behind_proxy_protocol(version).await;
         let stream = connect_from(addr, Some("127.0.0.9".parse().unwrap()))
             .await
             .unwrap();
@@ -63,6 +69,30 @@ async fn proxy_protocol_v1_and_v2_carry_the_client_address() {
         let line = read_line(&mut BufReader::new(stream)).await.unwrap();
         assert_eq!(line.trim(), format!("o client={local}"), "{version}");
         assert_eq!(o.last_proxy_source(), Some(local), "{version}");
+    }
+}
+
+/// A client that talks first (HTTP, TLS): its first bytes may reach the proxy before the
+/// origin is chosen, and must still arrive after the PROXY header, once and in order.
+#[tokio::test]
+async fn a_client_that_talks_first_gets_header_then_its_bytes() {
+    for version in ["v1", "v2"] {
+        let (_o, app, addr) = behind_proxy_protocol(version).await;
+        let mut stream = connect_from(addr, None).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        stream.write_all(b"early bytes").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, format!("o client={local}\nearly bytes"), "{version}");
+        eventually("the bytes are counted", Duration::from_secs(5), || async {
+            status::document(app.shared()).apps[0].bytes_in == 11
+        })
+        .await
+        .unwrap();
     }
 }
 
