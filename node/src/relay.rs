@@ -23,6 +23,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -392,12 +393,11 @@ pub fn read_initial(client: &TcpStream) -> Result<Option<Vec<u8>>, EndReason> {
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..INITIAL_READ];
     loop {
-        return match client.try_read(buf) {
-            Ok(0) => Ok(None),
+        return match recv(client, buf) {
             // Copied out at its size: the pooled buffer must not stay with a connection
             // that may wait seconds for its origin.
-            Ok(n) => Ok(Some(buf[..n].to_vec())),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Ok(Read::Data { n, .. }) => Ok(Some(buf[..n].to_vec())),
+            Ok(Read::Eof | Read::WouldBlock) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => Err(EndReason::ClientReset),
         };
@@ -407,12 +407,57 @@ pub fn read_initial(client: &TcpStream) -> Result<Option<Vec<u8>>, EndReason> {
 /// The most `read_initial` takes; the rest waits for the relay.
 const INITIAL_READ: usize = 16 * 1024;
 
-/// One read from the source into `buf`: `Ok(None)` when it would block.
-fn read_some(side: &Side<'_>, buf: &mut [u8]) -> Result<Option<usize>, EndReason> {
+/// What one read got.
+enum Read {
+    /// `n` bytes; `drained` when the read came back short, which means it emptied the
+    /// socket's receive queue.
+    Data {
+        n: usize,
+        drained: bool,
+    },
+    Eof,
+    WouldBlock,
+}
+
+/// One read into `buf`. A short read empties the receive queue, so it also clears tokio's
+/// read readiness, as a WouldBlock would: the read that would only fail is saved (a
+/// syscall per message on request/reply traffic; HAProxy does the same). Clearing goes
+/// through `try_io`, whose readiness tick keeps data that lands meanwhile from being
+/// missed, and a FIN stays visible (tokio never clears read-closed).
+fn recv(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let len = buf.len();
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is writable memory of `len` bytes for the duration of the call and
+        // `fd` is the open socket borrowed from `stream`.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        got = n;
+        if n > 0 && n < len {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match read {
+        Ok(0) => Ok(Read::Eof),
+        Ok(n) => Ok(Read::Data { n, drained: false }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(Read::Data {
+            n: got,
+            drained: true,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::WouldBlock),
+        Err(e) => Err(e),
+    }
+}
+
+/// One read from the source into `buf`.
+fn read_some(side: &Side<'_>, buf: &mut [u8]) -> Result<Read, EndReason> {
     loop {
-        return match side.src.try_read(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        return match recv(side.src, buf) {
+            Ok(read) => Ok(read),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => Err(side.src_reset),
         };
@@ -458,15 +503,20 @@ async fn copy_burst<F: Fn(Direction, u64)>(
     let buf = &mut lease.0[..];
     loop {
         match read_some(side, buf)? {
-            None => return Ok(Flow::Drained),
-            Some(0) => return Ok(Flow::Eof),
-            Some(n) => write_all(side, shared, &buf[..n]).await?,
+            Read::WouldBlock => return Ok(Flow::Drained),
+            Read::Eof => return Ok(Flow::Eof),
+            Read::Data { n, drained } => {
+                write_all(side, shared, &buf[..n]).await?;
+                if drained {
+                    return Ok(Flow::Drained);
+                }
+            }
         }
     }
 }
 
-/// Copies a burst while it stays small. `Ok(None)` once a read fills `SMALL_BURST`
-/// (everything read so far delivered): the rest of the burst is the splicer's.
+/// Copies a burst if it is small. `Ok(None)` when a read fills `SMALL_BURST` (what it got
+/// delivered): the rest of the burst is the splicer's.
 #[cfg(target_os = "linux")]
 async fn copy_small<F: Fn(Direction, u64)>(
     side: &Side<'_>,
@@ -474,19 +524,12 @@ async fn copy_small<F: Fn(Direction, u64)>(
 ) -> Result<Option<Flow>, EndReason> {
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..SMALL_BURST];
-    let mut copied = 0;
-    loop {
-        match read_some(side, buf)? {
-            None => return Ok(Some(Flow::Drained)),
-            Some(0) => return Ok(Some(Flow::Eof)),
-            Some(n) => {
-                write_all(side, shared, &buf[..n]).await?;
-                copied += n;
-                // Many small reads in one burst are a stream after all.
-                if n == buf.len() || copied >= 4 * SMALL_BURST {
-                    return Ok(None);
-                }
-            }
+    match read_some(side, buf)? {
+        Read::WouldBlock => Ok(Some(Flow::Drained)),
+        Read::Eof => Ok(Some(Flow::Eof)),
+        Read::Data { n, drained } => {
+            write_all(side, shared, &buf[..n]).await?;
+            Ok(drained.then_some(Flow::Drained))
         }
     }
 }
@@ -496,7 +539,6 @@ mod splicing {
     use super::*;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use tokio::io::Interest;
 
     /// Per-thread cap on idle pipes kept for reuse. Bounded because every
     /// pooled pipe counts against the per-user pipe budget and holds two fds.

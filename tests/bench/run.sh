@@ -16,6 +16,8 @@
 #   PIN_RATE=same       generators and upstreams always run on CPU 0):
 #   PIN_RTT=same        split: proxy on CPU 1; same: proxy on CPU 0 too; none: no pinning at all
 #   PIN=              set all three at once (e.g. PIN=none)
+#   CAP_PERCENT=50    CPU cap (percent of one CPU, cgroup CPU quota) on the proxy for the
+#                     capped bulk runs; 0 skips them. Needs root and the cgroup cpu controller.
 #   SYSTEMS="switchyard haproxy-splice haproxy nginx direct"
 #   SKIP_INSTALL=0    1: do not apt-get missing tools
 #   SKIP_BUILD=0      1: use the binaries already in target/release
@@ -40,6 +42,7 @@ PIN_RTT=${PIN_RTT:-${PIN:-same}}
 SYSTEMS=${SYSTEMS:-"switchyard haproxy-splice haproxy nginx direct"}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
+CAP_PERCENT=${CAP_PERCENT:-50}
 
 RESULTS="$ROOT/tests/bench/results"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -53,6 +56,7 @@ die() {
 }
 
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 && $REPS -le 20 ]] || die "REPS must be 1..20"
+[[ $CAP_PERCENT =~ ^[0-9]+$ && $CAP_PERCENT -le 100 ]] || die "CAP_PERCENT must be 0..100"
 for p in "$PIN_BULK" "$PIN_RATE" "$PIN_RTT"; do
     case $p in split | same | none) ;; *) die "PIN_* must be split, same or none (got $p)" ;; esac
 done
@@ -135,6 +139,59 @@ pin_desc() {
 }
 PIN_DESC="bulk: $(pin_desc "$PIN_BULK"); new connections: $(pin_desc "$PIN_RATE"); RTT: $(pin_desc "$PIN_RTT"); idle memory: placed as bulk"
 
+# CPU cap for the capped bulk runs: a cgroup (v2 cpu.max, else v1 CFS quota) that holds the
+# proxies, unlimited except during those runs. With 2 CPUs the uncapped bulk runs are bound
+# by the load generator on the other CPU (iperf3 client and server): every proxy then moves
+# what the generator can feed it. Capping the proxy at the same CPU share makes the proxy
+# the bottleneck, so the figure is what each proxy moves per CPU it is given.
+CAP_DIR=
+CAP_KIND=
+cap_setup() {
+    ((CAP_PERCENT > 0)) || return 1
+    local d
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        d=/sys/fs/cgroup/sy-bench.$$
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
+            echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || return 1
+        mkdir "$d" 2>/dev/null || return 1
+        CAP_KIND=v2
+    elif [[ -d /sys/fs/cgroup/cpu && -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        d=/sys/fs/cgroup/cpu/sy-bench.$$
+        mkdir "$d" 2>/dev/null || return 1
+        # A 10 ms period keeps the throttled stretches short next to TCP's timers.
+        echo 10000 >"$d/cpu.cfs_period_us" || return 1
+        CAP_KIND=v1
+    else
+        return 1
+    fi
+    CAP_DIR=$d
+    cap_set off
+}
+cap_set() { # on|off
+    [[ -n $CAP_DIR ]] || return 0
+    local quota=$((CAP_PERCENT * 100))
+    case $CAP_KIND:$1 in
+    v2:on) echo "$quota 10000" >"$CAP_DIR/cpu.max" ;;
+    v2:off) echo "max 10000" >"$CAP_DIR/cpu.max" ;;
+    v1:on) echo "$quota" >"$CAP_DIR/cpu.cfs_quota_us" ;;
+    v1:off) echo -1 >"$CAP_DIR/cpu.cfs_quota_us" ;;
+    esac
+}
+cap_join() { # pid...
+    [[ -n $CAP_DIR ]] || return 0
+    local p
+    for p in "$@"; do echo "$p" >"$CAP_DIR/cgroup.procs" 2>/dev/null || true; done
+}
+cap_teardown() {
+    [[ -n $CAP_DIR && -d $CAP_DIR ]] || return 0
+    local p parent
+    parent=$(dirname "$CAP_DIR")
+    for p in $(cat "$CAP_DIR/cgroup.procs" 2>/dev/null); do
+        echo "$p" >"$parent/cgroup.procs" 2>/dev/null || true
+    done
+    rmdir "$CAP_DIR" 2>/dev/null || true
+}
+
 TMP=$(mktemp -d /tmp/sy-bench.XXXXXX)
 SAMPLES="$TMP/samples.tsv"
 : >"$SAMPLES"
@@ -144,6 +201,7 @@ HOLD_PID=
 
 cleanup() {
     local pid
+    cap_teardown
     [[ -n $HOLD_PID ]] && kill -KILL "$HOLD_PID" 2>/dev/null
     for pid in "${STARTED[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -398,6 +456,16 @@ for sys in $SYSTEMS; do
 done
 ((${#ACTIVE[@]})) || die "no system answered"
 
+CAPPED=0
+if ((CAP_PERCENT > 0)); then
+    if cap_setup; then
+        CAPPED=1
+        for sys in "${ACTIVE[@]}"; do cap_join $(proxy_pids "$sys"); done
+    else
+        note "capped bulk runs skipped: cannot make a cgroup with a CPU quota (they need root and the cgroup cpu controller)"
+    fi
+fi
+
 # ------------------------------------------------------------------------------------------
 # Metadata and machine load
 
@@ -420,6 +488,9 @@ meta host "$(uname -sr); $NCPU CPUs: $(awk -F': ' '/model name/ {print $2; exit}
 meta switchyard "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet -- node 2>/dev/null || echo ' (node/ modified)')"
 meta versions "$(haproxy -v 2>&1 | head -1 | awk '{print "HAProxy " $3}'); $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'); $(iperf3 --version 2>&1 | head -1 | awk '{print $1 " " $2}'); $( ((HAVE_SOCKPERF)) && sockperf --version 2>&1 | awk '/version/ {print "sockperf " $NF; exit}' || echo 'sockperf: not installed')"
 meta pinning "$PIN_DESC; proxy threads/workers: $PROXY_THREADS (Switchyard's tokio runtime follows the CPU mask)"
+if ((CAPPED)); then
+    meta capped "capped bulk: the proxy (placed as bulk) limited to $CAP_PERCENT% of one CPU by a cgroup $CAP_KIND CPU quota (10 ms period); uncapped, every proxy here is bound by the load generator (iperf3 client and server share CPU 0), so the capped runs compare what each proxy moves per CPU"
+fi
 meta settings "HAProxy mode tcp, maxconn $HAP_MAXCONN, maxpipes $HAP_MAXPIPES (fd limit), defaults otherwise (tune.bufsize 16k, kernel-default 64k pipes); HAProxy(splice) adds option splice-request and splice-response (splice-auto never spliced). nginx stream proxy_pass, proxy_buffer_size 64k, proxy_half_close on. Switchyard: one pool per upstream, no monitor, failover LB, RUST_LOG=warn (1 MiB relay pipes, its default)"
 meta method "$REPS runs per measurement, systems alternated in rotating order within each run; iperf3 -t $BULK_SECS; loadgen rate --conns $RATE_CONNS --secs $RATE_SECS; $( ((HAVE_SOCKPERF)) && echo "sockperf ping-pong --tcp -m 64 --full-rtt -t $RTT_SECS" || echo "loadgen pingpong --secs $RTT_SECS"); $HOLD_N idle connections held once per proxy; proxy CPU is utime+stime from /proc/PID/stat over each run"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -452,8 +523,8 @@ place() { # split|same|none
 # ------------------------------------------------------------------------------------------
 # Measurements
 
-bulk() { # system streams rep
-    local sys=$1 n=$2 rep=$3 port c0 c1 out="$TMP/iperf.json"
+bulk() { # system streams rep [key-suffix]
+    local sys=$1 n=$2 rep=$3 key="bulk${2}${4:-}" port c0 c1 out="$TMP/iperf.json"
     port=$(port_of "$sys" "$UP_IPERF")
     c0=$(cpu_ticks "$sys")
     if ! timeout $((BULK_SECS + 20)) "${CLIENT_PIN[@]}" iperf3 -c 127.0.0.1 -p "$port" -t "$BULK_SECS" -P "$n" -J >"$out" 2>"$TMP/iperf.err"; then
@@ -468,11 +539,11 @@ bulk() { # system streams rep
         note "bulk $n through $sys, run $rep: no result in iperf3's output"
         return 0
     }
-    sample "bulk${n}_gbps" "$sys" "$rep" "$(awk -v b="$bps" 'BEGIN {printf "%.4f", b / 1e9}')"
+    sample "${key}_gbps" "$sys" "$rep" "$(awk -v b="$bps" 'BEGIN {printf "%.4f", b / 1e9}')"
     if [[ $sys != direct ]]; then
-        sample "bulk${n}_cpu_s_per_gb" "$sys" "$rep" "$(awk -v c=$((c1 - c0)) -v t="$CLK_TCK" -v b="$bytes" 'BEGIN {printf "%.5f", (c / t) / (b / 1e9)}')"
+        sample "${key}_cpu_s_per_gb" "$sys" "$rep" "$(awk -v c=$((c1 - c0)) -v t="$CLK_TCK" -v b="$bytes" 'BEGIN {printf "%.5f", (c / t) / (b / 1e9)}')"
     fi
-    log "bulk x$n $sys run $rep: $(awk -v b="$bps" 'BEGIN {printf "%.2f", b / 1e9}') Gbit/s, proxy CPU $((c1 - c0)) ticks"
+    log "$key $sys run $rep: $(awk -v b="$bps" 'BEGIN {printf "%.2f", b / 1e9}') Gbit/s, proxy CPU $((c1 - c0)) ticks"
 }
 
 rate() { # system rep
@@ -602,6 +673,15 @@ for rep in $(seq 1 "$REPS"); do
     for n in 1 8; do
         for sys in $order; do bulk "$sys" "$n" "$rep"; done
     done
+    if ((CAPPED)); then
+        cap_set on
+        for n in 1 8; do
+            for sys in $order; do
+                [[ $sys == direct ]] || bulk "$sys" "$n" "$rep" _capped
+            done
+        done
+        cap_set off
+    fi
     place "$PIN_RATE"
     for sys in $order; do rate "$sys" "$rep"; done
     place "$PIN_RTT"

@@ -647,6 +647,22 @@ const METRICS: &[Metric] = &[
         target: None,
     },
     Metric {
+        key: "bulk1_capped_gbps",
+        title: "bulk, 1 stream, capped CPU",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        prec: 2,
+        target: Some(Target::AtLeastTimesHaproxy(1.5)),
+    },
+    Metric {
+        key: "bulk8_capped_gbps",
+        title: "bulk, 8 streams, capped CPU",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        prec: 2,
+        target: Some(Target::AtLeastTimesHaproxy(1.5)),
+    },
+    Metric {
         key: "rate_cps",
         title: "new conns (64 B req/reply)",
         unit: "conn/s",
