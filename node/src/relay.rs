@@ -2,8 +2,11 @@
 //! connection and the origin connection chosen for it, until both sides are
 //! done, one side fails, or the connection goes idle.
 //!
-//! On Linux the bytes never enter userspace: each direction splices
-//! socket -> pipe -> socket. Both directions and the idle timer are driven
+//! On Linux bulk bytes never enter userspace: each direction splices
+//! socket -> pipe -> socket. Small bursts (request/reply traffic) are copied
+//! instead, which costs less than a splice pair; a read that fills the small
+//! buffer switches the direction to splicing until a burst comes in under it
+//! again. Both directions and the idle timer are driven
 //! from the one task that calls [`relay`], so a proxied connection costs no
 //! extra task. A connection holds a pipe only while bytes are in flight: pipes
 //! come from a small per-thread pool when a side becomes readable and go back
