@@ -204,6 +204,12 @@ pub enum Msg {
         reply: bool,
     },
     Delta(Vec<Batch>),
+    /// Anti-entropy's opening: the fingerprint of the sender's digest. A receiver whose own
+    /// digest differs answers with its [`Msg::Digest`], which starts the usual exchange.
+    /// (Appended last, so older nodes still decode every other message.)
+    Summary {
+        fingerprint: u64,
+    },
 }
 
 enum Cmd {
@@ -767,6 +773,20 @@ impl Task {
                     changed |= self.apply(b, now);
                 }
             }
+            Msg::Summary { fingerprint } => {
+                self.metrics.msg(Dir::Received, "summary");
+                if fingerprint != self.table.digest().fingerprint() {
+                    let digest = self.table.digest();
+                    self.send_to(
+                        from,
+                        Msg::Digest {
+                            digest,
+                            reply: false,
+                        },
+                        "digest",
+                    );
+                }
+            }
             Msg::Digest { digest, reply } => {
                 self.metrics.msg(Dir::Received, "digest");
                 // One batch a message keeps each under the size limit however large the mesh.
@@ -891,8 +911,8 @@ impl Task {
             return;
         }
         let pick = self.rng.random_range(0..live.len());
-        let peer = live[pick].clone();
-        self.send_digest(&peer, false);
+        let fingerprint = self.table.digest().fingerprint();
+        self.send_to(live[pick].addr, Msg::Summary { fingerprint }, "summary");
     }
 
     fn send_digest(&mut self, peer: &NodeIdentity, reply: bool) {

@@ -1,6 +1,7 @@
 //! Security of the mesh, tested from outside the crate: who may join, who may speak for whom,
-//! and what hostile bytes do. Real meshes on loopback, plus hand-built QUIC peers that hold a
-//! valid cluster certificate and send whatever they like.
+//! what hostile bytes do, and what a peer's anti-entropy summary gets back. Real meshes on
+//! loopback, plus hand-built QUIC peers that hold a valid cluster certificate and send
+//! whatever they like.
 //!
 //! Every wait polls a condition against a deadline; every "never happens" is asserted only
 //! after a positive signal (a counter went up) that the attempt arrived and was handled.
@@ -726,4 +727,32 @@ async fn a_certificate_for_another_node_id_is_refused_at_start() {
         err.contains("edge-a") && err.contains("edge-b"),
         "the error must name both ids: {err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Anti-entropy opens with a fingerprint.
+
+/// A summary whose fingerprint differs from the node's own digest gets the digest back (the
+/// start of the usual digest/delta exchange); this is how a peer that missed a push catches
+/// up. The target has no other member, so nothing else makes it send a digest.
+#[tokio::test]
+async fn a_differing_summary_gets_the_digest() {
+    let scratch = Scratch::new("summary");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let peer = RawPeer::connect(&ca.node("edge-r"), target.addr()).await;
+    let sent_digests =
+        || target.metric("switchyard_mesh_messages_total{direction=\"Sent\",type=\"digest\"}");
+    let got_summaries =
+        || target.metric("switchyard_mesh_messages_total{direction=\"Received\",type=\"summary\"}");
+    assert_eq!(sent_digests(), 0, "{}", target.describe());
+    let summary = envelope(CLUSTER, "edge-r", Msg::Summary { fingerprint: 0 });
+    peer.stream(&summary).await;
+    wait_until(
+        "the target to answer a differing summary with its digest",
+        || got_summaries() >= 1 && sent_digests() >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert_eq!(target.decode_errors(), 0, "{}", target.describe());
 }

@@ -142,7 +142,7 @@ impl Node {
 #[derive(Debug, Default, Clone)]
 struct Counters {
     bytes_sent: f64,
-    /// Messages sent, by type (swim, push, digest, delta).
+    /// Messages sent, by type (swim, push, summary, digest, delta).
     sent: BTreeMap<String, f64>,
     /// Refusals, decode errors and received messages, as "name value", for diagnostics.
     other: Vec<String>,
@@ -484,6 +484,16 @@ fn digest_bytes(nd: &Node) -> Option<usize> {
     switchyard_gossip::codec::encode(&env).ok().map(|v| v.len())
 }
 
+/// Size of one anti-entropy summary (the digest's fingerprint), encoded as on the wire.
+fn summary_bytes(nd: &Node) -> Option<usize> {
+    let env = Envelope {
+        cluster: "bench".into(),
+        from: nd.id.clone(),
+        msg: Msg::Summary { fingerprint: 0 },
+    };
+    switchyard_gossip::codec::encode(&env).ok().map(|v| v.len())
+}
+
 /// CPU time of this process (user + system), from /proc/self/stat.
 fn cpu_time() -> Option<Duration> {
     let text = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -531,6 +541,8 @@ struct Report {
     load: (Option<f64>, Option<f64>),
     /// Bytes of one anti-entropy digest.
     digest_bytes: Option<usize>,
+    /// Bytes of one anti-entropy summary.
+    summary_bytes: Option<usize>,
     rejoined_end: usize,
     stagger_ms: u64,
     /// UDP counters of the namespace, from the first start to convergence and over the run.
@@ -848,6 +860,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rejoined_startup,
         load: (load_start, load_avg()),
         digest_bytes: digest,
+        summary_bytes: nodes.first().and_then(summary_bytes),
         rejoined_end: rejoined(&nodes),
         stagger_ms: args.stagger_ms,
         udp_startup: udp_startup.filter(|_| args.lo_exclusive),
@@ -939,14 +952,15 @@ fn print_table(r: &Report) {
         .map(|(t, v)| format!("{t} {v:.2}"))
         .collect();
     row("idle messages sent per node per s", msgs.join(", "));
-    if let Some(d) = r.digest_bytes {
-        let rate = r.idle_sent.get("digest").copied().unwrap_or(0.0);
+    if let (Some(d), Some(su)) = (r.digest_bytes, r.summary_bytes) {
+        let rate = |kind: &str| r.idle_sent.get(kind).copied().unwrap_or(0.0);
+        let (sr, dr) = (rate("summary"), rate("digest"));
+        let bytes = su as f64 * sr + d as f64 * dr;
         row(
-            "of which anti-entropy digests (estimate)",
+            "of which anti-entropy (estimate)",
             format!(
-                "{d} B each x {rate:.2}/s = {:.0} B/s = {:.2} kbit/s",
-                d as f64 * rate,
-                kbit(d as f64 * rate)
+                "summaries {su} B x {sr:.2}/s, digests {d} B x {dr:.2}/s = {bytes:.0} B/s = {:.2} kbit/s",
+                kbit(bytes)
             ),
         );
     }
@@ -1048,6 +1062,10 @@ fn json(r: &Report) -> String {
         (
             "digest_bytes".into(),
             r.digest_bytes.map_or("null".into(), |d| d.to_string()),
+        ),
+        (
+            "summary_bytes".into(),
+            r.summary_bytes.map_or("null".into(), |d| d.to_string()),
         ),
         ("load_avg_start".into(), r.load.0.map_or("null".into(), num)),
         ("load_avg_end".into(), r.load.1.map_or("null".into(), num)),
