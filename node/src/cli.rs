@@ -292,10 +292,19 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e.into()),
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // With one usable CPU (a CPU mask or a cgroup quota), a current-thread runtime
+            // runs everything on the one thread, without the multi-thread scheduler's
+            // hand-offs between the main thread and its single worker: a few percent more
+            // new connections per second, and a lower p99, when the proxy has a core to
+            // itself (tests/bench).
+            let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+            let mut builder = if one_cpu {
+                tracing::info!("one usable CPU: running a current-thread runtime");
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => return fail_msg(&format!("cannot start the runtime: {e}")),
             };

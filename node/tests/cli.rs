@@ -264,19 +264,35 @@ struct Node {
 }
 
 impl Node {
-    /// Starts `switchyard run --config <config>` with `RUST_LOG=info`.
-    fn spawn(config: &Path, log: PathBuf) -> Node {
+    /// Starts `switchyard run --config <config>` with `RUST_LOG=info`; with `one_cpu`,
+    /// confined to CPU 0 as `taskset -c 0` would.
+    fn spawn_on(config: &Path, log: PathBuf, one_cpu: bool) -> Node {
+        use std::os::unix::process::CommandExt;
         let err = fs::File::create(&log).expect("create log file");
-        let child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn switchyard run");
+            .stderr(err);
+        if one_cpu {
+            // SAFETY: between fork and exec the closure only makes the sched_setaffinity
+            // syscall on a set built on its own stack.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn switchyard run");
         Node {
             child,
             log,
@@ -287,7 +303,11 @@ impl Node {
     /// Starts a node and waits until its status endpoint answers `/live` and it handles
     /// SIGHUP and SIGTERM itself.
     fn start(config: &Path, log: PathBuf, status: SocketAddr) -> Node {
-        let mut node = Node::spawn(config, log);
+        Node::start_on(config, log, status, false)
+    }
+
+    fn start_on(config: &Path, log: PathBuf, status: SocketAddr, one_cpu: bool) -> Node {
+        let mut node = Node::spawn_on(config, log, one_cpu);
         wait_for("the status endpoint to answer /live", || {
             node.assert_running();
             matches!(http_get(status, "/live"), Ok((200, _))).then_some(())
@@ -576,6 +596,15 @@ fn sighup_reloads_new_connections_keep_old_ones_and_refuses_a_broken_file() {
 
 /// Starts a node with `drain_timeout` and one connection open through it.
 fn drain_setup(tag: &str, drain: &str) -> (TempDir, Origin, Node, SocketAddr, SocketAddr) {
+    drain_setup_on(tag, drain, false)
+}
+
+/// As [`drain_setup`]; with `one_cpu`, the node is confined to one CPU.
+fn drain_setup_on(
+    tag: &str,
+    drain: &str,
+    one_cpu: bool,
+) -> (TempDir, Origin, Node, SocketAddr, SocketAddr) {
     let dir = TempDir::new(tag);
     let origin = Origin::start("a");
     let status = free_addr();
@@ -589,13 +618,27 @@ fn drain_setup(tag: &str, drain: &str) -> (TempDir, Origin, Node, SocketAddr, So
             &[("alpha", "a", origin.addr)],
         ),
     );
-    let node = Node::start(&path, dir.path("log"), status);
+    let node = Node::start_on(&path, dir.path("log"), status, one_cpu);
     (dir, origin, node, status, listen)
 }
 
+/// Also with the node confined to one CPU, where it runs a current-thread runtime.
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
-    let (_dir, _origin, mut node, status, listen) = drain_setup("run-drain", "10s");
+    for one_cpu in [false, true] {
+        sigterm_drains(one_cpu);
+    }
+}
+
+fn sigterm_drains(one_cpu: bool) {
+    let tag = if one_cpu {
+        "run-drain-1cpu"
+    } else {
+        "run-drain"
+    };
+    let (_dir, _origin, mut node, status, listen) = drain_setup_on(tag, "10s", one_cpu);
+    let current_thread = node.log().contains("current-thread runtime");
+    assert_eq!(current_thread, one_cpu, "runtime choice:\n{}", node.log());
     assert!(matches!(http_get(status, "/ready"), Ok((200, _))));
     let (mut client, name) = Client::connect(listen).expect("connect through the app");
     assert_eq!(name, "a");

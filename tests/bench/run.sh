@@ -119,8 +119,8 @@ if ((NCPU < 2)); then
     PIN_BULK=none PIN_RATE=none PIN_RTT=none
 fi
 # The proxies start with one thread/worker on CPU 1 unless nothing is pinned; the measurements
-# then move them (all threads) with taskset -a -p. Switchyard's tokio runtime sizes itself
-# from the CPU mask it starts with, so it gets one worker too.
+# then move them (all threads) with taskset -a -p. Switchyard picks its tokio runtime from
+# the CPU mask it starts with: with one CPU, a current-thread runtime.
 if [[ $PIN_BULK == none && $PIN_RATE == none && $PIN_RTT == none ]]; then
     PROXY_PIN=()
     CLIENT_PIN=()
@@ -487,7 +487,7 @@ meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta host "$(uname -sr); $NCPU CPUs: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 meta switchyard "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet -- node 2>/dev/null || echo ' (node/ modified)')"
 meta versions "$(haproxy -v 2>&1 | head -1 | awk '{print "HAProxy " $3}'); $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'); $(iperf3 --version 2>&1 | head -1 | awk '{print $1 " " $2}'); $( ((HAVE_SOCKPERF)) && sockperf --version 2>&1 | awk '/version/ {print "sockperf " $NF; exit}' || echo 'sockperf: not installed')"
-meta pinning "$PIN_DESC; proxy threads/workers: $PROXY_THREADS (Switchyard's tokio runtime follows the CPU mask)"
+meta pinning "$PIN_DESC; proxy threads/workers: $PROXY_THREADS (Switchyard: a current-thread tokio runtime when started on one CPU)"
 if ((CAPPED)); then
     meta capped "capped bulk: the proxy (placed as bulk) limited to $CAP_PERCENT% of one CPU by a cgroup $CAP_KIND CPU quota (10 ms period); uncapped, every proxy here is bound by the load generator (iperf3 client and server share CPU 0), so the capped runs compare what each proxy moves per CPU"
 fi
