@@ -8,13 +8,13 @@
 # edge-wnam's view of the origin), restarts a node and watches it leave and rejoin the mesh,
 # and tears everything down, also on failure. Bounded: every wait polls with a deadline.
 #
-# Status JSON (`switchyard status --json`) is read with bash alone: flattened to one line, then
-# matched with patterns that rely only on the document's shape (member objects hold no nested
-# objects; an origin's observers are objects keyed by node id).
+# Status JSON is read with bash alone: see tests/smoke-lib.sh.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=tests/smoke-lib.sh
+source tests/smoke-lib.sh
 TESTNET=./testnet.sh
 STATE=.testnet
 
@@ -22,31 +22,6 @@ PASSED=0
 STEP="start"
 declare -A ALL_PIDS=()
 DOWN_CHECKED=0
-
-step() {
-    STEP=$*
-    printf '\n==> %s\n' "$*"
-}
-pass() {
-    PASSED=$((PASSED + 1))
-    printf '    ok: %s\n' "$*"
-}
-fail() {
-    printf '    FAILED: %s\n' "$*" >&2
-    exit 1
-}
-
-# Whether a pid is a live process (a zombie counts as gone).
-is_alive() {
-    local pid=$1 stat
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || return 1
-        stat=${stat##*) }
-        [[ ${stat%% *} != Z ]] || return 1
-    fi
-    return 0
-}
 
 # Remembers every pid in the pid files, to check at the end that none survived.
 record_pids() {
@@ -81,64 +56,18 @@ NODES=(edge-wnam edge-weu edge-seas)
 declare -A STATUS_ADDR=([edge-wnam]=127.0.0.1:9901 [edge-weu]=127.0.0.1:9902 [edge-seas]=127.0.0.1:9903)
 LAST=
 
-switchyard_bin() {
-    local dir=target/release
-    [[ -s $STATE/bin-dir ]] && dir=$(<"$STATE/bin-dir")
-    printf '%s/switchyard\n' "$dir"
-}
-
 # status_json NODE: NODE's status document on one line, without whitespace (empty: no answer).
 status_json() {
     "$(switchyard_bin)" status --addr "${STATUS_ADDR[$1]}" --json 2>/dev/null | tr -d ' \t\r\n' || true
 }
 
-# members JSON: one "ID STATE GENERATION" line per member in a status document.
-members() {
-    local re='"members":\[([^]]*)\]' list obj id state gen
-    [[ $1 =~ $re ]] || return 0
-    list=${BASH_REMATCH[1]}
-    while IFS= read -r obj; do
-        id='' state='' gen=''
-        re='"id":"([^"]*)"' && [[ $obj =~ $re ]] && id=${BASH_REMATCH[1]}
-        re='"state":"([^"]*)"' && [[ $obj =~ $re ]] && state=${BASH_REMATCH[1]}
-        re='"generation":([0-9]+)' && [[ $obj =~ $re ]] && gen=${BASH_REMATCH[1]}
-        if [[ -n $id ]]; then printf '%s %s %s\n' "$id" "${state:-?}" "${gen:-0}"; fi
-    done <<<"${list//\},\{/$'\n'}"
-    return 0
-}
-
 # member JSON ID: "STATE GENERATION" of member ID; nothing when it is not listed.
 member() {
     local id state gen
-    while read -r id state gen; do
+    while read -r id state gen _; do
         [[ $id == "$2" ]] && printf '%s %s\n' "$state" "$gen"
     done < <(members "$1")
     return 0
-}
-
-# observer JSON ORIGIN NODE: whether NODE sees ORIGIN healthy (true/false), as the document
-# reports in ORIGIN's "observers"; nothing when NODE is not among them. Every object with a
-# name starts with "name", so cutting before each "name": keeps ORIGIN's fields together.
-observer() {
-    local chunk re="\"$3\":\\{[^}]*\"healthy\":(true|false)"
-    while IFS= read -r chunk; do
-        if [[ $chunk == '"name":"'"$2"'",'* && $chunk =~ $re ]]; then
-            printf '%s\n' "${BASH_REMATCH[1]}"
-            return 0
-        fi
-    done <<<"${1//'"name":"'/$'\n''"name":"'}"
-    return 0
-}
-
-# within SECONDS WHAT CHECK...: polls CHECK until it succeeds; after SECONDS, fails saying
-# WHAT did not happen, with what CHECK last saw (LAST).
-within() {
-    local secs=$1 what=$2 deadline=$((SECONDS + $1 + 1))
-    shift 2
-    until "$@"; do
-        ((SECONDS < deadline)) || fail "$what within ${secs}s (last seen: ${LAST:-nothing})"
-        sleep 0.2
-    done
 }
 
 # Checks for within; each sets LAST to what it saw.
@@ -147,7 +76,7 @@ lists_all_alive() { # NODE: lists exactly the three nodes, all alive
     json=$(status_json "$1")
     [[ -n $json ]] || { LAST="$1's status did not answer"; return 1; }
     list=$(members "$json")
-    while read -r id state gen; do
+    while read -r id state gen _; do
         [[ -n $id ]] || continue
         n=$((n + 1))
         [[ $state == alive ]] && alive=$((alive + 1))

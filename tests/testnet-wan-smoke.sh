@@ -16,6 +16,8 @@ set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=tests/smoke-lib.sh
+source tests/smoke-lib.sh
 TESTNET=./testnet.sh
 STATE=.testnet
 WAN_DIR=$STATE/wan
@@ -30,31 +32,6 @@ STEP="start"
 declare -A ALL_PIDS=()
 declare -A RUN_NETNS=() # the namespaces this run's testbed made
 DOWN_CHECKED=0
-
-step() {
-    STEP=$*
-    printf '\n==> %s\n' "$*"
-}
-pass() {
-    PASSED=$((PASSED + 1))
-    printf '    ok: %s\n' "$*"
-}
-fail() {
-    printf '    FAILED: %s\n' "$*" >&2
-    exit 1
-}
-
-# Whether a pid is a live process (a zombie counts as gone).
-is_alive() {
-    local pid=$1 stat
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || return 1
-        stat=${stat##*) }
-        [[ ${stat%% *} != Z ]] || return 1
-    fi
-    return 0
-}
 
 # Remembers every pid in the pid files (wan-emu's too), and the testbed's namespaces, to check
 # at the end that none survived.
@@ -88,58 +65,11 @@ ORIGINS=(wnam-1 wnam-2 weu-1 weu-2 seas-1 seas-2)
 declare -A DEFAULT_RTT_MS=([WNAM/WEU]=75 [WNAM/SEAS]=160 [WEU/SEAS]=170)
 LAST=
 
-switchyard_bin() {
-    local dir=target/release
-    [[ -s $STATE/bin-dir ]] && dir=$(<"$STATE/bin-dir")
-    printf '%s/switchyard\n' "$dir"
-}
-
 # status_json NODE: NODE's status document on one line, without whitespace (empty: no answer),
 # asked from inside NODE's namespace.
 status_json() {
     ip netns exec "${NETNS[${NODE_REGION[$1]}]}" "$(switchyard_bin)" status \
         --addr "${STATUS_ADDR[$1]}" --json 2>/dev/null | tr -d ' \t\r\n' || true
-}
-
-# members JSON: one "ID STATE GENERATION RTT_MS" line per member (RTT_MS - when none).
-members() {
-    local re='"members":\[([^]]*)\]' list obj id state gen rtt
-    [[ $1 =~ $re ]] || return 0
-    list=${BASH_REMATCH[1]}
-    while IFS= read -r obj; do
-        id='' state='' gen='' rtt=''
-        re='"id":"([^"]*)"' && [[ $obj =~ $re ]] && id=${BASH_REMATCH[1]}
-        re='"state":"([^"]*)"' && [[ $obj =~ $re ]] && state=${BASH_REMATCH[1]}
-        re='"generation":([0-9]+)' && [[ $obj =~ $re ]] && gen=${BASH_REMATCH[1]}
-        re='"rtt_ms":([0-9.]+)' && [[ $obj =~ $re ]] && rtt=${BASH_REMATCH[1]}
-        if [[ -n $id ]]; then printf '%s %s %s %s\n' "$id" "${state:-?}" "${gen:-0}" "${rtt:--}"; fi
-    done <<<"${list//\},\{/$'\n'}"
-    return 0
-}
-
-# observer JSON ORIGIN NODE: whether NODE sees ORIGIN healthy (true/false), as the document
-# reports in ORIGIN's "observers"; nothing when NODE is not among them. Every object with a
-# name starts with "name", so cutting before each "name": keeps ORIGIN's fields together.
-observer() {
-    local chunk re="\"$3\":\\{[^}]*\"healthy\":(true|false)"
-    while IFS= read -r chunk; do
-        if [[ $chunk == '"name":"'"$2"'",'* && $chunk =~ $re ]]; then
-            printf '%s\n' "${BASH_REMATCH[1]}"
-            return 0
-        fi
-    done <<<"${1//'"name":"'/$'\n''"name":"'}"
-    return 0
-}
-
-# within SECONDS WHAT CHECK...: polls CHECK until it succeeds; after SECONDS, fails saying
-# WHAT did not happen, with what CHECK last saw (LAST).
-within() {
-    local secs=$1 what=$2 deadline=$((SECONDS + $1 + 1))
-    shift 2
-    until "$@"; do
-        ((SECONDS < deadline)) || fail "$what within ${secs}s (last seen: ${LAST:-nothing})"
-        sleep 0.2
-    done
 }
 
 # Checks for within; each sets LAST to what it saw.

@@ -12,15 +12,8 @@ use std::time::Duration;
 
 use switchyard_node::status::{self, Status};
 use switchyard_node::{App, Config, StartOptions};
-use switchyard_tests::harness::{app_addr, eventually, name_from};
+use switchyard_tests::harness::{app_addr, eventually, name_from, MeshCerts};
 use switchyard_tests::origin::{OriginConfig, TestOrigin};
-
-/// Short SWIM timings so that detection takes about a second instead of ten (as in mesh.rs).
-const FAST: &str = r#"probe_period = "200ms"
-probe_timeout = "100ms"
-suspect_timeout = "1s"
-announce_interval = "300ms"
-anti_entropy_interval = "300ms""#;
 
 /// For membership and health to converge.
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,36 +40,22 @@ fn client(r: usize, host: u8) -> IpAddr {
 // A temporary directory with the mesh certificates and the GeoIP database.
 
 struct Scratch {
-    dir: PathBuf,
+    certs: MeshCerts,
 }
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("sy-geomesh-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        switchyard_gossip::tls::init_ca(&dir.join("ca"), "test").unwrap();
+        let certs = MeshCerts::new(&format!("geo-{tag}"));
         // A database built for private networks may cover loopback clients.
         switchyard_geo::geoip::build(
             "127.0.1.0/24,US,CA,37.34,-121.89\n127.0.2.0/24,DE,,50.11,8.68\n127.0.3.0/24,SG,,1.35,103.82\n",
-            &dir.join("geo.mmdb"),
+            &certs.dir.join("geo.mmdb"),
         )
         .unwrap();
-        Scratch { dir }
-    }
-    fn issue(&self, id: &str) {
-        switchyard_gossip::tls::issue_cert(&self.dir.join("ca"), id, &self.dir).unwrap();
-    }
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca").join("ca.crt")
+        Scratch { certs }
     }
     fn geo_db(&self) -> PathBuf {
-        self.dir.join("geo.mmdb")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.certs.dir.join("geo.mmdb")
     }
 }
 
@@ -218,32 +197,9 @@ fn node_config(
     seeds: &[SocketAddr],
     body: &str,
 ) -> Config {
-    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
-        r#"[node]
-id = "{id}"
-region = "{region}"
-status_listen = "127.0.0.1:0"
-drain_timeout = "1s"
-
-[mesh]
-cluster = "geo-mesh"
-listen = "127.0.0.1:0"
-seeds = [{}]
-ca = "{}"
-cert = "{}"
-key = "{}"
-{FAST}
-
-{body}
-
-[geo]
-database = "{}"
-"#,
-        seeds.join(", "),
-        scratch.ca().display(),
-        scratch.dir.join(format!("{id}.crt")).display(),
-        scratch.dir.join(format!("{id}.key")).display(),
+        "{}\n{body}\n\n[geo]\ndatabase = \"{}\"\n",
+        scratch.certs.node_toml(id, region, seeds),
         scratch.geo_db().display(),
     );
     Config::parse(&text, None).unwrap()
@@ -256,7 +212,7 @@ async fn mesh(tag: &str, scratch: &Scratch, body: &str) -> anyhow::Result<Vec<Ap
     switchyard_tests::harness::init_logs();
     let ids: Vec<String> = (1..=3).map(|i| format!("{tag}{i}")).collect();
     for id in &ids {
-        scratch.issue(id);
+        scratch.certs.issue(id);
     }
     let mut apps: Vec<App> = Vec::new();
     for (id, region) in ids.iter().zip(REGIONS) {

@@ -3,77 +3,16 @@
 //! a new generation, and merge again by themselves after a partition.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use switchyard_node::{status, App, Config, StartOptions};
-use switchyard_tests::harness::{eventually, origin};
-
-/// Short SWIM timings so that detection takes about a second instead of ten.
-const FAST: &str = r#"probe_period = "200ms"
-probe_timeout = "100ms"
-suspect_timeout = "1s"
-announce_interval = "300ms"
-anti_entropy_interval = "300ms""#;
+use switchyard_tests::harness::{eventually, origin, MeshCerts};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("sy-mesh-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        switchyard_gossip::tls::init_ca(&dir.join("ca"), "test").unwrap();
-        Certs { dir }
-    }
-    fn issue(&self, id: &str) {
-        switchyard_gossip::tls::issue_cert(&self.dir.join("ca"), id, &self.dir).unwrap();
-    }
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca").join("ca.crt")
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn config(
-    id: &str,
-    region: &str,
-    certs: &Path,
-    ca: &Path,
-    seeds: &[SocketAddr],
-    body: &str,
-) -> Config {
-    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
-    let text = format!(
-        r#"[node]
-id = "{id}"
-region = "{region}"
-status_listen = "127.0.0.1:0"
-drain_timeout = "1s"
-
-[mesh]
-cluster = "test"
-listen = "127.0.0.1:0"
-seeds = [{}]
-ca = "{}"
-cert = "{}"
-key = "{}"
-{FAST}
-
-{body}"#,
-        seeds.join(", "),
-        ca.display(),
-        certs.join(format!("{id}.crt")).display(),
-        certs.join(format!("{id}.key")).display(),
-    );
+/// Node `id`'s config: its `[node]` and `[mesh]` sections, then `body`.
+fn config(certs: &MeshCerts, id: &str, region: &str, seeds: &[SocketAddr], body: &str) -> Config {
+    let text = format!("{}\n{body}", certs.node_toml(id, region, seeds));
     Config::parse(&text, None).unwrap()
 }
 
@@ -140,7 +79,7 @@ fn observers(app: &App) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<()> {
-    let certs = Certs::new("five");
+    let certs = MeshCerts::new("five");
     let mut o = origin("o").await;
     // Only the WNAM node probes; everyone else relies on the mesh.
     let body = pool(o.addr(), "\"WNAM\"");
@@ -154,11 +93,11 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
     for (id, _) in ids {
         certs.issue(id);
     }
-    let first = start(config("n1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let first = start(config(&certs, "n1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&first);
     let mut apps = vec![first];
     for (id, region) in &ids[1..] {
-        apps.push(start(config(id, region, &certs.dir, &certs.ca(), &[seed], &body)).await);
+        apps.push(start(config(&certs, id, region, &[seed], &body)).await);
     }
     for app in &apps {
         eventually("every node sees 5 alive members", WAIT, || async {
@@ -202,24 +141,16 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_marked_down_and_rejoins_under_a_new_generation() -> anyhow::Result<()> {
-    let certs = Certs::new("kill");
+    let certs = MeshCerts::new("kill");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
     for id in ["k1", "k2", "k3"] {
         certs.issue(id);
     }
-    let k1 = start(config("k1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let k1 = start(config(&certs, "k1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&k1);
-    let k2 = start(config("k2", "WEU", &certs.dir, &certs.ca(), &[seed], &body)).await;
-    let k3 = start(config(
-        "k3",
-        "SEAS",
-        &certs.dir,
-        &certs.ca(),
-        &[seed],
-        &body,
-    ))
-    .await;
+    let k2 = start(config(&certs, "k2", "WEU", &[seed], &body)).await;
+    let k3 = start(config(&certs, "k3", "SEAS", &[seed], &body)).await;
     for app in [&k1, &k2, &k3] {
         eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
         eventually("all three observe the origin", WAIT, || async {
@@ -241,15 +172,7 @@ async fn a_killed_node_is_marked_down_and_rejoins_under_a_new_generation() -> an
         .await?;
     }
 
-    let k3 = start(config(
-        "k3",
-        "SEAS",
-        &certs.dir,
-        &certs.ca(),
-        &[seed],
-        &body,
-    ))
-    .await;
+    let k3 = start(config(&certs, "k3", "SEAS", &[seed], &body)).await;
     for app in [&k1, &k2, &k3] {
         eventually(
             "k3 is alive again, once, with a new generation",
@@ -277,24 +200,16 @@ async fn a_killed_node_is_marked_down_and_rejoins_under_a_new_generation() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
-    let certs = Certs::new("part");
+    let certs = MeshCerts::new("part");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
     for id in ["p1", "p2", "p3"] {
         certs.issue(id);
     }
-    let p1 = start(config("p1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let p1 = start(config(&certs, "p1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&p1);
-    let p2 = start(config("p2", "WEU", &certs.dir, &certs.ca(), &[seed], &body)).await;
-    let p3 = start(config(
-        "p3",
-        "SEAS",
-        &certs.dir,
-        &certs.ca(),
-        &[seed],
-        &body,
-    ))
-    .await;
+    let p2 = start(config(&certs, "p2", "WEU", &[seed], &body)).await;
+    let p3 = start(config(&certs, "p3", "SEAS", &[seed], &body)).await;
     let apps = [&p1, &p2, &p3];
     for app in apps {
         eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
@@ -349,7 +264,7 @@ async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
-    let certs = Certs::new("drift");
+    let certs = MeshCerts::new("drift");
     let o = origin("o").await;
     for id in ["d1", "d2"] {
         certs.issue(id);
@@ -357,17 +272,9 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     let body = pool(o.addr(), "");
     // d2 probes more often: a different monitor, so a different fingerprint.
     let drifted = body.replace("interval = \"200ms\"", "interval = \"300ms\"");
-    let d1 = start(config("d1", "WNAM", &certs.dir, &certs.ca(), &[], &body)).await;
+    let d1 = start(config(&certs, "d1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&d1);
-    let d2 = start(config(
-        "d2",
-        "WEU",
-        &certs.dir,
-        &certs.ca(),
-        &[seed],
-        &drifted,
-    ))
-    .await;
+    let d2 = start(config(&certs, "d2", "WEU", &[seed], &drifted)).await;
     eventually("d1 lists d2 as drifted", WAIT, || async {
         let s = status::document(d1.shared());
         s.drift.len() == 1 && s.drift[0].node == "d2"
@@ -377,15 +284,7 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     d2.shutdown(Duration::from_secs(1)).await;
     let d3 = {
         certs.issue("d3");
-        start(config(
-            "d3",
-            "SEAS",
-            &certs.dir,
-            &certs.ca(),
-            &[seed],
-            &body,
-        ))
-        .await
+        start(config(&certs, "d3", "SEAS", &[seed], &body)).await
     };
     eventually("d3 joins", WAIT, || async {
         state_of(&d1, "d3").as_deref() == Some("alive")
@@ -406,7 +305,7 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -> anyhow::Result<()>
 {
-    let certs = Certs::new("defaults");
+    let certs = MeshCerts::new("defaults");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
     let ids = ["t1", "t2", "t3"];
@@ -415,7 +314,7 @@ async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -
     }
     // The default [mesh] timings: strip the fast overrides.
     let slow = |id: &str, region: &str, seeds: &[SocketAddr]| {
-        let mut cfg = config(id, region, &certs.dir, &certs.ca(), seeds, &body);
+        let mut cfg = config(&certs, id, region, seeds, &body);
         if let Some(m) = cfg.mesh.as_mut() {
             m.probe_period = None;
             m.probe_timeout = None;
