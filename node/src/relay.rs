@@ -426,7 +426,9 @@ enum Read {
 /// read readiness, as a WouldBlock would: the read that would only fail is saved (a
 /// syscall per message on request/reply traffic; HAProxy does the same). Clearing goes
 /// through `try_io`, whose readiness tick keeps data that lands meanwhile from being
-/// missed, and a FIN stays visible (tokio never clears read-closed).
+/// missed, and a FIN stays visible (tokio never clears read-closed). The exception is TCP
+/// urgent data, where reads stop at the mark: it is not relayed (splicing cannot cross the
+/// mark either), and a stream that uses it waits at the mark for the peer's next bytes.
 fn recv(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
