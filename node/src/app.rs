@@ -358,7 +358,9 @@ impl App {
                 loop {
                     tick.tick().await;
                     let Some(shared) = weak.upgrade() else { return };
-                    let _ = shared.geo.reload_if_changed();
+                    // A changed file is read off the runtime's threads (see try_reload).
+                    let _ =
+                        tokio::task::spawn_blocking(move || shared.geo.reload_if_changed()).await;
                 }
             });
         }
@@ -449,7 +451,12 @@ impl App {
                 old.node.id, old.node.region
             )));
         }
-        self.shared.geo.reload(config.geo.as_ref())?;
+        // Reading a GeoIP database can take a while; off the runtime's threads, so that a
+        // node on one CPU (a current-thread runtime) keeps proxying meanwhile.
+        let (shared, geo) = (self.shared.clone(), config.geo.clone());
+        tokio::task::spawn_blocking(move || shared.geo.reload(geo.as_ref()))
+            .await
+            .map_err(|e| Error::Reload(format!("the GeoIP reload did not finish: {e}")))??;
         if config.mesh != old.mesh {
             tracing::warn!("[mesh] changed; it takes effect on restart");
         }

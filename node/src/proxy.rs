@@ -334,7 +334,9 @@ async fn dial_ip(addr: SocketAddr, first: &[u8]) -> std::io::Result<(TcpStream, 
         true => None,
         false => match socket.send_with_flags(first, libc::MSG_NOSIGNAL) {
             Ok(n) => Some(n),
+            // Linux says EAGAIN while connecting; the BSDs and macOS say ENOTCONN.
             Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
             Err(e) => return Err(e),
         },
     };
@@ -342,8 +344,9 @@ async fn dial_ip(addr: SocketAddr, first: &[u8]) -> std::io::Result<(TcpStream, 
     if let Some(n) = sent {
         return Ok((stream, n));
     }
+    // A refused or timed-out connect shows as write-closed (EPOLLHUP).
     let ready = stream.ready(tokio::io::Interest::WRITABLE).await?;
-    if ready.is_error() || ready.is_write_closed() {
+    if ready.is_write_closed() {
         return Err(stream
             .take_error()?
             .unwrap_or_else(|| ErrorKind::ConnectionRefused.into()));
