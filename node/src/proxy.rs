@@ -1,7 +1,7 @@
 //! The apps' TCP proxy: accept a client, apply `ip_rules` and `max_connections`, steer,
 //! connect to the chosen origin (retrying others within `connect_timeout` and reporting
-//! failed connects as passive health), send a PROXY header when asked, then hand both sockets
-//! to the relay.
+//! failed connects as passive health), send the PROXY header when asked and whatever the client
+//! has already sent in the origin's first write, then hand both sockets to the relay.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
