@@ -393,7 +393,7 @@ for sys in $SYSTEMS; do
     switchyard)
         conf=$(sy_conf)
         "$BIN/switchyard" check --config "$conf" >&2 || die "switchyard rejected $conf"
-        start_bg "$TMP/switchyard.log" env RUST_LOG=warn "${PROXY_PIN[@]}" "$BIN/switchyard" run --config "$conf"
+        start_bg "$TMP/switchyard.log" "${PROXY_PIN[@]}" "$BIN/switchyard" run --config "$conf"
         ;;
     haproxy | haproxy-splice)
         conf=$(hap_conf "$sys")
@@ -491,7 +491,7 @@ meta pinning "$PIN_DESC; proxy threads/workers: $PROXY_THREADS (Switchyard: a cu
 if ((CAPPED)); then
     meta capped "capped bulk: the proxy (placed as bulk) limited to $CAP_PERCENT% of one CPU by a cgroup $CAP_KIND CPU quota (10 ms period); uncapped, every proxy here is bound by the load generator (iperf3 client and server share CPU 0), so the capped runs compare what each proxy moves per CPU"
 fi
-meta settings "HAProxy mode tcp, maxconn $HAP_MAXCONN, maxpipes $HAP_MAXPIPES (fd limit), defaults otherwise (tune.bufsize 16k, kernel-default 64k pipes); HAProxy(splice) adds option splice-request and splice-response (splice-auto never spliced). nginx stream proxy_pass, proxy_buffer_size 64k, proxy_half_close on. Switchyard: one pool per upstream, no monitor, failover LB, RUST_LOG=warn (1 MiB relay pipes, its default)"
+meta settings "HAProxy mode tcp, maxconn $HAP_MAXCONN, maxpipes $HAP_MAXPIPES (fd limit), defaults otherwise (tune.bufsize 16k, kernel-default 64k pipes); HAProxy(splice) adds option splice-request and splice-response (splice-auto never spliced). nginx stream proxy_pass, proxy_buffer_size 64k, proxy_half_close on. Switchyard: one pool per upstream, no monitor, failover LB, its default log level (info) and 1 MiB relay pipes"
 meta method "$REPS runs per measurement, systems alternated in rotating order within each run; iperf3 -t $BULK_SECS; loadgen rate --conns $RATE_CONNS --secs $RATE_SECS; $( ((HAVE_SOCKPERF)) && echo "sockperf ping-pong --tcp -m 64 --full-rtt -t $RTT_SECS" || echo "loadgen pingpong --secs $RTT_SECS"); $HOLD_N idle connections held once per proxy; proxy CPU is utime+stime from /proc/PID/stat over each run"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 meta load_before "loadavg $LOAD_BEFORE; CPU busy while the benchmark idled: $(cpu_busy_1s); rustc processes: $(rustc_count); top: $(busy_others)"
