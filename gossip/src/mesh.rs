@@ -550,7 +550,7 @@ impl Task {
             OwnedNotification::MemberUp(id) => {
                 tracing::info!(member = %id.id, region = %id.region, addr = %id.addr, generation = id.generation, "member up");
                 // A newcomer (or a returning member) gets what it lacks at once.
-                self.send_digest(&id, false);
+                self.send_digest(id.addr, false);
             }
             OwnedNotification::MemberDown(id) => {
                 tracing::warn!(member = %id.id, "member down");
@@ -776,15 +776,7 @@ impl Task {
             Msg::Summary { fingerprint } => {
                 self.metrics.msg(Dir::Received, "summary");
                 if fingerprint != self.table.digest().fingerprint() {
-                    let digest = self.table.digest();
-                    self.send_to(
-                        from,
-                        Msg::Digest {
-                            digest,
-                            reply: false,
-                        },
-                        "digest",
-                    );
+                    self.send_digest(from, false);
                 }
             }
             Msg::Digest { digest, reply } => {
@@ -915,9 +907,9 @@ impl Task {
         self.send_to(live[pick].addr, Msg::Summary { fingerprint }, "summary");
     }
 
-    fn send_digest(&mut self, peer: &NodeIdentity, reply: bool) {
+    fn send_digest(&mut self, peer: SocketAddr, reply: bool) {
         let digest = self.table.digest();
-        self.send_to(peer.addr, Msg::Digest { digest, reply }, "digest");
+        self.send_to(peer, Msg::Digest { digest, reply }, "digest");
     }
 
     fn send_to(&mut self, peer: SocketAddr, msg: Msg, kind: &'static str) {

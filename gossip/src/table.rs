@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_geo::Region;
 use tokio::time::Instant;
 
+use crate::codec::{fnv1a, FNV_OFFSET};
+
 /// Most rows one batch may carry.
 pub const MAX_ROWS: usize = 10_000;
 /// Longest node, pool or origin name, in bytes.
@@ -90,25 +92,17 @@ impl Digest {
     /// A fingerprint of what the digest says, the same whatever the order of its entries
     /// (each node lists itself first). Anti-entropy sends this first and the digest itself
     /// only when the two differ, so a mesh in sync exchanges a few bytes per round however
-    /// many writers it has. FNV-1a, written out so every build of every node agrees.
+    /// many writers it has.
     pub fn fingerprint(&self) -> u64 {
-        const PRIME: u64 = 0x100_0000_01b3;
         let mut entries: Vec<&(String, u64, u64)> = self.entries.iter().collect();
         entries.sort_unstable();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (node, epoch, seq) in entries {
-            let len = (node.len() as u64).to_le_bytes();
-            let bytes = [
-                &len[..],
-                node.as_bytes(),
-                &epoch.to_le_bytes(),
-                &seq.to_le_bytes(),
-            ];
-            for b in bytes.into_iter().flatten() {
-                h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
-            }
-        }
-        h
+        entries
+            .into_iter()
+            .fold(FNV_OFFSET, |h, (node, epoch, seq)| {
+                let h = fnv1a(h, &(node.len() as u64).to_le_bytes());
+                let h = fnv1a(h, node.as_bytes());
+                fnv1a(fnv1a(h, &epoch.to_le_bytes()), &seq.to_le_bytes())
+            })
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use switchyard_geo::Region;
+use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
 
 use crate::probe::{ExpectedCodes, ProbeKind};
 
@@ -1189,9 +1190,7 @@ impl Config {
             "{:?}|{:?}|{:?}",
             self.monitors, self.pools, self.load_balancers
         );
-        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        fnv1a(FNV_OFFSET, text.as_bytes())
     }
 }
 

@@ -120,32 +120,17 @@ async fn handle(
     // What the origin gets first, in one write as soon as it is connected: the PROXY header
     // and whatever the client has sent already (client-first protocols such as HTTP and TLS
     // then reach the origin in one piece, without waiting for the relay).
-    let mut first = match match cfg.proxy_protocol {
+    let version = match cfg.proxy_protocol {
         ProxyProtocol::Off => None,
         ProxyProtocol::V1 => Some(proxy_protocol::Version::V1),
         ProxyProtocol::V2 => Some(proxy_protocol::Version::V2),
-    } {
-        Some(version) => {
-            let local = client.local_addr().unwrap_or(peer);
-            proxy_protocol::encode(version, peer, local)
-        }
-        None => Vec::new(),
     };
-    let initial_len = match relay::read_initial(&client) {
-        Ok(Some(bytes)) => {
-            let n = bytes.len();
-            if first.is_empty() {
-                first = bytes;
-            } else {
-                first.extend_from_slice(&bytes);
-            }
-            n
-        }
-        Ok(None) => 0,
-        Err(_) => {
-            tracing::debug!(parent: &span, "client reset before its origin was chosen");
-            return;
-        }
+    let mut first = version.map_or_else(Vec::new, |version| {
+        proxy_protocol::encode(version, peer, client.local_addr().unwrap_or(peer))
+    });
+    let Ok(initial_len) = relay::read_initial(&client, &mut first) else {
+        tracing::debug!(parent: &span, "client reset before its origin was chosen");
+        return;
     };
 
     let started = Instant::now();
@@ -450,19 +435,20 @@ struct CountersFor {
 impl DecisionCounters {
     pub fn get(&self, metrics: &Metrics, rt: &Arc<Runtime>, lb: usize, pool: usize) -> Counter {
         let pools = rt.pools.len();
-        let mut current = self.0.load_full();
-        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(&c.rt, rt)) {
+        let table = match self.0.load_full() {
+            Some(table) if Arc::ptr_eq(&table.rt, rt) => table,
             // After a reload: whichever connection gets here first swaps in the new table.
-            let fresh = Arc::new(CountersFor {
-                rt: rt.clone(),
-                counters: (0..rt.load_balancers.len() * pools)
-                    .map(|_| OnceLock::new())
-                    .collect(),
-            });
-            self.0.store(Some(fresh.clone()));
-            current = Some(fresh);
-        }
-        let table = current.expect("set above");
+            _ => {
+                let fresh = Arc::new(CountersFor {
+                    rt: rt.clone(),
+                    counters: (0..rt.load_balancers.len() * pools)
+                        .map(|_| OnceLock::new())
+                        .collect(),
+                });
+                self.0.store(Some(fresh.clone()));
+                fresh
+            }
+        };
         table.counters[lb * pools + pool]
             .get_or_init(|| {
                 metrics

@@ -386,24 +386,24 @@ impl Drop for BufferLease {
     }
 }
 
-/// What a just-accepted client has already sent, read without waiting (up to 16 KiB),
-/// so it can go out with the origin connection's first write: client-first protocols
-/// (HTTP, TLS) then reach the origin in one piece, and the origin is not woken by the new
-/// connection and again by its first bytes. `Ok(None)` when nothing has arrived yet (a
-/// server-first protocol, or a slow client) or the client already sent FIN; the relay
-/// sees that EOF again. `Err` when the client has reset.
-pub fn read_initial(client: &TcpStream) -> Result<Option<Vec<u8>>, EndReason> {
+/// Appends to `into` what a just-accepted client has already sent, read without waiting (up
+/// to 16 KiB), so it can go out with the origin connection's first write: client-first
+/// protocols (HTTP, TLS) then reach the origin in one piece, and the origin is not woken by
+/// the new connection and again by its first bytes. Returns how many bytes it took: 0 when
+/// nothing has arrived yet (a server-first protocol, or a slow client) or the client already
+/// sent FIN; the relay sees that EOF again. `Err` when the client has reset.
+pub fn read_initial(client: &TcpStream, into: &mut Vec<u8>) -> Result<usize, EndReason> {
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..INITIAL_READ];
-    loop {
-        return match recv(client, buf) {
-            // Copied out at its size: the pooled buffer must not stay with a connection
-            // that may wait seconds for its origin.
-            Ok(Read::Data { n, .. }) => Ok(Some(buf[..n].to_vec())),
-            Ok(Read::Eof | Read::WouldBlock) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => Err(EndReason::ClientReset),
-        };
+    match recv(client, buf) {
+        // Copied out at its size: the pooled buffer must not stay with a connection that may
+        // wait seconds for its origin.
+        Ok(Read::Data { n, .. }) => {
+            into.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        Ok(Read::Eof | Read::WouldBlock) => Ok(0),
+        Err(_) => Err(EndReason::ClientReset),
     }
 }
 
@@ -422,7 +422,7 @@ enum Read {
     WouldBlock,
 }
 
-/// One read into `buf`. A short read empties the receive queue, so it also clears tokio's
+/// One read into `buf` (retried when a signal interrupts it). A short read empties the receive queue, so it also clears tokio's
 /// read readiness, as a WouldBlock would: the read that would only fail is saved (a
 /// syscall per message on request/reply traffic; HAProxy does the same). Clearing goes
 /// through `try_io`, whose readiness tick keeps data that lands meanwhile from being
@@ -435,10 +435,20 @@ fn recv(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
     let len = buf.len();
     let mut got = 0;
     let read = stream.try_io(Interest::READABLE, || {
-        // SAFETY: `buf` is writable memory of `len` bytes for the duration of the call and
-        // `fd` is the open socket borrowed from `stream`.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let n = loop {
+            // SAFETY: `buf` is writable memory of `len` bytes for the duration of the call
+            // and `fd` is the open socket borrowed from `stream`.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
+            match usize::try_from(n) {
+                Ok(n) => break n,
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         got = n;
         if n > 0 && n < len {
             Err(io::ErrorKind::WouldBlock.into())
@@ -460,13 +470,7 @@ fn recv(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
 
 /// One read from the source into `buf`.
 fn read_some(side: &Side<'_>, buf: &mut [u8]) -> Result<Read, EndReason> {
-    loop {
-        return match recv(side.src, buf) {
-            Ok(read) => Ok(read),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => Err(side.src_reset),
-        };
-    }
+    recv(side.src, buf).map_err(|_| side.src_reset)
 }
 
 /// Whether a write that failed with `e` is to be retried once the socket is writable.
@@ -822,6 +826,7 @@ mod splicing {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
@@ -887,22 +892,15 @@ mod tests {
         }
     }
 
-    fn fnv(mut h: u64, data: &[u8]) -> u64 {
-        for &b in data {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        h
-    }
-
     /// Writes `len` pseudo-random bytes, returns their hash.
     async fn send<W: AsyncWriteExt + Unpin>(w: &mut W, len: usize, mut seed: u64) -> u64 {
         let mut buf = vec![0; 256 * 1024];
-        let (mut left, mut h) = (len, 0xcbf2_9ce4_8422_2325);
+        let (mut left, mut h) = (len, FNV_OFFSET);
         while left > 0 {
             let n = left.min(buf.len());
             fill(&mut seed, &mut buf[..n]);
             w.write_all(&buf[..n]).await.unwrap();
-            h = fnv(h, &buf[..n]);
+            h = fnv1a(h, &buf[..n]);
             left -= n;
         }
         h
@@ -911,13 +909,13 @@ mod tests {
     /// Reads to EOF, returns (length, hash).
     async fn recv<R: AsyncReadExt + Unpin>(r: &mut R) -> (usize, u64) {
         let mut buf = vec![0; 256 * 1024];
-        let (mut len, mut h) = (0, 0xcbf2_9ce4_8422_2325);
+        let (mut len, mut h) = (0, FNV_OFFSET);
         loop {
             let n = r.read(&mut buf).await.unwrap();
             if n == 0 {
                 return (len, h);
             }
-            h = fnv(h, &buf[..n]);
+            h = fnv1a(h, &buf[..n]);
             len += n;
         }
     }
@@ -1014,7 +1012,7 @@ mod tests {
             let sent = send(&mut rig.client, 2 << 20, 11).await;
             let mut got = vec![0; 2 << 20];
             rig.origin.read_exact(&mut got).await.unwrap();
-            assert_eq!(fnv(0xcbf2_9ce4_8422_2325, &got), sent, "{engine:?}");
+            assert_eq!(fnv1a(FNV_OFFSET, &got), sent, "{engine:?}");
             for i in 0..20u8 {
                 let msg = [i; 64];
                 rig.client.write_all(&msg).await.unwrap();
@@ -1040,14 +1038,16 @@ mod tests {
     async fn read_initial_takes_what_the_client_sent_first() {
         // Nothing sent yet: nothing taken, and the socket is left as it was.
         let (mut client, accepted) = pair().await;
-        assert_eq!(read_initial(&accepted).unwrap(), None);
+        let mut first = Vec::new();
+        assert_eq!(read_initial(&accepted, &mut first).unwrap(), 0);
+        assert!(first.is_empty());
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        // Wait for the bytes to land, then take them without blocking.
+        // Wait for the bytes to land, then take them without blocking; they are appended
+        // after what the buffer held (a PROXY header, in the proxy).
         accepted.readable().await.unwrap();
-        assert_eq!(
-            read_initial(&accepted).unwrap().as_deref(),
-            Some(&b"GET / HTTP/1.1\r\n"[..])
-        );
+        first.extend_from_slice(b"header:");
+        assert_eq!(read_initial(&accepted, &mut first).unwrap(), 16);
+        assert_eq!(first, b"header:GET / HTTP/1.1\r\n");
         // More than the cap: the rest stays for the relay.
         let big = vec![5u8; INITIAL_READ + 100];
         client.write_all(&big).await.unwrap();
@@ -1056,7 +1056,7 @@ mod tests {
         while taken < INITIAL_READ {
             assert!(Instant::now() < deadline, "the bytes never arrived");
             accepted.readable().await.unwrap();
-            taken += read_initial(&accepted).unwrap().map_or(0, |b| b.len());
+            taken += read_initial(&accepted, &mut Vec::new()).unwrap();
         }
         assert_eq!(
             taken, INITIAL_READ,
@@ -1066,7 +1066,7 @@ mod tests {
         let (client2, accepted2) = pair().await;
         drop(client2);
         accepted2.readable().await.unwrap();
-        assert_eq!(read_initial(&accepted2).unwrap(), None);
+        assert_eq!(read_initial(&accepted2, &mut Vec::new()).unwrap(), 0);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use std::time::Duration;
 
 use switchyard_geo::Region;
+use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
 
 use crate::config::{OriginSteering, SteeringPolicy, Vantage};
 use crate::runtime::{Runtime, View};
@@ -467,11 +468,9 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// FNV-1a: stable across processes, unlike std's randomly keyed hasher.
+/// FNV-1a: every node hashes a client alike, unlike with std's randomly keyed hasher.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    fnv1a(FNV_OFFSET, bytes)
 }
 
 fn hash_str(s: &str) -> u64 {
