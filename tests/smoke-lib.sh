@@ -1,7 +1,8 @@
-# shellcheck shell=bash disable=SC2034,SC2153
-# (STEP is read by the caller; STATE is set by it.)
+# shellcheck shell=bash disable=SC2034,SC2153,SC2004
+# (STEP is read by the caller; the others are set by it; ALL_PIDS is its associative array.)
 # tests/smoke-lib.sh: helpers the testnet smoke tests share (sourced, not run). They expect
-# STATE (the testnet's state directory), PASSED, STEP and LAST as globals of the caller.
+# STATE (the testnet's state directory), TESTNET, SMOKE_NAME, PASSED, STEP, LAST, ALL_PIDS and
+# DOWN_CHECKED as globals of the caller.
 #
 # Status JSON (`switchyard status --json`) is read with bash alone: flattened to one line, then
 # matched with patterns that rely only on the document's shape (member objects hold no nested
@@ -79,4 +80,54 @@ members() {
         if [[ -n $id ]]; then printf '%s %s %s %s\n' "$id" "${state:-?}" "${gen:-0}" "${rtt:--}"; fi
     done <<<"${list//\},\{/$'\n'}"
     return 0
+}
+
+# record_pids DIR...: remembers every pid in DIR/*.pid (in ALL_PIDS), to check at the end that
+# none survived.
+record_pids() {
+    local d f pid
+    for d in "$@"; do
+        for f in "$d"/*.pid; do
+            [[ -f $f ]] || continue
+            pid=$(<"$f")
+            [[ $pid =~ ^[0-9]+$ ]] && ALL_PIDS[$pid]=$f
+        done
+    done
+    return 0
+}
+
+# check_pids_gone NOTE DIR...: no recorded process runs and no pid file remains in DIR...;
+# NOTE is added to the first message.
+check_pids_gone() {
+    local note=$1 pid left=() d f
+    shift
+    for pid in "${!ALL_PIDS[@]}"; do
+        is_alive "$pid" && left+=("$pid (${ALL_PIDS[$pid]})")
+    done
+    ((${#left[@]} == 0)) || fail "processes from the pid files still run: ${left[*]}"
+    pass "none of the ${#ALL_PIDS[@]} processes from the pid files$note runs"
+    for d in "$@"; do
+        for f in "$d"/*.pid; do
+            [[ -e $f ]] && fail "pid file $f remains"
+        done
+    done
+    pass "no pid files remain"
+}
+
+# The EXIT trap. After a failure that came before the test's own `down` check (DOWN_CHECKED),
+# takes the testnet down and reports what is left without failing again; then names the
+# failed step. The caller sets SMOKE_NAME and defines record_run and check_all_gone.
+on_exit() {
+    local rc=$?
+    trap - EXIT
+    if ((DOWN_CHECKED == 0)); then
+        printf '\n==> cleanup after failure: %s down\n' "$TESTNET"
+        record_run
+        "$TESTNET" down || true
+        (check_all_gone) || true
+    fi
+    if ((rc != 0)); then
+        printf '\n%s: %d passed, 1 failed (step: %s)\n' "$SMOKE_NAME" "$PASSED" "$STEP" >&2
+    fi
+    exit "$rc"
 }

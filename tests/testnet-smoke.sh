@@ -16,23 +16,13 @@ cd "$ROOT"
 # shellcheck source=tests/smoke-lib.sh
 source tests/smoke-lib.sh
 TESTNET=./testnet.sh
+SMOKE_NAME=testnet-smoke
 STATE=.testnet
 
 PASSED=0
 STEP="start"
 declare -A ALL_PIDS=()
 DOWN_CHECKED=0
-
-# Remembers every pid in the pid files, to check at the end that none survived.
-record_pids() {
-    local f pid
-    for f in "$STATE"/*.pid; do
-        [[ -f $f ]] || continue
-        pid=$(<"$f")
-        [[ $pid =~ ^[0-9]+$ ]] && ALL_PIDS[$pid]=$f
-    done
-    return 0
-}
 
 # The HTTP status of GET http://ADDR/PATH, 000 when nothing answers.
 http_code() {
@@ -186,33 +176,16 @@ expect_ready() {
     done
 }
 
-check_all_stopped() {
-    local pid left=() f
-    for pid in "${!ALL_PIDS[@]}"; do
-        is_alive "$pid" && left+=("$pid (${ALL_PIDS[$pid]})")
-    done
-    ((${#left[@]} == 0)) || fail "processes from the pid files still run: ${left[*]}"
-    pass "none of the ${#ALL_PIDS[@]} processes from the pid files runs"
-    for f in "$STATE"/*.pid; do
-        [[ -e $f ]] && fail "pid file $f remains"
-    done
-    pass "no pid files remain"
+# Everything this run started is gone.
+check_all_gone() {
+    check_pids_gone "" "$STATE"
 }
 
-on_exit() {
-    local rc=$?
-    trap - EXIT
-    if ((DOWN_CHECKED == 0)); then
-        printf '\n==> cleanup after failure: %s down\n' "$TESTNET"
-        record_pids
-        "$TESTNET" down || true
-        (check_all_stopped) || true
-    fi
-    if ((rc != 0)); then
-        printf '\ntestnet-smoke: %d passed, 1 failed (step: %s)\n' "$PASSED" "$STEP" >&2
-    fi
-    exit "$rc"
+# What `down` must stop: every pid in the pid files.
+record_run() {
+    record_pids "$STATE"
 }
+
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -223,7 +196,7 @@ pass "nothing left running"
 
 step "$TESTNET up"
 "$TESTNET" up || fail "testnet.sh up exited $?"
-record_pids
+record_run
 pass "testnet is up"
 
 step "manifest"
@@ -325,7 +298,7 @@ pass "$LAST"
 step "bring the wnam pool back: origin up wnam-1, wnam-2"
 "$TESTNET" origin up wnam-1 || fail "origin up wnam-1 failed"
 "$TESTNET" origin up wnam-2 || fail "origin up wnam-2 failed"
-record_pids
+record_run
 pass "both wnam origins started"
 expect_origin 'wnam-*' 15
 
@@ -339,7 +312,7 @@ pass "$LAST (within $((SECONDS - started + 1))s)"
 
 step "node up edge-weu"
 "$TESTNET" node up edge-weu || fail "node up edge-weu failed"
-record_pids
+record_run
 expect_ready 127.0.0.1:9902 200 10
 pass "edge-weu's GET /ready answers 200 again"
 started=$SECONDS
@@ -369,9 +342,9 @@ done
 pass "status shows each node's member list (alive: edge-wnam ${alive_in[edge-wnam]}, edge-weu ${alive_in[edge-weu]}, edge-seas ${alive_in[edge-seas]})"
 
 step "$TESTNET down"
-record_pids
+record_run
 "$TESTNET" down || fail "testnet.sh down failed"
-check_all_stopped
+check_all_gone
 DOWN_CHECKED=1
 
 printf '\ntestnet-smoke: %d passed, 0 failed\n' "$PASSED"

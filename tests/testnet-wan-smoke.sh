@@ -19,6 +19,7 @@ cd "$ROOT"
 # shellcheck source=tests/smoke-lib.sh
 source tests/smoke-lib.sh
 TESTNET=./testnet.sh
+SMOKE_NAME=testnet-wan-smoke
 STATE=.testnet
 WAN_DIR=$STATE/wan
 
@@ -33,15 +34,11 @@ declare -A ALL_PIDS=()
 declare -A RUN_NETNS=() # the namespaces this run's testbed made
 DOWN_CHECKED=0
 
-# Remembers every pid in the pid files (wan-emu's too), and the testbed's namespaces, to check
+# Remembers every pid in the pid files (wan-emu's too) and this run's namespaces, to check
 # at the end that none survived.
 record_run() {
-    local f pid name netns
-    for f in "$STATE"/*.pid "$WAN_DIR"/*.pid; do
-        [[ -f $f ]] || continue
-        pid=$(<"$f")
-        [[ $pid =~ ^[0-9]+$ ]] && ALL_PIDS[$pid]=$f
-    done
+    local name netns
+    record_pids "$STATE" "$WAN_DIR"
     if [[ -f $WAN_DIR/regions ]]; then
         while read -r name _ netns; do
             [[ -n $netns ]] && RUN_NETNS[$netns]=$name
@@ -144,16 +141,8 @@ expect() {
 # ---- End checks ---------------------------------------------------------------------------------
 
 check_all_gone() {
-    local pid left=() f netns
-    for pid in "${!ALL_PIDS[@]}"; do
-        is_alive "$pid" && left+=("$pid (${ALL_PIDS[$pid]})")
-    done
-    ((${#left[@]} == 0)) || fail "processes from the pid files still run: ${left[*]}"
-    pass "none of the ${#ALL_PIDS[@]} processes from the pid files (wan-emu's too) runs"
-    for f in "$STATE"/*.pid "$WAN_DIR"/*.pid; do
-        [[ -e $f ]] && fail "pid file $f remains"
-    done
-    pass "no pid files remain"
+    local left=() f netns
+    check_pids_gone " (wan-emu's too)" "$STATE" "$WAN_DIR"
     ((${#RUN_NETNS[@]} > 0)) || fail "no namespaces were recorded for this run"
     left=()
     for netns in "${!RUN_NETNS[@]}"; do
@@ -169,21 +158,6 @@ check_all_gone() {
         [[ -e $f ]] && fail "$f remains"
     done
     pass "no testbed state (regions, control socket), mode file or manifest remains"
-}
-
-on_exit() {
-    local rc=$?
-    trap - EXIT
-    if ((DOWN_CHECKED == 0)); then
-        printf '\n==> cleanup after failure: %s down\n' "$TESTNET"
-        record_run
-        "$TESTNET" down || true
-        (check_all_gone) || true
-    fi
-    if ((rc != 0)); then
-        printf '\ntestnet-wan-smoke: %d passed, 1 failed (step: %s)\n' "$PASSED" "$STEP" >&2
-    fi
-    exit "$rc"
 }
 
 # ---- The test -------------------------------------------------------------------------------------
