@@ -14,9 +14,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, Criterion};
 use switchyard_node::config::{Config, GeoConfig};
-use switchyard_node::geo::Geo;
-use switchyard_node::runtime::{Report, Runtime, View};
-use switchyard_node::steering::{decide, Request};
+use switchyard_node::core::affinity::Affinity;
+use switchyard_node::core::compiled::CompiledConfig;
+use switchyard_node::core::steering::{decide, Request};
+use switchyard_node::core::view::{Report, View};
+use switchyard_node::locate::Locator;
 
 /// Counts every allocation, to show the hot path makes none.
 struct Counting;
@@ -110,9 +112,10 @@ fn database(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 struct Fixture {
-    rt: Runtime,
+    rt: CompiledConfig,
     view: View,
-    geo: Geo,
+    geo: Locator,
+    affinity: Affinity,
     clients: Vec<IpAddr>,
 }
 
@@ -120,9 +123,9 @@ fn fixture() -> Fixture {
     let dir = std::env::temp_dir().join(format!("sy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = Config::parse(CONFIG, None).expect("bench config is valid");
-    let rt = Runtime::compile(Arc::new(cfg), None);
+    let rt = CompiledConfig::compile(Arc::new(cfg), None);
     let view = View::build(&rt, &Report::default());
-    let geo = Geo::new(
+    let geo = Locator::new(
         Some(&GeoConfig {
             database: Some(database(&dir)),
             ..GeoConfig::default()
@@ -141,19 +144,14 @@ fn fixture() -> Fixture {
         rt,
         view,
         geo,
+        affinity: Affinity::default(),
         clients,
     }
 }
 
 fn one(f: &Fixture, lb: usize, client: IpAddr, random: u64, now: tokio::time::Instant) -> usize {
-    let req = Request {
-        client,
-        now,
-        random,
-        exclude: &[],
-        sticky: None,
-        geo: f.geo.locate_fast(client),
-    };
+    let geo = f.geo.locate_fast(client);
+    let req = Request::new(&f.rt, lb, &f.affinity, client, geo, now, random);
     decide(&f.rt, &f.view, lb, &req, &mut ())
         .map(|d| d.origin)
         .unwrap_or(0)

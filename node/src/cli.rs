@@ -184,7 +184,7 @@ pub fn main() -> ExitCode {
             };
             // The region a client gets with no database is the node's; here there is no
             // node, so say "unknown" instead of inventing one.
-            match crate::geo::Geo::new(Some(&cfg), switchyard_geo::Region::Weu) {
+            match crate::locate::Locator::new(Some(&cfg), switchyard_geo::Region::Weu) {
                 Ok(geo) => {
                     let l = geo.locate(*ip);
                     println!(
@@ -244,14 +244,17 @@ pub fn main() -> ExitCode {
                     print!("{body}");
                     ExitCode::SUCCESS
                 }
-                Ok((200, body)) => match serde_json::from_str::<crate::explain::Explanation>(&body)
-                {
-                    Ok(e) => {
-                        print!("{}", crate::explain::render(&e));
-                        ExitCode::SUCCESS
+                Ok((200, body)) => {
+                    match serde_json::from_str::<crate::core::explain::Explanation>(&body) {
+                        Ok(e) => {
+                            print!("{}", crate::core::explain::render(&e));
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            fail_msg(&format!("{addr}: /v1/explain is not an explanation: {e}"))
+                        }
                     }
-                    Err(e) => fail_msg(&format!("{addr}: /v1/explain is not an explanation: {e}")),
-                },
+                }
                 Ok((_, body)) => fail_msg(body.trim()),
                 Err(e) => fail(e),
             }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use switchyard_geo::Region;
 use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
 
-use crate::probe::{ExpectedCodes, ProbeKind};
+use crate::monitor::probe::{ExpectedCodes, ProbeKind};
 
 /// The whole configuration of one node.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -1,23 +1,42 @@
 //! Switchyard edge node: configuration, monitors, steering, the TCP proxy and the status
 //! endpoint. `App` runs all of it; the `switchyard` binary is a thin shell around it, and the
 //! tests start the same `App` on port 0.
+//!
+//! # Layout
+//!
+//! - `config`: the configuration file, parsed into typed values and validated once.
+//! - `core`: the pure core. The compiled config, the health state machines and their book,
+//!   the health view and its judging, session affinity, steering and explain's reasoning:
+//!   plain code over data, with time and randomness passed in.
+//! - Shells, each doing one kind of I/O around the core:
+//!   - `hub`: health in (probes, failed connects, the mesh), published snapshots out;
+//!   - `proxy` (with `relay` and `proxy_protocol`): the apps' listeners and data path;
+//!   - `monitor` (with `probe`): the health probes;
+//!   - `mesh`: the glue to the gossip mesh;
+//!   - `locate`: GeoIP and the region table;
+//!   - `status`: the status endpoint, its document, and the client the CLI uses;
+//!   - `metrics` and `clock`: the one registry and the one clock, passed down.
+//! - `state`: what the status endpoint reads of a running node.
+//! - `app`: wires the shells together; `cli`: the command line.
+//!
+//! The one dependency rule: modules depend downwards in this list, never back up. `core`
+//! depends on nothing but `config`; a shell never imports `app`, and no two modules import
+//! each other. `tests/tests/layout.rs` checks it.
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod core;
 pub mod error;
-pub mod explain;
-pub mod geo;
-pub mod health;
+pub mod hub;
+pub mod locate;
+pub mod mesh;
 pub mod metrics;
 pub mod monitor;
-pub mod probe;
 pub mod proxy;
-pub mod proxy_protocol;
-pub mod relay;
-pub mod runtime;
+pub mod state;
 pub mod status;
-pub mod steering;
 
 pub use app::{App, StartOptions};
 pub use config::Config;

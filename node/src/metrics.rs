@@ -15,7 +15,7 @@ pub struct AppLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Direction {
+pub enum BytesDirection {
     /// Client to origin.
     In,
     /// Origin to client.
@@ -25,7 +25,7 @@ pub enum Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub app: String,
-    pub direction: Direction,
+    pub direction: BytesDirection,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,7 +41,7 @@ pub struct OriginLabels {
 }
 
 impl OriginLabels {
-    pub fn of(key: &crate::runtime::OriginKey) -> OriginLabels {
+    pub fn of(key: &crate::core::compiled::OriginKey) -> OriginLabels {
         OriginLabels {
             pool: key.pool.to_string(),
             origin: key.origin.to_string(),

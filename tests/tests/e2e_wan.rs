@@ -659,7 +659,7 @@ default_pools = ["weu", "seas"]
     async fn explain(&self, region: &str, lb: &str, client: IpAddr) -> String {
         let path = format!("/v1/explain?lb={lb}&client={client}");
         match self.http_get(region, &path).await {
-            Ok(body) => match serde_json::from_str::<switchyard_node::explain::Explanation>(&body)
+            Ok(body) => match serde_json::from_str::<switchyard_node::core::explain::Explanation>(&body)
             {
                 Ok(e) => format!(
                     "{} explains {lb} for {client}: region {:?} (by {}), pool {:?} ({}), origin {:?}",
@@ -956,7 +956,7 @@ async fn geo(c: &Cluster) -> Result<()> {
     let body = c
         .http_get("WNAM", &format!("/v1/explain?lb=geo&client={weu_client}"))
         .await?;
-    let e: switchyard_node::explain::Explanation = serde_json::from_str(&body)?;
+    let e: switchyard_node::core::explain::Explanation = serde_json::from_str(&body)?;
     c.note(c.explain("WNAM", "geo", weu_client).await);
     assert_eq!(e.region.as_deref(), Some("WEU"), "{e:?}");
     assert_eq!(e.country.as_deref(), Some("DE"), "{e:?}");

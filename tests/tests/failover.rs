@@ -69,7 +69,7 @@ load_balancer = "lb"
     p1.stop().await;
     p2.stop().await;
     eventually("monitor marks the primary pool down", bound, || async {
-        let s = switchyard_node::status::document(app.shared());
+        let s = switchyard_node::status::document(app.state());
         !s.pools[0].healthy
     })
     .await?;
@@ -88,7 +88,7 @@ load_balancer = "lb"
     )
     .await?;
     eventually("both primary origins are up again", bound, || async {
-        let s = switchyard_node::status::document(app.shared());
+        let s = switchyard_node::status::document(app.state());
         s.pools[0].healthy
             && s.pools[0]
                 .origins
@@ -134,7 +134,7 @@ load_balancer = "lb"
     let addr = app_addr(&app, "a").await;
     // Let the first probe round pass so both origins are checked and up.
     eventually("first probes", Duration::from_secs(5), || async {
-        switchyard_node::status::document(app.shared()).pools[0]
+        switchyard_node::status::document(app.state()).pools[0]
             .origins
             .iter()
             .all(|o| o.last_change.is_some())
@@ -145,7 +145,7 @@ load_balancer = "lb"
     for _ in 0..20 {
         assert_eq!(name_via(addr).await, "live");
     }
-    let s = switchyard_node::status::document(app.shared());
+    let s = switchyard_node::status::document(app.state());
     let dead_row = &s.pools[0].origins[0];
     assert!(!dead_row.healthy);
     assert_eq!(dead_row.reason.as_deref(), Some("connect refused"));

@@ -242,11 +242,11 @@ async fn mesh(tag: &str, scratch: &Scratch, body: &str) -> anyhow::Result<Vec<Ap
 }
 
 fn mesh_addr(app: &App) -> SocketAddr {
-    app.shared().mesh.as_ref().unwrap().local_addr()
+    app.state().mesh.as_ref().unwrap().local_addr()
 }
 
 fn doc(app: &App) -> Status {
-    status::document(app.shared())
+    status::document(app.state())
 }
 
 fn alive_count(app: &App) -> usize {
@@ -322,14 +322,18 @@ async fn geo_sends_each_client_to_its_regions_pool_on_every_node() -> anyhow::Re
 
     // Explain says where the client is and how the node knows.
     for app in &apps {
-        let e = switchyard_node::explain::explain(app.shared(), "geo", client(1, 9))
+        let e = app
+            .state()
+            .explain("geo", client(1, 9))
             .map_err(anyhow::Error::msg)?;
         assert_eq!(e.region.as_deref(), Some("WEU"), "{e:?}");
         assert_eq!(e.located_by, "database", "{e:?}");
         assert_eq!(e.country.as_deref(), Some("DE"), "{e:?}");
         assert_eq!(e.pool.as_deref(), Some("weu"), "{e:?}");
 
-        let e = switchyard_node::explain::explain(app.shared(), "geo", client(0, 9))
+        let e = app
+            .state()
+            .explain("geo", client(0, 9))
             .map_err(anyhow::Error::msg)?;
         assert_eq!(e.region.as_deref(), Some("WNAM"), "{e:?}");
         assert_eq!(e.located_by, "database", "{e:?}");
@@ -340,7 +344,9 @@ async fn geo_sends_each_client_to_its_regions_pool_on_every_node() -> anyhow::Re
         );
         assert_eq!(e.pool.as_deref(), Some("wnam"), "{e:?}");
 
-        let e = switchyard_node::explain::explain(app.shared(), "geo", client(2, 9))
+        let e = app
+            .state()
+            .explain("geo", client(2, 9))
             .map_err(anyhow::Error::msg)?;
         assert_eq!(e.region.as_deref(), Some("SEAS"), "{e:?}");
         assert_eq!(e.located_by, "database", "{e:?}");
@@ -469,7 +475,9 @@ async fn dynamic_follows_the_rtt_the_clients_region_measures() -> anyhow::Result
                 assert_eq!(Some(pool_of(&got)), best.as_deref(), "on {id}: {got:?}");
             }
         }
-        let e = switchyard_node::explain::explain(app.shared(), "dyn", weu_client)
+        let e = app
+            .state()
+            .explain("dyn", weu_client)
             .map_err(anyhow::Error::msg)?;
         assert_eq!(e.region.as_deref(), Some("WEU"), "{e:?}");
         assert_ne!(e.pool.as_deref(), Some("weu"), "{e:?}");

@@ -45,12 +45,12 @@ async fn start(cfg: Config) -> App {
 }
 
 fn mesh_addr(app: &App) -> SocketAddr {
-    app.shared().mesh.as_ref().unwrap().local_addr()
+    app.state().mesh.as_ref().unwrap().local_addr()
 }
 
 /// Member states as one node sees them, by id.
 fn members(app: &App) -> Vec<(String, String, u64)> {
-    status::document(app.shared())
+    status::document(app.state())
         .members
         .into_iter()
         .map(|m| (m.id, m.state, m.generation))
@@ -66,11 +66,11 @@ fn state_of(app: &App, id: &str) -> Option<String> {
 }
 
 fn origin_up(app: &App) -> bool {
-    status::document(app.shared()).pools[0].origins[0].healthy
+    status::document(app.state()).pools[0].origins[0].healthy
 }
 
 fn observers(app: &App) -> Vec<String> {
-    status::document(app.shared()).pools[0].origins[0]
+    status::document(app.state()).pools[0].origins[0]
         .observers
         .keys()
         .cloned()
@@ -105,7 +105,7 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
         })
         .await?;
     }
-    let text = status::render(&status::document(apps[2].shared()));
+    let text = status::render(&status::document(apps[2].state()));
     for want in ["MEMBER", "n1", "n5", "alive", "POOL/ORIGIN", "p/o"] {
         assert!(text.contains(want), "{want} in:\n{text}");
     }
@@ -122,7 +122,7 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
         })
         .await?;
     }
-    let s = status::document(apps[3].shared());
+    let s = status::document(apps[3].state());
     let row = &s.pools[0].origins[0];
     assert_eq!(row.region_health.get("WNAM"), Some(&false));
     assert_eq!(row.global_health, Some(false));
@@ -215,7 +215,7 @@ async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
         eventually("3 alive members", WAIT, || async { alive_count(app) == 3 }).await?;
     }
     fn faults(a: &App) -> &switchyard_gossip::transport::Faults {
-        a.shared().mesh.as_ref().unwrap().faults()
+        a.state().mesh.as_ref().unwrap().faults()
     }
     // Cut p3 off from both others, both ways, at the transport.
     faults(&p3).block(mesh_addr(&p1));
@@ -276,7 +276,7 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     let seed = mesh_addr(&d1);
     let d2 = start(config(&certs, "d2", "WEU", &[seed], &drifted)).await;
     eventually("d1 lists d2 as drifted", WAIT, || async {
-        let s = status::document(d1.shared());
+        let s = status::document(d1.state());
         s.drift.len() == 1 && s.drift[0].node == "d2"
     })
     .await?;
@@ -291,7 +291,7 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     })
     .await?;
     eventually("only live drifted nodes are listed", WAIT, || async {
-        status::document(d1.shared()).drift.is_empty()
+        status::document(d1.state()).drift.is_empty()
     })
     .await?;
     for app in [&d1, &d3] {
@@ -332,7 +332,7 @@ async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -
 
     // A 2 s stall: t3 neither sends nor receives, then resumes. Nobody may declare it down.
     fn faults(a: &App) -> &switchyard_gossip::transport::Faults {
-        a.shared().mesh.as_ref().unwrap().faults()
+        a.state().mesh.as_ref().unwrap().faults()
     }
     let stalled_at = tokio::time::Instant::now();
     for (a, b) in [(&t3, &t1), (&t3, &t2), (&t1, &t3), (&t2, &t3)] {

@@ -89,7 +89,7 @@ async fn a_client_that_talks_first_gets_header_then_its_bytes() {
             .unwrap();
         assert_eq!(got, format!("o client={local}\nearly bytes"), "{version}");
         eventually("the bytes are counted", Duration::from_secs(5), || async {
-            status::document(app.shared()).apps[0].bytes_in == 11
+            status::document(app.state()).apps[0].bytes_in == 11
         })
         .await
         .unwrap();
@@ -118,7 +118,7 @@ async fn ip_rules_refuse_denied_clients() {
         1,
         "a denied client never reaches an origin"
     );
-    let metrics = app.shared().metrics.encode();
+    let metrics = app.state().metrics.encode();
     assert!(
         metrics.contains("switchyard_connections_rejected_total{app=\"a\",reason=\"ip_rules\"} 1"),
         "{metrics}"
@@ -284,7 +284,7 @@ async fn half_close_passes_through_and_bytes_are_counted() {
         "the connection is counted",
         Duration::from_secs(5),
         || async {
-            let s = status::document(app.shared());
+            let s = status::document(app.state());
             let a = &s.apps[0];
             a.total == 1 && a.active == 0 && a.bytes_in == 13 && a.bytes_out == 15
         },
@@ -369,7 +369,7 @@ async fn reload_takes_effect_for_new_connections_and_keeps_open_ones() {
     assert_eq!(name_via(addr).await, "b");
     open.get_mut().write_all(b"still here\n").await.unwrap();
     assert_eq!(read_line(&mut open).await.unwrap().trim(), "still here");
-    let metrics = app.shared().metrics.encode();
+    let metrics = app.state().metrics.encode();
     assert!(
         metrics.contains("switchyard_config_reloads_total{result=\"error\"} 2"),
         "{metrics}"
@@ -413,7 +413,7 @@ load_balancer = "lb"
         "the http monitor checks the origin",
         Duration::from_secs(5),
         || async {
-            status::document(app.shared()).pools[0].origins[0]
+            status::document(app.state()).pools[0].origins[0]
                 .rtt_ms
                 .is_some()
         },
@@ -425,7 +425,7 @@ load_balancer = "lb"
         "a 503 takes the origin down with its reason",
         Duration::from_secs(5),
         || async {
-            let s = status::document(app.shared());
+            let s = status::document(app.state());
             let row = &s.pools[0].origins[0];
             !row.healthy && row.reason.as_deref() == Some("status 503") && !s.pools[0].healthy
         },
@@ -434,7 +434,7 @@ load_balancer = "lb"
     .unwrap();
     o.set_http_status(200);
     eventually("it comes back", Duration::from_secs(5), || async {
-        status::document(app.shared()).pools[0].healthy
+        status::document(app.state()).pools[0].healthy
     })
     .await
     .unwrap();

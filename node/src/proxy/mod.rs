@@ -1,29 +1,102 @@
 //! The apps' TCP proxy: accept a client, apply `ip_rules` and `max_connections`, steer,
 //! connect to the chosen origin (retrying others within `connect_timeout` and reporting
 //! failed connects as passive health), send the PROXY header when asked and whatever the client
-//! has already sent in the origin's first write, then hand both sockets to the relay.
+//! has already sent in the origin's first write, then hand both sockets to the relay
+//! (`relay`). `proxy_protocol` writes (and parses) the PROXY header.
 
-use std::collections::HashMap;
+pub mod proxy_protocol;
+pub mod relay;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{field::Empty, Instrument};
 
-use crate::app::{AppSlot, Shared};
-use crate::config::{canonical_ip, ProxyProtocol, SessionAffinity};
-use crate::metrics::{DecisionLabels, Metrics, RejectLabels};
-use crate::proxy_protocol;
-use crate::relay::{self, Direction};
-use crate::runtime::Runtime;
-use crate::steering::{self, Request, Sticky};
-use arc_swap::ArcSwapOption;
-use prometheus_client::metrics::counter::Counter;
+use crate::config::{canonical_ip, AppConfig, OriginAddr, ProxyProtocol, SessionAffinity};
+use crate::core::affinity::Affinity;
+use crate::core::compiled::CompiledConfig;
+use crate::core::steering::{self, Request};
+use crate::hub::HealthHub;
+use crate::locate::Locator;
+use crate::metrics::{
+    AppLabels, BytesDirection, BytesLabels, DecisionLabels, Metrics, RejectLabels,
+};
+use relay::Direction;
+
+/// What the proxy's tasks share with the rest of the node.
+pub struct ProxyContext {
+    pub health: Arc<HealthHub>,
+    pub locator: Arc<Locator>,
+    pub affinity: Arc<Affinity>,
+    pub metrics: Arc<Metrics>,
+    /// Per-(load balancer, pool) decision counters for the current compiled config.
+    pub decisions: DecisionCounters,
+    /// Connections being proxied, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the drain deadline passes: open connections end.
+    pub abort: CancellationToken,
+}
+
+/// Counters of one app, kept across reloads while the app keeps its name.
+#[derive(Clone)]
+pub struct AppStats {
+    pub total: Counter,
+    pub active: Gauge,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl AppStats {
+    pub fn new(metrics: &Metrics, app: &str) -> AppStats {
+        let l = AppLabels {
+            app: app.to_string(),
+        };
+        let b = |direction| BytesLabels {
+            app: app.to_string(),
+            direction,
+        };
+        // One statement each: a family's read guard lives until the end of its statement,
+        // and a second get_or_create on the same family would wait for it forever.
+        let total = metrics.connections.get_or_create(&l).clone();
+        let active = metrics.active.get_or_create(&l).clone();
+        let bytes_in = metrics.bytes.get_or_create(&b(BytesDirection::In)).clone();
+        let bytes_out = metrics.bytes.get_or_create(&b(BytesDirection::Out)).clone();
+        AppStats {
+            total,
+            active,
+            bytes_in,
+            bytes_out,
+        }
+    }
+}
+
+/// One app as its listeners see it: the config swaps on reload, the counters stay.
+pub struct AppSlot {
+    pub cfg: ArcSwap<AppConfig>,
+    pub stats: AppStats,
+    /// Open connections, for `max_connections`.
+    pub open: AtomicU32,
+}
+
+impl AppSlot {
+    pub fn new(cfg: Arc<AppConfig>, metrics: &Metrics) -> AppSlot {
+        AppSlot {
+            stats: AppStats::new(metrics, &cfg.name),
+            cfg: ArcSwap::new(cfg),
+            open: AtomicU32::new(0),
+        }
+    }
+}
 
 /// Origins tried at most for one connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -47,7 +120,7 @@ pub async fn serve(
     listener: TcpListener,
     port_offset: u16,
     slot: Arc<AppSlot>,
-    shared: Arc<Shared>,
+    cx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
     loop {
@@ -57,11 +130,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((client, peer)) => {
-                let slot = slot.clone();
-                let shared2 = shared.clone();
-                shared
-                    .connections
-                    .spawn(handle(client, peer, port_offset, slot, shared2));
+                cx.connections
+                    .spawn(handle(client, peer, port_offset, slot.clone(), cx.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on the error.
@@ -77,7 +147,7 @@ async fn handle(
     peer: SocketAddr,
     port_offset: u16,
     slot: Arc<AppSlot>,
-    shared: Arc<Shared>,
+    cx: Arc<ProxyContext>,
 ) {
     let cfg = slot.cfg.load_full();
     // At debug level: with the default `info`, building the span (its fields formatted into
@@ -90,8 +160,7 @@ async fn handle(
         origin = Empty,
     );
     let reject = |reason: &'static str| {
-        shared
-            .metrics
+        cx.metrics
             .rejected
             .get_or_create(&RejectLabels {
                 app: cfg.name.clone(),
@@ -135,7 +204,7 @@ async fn handle(
 
     let started = Instant::now();
     let Some((mut origin, sent, pool_name, origin_name, counter)) =
-        connect(&shared, &cfg, client_ip, port_offset, started, &first)
+        connect(&cx, &cfg, client_ip, port_offset, started, &first)
             .instrument(span.clone())
             .await
     else {
@@ -177,7 +246,7 @@ async fn handle(
                 "connection closed"
             );
         }
-        _ = shared.abort.cancelled() => {
+        _ = cx.abort.cancelled() => {
             tracing::debug!(parent: &span, end = "shutdown", "connection cut at the drain deadline");
         }
     }
@@ -185,60 +254,42 @@ async fn handle(
 
 /// The origin connection, how much of `first` it took already, the pool's and origin's
 /// names, and the origin's open-connection count.
-type Connected = (
-    TcpStream,
-    usize,
-    Arc<str>,
-    Arc<str>,
-    Arc<std::sync::atomic::AtomicU32>,
-);
+type Connected = (TcpStream, usize, Arc<str>, Arc<str>, Arc<AtomicU32>);
 
 /// Steers and connects, trying up to `MAX_ATTEMPTS` origins within `connect_timeout`.
 async fn connect(
-    shared: &Shared,
-    cfg: &crate::config::AppConfig,
+    cx: &ProxyContext,
+    cfg: &AppConfig,
     client: IpAddr,
     port_offset: u16,
     started: Instant,
     first: &[u8],
 ) -> Option<Connected> {
     let deadline = started + cfg.connect_timeout;
-    let geo = shared.geo.locate_fast(client);
+    let geo = cx.locator.locate_fast(client);
     let mut exclude = [(usize::MAX, usize::MAX); MAX_ATTEMPTS];
     for attempt in 0..MAX_ATTEMPTS {
         // Each attempt reads the latest snapshot: a failed connect may just have taken its
         // origin down.
-        let snap = shared.snapshot();
+        let snap = cx.health.snapshot();
         let rt = &snap.rt;
         let lb_idx = rt.lb_index(&cfg.load_balancer)?;
         let lb = &rt.load_balancers[lb_idx];
         let now = Instant::now();
-        let sticky = match lb.affinity {
-            SessionAffinity::ClientIp => shared.affinity.get(rt, &lb.name, client),
-            SessionAffinity::None => None,
-        };
-        let req = Request {
-            client,
-            now,
-            random: rand::random(),
-            exclude: &exclude[..attempt],
-            sticky,
-            geo,
-        };
+        let req = Request::new(rt, lb_idx, &cx.affinity, client, geo, now, rand::random())
+            .excluding(&exclude[..attempt]);
         let Some(d) = steering::decide(rt, &snap.view, lb_idx, &req, &mut ()) else {
             tracing::warn!(load_balancer = %lb.name, "no origin left to try");
             return None;
         };
         let pool = &rt.pools[d.pool];
         let origin = &pool.origins[d.origin];
-        shared
-            .decision_counters
-            .get(&shared.metrics, rt, lb_idx, d.pool)
-            .inc();
+        cx.decisions.get(&cx.metrics, rt, lb_idx, d.pool).inc();
         exclude[attempt] = (d.pool, d.origin);
         let key = rt.key(d.pool, d.origin);
         let Some(port) = origin.addr.port.checked_add(port_offset) else {
-            shared.on_connect_failure(&key, "port out of range".into());
+            cx.health
+                .on_connect_failure(&key, "port out of range".into());
             continue;
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -246,12 +297,13 @@ async fn connect(
         match result {
             Ok(Ok((stream, sent))) => {
                 if lb.affinity == SessionAffinity::ClientIp {
-                    shared.affinity.put(
+                    cx.affinity.put(
                         &lb.name,
                         client,
                         &pool.name,
                         &origin.name,
-                        now + lb.affinity_ttl,
+                        now,
+                        lb.affinity_ttl,
                     );
                 }
                 return Some((
@@ -265,11 +317,11 @@ async fn connect(
             Ok(Err(e)) => {
                 let reason = connect_reason(&e);
                 tracing::debug!(pool = %pool.name, origin = %origin.name, %reason, "connect failed");
-                shared.on_connect_failure(&key, reason);
+                cx.health.on_connect_failure(&key, reason);
             }
             Err(_) => {
                 tracing::debug!(pool = %pool.name, origin = %origin.name, "connect timed out");
-                shared.on_connect_failure(&key, "timeout".into());
+                cx.health.on_connect_failure(&key, "timeout".into());
                 return None;
             }
         }
@@ -282,11 +334,7 @@ async fn connect(
 
 /// Connects, and sends what it can of `first` once connected: returns the stream and how
 /// many bytes of `first` went out.
-async fn dial(
-    addr: &crate::config::OriginAddr,
-    port: u16,
-    first: &[u8],
-) -> std::io::Result<(TcpStream, usize)> {
+async fn dial(addr: &OriginAddr, port: u16, first: &[u8]) -> std::io::Result<(TcpStream, usize)> {
     let stream = match addr.ip {
         Some(ip) => return dial_ip(SocketAddr::new(ip, port), first).await,
         None => TcpStream::connect((addr.host.as_str(), port)).await?,
@@ -358,82 +406,26 @@ impl<F: FnMut()> Drop for Guard<F> {
     }
 }
 
-/// Session affinity by client IP: which origin each client of a load balancer last used.
-#[derive(Default)]
-pub struct Affinity {
-    map: Mutex<HashMap<(Arc<str>, IpAddr), Entry>>,
-    puts: AtomicU64,
-}
-
-struct Entry {
-    pool: Arc<str>,
-    origin: Arc<str>,
-    expires: Instant,
-}
-
-/// Entries are swept of expired ones every this many inserts, bounding the table by the
-/// number of clients seen within one TTL.
-const SWEEP_EVERY: u64 = 4096;
-
-impl Affinity {
-    pub fn get(&self, rt: &Runtime, lb: &Arc<str>, client: IpAddr) -> Option<Sticky> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let e = map.get(&(lb.clone(), client))?;
-        let (pool, origin) = rt.origin_index(&e.pool, &e.origin)?;
-        Some(Sticky {
-            pool,
-            origin,
-            expires: e.expires,
-        })
-    }
-
-    /// Records (or refreshes: the TTL slides with use) the client's origin.
-    pub fn put(
-        &self,
-        lb: &Arc<str>,
-        client: IpAddr,
-        pool: &Arc<str>,
-        origin: &Arc<str>,
-        expires: Instant,
-    ) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if self.puts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let now = Instant::now();
-            map.retain(|_, e| e.expires > now);
-        }
-        map.insert(
-            (lb.clone(), client),
-            Entry {
-                pool: pool.clone(),
-                origin: origin.clone(),
-                expires,
-            },
-        );
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// `switchyard_steering_decisions_total` handles for the current runtime, so a connection
+/// `switchyard_steering_decisions_total` handles for the current compiled config, so a connection
 /// counts its decision without building label strings or locking the metric family. A
 /// series appears on its first decision, as it would with `get_or_create`.
 #[derive(Default)]
 pub struct DecisionCounters(ArcSwapOption<CountersFor>);
 
 struct CountersFor {
-    rt: Arc<Runtime>,
+    rt: Arc<CompiledConfig>,
     /// Indexed `[load balancer * pools + pool]`.
     counters: Vec<OnceLock<Counter>>,
 }
 
 impl DecisionCounters {
-    pub fn get(&self, metrics: &Metrics, rt: &Arc<Runtime>, lb: usize, pool: usize) -> Counter {
+    pub fn get(
+        &self,
+        metrics: &Metrics,
+        rt: &Arc<CompiledConfig>,
+        lb: usize,
+        pool: usize,
+    ) -> Counter {
         let pools = rt.pools.len();
         let table = match self.0.load_full() {
             Some(table) if Arc::ptr_eq(&table.rt, rt) => table,

@@ -1,39 +1,23 @@
 //! Steering: which pool and which origin serve one connection. A pure function of the
-//! runtime, the health view, the load balancer, the client and the time; randomness comes in
+//! compiled config, the health view, the load balancer, the client and the time; randomness comes in
 //! as a number. No I/O and no allocation, so it is tested table by table and costs well under
 //! a microsecond. A `Trace` receives the reasons when someone asks (explain); the proxy
 //! passes `()`, which compiles to nothing.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::time::Instant;
-
-use std::time::Duration;
 
 use switchyard_geo::Region;
 use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
 
-use crate::config::{OriginSteering, SteeringPolicy, Vantage};
-use crate::runtime::{Runtime, View};
-
-/// The origin a client was sent to before, and until when it may keep it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sticky {
-    pub pool: usize,
-    pub origin: usize,
-    pub expires: Instant,
-}
-
-/// Where a client is, from GeoIP (or not).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ClientGeo {
-    pub region: Option<Region>,
-    /// ISO 3166-1 alpha-2, upper-case.
-    pub country: Option<[u8; 2]>,
-    /// Latitude, longitude.
-    pub location: Option<(f64, f64)>,
-}
+use crate::config::{canonical_ip, OriginSteering, SessionAffinity, SteeringPolicy, Vantage};
+use crate::core::affinity::{Affinity, Sticky};
+use crate::core::client::ClientGeo;
+use crate::core::compiled::CompiledConfig;
+use crate::core::view::View;
 
 /// One connection to steer.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +30,47 @@ pub struct Request<'a> {
     pub exclude: &'a [(usize, usize)],
     pub sticky: Option<Sticky>,
     pub geo: ClientGeo,
+}
+
+/// The draw explain and status use: the middle of the range, where a weighted draw lands on
+/// the bulk of the weight, so that asking twice gives the same answer.
+pub const TYPICAL_DRAW: u64 = u64::MAX / 2;
+
+impl Request<'static> {
+    /// A new connection from `client` to load balancer `lb`: the one constructor that the
+    /// proxy, explain and status share, so they agree. The client's session affinity, where
+    /// the load balancer keeps one, is looked up here.
+    pub fn new(
+        rt: &CompiledConfig,
+        lb: usize,
+        affinity: &Affinity,
+        client: IpAddr,
+        geo: ClientGeo,
+        now: Instant,
+        random: u64,
+    ) -> Request<'static> {
+        let client = canonical_ip(client);
+        let lb = &rt.load_balancers[lb];
+        let sticky = match lb.affinity {
+            SessionAffinity::ClientIp => affinity.get(rt, &lb.name, client),
+            SessionAffinity::None => None,
+        };
+        Request {
+            client,
+            now,
+            random,
+            exclude: &[],
+            sticky,
+            geo,
+        }
+    }
+}
+
+impl Request<'_> {
+    /// The same request, skipping origins already tried for this connection.
+    pub fn excluding(self, exclude: &[(usize, usize)]) -> Request<'_> {
+        Request { exclude, ..self }
+    }
 }
 
 /// Where geo steering's list of pools came from.
@@ -148,7 +173,7 @@ impl Trace for Vec<Step> {
 
 /// What a decision reads.
 struct Ctx<'a, 'r> {
-    rt: &'a Runtime,
+    rt: &'a CompiledConfig,
     view: &'a View,
     req: &'a Request<'r>,
     /// Health is judged as seen from here: the client's region, else the node's.
@@ -197,7 +222,7 @@ impl Ctx<'_, '_> {
 /// Chooses a pool and an origin for a connection to load balancer `lb`. None when the
 /// chosen pool has no enabled origin left to try.
 pub fn decide(
-    rt: &Runtime,
+    rt: &CompiledConfig,
     view: &View,
     lb: usize,
     req: &Request<'_>,
@@ -478,7 +503,7 @@ fn hash_str(s: &str) -> u64 {
 }
 
 fn hash_ip(ip: IpAddr) -> u64 {
-    match crate::config::canonical_ip(ip) {
+    match canonical_ip(ip) {
         IpAddr::V4(v4) => mix(fnv(&v4.octets())),
         IpAddr::V6(v6) => mix(fnv(&v6.octets())),
     }
@@ -488,17 +513,17 @@ fn hash_ip(ip: IpAddr) -> u64 {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::health::OriginHealth;
-    use crate::runtime::{Report, Snapshot};
+    use crate::core::health::OriginHealth;
+    use crate::core::view::{Report, Snapshot};
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn runtime(pools: &str, lb: &str) -> Runtime {
+    fn runtime(pools: &str, lb: &str) -> CompiledConfig {
         let text = format!(
             "[node]\nid = \"n1\"\nregion = \"WEU\"\n[[monitor]]\nname = \"m\"\ntype = \"tcp\"\n{pools}\n{lb}\n"
         );
-        Runtime::compile(Arc::new(Config::parse(&text, None).unwrap()), None)
+        CompiledConfig::compile(Arc::new(Config::parse(&text, None).unwrap()), None)
     }
 
     const POOLS: &str = r#"
@@ -525,7 +550,7 @@ fallback_pool = "c"
 "#;
 
     /// A view in which the named origins are down.
-    fn view(rt: &Runtime, down: &[&str]) -> View {
+    fn view(rt: &CompiledConfig, down: &[&str]) -> View {
         let now = Instant::now();
         let mut report = Report::default();
         for (pi, p) in rt.pools.iter().enumerate() {
@@ -550,7 +575,7 @@ fallback_pool = "c"
         }
     }
 
-    fn pick(rt: &Runtime, v: &View, r: &Request<'_>) -> Option<(String, String, PoolWhy)> {
+    fn pick(rt: &CompiledConfig, v: &View, r: &Request<'_>) -> Option<(String, String, PoolWhy)> {
         decide(rt, v, 0, r, &mut ()).map(|d| {
             (
                 rt.pools[d.pool].name.to_string(),
@@ -737,7 +762,7 @@ origins = [{ name = "a1", address = "127.0.0.1:1" }, { name = "a2", address = "1
         assert_eq!(s.view.pools.len(), s.rt.pools.len());
     }
 
-    fn hash_runtime(weights: &[f64]) -> Runtime {
+    fn hash_runtime(weights: &[f64]) -> CompiledConfig {
         let origins: Vec<String> = weights
             .iter()
             .enumerate()
@@ -758,7 +783,7 @@ origins = [{ name = "a1", address = "127.0.0.1:1" }, { name = "a2", address = "1
         )
     }
 
-    fn random_runtime(weights: &[f64]) -> Runtime {
+    fn random_runtime(weights: &[f64]) -> CompiledConfig {
         let origins: Vec<String> = weights
             .iter()
             .enumerate()
@@ -863,7 +888,8 @@ origins = [{ name = "a1", address = "127.0.0.1:1" }, { name = "a2", address = "1
 
     mod geo {
         use super::*;
-        use crate::runtime::{Obs, OriginKey, RemoteReport};
+        use crate::core::compiled::OriginKey;
+        use crate::core::view::{Obs, RemoteReport};
         use std::collections::HashMap;
 
         const POOLS3: &str = r#"
@@ -894,7 +920,7 @@ origins = [{ name = "seas-1", address = "127.0.0.1:3" }]
         }
 
         /// A view from other nodes' rows: (node, region, origin, healthy, rtt ms).
-        fn mesh_view(rt: &Runtime, rows: &[(&str, Region, &str, bool, u64)]) -> View {
+        fn mesh_view(rt: &CompiledConfig, rows: &[(&str, Region, &str, bool, u64)]) -> View {
             let mut reports: Vec<RemoteReport> = Vec::new();
             for (node, region, origin, healthy, rtt) in rows {
                 let pool = origin.split('-').next().unwrap();
@@ -945,7 +971,7 @@ origins = [{ name = "seas-1", address = "127.0.0.1:3" }]
             }
         }
 
-        fn pool_of(rt: &Runtime, v: &View, r: &Request<'_>) -> (String, PoolWhy) {
+        fn pool_of(rt: &CompiledConfig, v: &View, r: &Request<'_>) -> (String, PoolWhy) {
             let d = decide(rt, v, 0, r, &mut ()).unwrap();
             (rt.pools[d.pool].name.to_string(), d.pool_why)
         }

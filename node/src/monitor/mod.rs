@@ -1,7 +1,9 @@
 //! The monitors' I/O shell: one task per monitored origin, probing on the monitor's interval
 //! (with jitter, so that many origins do not align), retrying at once as the health state
 //! machine asks, and feeding every attempt to it. Reloads restart only the tasks whose target
-//! changed.
+//! changed. `probe` performs one attempt.
+
+pub mod probe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,49 +14,28 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::app::Shared;
-use crate::config::{MonitorConfig, OriginAddr};
-use crate::health::{Attempt, Next};
-use crate::probe::{ExpectedCodes, ProbeSpec, Prober};
-use crate::runtime::{OriginKey, Runtime};
-
-/// What a monitor task probes: if this is unchanged by a reload, so is the origin's health.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub addr: OriginAddr,
-    pub monitor: MonitorConfig,
-}
-
-/// The probe target of an origin, if its pool has a monitor.
-pub fn target_of(rt: &Runtime, key: &OriginKey) -> Option<Target> {
-    let (pi, oi) = rt.origin_index(&key.pool, &key.origin)?;
-    let pool = &rt.pools[pi];
-    if !pool.probed_from(rt.region) {
-        return None;
-    }
-    let monitor = rt.config.monitor(pool.monitor.as_deref()?)?.clone();
-    Some(Target {
-        addr: pool.origins[oi].addr.clone(),
-        monitor,
-    })
-}
+use crate::config::MonitorConfig;
+use crate::core::compiled::{CompiledConfig, OriginKey, ProbeTarget};
+use crate::core::health::{Attempt, Next};
+use crate::hub::HealthHub;
+use probe::{ExpectedCodes, ProbeSpec, Prober};
 
 /// The running monitor tasks.
 #[derive(Default)]
 pub struct MonitorSet {
-    tasks: HashMap<OriginKey, (Target, CancellationToken)>,
+    tasks: HashMap<OriginKey, (ProbeTarget, CancellationToken)>,
     prober: Option<Prober>,
 }
 
 impl MonitorSet {
-    /// Makes the running tasks match the runtime's monitored origins.
-    pub fn sync(&mut self, rt: &Runtime, shared: &Arc<Shared>) {
+    /// Makes the running tasks match the compiled config's monitored origins.
+    pub fn sync(&mut self, rt: &CompiledConfig, health: &Arc<HealthHub>) {
         let prober = self.prober.get_or_insert_with(Prober::new).clone();
         let mut wanted = HashMap::new();
         for (pi, pool) in rt.pools.iter().enumerate() {
             for oi in 0..pool.origins.len() {
                 let key = rt.key(pi, oi);
-                if let Some(t) = target_of(rt, &key) {
+                if let Some(t) = rt.probe_target(&key) {
                     wanted.insert(key, t);
                 }
             }
@@ -77,7 +58,7 @@ impl MonitorSet {
                     key.clone(),
                     target.clone(),
                     prober.clone(),
-                    shared.clone(),
+                    health.clone(),
                     stop.clone(),
                 )
                 .instrument(span),
@@ -126,9 +107,9 @@ pub fn spec_of(m: &MonitorConfig) -> ProbeSpec {
 
 async fn run(
     key: OriginKey,
-    target: Target,
+    target: ProbeTarget,
     prober: Prober,
-    shared: Arc<Shared>,
+    health: Arc<HealthHub>,
     stop: CancellationToken,
 ) {
     let spec = spec_of(&target.monitor);
@@ -163,7 +144,7 @@ async fn run(
             if let Attempt::Failed(reason) = &attempt {
                 tracing::debug!(%reason, "probe failed");
             }
-            match shared.on_attempt(&key, attempt) {
+            match health.on_attempt(&key, attempt) {
                 Next::Retry => continue,
                 Next::Done { .. } => break,
             }
@@ -178,7 +159,7 @@ fn jitter(max: Duration, scale: f64) -> Duration {
     max.mul_f64(rand::rng().random::<f64>() * scale)
 }
 
-async fn resolve(target: &Target) -> Result<SocketAddr, String> {
+async fn resolve(target: &ProbeTarget) -> Result<SocketAddr, String> {
     let port = target.monitor.port.unwrap_or(target.addr.port);
     if let Some(ip) = target.addr.ip {
         return Ok(SocketAddr::new(ip, port));

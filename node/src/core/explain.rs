@@ -1,15 +1,16 @@
 //! Explain: why a client would be steered where it would, in words. The same `decide` the
 //! proxy runs, with a tracer that records each step, plus where the client's location came
-//! from. Served on `/v1/explain` and printed by `switchyard explain`.
+//! from. The status endpoint serves it on `/v1/explain`; `switchyard explain` prints it.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::Shared;
-use crate::runtime::{Runtime, View};
-use crate::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
+use crate::config::OriginSteering;
+use crate::core::client::Located;
+use crate::core::compiled::CompiledConfig;
+use crate::core::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
+use crate::core::view::View;
 
 /// A decision and its reasons.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,43 +32,29 @@ pub struct Explanation {
     pub origin_reason: Option<String>,
 }
 
-/// Explains how `lb` would steer a new connection from `client` now.
-pub fn explain(shared: &Shared, lb: &str, client: IpAddr) -> Result<Explanation, String> {
-    let snap = shared.snapshot();
-    let rt = &snap.rt;
-    let Some(lb_idx) = rt.lb_index(lb) else {
-        let names: Vec<&str> = rt.load_balancers.iter().map(|l| &*l.name).collect();
-        return Err(format!(
-            "no load balancer is named {lb:?} (known: {})",
-            names.join(", ")
-        ));
-    };
-    let located = shared.geo.locate(client);
-    let l = &rt.load_balancers[lb_idx];
-    let sticky = match l.affinity {
-        crate::config::SessionAffinity::ClientIp => {
-            shared
-                .affinity
-                .get(rt, &l.name, crate::config::canonical_ip(client))
-        }
-        crate::config::SessionAffinity::None => None,
-    };
-    let req = Request {
-        client,
-        now: tokio::time::Instant::now(),
-        // The middle of the range: a weighted draw lands where most of the weight is.
-        random: u64::MAX / 2,
-        exclude: &[],
-        sticky,
-        geo: located.geo,
-    };
+/// Why no explanation: the load balancer named is not in the config.
+pub fn unknown_load_balancer(rt: &CompiledConfig, lb: &str) -> String {
+    let names: Vec<&str> = rt.load_balancers.iter().map(|l| &*l.name).collect();
+    format!(
+        "no load balancer is named {lb:?} (known: {})",
+        names.join(", ")
+    )
+}
+
+/// Explains how load balancer `lb` steers `req`, a client `located` there: the same
+/// `decide` the proxy runs, with a tracer that records each step.
+pub fn explain(
+    rt: &CompiledConfig,
+    view: &View,
+    lb: usize,
+    req: &Request<'_>,
+    located: Located,
+) -> Explanation {
+    let l = &rt.load_balancers[lb];
     let mut steps: Vec<Step> = Vec::new();
-    let decision = steering::decide(rt, &snap.view, lb_idx, &req, &mut steps);
+    let decision = steering::decide(rt, view, lb, req, &mut steps);
     let from = located.geo.region.unwrap_or(rt.region);
-    let lines = steps
-        .iter()
-        .map(|s| describe(rt, &snap.view, from, s))
-        .collect();
+    let lines = steps.iter().map(|s| describe(rt, view, from, s)).collect();
     let (pool, pool_reason, origin, origin_address, origin_reason) = match decision {
         Some(d) => {
             let p = &rt.pools[d.pool];
@@ -82,10 +69,10 @@ pub fn explain(shared: &Shared, lb: &str, client: IpAddr) -> Result<Explanation,
         }
         None => (None, None, None, None, None),
     };
-    Ok(Explanation {
+    Explanation {
         load_balancer: l.name.to_string(),
         steering: l.policy.as_str().into(),
-        client: client.to_string(),
+        client: req.client.to_string(),
         country: located.country,
         subdivision: located.subdivision,
         region: located.geo.region.map(|r| r.to_string()),
@@ -96,14 +83,14 @@ pub fn explain(shared: &Shared, lb: &str, client: IpAddr) -> Result<Explanation,
         origin,
         origin_address,
         origin_reason,
-    })
+    }
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn describe(rt: &Runtime, view: &View, from: switchyard_geo::Region, s: &Step) -> String {
+fn describe(rt: &CompiledConfig, view: &View, from: switchyard_geo::Region, s: &Step) -> String {
     let name = |p: usize| rt.pools[p].name.to_string();
     match s {
         Step::HealthFrom { region } => format!("health as seen from {region}"),
@@ -166,7 +153,7 @@ fn pool_why(w: PoolWhy) -> String {
     }
 }
 
-fn origin_why(w: OriginWhy, steering: crate::config::OriginSteering) -> String {
+fn origin_why(w: OriginWhy, steering: OriginSteering) -> String {
     match w {
         OriginWhy::Affinity => "session affinity".into(),
         OriginWhy::Random => "weighted random among healthy origins".into(),

@@ -14,49 +14,11 @@ use switchyard_geo::geoip::{is_special, GeoDb};
 use switchyard_geo::{Region, RegionTable};
 
 use crate::config::{GeoConfig, OverrideTarget};
+use crate::core::client::{ClientGeo, Located, Source};
 use crate::error::Error;
-use crate::steering::ClientGeo;
 
 /// A database older than this gets a warning in status: GeoIP data drifts.
 const STALE_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
-
-/// Where an answer came from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// A `[[geo.override]]` entry.
-    Override(IpNet),
-    Database,
-    /// Loopback, private, CGNAT, link-local or documentation address that no database or
-    /// override covers: public databases must not be asked about these.
-    Special,
-    NotFound,
-    /// No database configured: every client is taken to be in the node's region.
-    NoDatabase,
-    /// The database failed for this address (a corrupt file can open and fail per lookup).
-    LookupFailed(String),
-}
-
-impl Source {
-    pub fn describe(&self) -> String {
-        match self {
-            Source::Override(net) => format!("override {net}"),
-            Source::Database => "database".into(),
-            Source::Special => "private or special-purpose address, not in any database".into(),
-            Source::NotFound => "not in the database".into(),
-            Source::NoDatabase => "no [geo] database: the node's own region".into(),
-            Source::LookupFailed(e) => format!("lookup failed: {e}"),
-        }
-    }
-}
-
-/// A client's location with its provenance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Located {
-    pub geo: ClientGeo,
-    pub country: Option<String>,
-    pub subdivision: Option<String>,
-    pub source: Source,
-}
 
 struct Override {
     net: IpNet,
@@ -92,7 +54,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 /// GeoIP and the region table, swapped whole on reload.
-pub struct Geo {
+pub struct Locator {
     state: ArcSwap<State>,
     node_region: Region,
 }
@@ -110,11 +72,11 @@ pub struct GeoStatus {
     pub warning: Option<String>,
 }
 
-impl Geo {
+impl Locator {
     /// Loads the database named in `[geo]`, if any; a bad file is an error at start.
-    pub fn new(cfg: Option<&GeoConfig>, node_region: Region) -> Result<Geo, Error> {
+    pub fn new(cfg: Option<&GeoConfig>, node_region: Region) -> Result<Locator, Error> {
         let state = build_state(cfg)?;
-        Ok(Geo {
+        Ok(Locator {
             state: ArcSwap::from_pointee(state),
             node_region,
         })
@@ -419,7 +381,7 @@ mod tests {
 
     #[test]
     fn no_database_means_the_nodes_region() {
-        let geo = Geo::new(None, Region::Seas).unwrap();
+        let geo = Locator::new(None, Region::Seas).unwrap();
         let l = geo.locate(ip("81.2.69.1"));
         assert_eq!(l.geo.region, Some(Region::Seas));
         assert_eq!(l.source, Source::NoDatabase);
@@ -429,7 +391,7 @@ mod tests {
     #[test]
     fn ipv4_ipv6_mapped_absent_and_private() {
         let d = dir("lookups");
-        let geo = Geo::new(Some(&with_db(&d, CSV)), Region::Weu).unwrap();
+        let geo = Locator::new(Some(&with_db(&d, CSV)), Region::Weu).unwrap();
         let gb = geo.locate(ip("81.2.69.1"));
         assert_eq!(
             (gb.country.as_deref(), gb.geo.region),
@@ -480,7 +442,7 @@ mod tests {
                 region: None,
             },
         ];
-        let geo = Geo::new(Some(&cfg), Region::Weu).unwrap();
+        let geo = Locator::new(Some(&cfg), Region::Weu).unwrap();
         // The longest prefix wins.
         let l = geo.locate(ip("81.2.69.1"));
         assert_eq!(
@@ -498,7 +460,7 @@ mod tests {
         let d = dir("reload");
         let cfg = with_db(&d, CSV);
         let path = cfg.database.clone().unwrap();
-        let geo = Geo::new(Some(&cfg), Region::Weu).unwrap();
+        let geo = Locator::new(Some(&cfg), Region::Weu).unwrap();
         assert!(geo.reload_if_changed().is_none(), "nothing changed yet");
         switchyard_geo::geoip::build("81.2.69.0/24,FR\n", &path).unwrap();
         assert!(matches!(geo.reload_if_changed(), Some(Ok(()))));
@@ -528,7 +490,10 @@ mod tests {
             database: Some(path.clone()),
             ..GeoConfig::default()
         };
-        let err = Geo::new(Some(&cfg), Region::Weu).err().unwrap().to_string();
+        let err = Locator::new(Some(&cfg), Region::Weu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
     }
 }

@@ -1,249 +1,24 @@
-//! What steering reads: the compiled config (`Runtime`: pools, origins and load balancers
-//! addressed by index) and the health `View` built over it from health reports. Both are
-//! immutable and swapped together as one `Snapshot`, so a connection never sees a view of one
+//! The health view: what the node and the mesh say about every origin of a compiled config,
+//! judged as Cloudflare's regional health does (a region's quorum first, then a majority of
+//! regions), indexed like the config so steering reads it without lookups. Built from this
+//! node's `Report` and the other nodes' `RemoteReport`s; immutable once built, and published
+//! together with its config as one `Snapshot`, so a connection never sees a view of one
 //! config applied to another.
-//!
-//! A node's own observations form its local `Report`; the mesh will add other nodes' reports,
-//! and the view will merge them. Today the view holds the local report only.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_geo::Region;
 
-use crate::config::{
-    Config, LoadBalancerConfig, OriginAddr, OriginSteering, Quorum, SessionAffinity,
-    SteeringPolicy, Vantage,
-};
-use crate::health::OriginHealth;
-
-/// Identifies an origin across reloads and, later, across nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OriginKey {
-    pub pool: Arc<str>,
-    pub origin: Arc<str>,
-}
+use crate::config::Quorum;
+use crate::core::compiled::{CompiledConfig, OriginKey};
+use crate::core::health::OriginHealth;
 
 /// A node's health observations, one row per probed origin.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub rows: HashMap<OriginKey, OriginHealth>,
-}
-
-#[derive(Debug)]
-pub struct Origin {
-    pub name: Arc<str>,
-    pub addr: OriginAddr,
-    pub weight: f64,
-    pub enabled: bool,
-    /// Open proxied connections from this node, for least-connections steering. Shared with
-    /// the previous runtime, so a reload does not forget them.
-    pub active: Arc<AtomicU32>,
-}
-
-#[derive(Debug)]
-pub struct Pool {
-    pub name: Arc<str>,
-    pub monitor: Option<String>,
-    pub minimum_origins: usize,
-    pub steering: OriginSteering,
-    pub origins: Vec<Origin>,
-    /// Regions whose nodes probe this pool; empty: all.
-    pub check_regions: Vec<Region>,
-    /// For proximity steering.
-    pub location: Option<(f64, f64)>,
-}
-
-impl Pool {
-    /// Whether nodes of `region` probe this pool; the others rely on the mesh.
-    pub fn probed_from(&self, region: Region) -> bool {
-        self.monitor.is_some()
-            && (self.check_regions.is_empty() || self.check_regions.contains(&region))
-    }
-}
-
-#[derive(Debug)]
-pub struct LoadBalancer {
-    pub name: Arc<str>,
-    pub policy: SteeringPolicy,
-    /// Indices into `Runtime::pools`, in failover order.
-    pub default_pools: Vec<usize>,
-    /// Weights of `default_pools`, same order, for random steering.
-    pub pool_weights: Vec<f64>,
-    pub fallback_pool: usize,
-    pub affinity: SessionAffinity,
-    pub affinity_ttl: Duration,
-    /// Geo steering: pools per client region (by `Region::index`), per country (sorted by
-    /// code, for binary search), and this node's own list from `node_pools`.
-    pub region_pools: [Vec<usize>; 13],
-    pub country_pools: Vec<([u8; 2], Vec<usize>)>,
-    pub node_pools: Option<Vec<usize>>,
-    /// Dynamic steering measures RTT from the client's region or the receiving node's.
-    pub vantage: Vantage,
-}
-
-/// The compiled config.
-#[derive(Debug)]
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub node_id: Arc<str>,
-    pub region: Region,
-    pub pools: Vec<Pool>,
-    pub load_balancers: Vec<LoadBalancer>,
-    pool_index: HashMap<Arc<str>, usize>,
-    lb_index: HashMap<Arc<str>, usize>,
-}
-
-impl Runtime {
-    /// Compiles a validated config. `prev` lends its connection counters to origins that
-    /// survive the reload.
-    pub fn compile(config: Arc<Config>, prev: Option<&Runtime>) -> Runtime {
-        let pools: Vec<Pool> = config
-            .pools
-            .iter()
-            .map(|p| {
-                let name: Arc<str> = p.name.as_str().into();
-                let origins = p
-                    .origins
-                    .iter()
-                    .map(|o| {
-                        let active = prev
-                            .and_then(|r| r.origin(&p.name, &o.name))
-                            .map(|prev| prev.active.clone())
-                            .unwrap_or_default();
-                        Origin {
-                            name: o.name.as_str().into(),
-                            // Validated before compiling; a failure here is a bug in validate().
-                            addr: OriginAddr::parse(&o.address).unwrap_or(OriginAddr {
-                                host: o.address.clone(),
-                                port: 0,
-                                ip: None,
-                            }),
-                            weight: o.weight,
-                            enabled: o.enabled,
-                            active,
-                        }
-                    })
-                    .collect();
-                Pool {
-                    name,
-                    monitor: p.monitor.clone(),
-                    minimum_origins: p.minimum_origins,
-                    steering: p.origin_steering,
-                    origins,
-                    check_regions: p.check_regions.clone(),
-                    location: p.latitude.zip(p.longitude),
-                }
-            })
-            .collect();
-        let pool_index: HashMap<Arc<str>, usize> = pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.clone(), i))
-            .collect();
-        let idx = |name: &str| pool_index.get(name).copied().unwrap_or(0);
-        let load_balancers: Vec<LoadBalancer> = config
-            .load_balancers
-            .iter()
-            .map(|lb: &LoadBalancerConfig| {
-                let default_pools: Vec<usize> = lb.default_pools.iter().map(|p| idx(p)).collect();
-                LoadBalancer {
-                    name: lb.name.as_str().into(),
-                    policy: lb.steering,
-                    pool_weights: lb
-                        .default_pools
-                        .iter()
-                        .map(|p| lb.pool_weights.get(p).copied().unwrap_or(1.0))
-                        .collect(),
-                    fallback_pool: lb
-                        .fallback_pool
-                        .as_deref()
-                        .map(idx)
-                        .or_else(|| default_pools.last().copied())
-                        .unwrap_or(0),
-                    default_pools,
-                    affinity: lb.session_affinity,
-                    affinity_ttl: lb.affinity_ttl,
-                    region_pools: std::array::from_fn(|i| {
-                        let region = Region::ALL[i];
-                        lb.region_pools
-                            .iter()
-                            .find(|(k, _)| k.parse::<Region>().ok() == Some(region))
-                            .map(|(_, v)| v.iter().map(|p| idx(p)).collect())
-                            .unwrap_or_default()
-                    }),
-                    country_pools: {
-                        let mut v: Vec<([u8; 2], Vec<usize>)> = lb
-                            .country_pools
-                            .iter()
-                            .filter_map(|(k, v)| {
-                                let b = k.as_bytes();
-                                (b.len() == 2).then(|| {
-                                    (
-                                        [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()],
-                                        v.iter().map(|p| idx(p)).collect(),
-                                    )
-                                })
-                            })
-                            .collect();
-                        v.sort_by_key(|(c, _)| *c);
-                        v
-                    },
-                    node_pools: lb
-                        .node_pools
-                        .get(&config.node.id)
-                        .map(|v| v.iter().map(|p| idx(p)).collect()),
-                    vantage: lb.vantage,
-                }
-            })
-            .collect();
-        let lb_index = load_balancers
-            .iter()
-            .enumerate()
-            .map(|(i, lb)| (lb.name.clone(), i))
-            .collect();
-        Runtime {
-            node_id: config.node.id.as_str().into(),
-            region: config.node.region,
-            config,
-            pools,
-            load_balancers,
-            pool_index,
-            lb_index,
-        }
-    }
-
-    pub fn pool_index(&self, name: &str) -> Option<usize> {
-        self.pool_index.get(name).copied()
-    }
-
-    pub fn lb_index(&self, name: &str) -> Option<usize> {
-        self.lb_index.get(name).copied()
-    }
-
-    pub fn origin(&self, pool: &str, origin: &str) -> Option<&Origin> {
-        let p = &self.pools[self.pool_index(pool)?];
-        p.origins.iter().find(|o| &*o.name == origin)
-    }
-
-    pub fn origin_index(&self, pool: &str, origin: &str) -> Option<(usize, usize)> {
-        let pi = self.pool_index(pool)?;
-        let oi = self.pools[pi]
-            .origins
-            .iter()
-            .position(|o| &*o.name == origin)?;
-        Some((pi, oi))
-    }
-
-    pub fn key(&self, pool: usize, origin: usize) -> OriginKey {
-        let p = &self.pools[pool];
-        OriginKey {
-            pool: p.name.clone(),
-            origin: p.origins[origin].name.clone(),
-        }
-    }
 }
 
 /// Health of one origin as steering sees it.
@@ -306,7 +81,7 @@ pub struct PoolView {
     pub origins: Vec<OriginView>,
 }
 
-/// The health of every pool and origin of a runtime, indexed like it.
+/// The health of every pool and origin of a compiled config, indexed like it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
     pub pools: Vec<PoolView>,
@@ -401,7 +176,7 @@ pub fn judge(obs: &[Obs], region: Region, quorum: Quorum) -> Judgement {
 
 impl View {
     /// Builds the view from this node's report alone.
-    pub fn build(rt: &Runtime, report: &Report) -> View {
+    pub fn build(rt: &CompiledConfig, report: &Report) -> View {
         View::build_mesh(rt, report, &[], Quorum::Majority, Duration::ZERO)
     }
 
@@ -409,7 +184,7 @@ impl View {
     /// a monitored pool is up when the mesh judges it so (`judge`); an origin nobody has
     /// checked yet is presumed up; a pool without a monitor counts every enabled origin up.
     pub fn build_mesh(
-        rt: &Runtime,
+        rt: &CompiledConfig,
         report: &Report,
         remote: &[RemoteReport],
         quorum: Quorum,
@@ -460,7 +235,7 @@ impl View {
 /// Collects into `out` the observations of `key` that count: this node's, once checked, and
 /// those of live remote nodes.
 pub fn observations(
-    rt: &Runtime,
+    rt: &CompiledConfig,
     key: &OriginKey,
     report: &Report,
     remote: &[RemoteReport],
@@ -484,10 +259,10 @@ pub fn observations(
     }
 }
 
-/// A runtime and the view built over it, published together.
+/// A compiled config and the view built over it, published together.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub rt: Arc<Runtime>,
+    pub rt: Arc<CompiledConfig>,
     pub view: Arc<View>,
 }
 
@@ -550,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_node_that_has_not_probed_yet_steers_with_the_mesh() {
-        use crate::health::OriginHealth;
+        use crate::config::Config;
         let text = r#"
 [node]
 id = "fresh"
@@ -566,7 +341,7 @@ origins = [{ name = "o", address = "127.0.0.1:1" }]
 name = "lb"
 default_pools = ["p"]
 "#;
-        let rt = Runtime::compile(Arc::new(Config::parse(text, None).unwrap()), None);
+        let rt = CompiledConfig::compile(Arc::new(Config::parse(text, None).unwrap()), None);
         let key = rt.key(0, 0);
         // This node's own row exists but no round has finished: it must not count.
         let mut report = Report::default();

@@ -138,7 +138,7 @@ async fn relay_with<F: Fn(Direction, u64)>(
     idle_timeout: Duration,
     on_bytes: F,
 ) -> RelayOutcome {
-    let shared = Shared {
+    let shared = RelayState {
         activity: Activity::new(),
         client_to_origin: AtomicU64::new(0),
         origin_to_client: AtomicU64::new(0),
@@ -179,7 +179,7 @@ async fn relay_with<F: Fn(Direction, u64)>(
 
 /// State both directions update. Atomics rather than `Cell`s only so that the
 /// relay future stays `Send`; nothing here is contended.
-struct Shared<'a, F> {
+struct RelayState<'a, F> {
     activity: Activity,
     client_to_origin: AtomicU64,
     origin_to_client: AtomicU64,
@@ -188,7 +188,7 @@ struct Shared<'a, F> {
     on_bytes: &'a F,
 }
 
-impl<F: Fn(Direction, u64)> Shared<'_, F> {
+impl<F: Fn(Direction, u64)> RelayState<'_, F> {
     fn delivered(&self, dir: Direction, n: usize) {
         let n = n as u64;
         let total = match dir {
@@ -293,7 +293,7 @@ where
 async fn pump<F: Fn(Direction, u64)>(
     engine: Engine,
     side: Side<'_>,
-    shared: &Shared<'_, F>,
+    shared: &RelayState<'_, F>,
 ) -> Result<(), EndReason> {
     // Whether the last burst was big enough that the next one should go straight to
     // splicing; see `SMALL_BURST`.
@@ -484,7 +484,7 @@ fn try_again(e: &io::Error) -> bool {
 /// Writes all of `buf` to the destination, waiting for room as needed.
 async fn write_all<F: Fn(Direction, u64)>(
     side: &Side<'_>,
-    shared: &Shared<'_, F>,
+    shared: &RelayState<'_, F>,
     buf: &[u8],
 ) -> Result<(), EndReason> {
     let mut sent = 0;
@@ -506,7 +506,7 @@ async fn write_all<F: Fn(Direction, u64)>(
 /// Reads and forwards through a userspace buffer until the source would block.
 async fn copy_burst<F: Fn(Direction, u64)>(
     side: &Side<'_>,
-    shared: &Shared<'_, F>,
+    shared: &RelayState<'_, F>,
 ) -> Result<Flow, EndReason> {
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..];
@@ -529,7 +529,7 @@ async fn copy_burst<F: Fn(Direction, u64)>(
 #[cfg(target_os = "linux")]
 async fn copy_small<F: Fn(Direction, u64)>(
     side: &Side<'_>,
-    shared: &Shared<'_, F>,
+    shared: &RelayState<'_, F>,
 ) -> Result<Option<Flow>, EndReason> {
     let mut lease = BufferLease::acquire();
     let buf = &mut lease.0[..SMALL_BURST];
@@ -744,7 +744,7 @@ mod splicing {
     /// readiness while data waits and stall the connection forever.
     pub(super) async fn splice_burst<F: Fn(Direction, u64)>(
         side: &Side<'_>,
-        shared: &Shared<'_, F>,
+        shared: &RelayState<'_, F>,
         lease: &mut PipeLease,
     ) -> Result<(Flow, usize), EndReason> {
         let (pipe_read, pipe_write, capacity) = match lease.pipe() {

@@ -1,0 +1,21 @@
+//! The pure core: data and decisions, with the time and randomness passed in. Nothing here
+//! opens a socket, spawns a task, reads a clock or draws a random number, so all of it is
+//! unit-tested without I/O. The shells around it (proxy, monitor, status, mesh glue) do the
+//! I/O and feed it.
+//!
+//! - `compiled`: the config compiled for steering (pools, origins, load balancers by index).
+//! - `health`: one origin's health state machine; `book`: those of every probed origin.
+//! - `view`: the health view judged from this node's and the mesh's rows; `Snapshot`.
+//! - `client`: where a client is (GeoIP's answer and its source).
+//! - `affinity`: session affinity by client IP.
+//! - `steering`: which pool and origin serve a connection.
+//! - `explain`: a steering decision in words.
+
+pub mod affinity;
+pub mod book;
+pub mod client;
+pub mod compiled;
+pub mod explain;
+pub mod health;
+pub mod steering;
+pub mod view;

@@ -1,0 +1,134 @@
+//! The glue between the node and the mesh: starts the mesh from `[mesh]`, hands this node's
+//! health rows to it, and turns what it delivers (other nodes' rows) into the `RemoteReport`s
+//! the health view weighs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_gossip::mesh::{
+    LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
+};
+
+use crate::clock::Clock;
+use crate::config::{Config, MeshProfile, MeshSection};
+use crate::core::compiled::OriginKey;
+use crate::core::view::{Obs, RemoteReport, Report};
+use crate::error::Error;
+use crate::hub::HealthHub;
+use crate::metrics::Metrics;
+
+/// Loads the mesh's certificates and joins the mesh.
+pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
+    let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
+    let profile = match m.profile {
+        MeshProfile::Lan => Profile::Lan,
+        MeshProfile::Wan => Profile::Wan,
+    };
+    let mesh_metrics = MeshMetrics::default();
+    mesh_metrics.register(metrics.registry_mut());
+    let cfg = MeshConfig {
+        node_id: config.node.id.clone(),
+        region: config.node.region,
+        cluster: m.cluster.clone(),
+        listen: m.listen,
+        advertise: m.advertise,
+        seeds: m.seeds.clone(),
+        profile,
+        expected_size: m.expected_size,
+        timings: timings(profile, m),
+        fingerprint: config.fingerprint(),
+    };
+    Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
+}
+
+/// SWIM and replication timings: the profile's, with the config's overrides.
+fn timings(profile: Profile, m: &MeshSection) -> Timings {
+    let mut t = Timings::for_profile(profile, m.expected_size);
+    if let Some(d) = m.probe_period {
+        t.probe_period = d;
+    }
+    if let Some(d) = m.probe_timeout {
+        t.probe_rtt = d;
+    }
+    if let Some(d) = m.suspect_timeout {
+        t.suspect_to_down_after = d;
+    }
+    if let Some(d) = m.announce_interval {
+        t.announce_period = d;
+    }
+    if let Some(d) = m.anti_entropy_interval {
+        t.anti_entropy_period = d;
+    }
+    t
+}
+
+/// Connects the hub and the mesh both ways: this node's rows go out on every publish, and
+/// every new mesh state comes back in as remote reports. Ends when the hub is dropped.
+pub fn connect(mesh: &Arc<Mesh>, hub: &Arc<HealthHub>, clock: Clock) {
+    let out = mesh.clone();
+    hub.publish_rows_to(Box::new(move |report| {
+        out.set_local(local_rows(report, &clock))
+    }));
+    let mut rx = mesh.state();
+    let weak = Arc::downgrade(hub);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let state = rx.borrow_and_update().clone();
+            let Some(hub) = weak.upgrade() else { return };
+            hub.set_remote(remote_reports(&state));
+        }
+    });
+}
+
+/// The rows this node gossips: those of origins it has checked at least once.
+fn local_rows(report: &Report, clock: &Clock) -> Vec<LocalRow> {
+    report
+        .rows
+        .iter()
+        .filter(|(_, r)| r.checked)
+        .map(|(k, r)| LocalRow {
+            pool: k.pool.to_string(),
+            origin: k.origin.to_string(),
+            healthy: r.healthy,
+            rtt: r.rtt,
+            last_change_ms: clock.wall_ms(r.last_change),
+            reason: r.reason.clone(),
+        })
+        .collect()
+}
+
+/// Other nodes' rows, as the health view weighs them.
+fn remote_reports(state: &MeshState) -> Vec<RemoteReport> {
+    state
+        .writers
+        .iter()
+        .filter(|w| w.node != state.local.id)
+        .map(|w| {
+            let node: Arc<str> = w.node.as_str().into();
+            RemoteReport {
+                node: node.clone(),
+                region: w.region,
+                live: w.live,
+                rows: w
+                    .rows
+                    .iter()
+                    .map(|(row, age)| {
+                        (
+                            OriginKey {
+                                pool: row.pool.as_str().into(),
+                                origin: row.origin.as_str().into(),
+                            },
+                            Obs {
+                                node: node.clone(),
+                                region: w.region,
+                                healthy: row.healthy,
+                                rtt: row.rtt_us.map(|us| Duration::from_micros(u64::from(us))),
+                                age: *age,
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}

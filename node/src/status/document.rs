@@ -1,0 +1,113 @@
+//! The status document (`/v1/status`): what a node says about itself, its apps, pools,
+//! load balancers and the mesh. Plain serde types, shared by the endpoint that writes them
+//! and the CLI (and tests) that read them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::locate::GeoStatus;
+
+/// The status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: NodeStatus,
+    pub apps: Vec<AppStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub load_balancers: Vec<LbStatus>,
+    /// Mesh members, this node included; empty without `[mesh]`.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Nodes whose config fingerprint differs from this node's.
+    #[serde(default)]
+    pub drift: Vec<DriftStatus>,
+    /// The GeoIP database and its age.
+    #[serde(default)]
+    pub geo: Option<GeoStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub region: String,
+    pub addr: String,
+    pub state: String,
+    pub generation: u64,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftStatus {
+    pub node: String,
+    pub fingerprint: String,
+    pub ours: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObserverStatus {
+    pub healthy: bool,
+    pub rtt_ms: Option<f64>,
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub region: String,
+    pub version: String,
+    pub uptime: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub listen: String,
+    pub load_balancer: String,
+    pub active: i64,
+    pub total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub healthy: bool,
+    pub monitor: Option<String>,
+    pub minimum_origins: usize,
+    pub origins: Vec<OriginStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OriginStatus {
+    pub name: String,
+    pub address: String,
+    pub enabled: bool,
+    pub weight: f64,
+    pub healthy: bool,
+    pub rtt_ms: Option<f64>,
+    /// RFC 3339 time of the last up/down change; None until the first probe.
+    pub last_change: Option<String>,
+    pub reason: Option<String>,
+    /// Open connections from this node.
+    pub active: u32,
+    /// Every node whose row counts (this node once it has probed, and live members).
+    #[serde(default)]
+    pub observers: std::collections::BTreeMap<String, ObserverStatus>,
+    /// Per observing region, whether a quorum of its observers sees the origin up.
+    #[serde(default)]
+    pub region_health: std::collections::BTreeMap<String, bool>,
+    /// A majority of observing regions see it up; null when nobody observes it.
+    #[serde(default)]
+    pub global_health: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbStatus {
+    pub name: String,
+    pub steering: String,
+    pub default_pools: Vec<String>,
+    pub fallback_pool: String,
+    pub session_affinity: bool,
+    /// The pool a new connection would go to now (for random steering, the draw where most
+    /// of the weight lies, so that two GETs agree).
+    pub serving: Option<String>,
+}
