@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p switchyard-node --bench steering` prints criterion's figures, then p50/p99
 //! over single timed decisions and the allocations counted per decision.
+// A benchmark times with the OS clock: paused time would measure nothing.
+#![allow(clippy::disallowed_types)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};

@@ -128,6 +128,7 @@ pub fn main() -> ExitCode {
         // other command-line tools do. `run` keeps Rust's default (SIGPIPE ignored), since a
         // proxy writes to sockets that close under it all the time.
         // SAFETY: setting a signal disposition to the default has no preconditions.
+        #[allow(unsafe_code)]
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }

@@ -23,6 +23,8 @@
 //! depends on nothing but `config`; a shell never imports `app`, and no two modules import
 //! each other. `tests/tests/layout.rs` checks it.
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod clock;

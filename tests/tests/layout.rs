@@ -105,7 +105,9 @@ fn paths(module: &str, code: &str) -> Vec<Vec<String>> {
         let (base, skip): (Vec<String>, usize) = if rest.starts_with("crate::") {
             (Vec::new(), 7)
         } else if rest.starts_with("super::") {
-            let parent = own[..own.len().saturating_sub(1)].iter().map(|s| s.to_string());
+            let parent = own[..own.len().saturating_sub(1)]
+                .iter()
+                .map(|s| s.to_string());
             (parent.collect(), 7)
         } else {
             i += 1;
@@ -308,7 +310,9 @@ fn the_core_is_pure() {
     for (m, uses) in g.iter().filter(|(m, _)| m.starts_with("core")) {
         for u in uses {
             if !(u.starts_with("core") || u.starts_with("config")) {
-                bad.push(format!("{m} imports {u}: the core depends on config and itself only"));
+                bad.push(format!(
+                    "{m} imports {u}: the core depends on config and itself only"
+                ));
             }
         }
         // Sockets, tasks, clocks, randomness and files belong to the shells.
@@ -344,7 +348,15 @@ fn crates_depend_node_gossip_geo_never_back() {
             .filter(|d| m.lines().any(|l| l.trim_start().starts_with(d)))
             .collect()
     };
-    assert_eq!(deps("geo"), Vec::<&str>::new(), "geo depends on no other crate of ours");
-    assert_eq!(deps("gossip"), vec!["switchyard-geo"], "gossip depends on geo only");
+    assert_eq!(
+        deps("geo"),
+        Vec::<&str>::new(),
+        "geo depends on no other crate of ours"
+    );
+    assert_eq!(
+        deps("gossip"),
+        vec!["switchyard-geo"],
+        "gossip depends on geo only"
+    );
     assert!(!deps("node").contains(&"switchyard-node"));
 }

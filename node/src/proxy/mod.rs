@@ -5,6 +5,8 @@
 //! (`relay`). `proxy_protocol` writes (and parses) the PROXY header.
 
 pub mod proxy_protocol;
+// splice(2), pipes and recv(2) through libc, each call with its SAFETY note.
+#[allow(unsafe_code)]
 pub mod relay;
 
 use std::net::{IpAddr, SocketAddr};

@@ -1311,6 +1311,8 @@ mod tests {
                 addr
             }
         };
+        // Wall time of a blocking transfer on OS threads, not the runtime's clock.
+        #[allow(clippy::disallowed_types)]
         let start = std::time::Instant::now();
         let mut s = std::net::TcpStream::connect(target).unwrap();
         let chunk = vec![0x5a; 256 * 1024];
