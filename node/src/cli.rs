@@ -1,5 +1,6 @@
-//! The command line: `run`, `check` and `status`. Parsing and printing only; the work is in
-//! `App` and `status`.
+//! The command line: `run`, `check`, `status`, `explain`, `geoip lookup|build`, `ca init` and
+//! `cert issue`. Parsing and printing only; the work is in `App`, the status client, the
+//! locator and gossip's certificate code.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
 //! PROXY protocol headers (HAProxy's spec, versions 1 and 2): how the edge
-//! tells an origin which client a relayed connection really came from, and how
-//! it reads the same from a load balancer in front of it.
+//! tells an origin which client a relayed connection really came from (an app's
+//! `proxy_protocol = "v1"` or `"v2"`).
 //!
-//! Only TCP over IPv4/IPv6 is produced. The parser accepts anything the spec
+//! Only TCP over IPv4/IPv6 is produced. No setting reads PROXY headers from
+//! clients yet; the parser here is the spec's other half, against which the
+//! tests check every header the edge writes. It accepts anything the spec
 //! lets a sender emit, returns no addresses where the spec says to use the
 //! real connection endpoints (v1 UNKNOWN, v2 LOCAL, and v2 families this
 //! TCP-only proxy has no use for), and rejects everything else as early as
