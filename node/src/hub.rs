@@ -169,3 +169,113 @@ impl HealthHub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::Mutex as StdMutex;
+    use switchyard_geo::Region;
+
+    fn hub() -> (Arc<HealthHub>, Arc<CompiledConfig>) {
+        let text = r#"
+[node]
+id = "n1"
+region = "WEU"
+[[monitor]]
+name = "m"
+type = "tcp"
+retries = 0
+[[pool]]
+name = "p"
+monitor = "m"
+origins = [{ name = "o", address = "127.0.0.1:1" }]
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+"#;
+        let rt = Arc::new(CompiledConfig::compile(
+            Arc::new(Config::parse(text, None).unwrap()),
+            None,
+        ));
+        let hub = Arc::new(HealthHub::new(
+            rt.clone(),
+            Quorum::Majority,
+            Arc::new(Metrics::new()),
+        ));
+        hub.apply(rt.clone());
+        (hub, rt)
+    }
+
+    fn up(hub: &HealthHub) -> bool {
+        hub.snapshot().view.pools[0].origins[0].up
+    }
+
+    #[test]
+    fn probes_publish_a_new_view_and_hand_rows_to_the_sink() {
+        let (hub, rt) = hub();
+        let seen: Arc<StdMutex<Vec<Report>>> = Arc::default();
+        let s = seen.clone();
+        hub.publish_rows_to(Box::new(move |r| s.lock().unwrap().push(r.clone())));
+        let key = rt.key(0, 0);
+        assert!(up(&hub), "presumed up before the first probe");
+        let next = hub.on_attempt(&key, Attempt::Failed("refused".into()));
+        assert_eq!(next, Next::Done { changed: true });
+        assert!(!up(&hub), "the view follows the probe");
+        let rows = seen.lock().unwrap();
+        let last = rows.last().expect("the sink got the rows");
+        assert!(!last.rows[&key].healthy && last.rows[&key].checked);
+        assert!(hub.metrics.encode().contains("switchyard_origin_healthy"));
+    }
+
+    #[test]
+    fn a_failed_connect_takes_the_origin_down_at_once() {
+        let (hub, rt) = hub();
+        hub.on_connect_failure(&rt.key(0, 0), "connect refused".into());
+        assert!(!up(&hub));
+        assert_eq!(
+            hub.report().rows[&rt.key(0, 0)].reason.as_deref(),
+            Some("connect refused")
+        );
+    }
+
+    #[test]
+    fn remote_rows_count_until_their_node_is_down() {
+        let (hub, rt) = hub();
+        let key = rt.key(0, 0);
+        let peer = |live| RemoteReport {
+            node: "n2".into(),
+            region: Region::Weu,
+            live,
+            rows: [(
+                key.clone(),
+                crate::core::view::Obs {
+                    node: "n2".into(),
+                    region: Region::Weu,
+                    healthy: false,
+                    rtt: None,
+                    age: Duration::ZERO,
+                },
+            )]
+            .into(),
+        };
+        hub.set_remote(vec![peer(true)]);
+        assert!(!up(&hub), "the only observer says down");
+        hub.set_remote(vec![peer(false)]);
+        assert!(up(&hub), "a dead node's rows do not count");
+    }
+
+    #[test]
+    fn attempts_for_origins_a_reload_removed_are_ignored() {
+        let (hub, _) = hub();
+        let gone = OriginKey {
+            pool: "p".into(),
+            origin: "removed".into(),
+        };
+        assert_eq!(
+            hub.on_attempt(&gone, Attempt::Failed("x".into())),
+            Next::Done { changed: false }
+        );
+        assert!(up(&hub));
+    }
+}
