@@ -17,6 +17,13 @@ use crate::core::health::{Attempt, Next, OriginHealth};
 use crate::core::view::{RemoteReport, Report, Snapshot, View};
 use crate::metrics::{Metrics, OriginLabels, ProbeLabels};
 
+fn origin_labels(key: &OriginKey) -> OriginLabels {
+    OriginLabels {
+        pool: key.pool.to_string(),
+        origin: key.origin.to_string(),
+    }
+}
+
 /// Receives this node's rows each time the view is published.
 pub type RowSink = Box<dyn Fn(&Report) + Send + Sync>;
 
@@ -117,7 +124,7 @@ impl HealthHub {
             return Next::Done { changed: false };
         };
         if let Next::Done { changed } = out.next {
-            let labels = OriginLabels::of(key);
+            let labels = origin_labels(key);
             self.metrics
                 .probes
                 .get_or_create(&ProbeLabels {
@@ -147,7 +154,7 @@ impl HealthHub {
 
     /// A connect to an origin failed while proxying: count it against the origin now.
     pub fn on_connect_failure(&self, key: &OriginKey, reason: String) {
-        let labels = OriginLabels::of(key);
+        let labels = origin_labels(key);
         self.metrics.connect_failures.get_or_create(&labels).inc();
         let mut book = self.book();
         if let Some(row) = book.on_passive_failure(key, reason, Instant::now()) {

@@ -40,15 +40,6 @@ pub struct OriginLabels {
     pub origin: String,
 }
 
-impl OriginLabels {
-    pub fn of(key: &crate::core::compiled::OriginKey) -> OriginLabels {
-        OriginLabels {
-            pool: key.pool.to_string(),
-            origin: key.origin.to_string(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub pool: String,
