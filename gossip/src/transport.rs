@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken as Cancel;
 
+use crate::error::GossipError;
 use crate::tls::{self, NodeTls};
 
 /// A stream message larger than this is refused unread (a full snapshot of a large mesh is
@@ -112,10 +113,10 @@ impl Transport {
         listen: SocketAddr,
         tls: &NodeTls,
         inbox: mpsc::Sender<Inbound>,
-    ) -> Result<Arc<Transport>, crate::GossipError> {
-        let server = tls.server_config().map_err(crate::GossipError::Tls)?;
-        let client = tls.client_config().map_err(crate::GossipError::Tls)?;
-        let bind_err = |source| crate::GossipError::Bind {
+    ) -> Result<Arc<Transport>, GossipError> {
+        let server = tls.server_config().map_err(GossipError::Tls)?;
+        let client = tls.client_config().map_err(GossipError::Tls)?;
+        let bind_err = |source| GossipError::Bind {
             addr: listen,
             source,
         };

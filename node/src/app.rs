@@ -26,9 +26,7 @@ use crate::monitor::{self, MonitorSet};
 use crate::proxy::{self, Affinity, DecisionCounters};
 use crate::runtime::{Obs, OriginKey, RemoteReport, Report, Runtime, Snapshot, View};
 use crate::status;
-use switchyard_gossip::mesh::{
-    LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
-};
+use switchyard_gossip::{LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings};
 
 /// Counters of one app, kept across reloads while the app keeps its name.
 #[derive(Clone)]
