@@ -14,7 +14,9 @@ use crate::metrics::MeshMetrics;
 use crate::state::{LocalRow, MeshState};
 use crate::task::{self, Cmd};
 use crate::tls::NodeTls;
-use crate::transport::{Faults, Transport};
+#[cfg(feature = "test-util")]
+use crate::transport::Faults;
+use crate::transport::Transport;
 
 /// A running mesh member.
 pub struct Mesh {
@@ -89,11 +91,13 @@ impl Mesh {
     }
 
     /// Fault injection for tests: traffic to and from blocked peers is dropped.
+    #[cfg(feature = "test-util")]
     pub fn faults(&self) -> &Faults {
         &self.transport.faults
     }
 
     /// Stops at once without telling anyone, as a crash would: peers find out by probing.
+    #[cfg(feature = "test-util")]
     pub async fn kill(&self) {
         let _ = self.tx.send(Cmd::Stop).await;
         self.transport.close().await;

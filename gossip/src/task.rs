@@ -32,6 +32,8 @@ pub(crate) enum Cmd {
     SetLocal(Vec<LocalRow>),
     SetFingerprint(u64),
     Leave(oneshot::Sender<()>),
+    /// Ends the task at once, as a crash would.
+    #[cfg(feature = "test-util")]
     Stop,
 }
 
@@ -136,7 +138,9 @@ impl Task {
                         let _ = done.send(());
                         return;
                     }
-                    Some(Cmd::Stop) | None => return,
+                    #[cfg(feature = "test-util")]
+                    Some(Cmd::Stop) => return,
+                    None => return,
                 },
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { return };
