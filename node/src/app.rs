@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AppConfig, Config, Listen};
-use crate::config::{MeshProfile, MeshSection, Quorum};
+use crate::config::{MeshSection, Quorum};
 use crate::error::Error;
 use crate::geo::Geo;
 use crate::health::{Attempt, HealthPolicy, HealthState, Next, OriginHealth};
@@ -682,10 +682,6 @@ pub fn wall_ms(shared: &Shared, at: Instant) -> u64 {
 /// Loads the mesh's certificates and joins the mesh.
 fn start_mesh(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
     let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
-    let profile = match m.profile {
-        MeshProfile::Lan => Profile::Lan,
-        MeshProfile::Wan => Profile::Wan,
-    };
     let mesh_metrics = MeshMetrics::default();
     mesh_metrics.register(metrics.registry_mut());
     let cfg = MeshConfig {
@@ -695,9 +691,9 @@ fn start_mesh(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result
         listen: m.listen,
         advertise: m.advertise,
         seeds: m.seeds.clone(),
-        profile,
+        profile: m.profile,
         expected_size: m.expected_size,
-        timings: mesh_timings(profile, m),
+        timings: mesh_timings(m.profile, m),
         fingerprint: config.fingerprint(),
     };
     Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
