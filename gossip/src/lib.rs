@@ -26,7 +26,7 @@ pub mod wire;
 
 pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET};
 pub use error::GossipError;
-pub use identity::NodeIdentity;
+pub use identity::{NodeId, NodeIdentity};
 pub use mesh::Mesh;
 pub use metrics::MeshMetrics;
 pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};

@@ -39,10 +39,12 @@ use rcgen::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::identity::{InvalidNodeId, NodeId};
 
 /// ALPN protocol of the mesh; bump the version when the wire protocol changes incompatibly, so
 /// mixed-version nodes fail the handshake with a clear "no application protocol" error rather
@@ -63,12 +65,7 @@ pub const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
 /// How many unidirectional streams a peer may have open at once (replication pushes).
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 256;
 
-/// Server name for dialing a peer known only by its address: the handshake then accepts any
-/// node certificate issued by the cluster CA, whatever node it names, and the caller learns
-/// which node it reached from [`peer_node_id`]. Dial with the peer's node id instead whenever
-/// it is known, so the handshake itself pins the node. Reserved: no node may take this id (the
-/// `.invalid` top-level domain can never be a real host, RFC 2606).
-pub const MESH_SERVER_NAME: &str = "mesh.switchyard.invalid";
+pub use crate::identity::MESH_SERVER_NAME;
 
 /// Name of the CA certificate file in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -125,11 +122,8 @@ impl fmt::Display for FileKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    #[error(
-        "invalid node id {id:?}: {reason}; a node id is a DNS name of letters, digits, '-', '_' \
-         and '.' such as \"edge-weu-1\""
-    )]
-    InvalidNodeId { id: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidNodeId(#[from] InvalidNodeId),
 
     #[error("invalid cluster name {cluster:?}: {reason}")]
     InvalidCluster {
@@ -256,53 +250,6 @@ pub struct CertPaths {
     pub key: PathBuf,
 }
 
-/// Checks that `id` can be a node id: a DNS name (so it can be the SAN of the node's
-/// certificate and the server name QUIC dials) made only of letters, digits, '-', '_' and '.'.
-/// Node ids also become file names, which this character set keeps safe.
-pub fn validate_node_id(id: &str) -> Result<(), TlsError> {
-    let invalid = |reason| {
-        Err(TlsError::InvalidNodeId {
-            id: id.to_owned(),
-            reason,
-        })
-    };
-    if id.is_empty() {
-        return invalid("it is empty");
-    }
-    if id.eq_ignore_ascii_case(MESH_SERVER_NAME) {
-        return invalid("it is reserved for dialing a peer by address");
-    }
-    if id.len() > 253 {
-        return invalid("it is longer than 253 characters");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return invalid("it contains a character other than letters, digits, '-', '_' and '.'");
-    }
-    // A trailing dot would be accepted by DNS parsing and dropped, so "edge." would silently
-    // become "edge": refuse it instead, ids must round-trip exactly.
-    if id.split('.').any(str::is_empty) {
-        return invalid("it has an empty label (leading, trailing or doubled '.')");
-    }
-    if id.split('.').any(|label| label.len() > 63) {
-        return invalid("a label between dots is longer than 63 characters");
-    }
-    if id
-        .split('.')
-        .any(|l| l.starts_with('-') || l.ends_with('-'))
-    {
-        return invalid("a label starts or ends with '-'");
-    }
-    // What is left for the DNS parser to refuse: a numeric last label ("10.0.0.1", "edge.1"),
-    // which would be taken for an IP address.
-    if DnsName::try_from(id).is_err() {
-        return invalid("it is not a valid DNS name (is its last label all digits?)");
-    }
-    Ok(())
-}
-
 /// Creates a new cluster CA in `out_dir` (created if missing): `ca.crt` and `ca.key` (mode
 /// 0600), ECDSA P-256, valid about 10 years. Refuses to overwrite an existing `ca.key`, since
 /// that would orphan every certificate already issued.
@@ -380,7 +327,8 @@ pub fn init_ca(out_dir: &Path, cluster: &str) -> Result<CaPaths, TlsError> {
 /// SAN equal to `node_id`, allows both server and client authentication (a node is both), and
 /// is valid about 2 years. Existing files for the node are replaced (renewal), each atomically.
 pub fn issue_cert(ca_dir: &Path, node_id: &str, out_dir: &Path) -> Result<CertPaths, TlsError> {
-    validate_node_id(node_id)?;
+    let node_id = NodeId::new(node_id)?;
+    let node_id = node_id.as_str();
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
     let ca_key_path = ca_dir.join(CA_KEY_FILE);
     let ca_certs = read_certs(&ca_cert_path, FileKind::CaCert)?;
@@ -427,7 +375,7 @@ pub fn issue_cert(ca_dir: &Path, node_id: &str, out_dir: &Path) -> Result<CertPa
             what: "node key",
             source,
         })?;
-    let san = Ia5String::try_from(node_id).map_err(|_| TlsError::InvalidNodeId {
+    let san = Ia5String::try_from(node_id).map_err(|_| InvalidNodeId {
         id: node_id.to_owned(),
         reason: "it is not ASCII",
     })?;
@@ -569,7 +517,7 @@ pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError
 
     let names: Vec<&str> = leaf
         .valid_dns_names()
-        .filter(|n| validate_node_id(n).is_ok())
+        .filter(|n| NodeId::new(*n).is_ok())
         .collect();
     let node_id = match names.as_slice() {
         [one] => (*one).to_owned(),
@@ -734,9 +682,7 @@ impl ServerCertVerifier for ClusterServerVerifier {
 pub fn peer_node_id(conn: &quinn::Connection) -> Option<String> {
     let chain = peer_chain(conn)?;
     let leaf = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
-    let mut names = leaf
-        .valid_dns_names()
-        .filter(|n| validate_node_id(n).is_ok());
+    let mut names = leaf.valid_dns_names().filter(|n| NodeId::new(*n).is_ok());
     let first = names.next()?;
     match names.next() {
         None => Some(first.to_owned()),
@@ -749,7 +695,7 @@ pub fn peer_node_id(conn: &quinn::Connection) -> Option<String> {
 /// matching is case-insensitive, node ids are not, so the SAN must also equal `node_id`
 /// exactly.
 pub fn peer_is(conn: &quinn::Connection, node_id: &str) -> bool {
-    if validate_node_id(node_id).is_err() {
+    if NodeId::new(node_id).is_err() {
         return false;
     }
     let Some(chain) = peer_chain(conn) else {
@@ -1468,7 +1414,7 @@ mod tests {
     #[test]
     fn node_ids_must_be_dns_names() {
         for good in ["edge-weu-1", "edge_weu.1a", "Edge-WEU", "a", "1edge.eu"] {
-            validate_node_id(good).unwrap();
+            NodeId::new(good).unwrap();
         }
         let dir = Scratch::new("ids");
         let ca = init_ca(&dir.path().join("ca"), "prod").unwrap();

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use switchyard_geo::Region;
 use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
-use switchyard_gossip::Profile;
+use switchyard_gossip::{NodeId, Profile};
 
 use crate::probe::{ExpectedCodes, ProbeKind};
 
@@ -761,15 +761,13 @@ impl Config {
         let key = |s: &str| Seg::Key(s.to_string());
 
         let n = &self.node;
-        if !valid_name(&n.id) {
+        // The mesh's rule: the id becomes the DNS name of the node's certificate.
+        if let Err(e) = NodeId::new(n.id.as_str()) {
             return Err(fail(
                 vec![key("node"), key("id")],
                 "[node]".into(),
                 "id",
-                format!(
-                    "{:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
-                    n.id
-                ),
+                e.to_string(),
             ));
         }
 
