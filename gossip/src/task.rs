@@ -2,7 +2,7 @@
 //! table. It turns what the transport receives into foca input and table merges, delivers
 //! every foca timer in due order through tokio's clock, pushes local health flips to every
 //! peer at once, batches RTT updates, runs anti-entropy with a random peer, and publishes a
-//! `MeshState` that the node builds its view from. The [`Mesh`](crate::Mesh) handle talks to
+//! `MeshState` that the node builds its view from. The `Mesh` handle (`mesh`) talks to
 //! it through [`Cmd`]s.
 
 use std::collections::{BTreeMap, HashMap};
