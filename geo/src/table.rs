@@ -30,8 +30,8 @@
 
 use std::collections::HashMap;
 
-use crate::Region;
-use crate::Region::{Eeu, Enam, Me, Naf, Neas, Nsam, Oc, Saf, Sas, Seas, Ssam, Weu, Wnam};
+use crate::region::Region;
+use crate::region::Region::{Eeu, Enam, Me, Naf, Neas, Nsam, Oc, Saf, Sas, Seas, Ssam, Weu, Wnam};
 
 /// Every officially assigned ISO 3166-1 alpha-2 code and its region, sorted by code. The array
 /// length pins the count at 249, and the `const` checks below pin the order, so a typo fails

@@ -1,33 +1,32 @@
 //! Switchyard mesh: SWIM membership (foca) over QUIC (quinn) with mutual TLS, and replication
 //! of the health table, so that every node steers with what every other node sees.
 //!
-//! `mesh` is the entry point: `Mesh::start` binds the QUIC endpoint, joins through the seeds
-//! and runs the one task that owns foca and the table. `table` is the pure replication core,
-//! `codec` the one place where wire messages become bytes, `tls` the cluster CA and node
-//! certificates, `transport` the QUIC links.
+//! [`Mesh::start`] binds the QUIC endpoint, joins through the seeds and runs the one task that
+//! owns foca and the table. The modules, bottom up: `identity` (node ids and SWIM members),
+//! `hash` (the fingerprint hash), `table` (the pure replication core), `wire` (replication messages), `codec` (the one place
+//! where wire messages become bytes), `config`, `state` and `metrics` (what the node hands the
+//! mesh and reads from it), `tls` (the cluster CA and node certificates), `transport` (the
+//! QUIC links), `task` (the mesh task) and `mesh` (its handle).
+
+#![forbid(unsafe_code)]
 
 pub mod codec;
+mod config;
+mod error;
+pub mod hash;
 pub mod identity;
-pub mod mesh;
+mod mesh;
+mod metrics;
+mod state;
 pub mod table;
+mod task;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
-pub use identity::NodeIdentity;
-pub use mesh::{Mesh, MeshConfig, MeshState};
-
-use std::net::SocketAddr;
-
-/// Why the mesh could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum GossipError {
-    #[error("[mesh] listen: cannot bind UDP {addr}: {source}; pick another address or stop what holds it")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    #[error("{0}")]
-    Identity(String),
-}
+pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET};
+pub use error::GossipError;
+pub use identity::{NodeId, NodeIdentity};
+pub use mesh::Mesh;
+pub use metrics::MeshMetrics;
+pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};

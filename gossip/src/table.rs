@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_geo::Region;
 use tokio::time::Instant;
 
-use crate::codec::{fnv1a, FNV_OFFSET};
+use crate::hash::{fnv1a, FNV_OFFSET};
 
 /// Most rows one batch may carry.
 pub const MAX_ROWS: usize = 10_000;

@@ -2,9 +2,12 @@
 //! (kept alive so a SWIM probe never waits on a handshake), SWIM packets in datagrams and
 //! replication messages on unidirectional streams. Everything received goes to the mesh task
 //! tagged with the node id from the peer's certificate, which the mesh checks against what
-//! the peer claims. Fault injection (blocked peers) lets tests cut links.
+//! the peer claims. With the `test-util` feature, fault injection (blocked peers) lets tests
+//! cut links.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+#[cfg(feature = "test-util")]
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken as Cancel;
 
+use crate::error::GossipError;
 use crate::tls::{self, NodeTls};
 
 /// A stream message larger than this is refused unread (a full snapshot of a large mesh is
@@ -73,11 +77,13 @@ struct Link {
 }
 
 /// Peers whose traffic is dropped both ways, for partition tests.
+#[cfg(feature = "test-util")]
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: Mutex<HashSet<SocketAddr>>,
 }
 
+#[cfg(feature = "test-util")]
 impl Faults {
     pub fn block(&self, peer: SocketAddr) {
         self.lock().insert(peer);
@@ -101,6 +107,7 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     links: Mutex<HashMap<SocketAddr, Link>>,
     inbox: mpsc::Sender<Inbound>,
+    #[cfg(feature = "test-util")]
     pub faults: Arc<Faults>,
     pub stats: Arc<TransportStats>,
     stop: Cancel,
@@ -112,10 +119,10 @@ impl Transport {
         listen: SocketAddr,
         tls: &NodeTls,
         inbox: mpsc::Sender<Inbound>,
-    ) -> Result<Arc<Transport>, crate::GossipError> {
-        let server = tls.server_config().map_err(crate::GossipError::Tls)?;
-        let client = tls.client_config().map_err(crate::GossipError::Tls)?;
-        let bind_err = |source| crate::GossipError::Bind {
+    ) -> Result<Arc<Transport>, GossipError> {
+        let server = tls.server_config().map_err(GossipError::Tls)?;
+        let client = tls.client_config().map_err(GossipError::Tls)?;
+        let bind_err = |source| GossipError::Bind {
             addr: listen,
             source,
         };
@@ -137,6 +144,7 @@ impl Transport {
             endpoint,
             links: Mutex::new(HashMap::new()),
             inbox,
+            #[cfg(feature = "test-util")]
             faults: Arc::new(Faults::default()),
             stats: Arc::new(TransportStats::default()),
             stop: Cancel::new(),
@@ -163,8 +171,18 @@ impl Transport {
         self.send(peer, Out::Stream(data));
     }
 
+    #[cfg(feature = "test-util")]
+    fn blocked(&self, peer: SocketAddr) -> bool {
+        self.faults.is_blocked(peer)
+    }
+
+    #[cfg(not(feature = "test-util"))]
+    fn blocked(&self, _peer: SocketAddr) -> bool {
+        false
+    }
+
     fn send(self: &Arc<Self>, peer: SocketAddr, out: Out) {
-        if self.faults.is_blocked(peer) {
+        if self.blocked(peer) {
             self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -280,7 +298,7 @@ async fn accept_loop(t: Arc<Transport>) {
         let t = t.clone();
         tokio::spawn(async move {
             let from = incoming.remote_address();
-            if t.faults.is_blocked(from) {
+            if t.blocked(from) {
                 incoming.ignore();
                 return;
             }
@@ -305,7 +323,7 @@ async fn link_task(
     slot: Arc<Mutex<Option<quinn::Connection>>>,
 ) {
     while let Some(out) = rx.recv().await {
-        if t.faults.is_blocked(peer) {
+        if t.blocked(peer) {
             t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -431,7 +449,7 @@ async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
                 Err(_) => return,
             },
         };
-        if t.faults.is_blocked(from) {
+        if t.blocked(from) {
             continue;
         }
         let counter = match kind {

@@ -20,12 +20,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_geo::Region;
 use switchyard_gossip::codec::{self, FocaCodec, FORMAT_VERSION};
-use switchyard_gossip::mesh::{
-    Envelope, MemberState, MeshMetrics, Msg, Profile, Timings, MAX_SWIM_PACKET,
-};
 use switchyard_gossip::table::{Batch, Row};
 use switchyard_gossip::tls::{self, NodeTls};
-use switchyard_gossip::{Mesh, MeshConfig, NodeIdentity};
+use switchyard_gossip::wire::{Envelope, Msg};
+use switchyard_gossip::{
+    MemberState, Mesh, MeshConfig, MeshMetrics, NodeIdentity, Profile, Timings, MAX_SWIM_PACKET,
+};
 
 const CLUSTER: &str = "test";
 

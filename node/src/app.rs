@@ -335,6 +335,7 @@ impl App {
 
     /// Stops everything at once without leaving the mesh, as a crash would (for tests of
     /// failure detection).
+    #[cfg(feature = "test-util")]
     pub async fn kill(&self) {
         {
             let mut st = self.running.lock().await;

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use switchyard_geo::Region;
 use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
+use switchyard_gossip::{NodeId, Profile};
 
 use crate::monitor::probe::{ExpectedCodes, ProbeKind};
 
@@ -136,7 +137,7 @@ pub struct MeshSection {
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
     #[serde(default = "default_profile")]
-    pub profile: MeshProfile,
+    pub profile: Profile,
     /// Cluster CA certificate, this node's certificate and its private key (PEM).
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -170,18 +171,11 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 fn default_mesh_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7946))
 }
-fn default_profile() -> MeshProfile {
-    MeshProfile::Lan
+fn default_profile() -> Profile {
+    Profile::Lan
 }
 fn default_expected_size() -> u32 {
     50
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MeshProfile {
-    Lan,
-    Wan,
 }
 
 /// A quorum rule over a region's observers.
@@ -767,15 +761,13 @@ impl Config {
         let key = |s: &str| Seg::Key(s.to_string());
 
         let n = &self.node;
-        if !valid_name(&n.id) {
+        // The mesh's rule: the id becomes the DNS name of the node's certificate.
+        if let Err(e) = NodeId::new(n.id.as_str()) {
             return Err(fail(
                 vec![key("node"), key("id")],
                 "[node]".into(),
                 "id",
-                format!(
-                    "{:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
-                    n.id
-                ),
+                e.to_string(),
             ));
         }
 

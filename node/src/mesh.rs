@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_gossip::mesh::{
-    LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
-};
+use switchyard_gossip::{LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings};
 
 use crate::clock::Clock;
-use crate::config::{Config, MeshProfile, MeshSection};
+use crate::config::{Config, MeshSection};
 use crate::core::compiled::OriginKey;
 use crate::core::view::{Obs, RemoteReport, Report};
 use crate::error::Error;
@@ -20,10 +18,6 @@ use crate::metrics::Metrics;
 /// Loads the mesh's certificates and joins the mesh.
 pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
     let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
-    let profile = match m.profile {
-        MeshProfile::Lan => Profile::Lan,
-        MeshProfile::Wan => Profile::Wan,
-    };
     let mesh_metrics = MeshMetrics::default();
     mesh_metrics.register(metrics.registry_mut());
     let cfg = MeshConfig {
@@ -33,9 +27,9 @@ pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<
         listen: m.listen,
         advertise: m.advertise,
         seeds: m.seeds.clone(),
-        profile,
+        profile: m.profile,
         expected_size: m.expected_size,
-        timings: timings(profile, m),
+        timings: timings(m.profile, m),
         fingerprint: config.fingerprint(),
     };
     Ok(Mesh::start(cfg, &tls, mesh_metrics)?)

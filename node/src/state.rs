@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use switchyard_gossip::mesh::Mesh;
+use switchyard_gossip::Mesh;
 use tokio::time::Instant;
 
 use crate::clock::Clock;

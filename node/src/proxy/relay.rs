@@ -826,7 +826,7 @@ mod splicing {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
+    use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;

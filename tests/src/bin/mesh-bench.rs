@@ -23,11 +23,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, ValueEnum};
-use switchyard_gossip::mesh::{
-    Envelope, LocalRow, MemberState, MeshMetrics, Msg, Profile, Timings,
-};
 use switchyard_gossip::table::Digest;
-use switchyard_gossip::{tls, Mesh, MeshConfig, MeshState};
+use switchyard_gossip::wire::{Envelope, Msg};
+use switchyard_gossip::{
+    tls, LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
+};
 use switchyard_node::metrics::Metrics;
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
+use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
 
 use super::{unit, Ctx, OriginWhy};
 use crate::config::{canonical_ip, OriginSteering};

@@ -1,0 +1,650 @@
+//! The mesh task: the one task that owns foca (SWIM membership) and the replicated health
+//! table. It turns what the transport receives into foca input and table merges, delivers
+//! every foca timer in due order through tokio's clock, pushes local health flips to every
+//! peer at once, batches RTT updates, runs anti-entropy with a random peer, and publishes a
+//! `MeshState` that the node builds its view from. The `Mesh` handle (`mesh`) talks to
+//! it through [`Cmd`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, Timer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::codec::{self, FocaCodec};
+use crate::config::MeshConfig;
+use crate::identity::NodeIdentity;
+use crate::metrics::{Dir, MeshMetrics};
+use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
+use crate::table::{Batch, Change, Digest, Table};
+use crate::transport::{Inbound, Kind, Transport};
+use crate::wire::{Envelope, Msg};
+
+/// What the handle asks of the task.
+pub(crate) enum Cmd {
+    SetLocal(Vec<LocalRow>),
+    SetFingerprint(u64),
+    Leave(oneshot::Sender<()>),
+    /// Ends the task at once, as a crash would.
+    #[cfg(feature = "test-util")]
+    Stop,
+}
+
+/// Starts the task for `identity`, fed by `inbox`; returns where to send it commands and
+/// where it publishes the mesh state.
+pub(crate) fn spawn(
+    cfg: MeshConfig,
+    identity: NodeIdentity,
+    transport: Arc<Transport>,
+    inbox: mpsc::Receiver<Inbound>,
+    metrics: MeshMetrics,
+) -> (mpsc::Sender<Cmd>, watch::Receiver<Arc<MeshState>>) {
+    let table = Table::new(
+        cfg.node_id.clone(),
+        cfg.region,
+        identity.generation,
+        cfg.fingerprint,
+    );
+    let foca = Foca::new(
+        identity.clone(),
+        cfg.timings.foca_config(cfg.profile, cfg.expected_size),
+        rand010::make_rng::<rand010::rngs::StdRng>(),
+        FocaCodec,
+    );
+    let initial = Arc::new(MeshState {
+        local: identity,
+        members: Vec::new(),
+        writers: Vec::new(),
+    });
+    let (state_tx, state) = watch::channel(initial);
+    let (tx, rx) = mpsc::channel(1024);
+    let task = Task {
+        cfg,
+        foca,
+        rt: AccumulatingRuntime::new(),
+        timers: BTreeMap::new(),
+        timer_seq: 0,
+        table,
+        transport,
+        members: HashMap::new(),
+        state_tx,
+        metrics,
+        last_pushed: 0,
+        rtt_due: None,
+        rng: StdRng::from_os_rng(),
+        suspect_since: HashMap::new(),
+        leaving: false,
+    };
+    tokio::spawn(task.run(rx, inbox));
+    (tx, state)
+}
+
+type TimerKey = (Instant, u64);
+
+struct Task {
+    cfg: MeshConfig,
+    foca: Foca<NodeIdentity, FocaCodec, rand010::rngs::StdRng, NoCustomBroadcast>,
+    rt: AccumulatingRuntime<NodeIdentity>,
+    /// Every foca timer, by due time then arrival: foca needs each one delivered, in order.
+    timers: BTreeMap<TimerKey, Timer<NodeIdentity>>,
+    timer_seq: u64,
+    table: Table,
+    transport: Arc<Transport>,
+    /// Members by node id, as foca last told us.
+    members: HashMap<String, (NodeIdentity, MemberState)>,
+    state_tx: watch::Sender<Arc<MeshState>>,
+    metrics: MeshMetrics,
+    /// Local seq already pushed to peers.
+    last_pushed: u64,
+    rtt_due: Option<Instant>,
+    rng: StdRng,
+    /// Since when each member has been suspect. Foca drops its suspicion timers when this
+    /// node renews its identity, which can leave a member suspect forever; the watchdog
+    /// declares such a member down, and it rejoins under a new generation.
+    suspect_since: HashMap<String, Instant>,
+    leaving: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut inbox: mpsc::Receiver<Inbound>) {
+        let start = Instant::now();
+        let mut announce = tokio::time::interval_at(start, self.cfg.timings.announce_period);
+        let mut anti_entropy = Box::pin(tokio::time::sleep(self.jittered_ae()));
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        self.publish();
+        loop {
+            let next_timer = self.timers.keys().next().map(|(due, _)| *due);
+            let rtt_due = self.rtt_due;
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::SetLocal(rows)) => self.set_local(rows),
+                    Some(Cmd::SetFingerprint(fp)) => {
+                        self.table.set_fingerprint(fp);
+                        self.publish();
+                    }
+                    Some(Cmd::Leave(done)) => {
+                        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+                            tracing::debug!("leave: {e}");
+                        }
+                        self.leaving = true;
+                        self.drain();
+                        let _ = done.send(());
+                        return;
+                    }
+                    #[cfg(feature = "test-util")]
+                    Some(Cmd::Stop) => return,
+                    None => return,
+                },
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { return };
+                    self.inbound(msg);
+                }
+                _ = sleep_until_opt(next_timer) => self.fire_timers(),
+                _ = sleep_until_opt(rtt_due) => {
+                    self.rtt_due = None;
+                    self.push_local();
+                }
+                _ = announce.tick() => self.announce(),
+                _ = &mut anti_entropy => {
+                    anti_entropy.as_mut().reset(Instant::now() + self.jittered_ae());
+                    self.anti_entropy();
+                }
+                _ = housekeeping.tick() => {
+                    let s = &self.transport.stats;
+                    self.metrics.set_transport_totals(
+                        s.bytes_out.load(Ordering::Relaxed),
+                        s.bytes_in.load(Ordering::Relaxed),
+                        s.refused.load(Ordering::Relaxed),
+                    );
+                    if let Some(age) = self.table.oldest_row_age(Instant::now()) {
+                        self.metrics.set_oldest_row_age(age.as_secs_f64());
+                    }
+                    // Foca reports ups and downs, not suspicions: look at the whole state.
+                    self.sync_members();
+                    self.suspicion_watchdog();
+                    // RTTs to peers change without membership events.
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    fn jittered_ae(&mut self) -> Duration {
+        let base = self.cfg.timings.anti_entropy_period;
+        base.mul_f64(0.75 + self.rng.random::<f64>() * 0.5)
+    }
+
+    /// Sends, schedules and notifies whatever foca asked for.
+    fn drain(&mut self) {
+        let mut changed = false;
+        while let Some((dst, data)) = self.rt.to_send() {
+            self.metrics.msg(Dir::Sent, "swim");
+            self.transport.send_datagram(dst.addr, data);
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timer_seq += 1;
+            self.timers
+                .insert((Instant::now() + after, self.timer_seq), timer);
+        }
+        while let Some(n) = self.rt.to_notify() {
+            changed = true;
+            self.notify(n);
+        }
+        if changed {
+            self.sync_members();
+            self.publish();
+        }
+    }
+
+    fn notify(&mut self, n: OwnedNotification<NodeIdentity>) {
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                tracing::info!(member = %id.id, region = %id.region, addr = %id.addr, generation = id.generation, "member up");
+                // A newcomer (or a returning member) gets what it lacks at once.
+                self.send_digest(id.addr, false);
+            }
+            OwnedNotification::MemberDown(id) => {
+                tracing::warn!(member = %id.id, "member down");
+            }
+            OwnedNotification::Rename(old, new) => {
+                tracing::info!(member = %new.id, old = old.generation, new = new.generation, "member rejoined under a new generation");
+                if old.addr != new.addr {
+                    self.transport.forget(old.addr);
+                }
+            }
+            OwnedNotification::Rejoin(me) => {
+                tracing::warn!(
+                    generation = me.generation,
+                    "this node was declared down; rejoined under a new generation"
+                );
+            }
+            OwnedNotification::Active => tracing::info!("joined the mesh"),
+            OwnedNotification::Idle => tracing::warn!("no other member is reachable"),
+            // Leaving declares this node down on purpose.
+            OwnedNotification::Defunct if self.leaving => tracing::info!("left the mesh"),
+            OwnedNotification::Defunct => {
+                tracing::error!("this node was declared down and cannot rejoin")
+            }
+        }
+    }
+
+    /// Refreshes the member map from foca's full membership state.
+    fn sync_members(&mut self) {
+        self.members.clear();
+        let mut counts = [0i64; 3];
+        for m in self.foca.iter_membership_state() {
+            let state = match m.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            counts[state as usize] += 1;
+            let id = m.id().clone();
+            if state == MemberState::Suspect {
+                self.suspect_since
+                    .entry(id.id.clone())
+                    .or_insert_with(Instant::now);
+            } else {
+                self.suspect_since.remove(&id.id);
+            }
+            // Keep the newest generation of a node id.
+            match self.members.get(&id.id) {
+                Some((old, _)) if old.generation >= id.generation => {}
+                _ => {
+                    self.members.insert(id.id.clone(), (id, state));
+                }
+            }
+        }
+        for (i, s) in [MemberState::Alive, MemberState::Suspect, MemberState::Down]
+            .iter()
+            .enumerate()
+        {
+            self.metrics.set_members(*s, counts[i]);
+        }
+    }
+
+    fn suspicion_watchdog(&mut self) {
+        let now = Instant::now();
+        let limit = self.cfg.timings.suspect_to_down_after * 2 + self.cfg.timings.probe_period;
+        let stuck: Vec<foca::Member<NodeIdentity>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .filter(|m| {
+                self.suspect_since
+                    .get(&m.id().id)
+                    .is_some_and(|since| now.saturating_duration_since(*since) > limit)
+            })
+            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        for m in &stuck {
+            tracing::info!(member = %m.id().id, "suspect for too long; declaring it down");
+            self.suspect_since.remove(&m.id().id);
+        }
+        if let Err(e) = self.foca.apply_many(stuck.into_iter(), true, &mut self.rt) {
+            tracing::debug!("watchdog: {e}");
+        }
+        self.drain();
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((&key, _)) = self.timers.iter().next() {
+            if key.0 > now {
+                break;
+            }
+            if let Some(timer) = self.timers.remove(&key) {
+                if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
+                    tracing::debug!("foca timer: {e}");
+                }
+            }
+        }
+        self.drain();
+    }
+
+    fn announce(&mut self) {
+        let alive: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|(_, s)| *s != MemberState::Down)
+            .map(|(id, _)| id.addr)
+            .collect();
+        let me = self.foca.identity().addr;
+        for seed in self.cfg.seeds.clone() {
+            if seed == me || alive.contains(&seed) {
+                continue;
+            }
+            // A seed is known by address only; its identity arrives with its reply.
+            let placeholder = NodeIdentity {
+                id: String::new(),
+                region: self.cfg.region,
+                addr: seed,
+                cluster: self.cfg.cluster.clone(),
+                generation: 0,
+            };
+            if let Err(e) = self.foca.announce(placeholder, &mut self.rt) {
+                tracing::debug!("announce: {e}");
+            }
+        }
+        self.drain();
+    }
+
+    fn inbound(&mut self, msg: Inbound) {
+        let Some(peer_id) = msg.peer_id.clone() else {
+            self.metrics.refuse("wrong_id");
+            return;
+        };
+        match msg.kind {
+            Kind::Swim => {
+                self.metrics.msg(Dir::Received, "swim");
+                // Check the claim before foca sees anything: the sender must be the node its
+                // certificate names, in our cluster.
+                let header = {
+                    let mut buf: &[u8] = &msg.data;
+                    foca::Codec::decode_header(&mut FocaCodec, &mut buf)
+                };
+                let header = match header {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.metrics.decode_error();
+                        return;
+                    }
+                };
+                if header.src.cluster != self.cfg.cluster {
+                    self.metrics.refuse("wrong_cluster");
+                    return;
+                }
+                if header.src.id != peer_id {
+                    self.metrics.refuse("wrong_id");
+                    tracing::warn!(claimed = %header.src.id, certificate = %peer_id, from = %msg.from, "peer claims another node's id; dropped");
+                    return;
+                }
+                // An announce to a seed, which the sender knew by address only, names an
+                // empty id; it is for us, so address it to us as foca expects.
+                let mut data = msg.data.clone();
+                if header.message == foca::Message::Announce && header.dst.id.is_empty() {
+                    let mut fixed = header.clone();
+                    fixed.dst = self.foca.identity().clone();
+                    let mut buf = Vec::with_capacity(msg.data.len() + 64);
+                    if foca::Codec::encode_header(&mut FocaCodec, &fixed, &mut buf).is_err() {
+                        self.metrics.decode_error();
+                        return;
+                    }
+                    data = Bytes::from(buf);
+                }
+                if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
+                    self.metrics.decode_error();
+                    tracing::debug!(from = %msg.from, "swim packet dropped: {e}");
+                }
+                self.drain();
+            }
+            Kind::Repl => {
+                let env: Envelope = match codec::decode(&msg.data) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.metrics.decode_error();
+                        tracing::debug!(from = %msg.from, "replication message dropped: {e}");
+                        return;
+                    }
+                };
+                if env.cluster != self.cfg.cluster {
+                    self.metrics.refuse("wrong_cluster");
+                    return;
+                }
+                if env.from != peer_id {
+                    self.metrics.refuse("wrong_id");
+                    return;
+                }
+                self.replication(env, msg.from);
+            }
+        }
+    }
+
+    fn replication(&mut self, env: Envelope, from: SocketAddr) {
+        let now = Instant::now();
+        let mut changed = false;
+        match env.msg {
+            Msg::Push(batch) => {
+                self.metrics.msg(Dir::Received, "push");
+                if batch.node != env.from {
+                    self.metrics.refuse("wrong_id");
+                    return;
+                }
+                changed |= self.apply(batch, now);
+            }
+            Msg::Delta(batches) => {
+                self.metrics.msg(Dir::Received, "delta");
+                for b in batches {
+                    changed |= self.apply(b, now);
+                }
+            }
+            Msg::Summary { fingerprint } => {
+                self.metrics.msg(Dir::Received, "summary");
+                if fingerprint != self.table.digest().fingerprint() {
+                    self.send_digest(from, false);
+                }
+            }
+            Msg::Digest { digest, reply } => {
+                self.metrics.msg(Dir::Received, "digest");
+                // One batch a message keeps each under the size limit however large the mesh.
+                for batch in self.table.delta(&digest) {
+                    self.send_to(from, Msg::Delta(vec![batch]), "delta");
+                }
+                if !reply && self.they_have_newer(&digest) {
+                    let ours = self.table.digest();
+                    self.send_to(
+                        from,
+                        Msg::Digest {
+                            digest: ours,
+                            reply: true,
+                        },
+                        "digest",
+                    );
+                }
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, batch: Batch, now: Instant) -> bool {
+        match self.table.apply(batch, now) {
+            Ok(applied) => {
+                if let Some(epoch) = applied.local_epoch_bumped {
+                    // The mesh remembered a newer run of this node id (a clock that went back,
+                    // or two nodes sharing an id): our rows now carry a newer epoch; push all.
+                    tracing::warn!(
+                        epoch,
+                        "peers held newer rows of this node id; moved to a newer epoch"
+                    );
+                    self.last_pushed = 0;
+                    self.push_local();
+                }
+                applied.changed
+            }
+            Err(e) => {
+                self.metrics.decode_error();
+                tracing::debug!("batch refused: {e}");
+                false
+            }
+        }
+    }
+
+    fn they_have_newer(&self, theirs: &Digest) -> bool {
+        let ours = self.table.digest();
+        theirs.entries.iter().any(|(node, epoch, seq)| {
+            match ours.entries.iter().find(|(n, _, _)| n == node) {
+                None => true,
+                Some((_, e, s)) => epoch > e || (epoch == e && seq > s),
+            }
+        })
+    }
+
+    fn set_local(&mut self, rows: Vec<LocalRow>) {
+        let now = Instant::now();
+        let mut flip = false;
+        let mut rtt = false;
+        for r in rows {
+            let rtt_us = r
+                .rtt
+                .map(|d| d.as_micros().min(u128::from(u32::MAX)) as u32);
+            match self.table.set_local(
+                &r.pool,
+                &r.origin,
+                r.healthy,
+                rtt_us,
+                r.last_change_ms,
+                r.reason.as_deref(),
+                now,
+            ) {
+                Some(Change::Flip) => flip = true,
+                Some(Change::Rtt) => rtt = true,
+                None => {}
+            }
+        }
+        if flip {
+            self.rtt_due = None;
+            self.push_local();
+        } else if rtt && self.rtt_due.is_none() {
+            self.rtt_due = Some(now + self.cfg.timings.rtt_batch);
+        }
+        if flip || rtt {
+            self.publish();
+        }
+    }
+
+    /// Sends every local change not yet pushed to every live member.
+    fn push_local(&mut self) {
+        let seq = self.table.local_seq();
+        if seq == self.last_pushed {
+            return;
+        }
+        let batch = self.table.local_since(self.last_pushed);
+        self.last_pushed = seq;
+        let peers: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|(_, s)| *s != MemberState::Down)
+            .map(|(id, _)| id.addr)
+            .collect();
+        let Some(data) = self.encode(Msg::Push(batch)) else {
+            return;
+        };
+        for p in peers {
+            self.metrics.msg(Dir::Sent, "push");
+            self.transport.send_stream(p, data.clone());
+        }
+    }
+
+    fn anti_entropy(&mut self) {
+        let live: Vec<NodeIdentity> = self
+            .members
+            .values()
+            .filter(|(_, s)| *s == MemberState::Alive)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let pick = self.rng.random_range(0..live.len());
+        let fingerprint = self.table.digest().fingerprint();
+        self.send_to(live[pick].addr, Msg::Summary { fingerprint }, "summary");
+    }
+
+    fn send_digest(&mut self, peer: SocketAddr, reply: bool) {
+        let digest = self.table.digest();
+        self.send_to(peer, Msg::Digest { digest, reply }, "digest");
+    }
+
+    fn send_to(&mut self, peer: SocketAddr, msg: Msg, kind: &'static str) {
+        if let Some(data) = self.encode(msg) {
+            self.metrics.msg(Dir::Sent, kind);
+            self.transport.send_stream(peer, data);
+        }
+    }
+
+    fn encode(&self, msg: Msg) -> Option<Bytes> {
+        let env = Envelope {
+            cluster: self.cfg.cluster.clone(),
+            from: self.cfg.node_id.clone(),
+            msg,
+        };
+        match codec::encode(&env) {
+            Ok(v) => Some(Bytes::from(v)),
+            Err(e) => {
+                tracing::error!("cannot encode a replication message: {e}");
+                None
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let local = self.foca.identity().clone();
+        let mut members: Vec<MemberInfo> = self
+            .members
+            .values()
+            .map(|(id, state)| MemberInfo {
+                id: id.id.clone(),
+                region: id.region,
+                addr: id.addr,
+                state: *state,
+                generation: id.generation,
+                rtt: self.transport.rtt(id.addr),
+            })
+            .collect();
+        members.push(MemberInfo {
+            id: local.id.clone(),
+            region: local.region,
+            addr: local.addr,
+            state: MemberState::Alive,
+            generation: local.generation,
+            rtt: None,
+        });
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        let writers = self
+            .table
+            .writers()
+            .map(|w| {
+                let live = w.node == local.id
+                    || self
+                        .members
+                        .get(w.node)
+                        .is_some_and(|(_, s)| *s != MemberState::Down);
+                WriterSnapshot {
+                    node: w.node.to_string(),
+                    region: w.region,
+                    fingerprint: w.fingerprint,
+                    live,
+                    rows: w
+                        .rows
+                        .map(|(row, at)| (row.clone(), now.saturating_duration_since(at)))
+                        .collect(),
+                }
+            })
+            .collect();
+        self.state_tx.send_replace(Arc::new(MeshState {
+            local,
+            members,
+            writers,
+        }));
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,46 @@
+//! Mutual TLS for the mesh: the cluster CA, node certificates, and the QUIC (quinn) client and
+//! server configurations built from them.
+//!
+//! Trust model: one private CA per cluster. Every node holds a certificate issued by it whose
+//! only DNS subject alternative name is the node id ("edge-weu-1"). A node accepts a QUIC
+//! connection only from a peer presenting a certificate chained to the cluster CA (client
+//! authentication is required, not optional). When a node dials a peer by its node id (the
+//! server name), a server holding another node's certificate fails the handshake; when it dials
+//! an address whose node it does not know yet (a seed), it uses [`MESH_SERVER_NAME`] and any
+//! node certificate of the cluster is accepted. Either way a cluster certificate only proves
+//! *some* cluster membership: the mesh must still check that a peer claiming id X in SWIM holds
+//! X's certificate, with [`peer_is`] (or by comparing with [`peer_node_id`]).
+//!
+//! Files, as written by [`init_ca`] and [`issue_cert`]:
+//!
+//! ```text
+//! <ca dir>/ca.crt          cluster CA certificate (copy to every node)
+//! <ca dir>/ca.key          cluster CA key, 0600 (keep off the nodes)
+//! <out dir>/<node id>.crt  node certificate, then the CA certificate
+//! <out dir>/<node id>.key  node key, 0600
+//! ```
+//!
+//! Bottom up: `error`, `files` (reading and writing the PEM files), `verify` (certificate
+//! checks), then `ca` (the CA and node certificates, made and read with rcgen) and `node` (a
+//! node's identity and its QUIC configurations).
+//!
+//! Only the *ring* crypto provider is used, and always explicitly: nothing here depends on a
+//! process-wide default provider being installed.
+
+mod ca;
+mod error;
+mod files;
+mod node;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::identity::MESH_SERVER_NAME;
+pub use ca::{init_ca, issue_cert, CaPaths, CertPaths, CA_CERT_FILE, CA_KEY_FILE};
+pub use error::{FileKind, TlsError};
+pub use node::{
+    load, NodeTls, ALPN, DATAGRAM_RECEIVE_BUFFER, KEEP_ALIVE_INTERVAL, MAX_CONCURRENT_UNI_STREAMS,
+    MAX_IDLE_TIMEOUT,
+};
+pub use verify::{peer_is, peer_node_id};

@@ -1,0 +1,221 @@
+//! A node's TLS identity ([`NodeTls`]): loading and checking its certificate, key and cluster
+//! CA, and the QUIC server and client configurations built from them.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::RootCertStore;
+
+use super::error::{FileKind, TlsError};
+use super::files::{read_certs, read_key};
+use super::verify::{
+    describe_webpki_error, node_ids, parse_cert, verify_node_cert, ClusterServerVerifier,
+};
+use crate::identity::NodeId;
+
+/// ALPN protocol of the mesh; bump the version when the wire protocol changes incompatibly, so
+/// mixed-version nodes fail the handshake with a clear "no application protocol" error rather
+/// than misparsing each other.
+pub const ALPN: &[u8] = b"switchyard-mesh/1";
+
+/// QUIC keep-alive interval: well under [`MAX_IDLE_TIMEOUT`] so an idle but healthy connection
+/// between two nodes never times out, and short enough to keep NAT/conntrack entries alive.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A connection that has heard nothing from its peer for this long is dead. SWIM detects
+/// failures on its own (faster); this only bounds how long a dead connection lingers.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receive buffer for unreliable datagrams (SWIM probes go there), in bytes.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
+
+/// How many unidirectional streams a peer may have open at once (replication pushes).
+pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 256;
+
+/// A node's TLS identity, loaded and verified: its certificate chain and key, and the cluster
+/// CA it trusts. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeTls {
+    node_id: NodeId,
+    pub(super) certified: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for NodeTls {
+    // By hand, so the key never ends up in a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("node_id", &self.node_id)
+            .field("chain_len", &self.certified.cert.len())
+            .field("trusted_cas", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads a node's TLS identity from PEM files: the cluster CA certificate(s) to trust, the
+/// node certificate chain (node certificate first) and its private key. Verifies everything a
+/// handshake would (the key matches the certificate, the certificate chains to the cluster CA,
+/// is currently valid and allows server and client authentication, and names exactly one
+/// node), so that a misconfigured node fails at start rather than at its first handshake.
+///
+/// Every certificate in `ca_cert` is trusted, so a CA rotation can run with both CAs in it.
+pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let ca_certs = read_certs(ca_cert, FileKind::CaCert)?;
+    let mut roots = RootCertStore::empty();
+    for der in ca_certs {
+        roots.add(der).map_err(|e| TlsError::BadCert {
+            what: FileKind::CaCert,
+            path: ca_cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+
+    let chain = read_certs(cert, FileKind::NodeCert)?;
+    let key_der = read_key(key, FileKind::NodeKey)?;
+    let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                key: key.to_owned(),
+                cert: cert.to_owned(),
+            }
+        }
+        other => TlsError::BadKey {
+            what: FileKind::NodeKey,
+            path: key.to_owned(),
+            reason: other.to_string(),
+        },
+    })?;
+
+    let (leaf_der, intermediates) = match certified.cert.split_first() {
+        Some(split) => split,
+        None => {
+            return Err(TlsError::NoCertificate {
+                what: FileKind::NodeCert,
+                path: cert.to_owned(),
+            })
+        }
+    };
+    let leaf = parse_cert(leaf_der, cert, FileKind::NodeCert)?;
+    verify_node_cert(&leaf, &roots.roots, intermediates).map_err(|e| match e {
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            TlsError::NotSignedByCa {
+                cert: cert.to_owned(),
+                ca: ca_cert.to_owned(),
+            }
+        }
+        other => TlsError::CertRejected {
+            cert: cert.to_owned(),
+            ca: ca_cert.to_owned(),
+            reason: describe_webpki_error(&other),
+        },
+    })?;
+
+    let node_id = match <[NodeId; 1]>::try_from(node_ids(&leaf)) {
+        Ok([one]) => one,
+        Err(none) if none.is_empty() => {
+            return Err(TlsError::NoNodeId {
+                cert: cert.to_owned(),
+            })
+        }
+        Err(several) => {
+            return Err(TlsError::SeveralNodeIds {
+                cert: cert.to_owned(),
+                names: several
+                    .iter()
+                    .map(NodeId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    };
+
+    Ok(NodeTls {
+        node_id,
+        certified: Arc::new(certified),
+        roots: Arc::new(roots),
+        provider,
+    })
+}
+
+impl NodeTls {
+    /// The node id this identity proves: the DNS SAN of the node's certificate.
+    pub fn node_id(&self) -> &str {
+        self.node_id.as_str()
+    }
+
+    /// QUIC server configuration: presents the node certificate and requires every client to
+    /// present a certificate chained to the cluster CA (and nothing else: no public roots).
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let fail = |reason: String| TlsError::Config {
+            side: "server",
+            node: self.node_id.to_string(),
+            reason,
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| fail(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.certified.clone())));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        // max_early_data_size stays 0: no 0-RTT, whose data can be replayed by an attacker.
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport_config());
+        Ok(config)
+    }
+
+    /// QUIC client configuration: trusts only the cluster CA and authenticates with the node
+    /// certificate. Dial a peer with its node id as the server name, or with
+    /// [`MESH_SERVER_NAME`](crate::identity::MESH_SERVER_NAME) when only its address is known. Build it once and reuse it (e.g.
+    /// `Endpoint::set_default_client_config`): it carries the session cache that makes
+    /// reconnections cheaper.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        let fail = |reason: String| TlsError::Config {
+            side: "client",
+            node: self.node_id.to_string(),
+            reason,
+        };
+        let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| fail(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier {
+                roots: self.roots.clone(),
+                provider: self.provider.clone(),
+            }))
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(self.certified.clone())));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        // enable_early_data stays false: no replayable 0-RTT data.
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport_config());
+        Ok(config)
+    }
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        // 30 s in milliseconds always fits a VarInt, hence no fallible conversion.
+        .max_idle_timeout(Some(
+            quinn::VarInt::from_u32(MAX_IDLE_TIMEOUT.as_millis() as u32).into(),
+        ))
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS));
+    Arc::new(transport)
+}
