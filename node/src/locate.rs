@@ -156,8 +156,12 @@ impl Locator {
         let ip = crate::config::canonical_ip(ip);
         if let Some(o) = st.overrides.iter().find(|o| o.net.contains(&ip)) {
             let (country, sub, region) = match &o.target {
-                OverrideTarget::Country(c) => (Some(*c), None, st.table.lookup(cstr(c), None)),
+                OverrideTarget::Country(c) => {
+                    let c = c.as_bytes();
+                    (Some(*c), None, st.table.lookup(cstr(c), None))
+                }
                 OverrideTarget::Subdivision(c, s) => {
+                    let c = c.as_bytes();
                     (Some(*c), Sub::new(s), st.table.lookup(cstr(c), Some(s)))
                 }
                 OverrideTarget::Region(r) => (None, None, Some(*r)),
@@ -307,9 +311,7 @@ fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
         for o in &cfg.overrides {
             overrides.push(Override {
                 net: o.cidr,
-                target: o
-                    .target()
-                    .map_err(|e| Error::Geo(format!("[[geo.override]] {}: {e}", o.cidr)))?,
+                target: o.target.clone(),
             });
         }
         overrides.sort_by_key(|o| std::cmp::Reverse(o.net.prefix_len()));
@@ -431,15 +433,11 @@ mod tests {
         cfg.overrides = vec![
             GeoOverride {
                 cidr: "81.2.69.0/28".parse().unwrap(),
-                country: None,
-                subdivision: None,
-                region: Some(Region::Oc),
+                target: OverrideTarget::Region(Region::Oc),
             },
             GeoOverride {
                 cidr: "81.2.69.0/30".parse().unwrap(),
-                country: None,
-                subdivision: Some("US-CA".into()),
-                region: None,
+                target: OverrideTarget::parse(None, Some("US-CA"), None).unwrap(),
             },
         ];
         let geo = Locator::new(Some(&cfg), Region::Weu).unwrap();
