@@ -297,17 +297,12 @@ fn clone_state(s: &State) -> State {
 }
 
 fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
-    let mut table = RegionTable::builtin();
+    let table = cfg.map(|c| c.regions.clone()).unwrap_or_default();
     let mut overrides = Vec::new();
     let mut db = None;
     let mut path = None;
     let mut st = None;
     if let Some(cfg) = cfg {
-        for (key, region) in &cfg.regions {
-            table
-                .set_override(key, *region)
-                .map_err(|e| Error::Geo(format!("[geo] regions: {e}")))?;
-        }
         for o in &cfg.overrides {
             overrides.push(Override {
                 net: o.cidr,
@@ -337,7 +332,6 @@ fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
 mod tests {
     use super::*;
     use crate::config::GeoOverride;
-    use std::collections::BTreeMap;
 
     const CSV: &str = "cidr,country,subdivision,latitude,longitude
 81.2.69.0/24,GB,ENG,51.5,-0.1
@@ -429,7 +423,7 @@ mod tests {
     fn overrides_and_region_table_overrides_win() {
         let d = dir("overrides");
         let mut cfg = with_db(&d, CSV);
-        cfg.regions = BTreeMap::from([("GB".to_string(), Region::Eeu)]);
+        cfg.regions.set_override("GB", Region::Eeu).unwrap();
         cfg.overrides = vec![
             GeoOverride {
                 cidr: "81.2.69.0/28".parse().unwrap(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use switchyard_geo::Region;
+use switchyard_geo::{Region, RegionTable};
 
 use super::validate::{key, Finding};
 use super::values::{de_duration, de_net};
@@ -198,6 +198,17 @@ impl File {
 
 impl Geo {
     fn into_config(self) -> Result<GeoConfig, Finding> {
+        let mut regions = RegionTable::builtin();
+        for (k, r) in &self.regions {
+            regions.set_override(k, *r).map_err(|e| {
+                Finding::new(
+                    vec![key("geo"), key("regions")],
+                    "[geo]".into(),
+                    "regions",
+                    e,
+                )
+            })?;
+        }
         let overrides = self
             .overrides
             .into_iter()
@@ -221,7 +232,7 @@ impl Geo {
             .collect::<Result<_, _>>()?;
         Ok(GeoConfig {
             database: self.database,
-            regions: self.regions,
+            regions,
             overrides,
         })
     }

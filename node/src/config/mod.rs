@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use switchyard_geo::Region;
+use switchyard_geo::{Region, RegionTable};
 use switchyard_gossip::codec::{fnv1a, FNV_OFFSET};
 
 mod file;
@@ -47,8 +47,9 @@ pub struct GeoConfig {
     /// A MaxMind-format database: GeoLite2/GeoIP2 Country or City, DB-IP lite, or one built
     /// by `switchyard geoip build`.
     pub database: Option<PathBuf>,
-    /// Overrides of the country-to-region table: `{ "US-TX" = "WNAM", DE = "EEU" }`.
-    pub regions: BTreeMap<String, Region>,
+    /// The country-to-region table with the overrides of `regions`, written
+    /// `{ "US-TX" = "WNAM", DE = "EEU" }`, laid on it.
+    pub regions: RegionTable,
     /// `[[geo.override]]`: address blocks placed by hand; they win over the database.
     pub overrides: Vec<GeoOverride>,
 }
@@ -737,6 +738,10 @@ load_balancer = "lb"
                 "sy.toml:51: [[geo.override]] 10.0.0.0/8: country/subdivision/region: \"XX\" is not an ISO 3166-1 alpha-2 country code",
             ),
             (
+                format!("{GOOD}\n[geo]\nregions = {{ \"US-XX\" = \"WEU\" }}\n"),
+                "sy.toml:52: [geo]: regions: region override key \"US-XX\"",
+            ),
+            (
                 format!("{GOOD}\n[[geo.override]]\ncidr = \"10.0.0.0/8\"\nregion = \"WEU\"\ncountry = \"DE\"\n"),
                 "[[geo.override]] 10.0.0.0/8: country/subdivision/region: set exactly one",
             ),
@@ -749,9 +754,9 @@ load_balancer = "lb"
     }
 
     #[test]
-    fn geo_overrides_are_held_as_targets() {
+    fn geo_overrides_and_regions_are_held_parsed() {
         let text = format!(
-            "{GOOD}\n[[geo.override]]\ncidr = \"10.0.0.0/8\"\nsubdivision = \"us-ca\"\n\n[[geo.override]]\ncidr = \"192.0.2.1\"\nregion = \"OC\"\n"
+            "{GOOD}\n[geo]\nregions = {{ gb = \"EEU\" }}\n\n[[geo.override]]\ncidr = \"10.0.0.0/8\"\nsubdivision = \"us-ca\"\n\n[[geo.override]]\ncidr = \"192.0.2.1\"\nregion = \"OC\"\n"
         );
         let c = Config::parse(&text, None).unwrap();
         let geo = c.geo.unwrap();
@@ -764,6 +769,8 @@ load_balancer = "lb"
             "192.0.2.1/32".parse::<IpNet>().unwrap()
         );
         assert_eq!(geo.overrides[1].target, OverrideTarget::Region(Region::Oc));
+        assert_eq!(geo.regions.lookup("GB", None), Some(Region::Eeu));
+        assert_eq!(geo.regions.lookup("FR", None), Some(Region::Weu));
     }
 
     #[test]

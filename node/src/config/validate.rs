@@ -75,20 +75,6 @@ impl Config {
             }
         }
 
-        if let Some(geo) = &self.geo {
-            let mut table = switchyard_geo::RegionTable::builtin();
-            for (k, r) in &geo.regions {
-                if let Err(e) = table.set_override(k, *r) {
-                    return Err(fail(
-                        vec![key("geo"), key("regions")],
-                        "[geo]".into(),
-                        "regions",
-                        e,
-                    ));
-                }
-            }
-        }
-
         let mut monitors = HashSet::new();
         for (i, m) in self.monitors.iter().enumerate() {
             let obj = format!("monitor {:?}", m.name);
