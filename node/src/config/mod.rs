@@ -229,9 +229,8 @@ pub struct LoadBalancerConfig {
     pub default_pools: Vec<String>,
     /// Used when no default pool is healthy; defaults to the last of `default_pools`.
     pub fallback_pool: Option<String>,
-    /// In the order of the keys as written text, sorted. A list, not a map: region codes
-    /// are read in any case, so "WEU" and "weu" can both appear, and the first one
-    /// decides, as it always has.
+    /// Sorted by the key as written. A list, not a map: codes are read in any case, so
+    /// "WEU" and "weu" may both appear, and the first one decides, as it always has.
     pub region_pools: Vec<(Region, Vec<String>)>,
     pub country_pools: BTreeMap<CountryCode, Vec<String>>,
     pub node_pools: BTreeMap<String, Vec<String>>,
