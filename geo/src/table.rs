@@ -517,7 +517,7 @@ pub fn region_of(country: &str, subdivision: Option<&str>) -> Option<Region> {
 
 /// The built-in table with operator overrides layered on it, from config entries such as
 /// `DE = "EEU"` or `US-TX = "ENAM"`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegionTable {
     /// Keyed by country and subdivision suffix, `NO_SUB` for a whole country. Fixed-size keys
     /// so that a lookup builds its key on the stack.

@@ -17,7 +17,6 @@ use crate::identity::NodeIdentity;
 pub const FORMAT_VERSION: u8 = 1;
 
 // Node has always found the fingerprint hash here.
-pub use crate::hash::{fnv1a, FNV_OFFSET};
 
 /// Largest message `decode` accepts and `encode` produces, version byte included.
 pub const MAX_MESSAGE: usize = 8 << 20;

@@ -156,8 +156,12 @@ impl Locator {
         let ip = crate::config::canonical_ip(ip);
         if let Some(o) = st.overrides.iter().find(|o| o.net.contains(&ip)) {
             let (country, sub, region) = match &o.target {
-                OverrideTarget::Country(c) => (Some(*c), None, st.table.lookup(cstr(c), None)),
+                OverrideTarget::Country(c) => {
+                    let c = c.as_bytes();
+                    (Some(*c), None, st.table.lookup(cstr(c), None))
+                }
                 OverrideTarget::Subdivision(c, s) => {
+                    let c = c.as_bytes();
                     (Some(*c), Sub::new(s), st.table.lookup(cstr(c), Some(s)))
                 }
                 OverrideTarget::Region(r) => (None, None, Some(*r)),
@@ -293,23 +297,16 @@ fn clone_state(s: &State) -> State {
 }
 
 fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
-    let mut table = RegionTable::builtin();
+    let table = cfg.map(|c| c.regions.clone()).unwrap_or_default();
     let mut overrides = Vec::new();
     let mut db = None;
     let mut path = None;
     let mut st = None;
     if let Some(cfg) = cfg {
-        for (key, region) in &cfg.regions {
-            table
-                .set_override(key, *region)
-                .map_err(|e| Error::Geo(format!("[geo] regions: {e}")))?;
-        }
         for o in &cfg.overrides {
             overrides.push(Override {
                 net: o.cidr,
-                target: o
-                    .target()
-                    .map_err(|e| Error::Geo(format!("[[geo.override]] {}: {e}", o.cidr)))?,
+                target: o.target.clone(),
             });
         }
         overrides.sort_by_key(|o| std::cmp::Reverse(o.net.prefix_len()));
@@ -335,7 +332,6 @@ fn build_state(cfg: Option<&GeoConfig>) -> Result<State, Error> {
 mod tests {
     use super::*;
     use crate::config::GeoOverride;
-    use std::collections::BTreeMap;
 
     const CSV: &str = "cidr,country,subdivision,latitude,longitude
 81.2.69.0/24,GB,ENG,51.5,-0.1
@@ -427,19 +423,15 @@ mod tests {
     fn overrides_and_region_table_overrides_win() {
         let d = dir("overrides");
         let mut cfg = with_db(&d, CSV);
-        cfg.regions = BTreeMap::from([("GB".to_string(), Region::Eeu)]);
+        cfg.regions.set_override("GB", Region::Eeu).unwrap();
         cfg.overrides = vec![
             GeoOverride {
                 cidr: "81.2.69.0/28".parse().unwrap(),
-                country: None,
-                subdivision: None,
-                region: Some(Region::Oc),
+                target: OverrideTarget::Region(Region::Oc),
             },
             GeoOverride {
                 cidr: "81.2.69.0/30".parse().unwrap(),
-                country: None,
-                subdivision: Some("US-CA".into()),
-                region: None,
+                target: OverrideTarget::parse(None, Some("US-CA"), None).unwrap(),
             },
         ];
         let geo = Locator::new(Some(&cfg), Region::Weu).unwrap();

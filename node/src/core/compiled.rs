@@ -112,12 +112,7 @@ impl CompiledConfig {
                             .unwrap_or_default();
                         Origin {
                             name: o.name.as_str().into(),
-                            // Validated before compiling; a failure here is a bug in validate().
-                            addr: OriginAddr::parse(&o.address).unwrap_or(OriginAddr {
-                                host: o.address.clone(),
-                                port: 0,
-                                ip: None,
-                            }),
+                            addr: o.address.clone(),
                             weight: o.weight,
                             enabled: o.enabled,
                             active,
@@ -167,27 +162,16 @@ impl CompiledConfig {
                         let region = Region::ALL[i];
                         lb.region_pools
                             .iter()
-                            .find(|(k, _)| k.parse::<Region>().ok() == Some(region))
+                            .find(|(r, _)| *r == region)
                             .map(|(_, v)| v.iter().map(|p| idx(p)).collect())
                             .unwrap_or_default()
                     }),
-                    country_pools: {
-                        let mut v: Vec<([u8; 2], Vec<usize>)> = lb
-                            .country_pools
-                            .iter()
-                            .filter_map(|(k, v)| {
-                                let b = k.as_bytes();
-                                (b.len() == 2).then(|| {
-                                    (
-                                        [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()],
-                                        v.iter().map(|p| idx(p)).collect(),
-                                    )
-                                })
-                            })
-                            .collect();
-                        v.sort_by_key(|(c, _)| *c);
-                        v
-                    },
+                    // In the map's order, which is the codes' order binary search needs.
+                    country_pools: lb
+                        .country_pools
+                        .iter()
+                        .map(|(c, v)| (*c.as_bytes(), v.iter().map(|p| idx(p)).collect()))
+                        .collect(),
                     node_pools: lb
                         .node_pools
                         .get(&config.node.id)

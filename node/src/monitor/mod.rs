@@ -18,7 +18,7 @@ use crate::config::MonitorConfig;
 use crate::core::compiled::{CompiledConfig, OriginKey, ProbeTarget};
 use crate::core::health::{Attempt, Next};
 use crate::hub::HealthHub;
-use probe::{ExpectedCodes, ProbeSpec, Prober};
+use probe::{ProbeSpec, Prober};
 
 /// The running monitor tasks.
 #[derive(Default)]
@@ -83,7 +83,7 @@ impl Drop for MonitorSet {
 /// Builds the probe of one attempt from the monitor's config.
 pub fn spec_of(m: &MonitorConfig) -> ProbeSpec {
     let mut spec = ProbeSpec::tcp(m.timeout);
-    spec.kind = m.kind.probe_kind();
+    spec.kind = m.kind;
     if let Some(method) = &m.method {
         spec.method = method.clone();
     }
@@ -96,8 +96,7 @@ pub fn spec_of(m: &MonitorConfig) -> ProbeSpec {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(codes) = &m.expected_codes {
-        // Validated with the config; the default is what Cloudflare uses.
-        spec.expected_codes = ExpectedCodes::parse(codes).unwrap_or_default();
+        spec.expected_codes = codes.clone();
     }
     spec.expected_body = m.expected_body.clone();
     spec.allow_insecure = m.allow_insecure;

@@ -9,9 +9,7 @@
 //! against small in-process servers.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,168 +30,18 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::{ExpectedCodes, MonitorType};
+
 /// How much of a response body is searched for `expected_body`; bounds the
 /// memory and time one probe can spend on an origin serving a large page.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 const USER_AGENT_VALUE: &str = concat!("switchyard-monitor/", env!("CARGO_PKG_VERSION"));
 
-/// What an attempt checks, Cloudflare monitor types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// The TCP connection is established.
-    Tcp,
-    /// An HTTP/1.1 request over plain TCP gets an expected answer.
-    Http,
-    /// An HTTP/1.1 request over TLS gets an expected answer.
-    Https,
-    /// The TLS handshake completes.
-    Tls,
-}
-
-impl ProbeKind {
-    fn default_port(self) -> Option<u16> {
-        match self {
-            ProbeKind::Http => Some(80),
-            ProbeKind::Https => Some(443),
-            ProbeKind::Tcp | ProbeKind::Tls => None,
-        }
-    }
-}
-
-/// Expected HTTP status codes, Cloudflare style: "200", "2xx", "200,301",
-/// "200-299", "2xx,404".
-///
-/// Stored as sorted, merged inclusive ranges, so two spellings of the same
-/// set ("2xx" and "200-299") compare equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedCodes {
-    ranges: Vec<(u16, u16)>,
-}
-
-impl ExpectedCodes {
-    const MIN: u16 = 100;
-    const MAX: u16 = 599;
-
-    /// Parses a comma-separated list of codes ("200"), classes ("2xx") and
-    /// inclusive ranges ("200-299"). Errors name the offending part.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.trim().is_empty() {
-            return Err("expected codes: empty list".to_string());
-        }
-        let mut ranges = Vec::new();
-        for raw in s.split(',') {
-            let part = raw.trim();
-            ranges.push(Self::parse_part(part).map_err(|why| {
-                if part.is_empty() {
-                    format!("expected codes {s:?}: empty entry")
-                } else {
-                    format!("expected codes: bad entry {part:?}: {why}")
-                }
-            })?);
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-        for (lo, hi) in ranges {
-            match merged.last_mut() {
-                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
-        Ok(Self { ranges: merged })
-    }
-
-    fn parse_part(part: &str) -> Result<(u16, u16), String> {
-        if part.is_empty() {
-            return Err("empty".to_string());
-        }
-        if let Some((lo, hi)) = part.split_once('-') {
-            let lo = Self::parse_code(lo.trim())?;
-            let hi = Self::parse_code(hi.trim())?;
-            if lo > hi {
-                return Err(format!("range start {lo} is above its end {hi}"));
-            }
-            return Ok((lo, hi));
-        }
-        let bytes = part.as_bytes();
-        if bytes.len() == 3 && bytes[1..].eq_ignore_ascii_case(b"xx") {
-            let class = match bytes[0] {
-                d @ b'1'..=b'5' => u16::from(d - b'0'),
-                _ => return Err("status class must be 1xx to 5xx".to_string()),
-            };
-            return Ok((class * 100, class * 100 + 99));
-        }
-        let code = Self::parse_code(part)?;
-        Ok((code, code))
-    }
-
-    fn parse_code(s: &str) -> Result<u16, String> {
-        // Only plain digits: u16::from_str would also take "+200".
-        if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "{s:?} is not a 3-digit status code, class (2xx) or range (200-299)"
-            ));
-        }
-        let code: u16 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if !(Self::MIN..=Self::MAX).contains(&code) {
-            return Err(format!(
-                "status {code} is outside {}-{}",
-                Self::MIN,
-                Self::MAX
-            ));
-        }
-        Ok(code)
-    }
-
-    /// Whether `code` is one of the expected codes.
-    pub fn matches(&self, code: u16) -> bool {
-        self.ranges
-            .iter()
-            .any(|&(lo, hi)| (lo..=hi).contains(&code))
-    }
-}
-
-impl Default for ExpectedCodes {
-    /// "2xx", Cloudflare's default.
-    fn default() -> Self {
-        Self {
-            ranges: vec![(200, 299)],
-        }
-    }
-}
-
-impl FromStr for ExpectedCodes {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-/// Canonical form: the same set always prints the same way, and the output
-/// parses back to an equal value.
-impl fmt::Display for ExpectedCodes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if lo == hi {
-                write!(f, "{lo}")?;
-            } else if lo % 100 == 0 && hi == lo + 99 {
-                write!(f, "{}xx", lo / 100)?;
-            } else {
-                write!(f, "{lo}-{hi}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What one attempt does; built by the caller from the monitor's config.
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
-    pub kind: ProbeKind,
+    pub kind: MonitorType,
     /// Bounds the whole attempt: connect + handshake + request + response.
     pub timeout: Duration,
     /// HTTP method; "HEAD" works since no body is read unless `expected_body` is set.
@@ -216,7 +64,7 @@ pub struct ProbeSpec {
 
 impl ProbeSpec {
     /// A spec of `kind` with Cloudflare's defaults: GET /, expecting 2xx.
-    pub fn new(kind: ProbeKind, timeout: Duration) -> Self {
+    pub fn new(kind: MonitorType, timeout: Duration) -> Self {
         Self {
             kind,
             timeout,
@@ -232,7 +80,7 @@ impl ProbeSpec {
 
     /// A plain TCP connect check.
     pub fn tcp(timeout: Duration) -> Self {
-        Self::new(ProbeKind::Tcp, timeout)
+        Self::new(MonitorType::Tcp, timeout)
     }
 }
 
@@ -322,10 +170,10 @@ impl Prober {
         // Everything that can be wrong with the spec is caught before
         // connecting, so a misconfigured monitor never touches the origin.
         let plan = match spec.kind {
-            ProbeKind::Tcp => Plan::Tcp,
-            ProbeKind::Tls => Plan::Tls(self.tls_connector(spec)?, server_name(host, addr)?),
-            ProbeKind::Http => Plan::Http(build_request(spec, addr, host)?),
-            ProbeKind::Https => Plan::Https(
+            MonitorType::Tcp => Plan::Tcp,
+            MonitorType::Tls => Plan::Tls(self.tls_connector(spec)?, server_name(host, addr)?),
+            MonitorType::Http => Plan::Http(build_request(spec, addr, host)?),
+            MonitorType::Https => Plan::Https(
                 self.tls_connector(spec)?,
                 server_name(host, addr)?,
                 build_request(spec, addr, host)?,
@@ -586,7 +434,7 @@ fn build_request(
 }
 
 /// Host header value: `host`, plus the port when it is not the scheme's default.
-fn default_host(kind: ProbeKind, addr: SocketAddr, host: &str) -> String {
+fn default_host(kind: MonitorType, addr: SocketAddr, host: &str) -> String {
     let name = if host.is_empty() {
         addr.ip().to_string()
     } else {
@@ -597,7 +445,12 @@ fn default_host(kind: ProbeKind, addr: SocketAddr, host: &str) -> String {
     } else {
         name
     };
-    if kind.default_port() == Some(addr.port()) {
+    let default_port = match kind {
+        MonitorType::Http => Some(80),
+        MonitorType::Https => Some(443),
+        MonitorType::Tcp | MonitorType::Tls => None,
+    };
+    if default_port == Some(addr.port()) {
         name
     } else {
         format!("{name}:{}", addr.port())
@@ -720,7 +573,7 @@ mod tests {
     /// Upper bound for anything a test waits on; never reached when passing.
     const DEADLINE: Duration = Duration::from_secs(10);
 
-    fn spec(kind: ProbeKind) -> ProbeSpec {
+    fn spec(kind: MonitorType) -> ProbeSpec {
         ProbeSpec::new(kind, DEADLINE)
     }
 
@@ -901,82 +754,6 @@ mod tests {
         listener.local_addr().unwrap()
     }
 
-    // ---- expected codes ----
-
-    #[test]
-    fn expected_codes_match_table() {
-        let table: &[(&str, &[u16], &[u16])] = &[
-            ("200", &[200], &[199, 201, 204, 500]),
-            ("2xx", &[200, 204, 299], &[199, 300, 404]),
-            ("2XX", &[250], &[300]),
-            ("200,301", &[200, 301], &[201, 302, 300]),
-            ("200-299", &[200, 250, 299], &[199, 300]),
-            ("2xx,404", &[200, 299, 404], &[403, 405, 301]),
-            (" 200 , 3xx ", &[200, 302], &[201, 404]),
-            ("100-599", &[100, 599], &[99, 600]),
-            ("301-302,5xx", &[301, 302, 503], &[300, 303, 404]),
-        ];
-        for &(text, yes, no) in table {
-            let codes = ExpectedCodes::parse(text).unwrap();
-            for &code in yes {
-                assert!(codes.matches(code), "{text:?} should match {code}");
-            }
-            for &code in no {
-                assert!(!codes.matches(code), "{text:?} should not match {code}");
-            }
-        }
-    }
-
-    #[test]
-    fn expected_codes_default_is_2xx() {
-        let codes = ExpectedCodes::default();
-        assert_eq!(codes, ExpectedCodes::parse("2xx").unwrap());
-        assert!(codes.matches(200) && codes.matches(299) && !codes.matches(301));
-    }
-
-    #[test]
-    fn expected_codes_errors_name_the_bad_part() {
-        let table: &[(&str, &str)] = &[
-            ("", "empty"),
-            ("   ", "empty"),
-            ("200,,301", "empty entry"),
-            ("2yx", "\"2yx\""),
-            ("6xx", "\"6xx\""),
-            ("0xx", "\"0xx\""),
-            ("20", "\"20\""),
-            ("2000", "\"2000\""),
-            ("+200", "\"+200\""),
-            ("abc", "\"abc\""),
-            ("200,abc", "\"abc\""),
-            ("299-200", "\"299-200\""),
-            ("200-", "\"200-\""),
-            ("099", "\"099\""),
-            ("600", "\"600\""),
-        ];
-        for &(text, needle) in table {
-            let err = ExpectedCodes::parse(text).unwrap_err();
-            assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
-        }
-    }
-
-    #[test]
-    fn expected_codes_canonical_form_round_trips() {
-        let table = [
-            ("200-299", "2xx"),
-            ("2xx,404", "2xx,404"),
-            ("301,200", "200,301"),
-            ("200,201,202", "200-202"),
-            ("2xx,3xx", "200-399"),
-            ("2xx,250", "2xx"),
-            ("404-404", "404"),
-        ];
-        for (text, canonical) in table {
-            let codes: ExpectedCodes = text.parse().unwrap();
-            assert_eq!(codes.to_string(), canonical, "{text:?}");
-            assert_eq!(ExpectedCodes::parse(canonical).unwrap(), codes);
-        }
-    }
-
     // ---- pure helpers ----
 
     #[test]
@@ -1005,39 +782,39 @@ mod tests {
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         let cases = [
             (
-                ProbeKind::Http,
+                MonitorType::Http,
                 "192.0.2.1:80",
                 "example.com",
                 "example.com",
             ),
             (
-                ProbeKind::Http,
+                MonitorType::Http,
                 "192.0.2.1:8080",
                 "example.com",
                 "example.com:8080",
             ),
             (
-                ProbeKind::Https,
+                MonitorType::Https,
                 "192.0.2.1:443",
                 "example.com",
                 "example.com",
             ),
             (
-                ProbeKind::Https,
+                MonitorType::Https,
                 "192.0.2.1:80",
                 "example.com",
                 "example.com:80",
             ),
-            (ProbeKind::Http, "192.0.2.1:80", "", "192.0.2.1"),
+            (MonitorType::Http, "192.0.2.1:80", "", "192.0.2.1"),
             (
-                ProbeKind::Http,
+                MonitorType::Http,
                 "[2001:db8::1]:8080",
                 "2001:db8::1",
                 "[2001:db8::1]:8080",
             ),
-            (ProbeKind::Https, "[2001:db8::1]:443", "", "[2001:db8::1]"),
+            (MonitorType::Https, "[2001:db8::1]:443", "", "[2001:db8::1]"),
             (
-                ProbeKind::Http,
+                MonitorType::Http,
                 "[2001:db8::1]:80",
                 "[2001:db8::1]",
                 "[2001:db8::1]",
@@ -1161,7 +938,7 @@ mod tests {
     #[tokio::test]
     async fn http_times_out_when_origin_never_answers() {
         let server = Server::start(ServerOpts::http(Reply::Hang)).await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.timeout = Duration::from_millis(300);
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert_eq!(result, Err(ProbeError::Timeout));
@@ -1171,7 +948,7 @@ mod tests {
     async fn http_ok_with_body_match() {
         let mut server =
             Server::start(ServerOpts::http(response(200, "hello switchyard ok"))).await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.expected_body = Some("switchyard".into());
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(result.is_ok(), "{result:?}");
@@ -1193,7 +970,7 @@ mod tests {
     #[tokio::test]
     async fn http_body_mismatch() {
         let server = Server::start(ServerOpts::http(response(200, "hello world"))).await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.expected_body = Some("Hello".into());
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert_eq!(result, Err(ProbeError::BodyMismatch));
@@ -1203,7 +980,7 @@ mod tests {
     async fn http_unexpected_status() {
         let server = Server::start(ServerOpts::http(response(503, "down"))).await;
         let result = Prober::new()
-            .probe(&spec(ProbeKind::Http), server.addr, "127.0.0.1")
+            .probe(&spec(MonitorType::Http), server.addr, "127.0.0.1")
             .await;
         assert_eq!(result, Err(ProbeError::Status(503)));
     }
@@ -1211,7 +988,7 @@ mod tests {
     #[tokio::test]
     async fn http_custom_expected_codes() {
         let prober = Prober::new();
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.expected_codes = ExpectedCodes::parse("200,301").unwrap();
         for (status, want) in [
             (301, Ok(())),
@@ -1228,7 +1005,7 @@ mod tests {
     #[tokio::test]
     async fn http_method_path_and_headers_reach_origin() {
         let mut server = Server::start(ServerOpts::http(response(200, ""))).await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.method = "OPTIONS".into();
         spec.path = "health/check?full=1".into();
         spec.headers = vec![
@@ -1256,7 +1033,7 @@ mod tests {
     #[tokio::test]
     async fn http_host_header_override() {
         let mut server = Server::start(ServerOpts::http(response(200, ""))).await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.headers = vec![("host".into(), "vhost.example".into())];
         let result = Prober::new()
             .probe(&spec, server.addr, "origin.example")
@@ -1273,7 +1050,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec(),
         ])))
         .await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.method = "HEAD".into();
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(result.is_ok(), "{result:?}");
@@ -1288,7 +1065,7 @@ mod tests {
         ])))
         .await;
         let result = Prober::new()
-            .probe(&spec(ProbeKind::Http), server.addr, "127.0.0.1")
+            .probe(&spec(MonitorType::Http), server.addr, "127.0.0.1")
             .await;
         assert!(result.is_ok(), "{result:?}");
     }
@@ -1303,7 +1080,7 @@ mod tests {
             (early, "EARLY", Ok(())),
         ] {
             let server = Server::start(ServerOpts::http(response(200, &body))).await;
-            let mut spec = spec(ProbeKind::Http);
+            let mut spec = spec(MonitorType::Http);
             spec.expected_body = Some(needle.into());
             let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
             assert_eq!(result.map(|_| ()), want, "needle {needle}");
@@ -1319,7 +1096,7 @@ mod tests {
             b"0\r\n\r\n".to_vec(),
         ])))
         .await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.expected_body = Some("status: up".into());
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(result.is_ok(), "{result:?}");
@@ -1329,7 +1106,7 @@ mod tests {
     async fn http_closed_without_answer() {
         let server = Server::start(ServerOpts::http(Reply::Close)).await;
         let result = Prober::new()
-            .probe(&spec(ProbeKind::Http), server.addr, "127.0.0.1")
+            .probe(&spec(MonitorType::Http), server.addr, "127.0.0.1")
             .await;
         assert!(matches!(result, Err(ProbeError::Http(_))), "{result:?}");
     }
@@ -1340,7 +1117,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort".to_vec(),
         ])))
         .await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.expected_body = Some("never there".into());
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(matches!(result, Err(ProbeError::Http(_))), "{result:?}");
@@ -1353,7 +1130,7 @@ mod tests {
         ])))
         .await;
         let result = Prober::new()
-            .probe(&spec(ProbeKind::Http), server.addr, "127.0.0.1")
+            .probe(&spec(MonitorType::Http), server.addr, "127.0.0.1")
             .await;
         assert!(matches!(result, Err(ProbeError::Http(_))), "{result:?}");
     }
@@ -1362,7 +1139,7 @@ mod tests {
     async fn http_refused() {
         let addr = closed_port().await;
         let result = Prober::new()
-            .probe(&spec(ProbeKind::Http), addr, "127.0.0.1")
+            .probe(&spec(MonitorType::Http), addr, "127.0.0.1")
             .await;
         assert_eq!(result, Err(ProbeError::ConnectRefused));
     }
@@ -1372,17 +1149,19 @@ mod tests {
         // A closed port: had a connect been tried, the error would be ConnectRefused.
         let addr = closed_port().await;
         let prober = Prober::new();
-        let mut bad_method = spec(ProbeKind::Http);
+        let mut bad_method = spec(MonitorType::Http);
         bad_method.method = "GE T".into();
-        let mut bad_header = spec(ProbeKind::Http);
+        let mut bad_header = spec(MonitorType::Http);
         bad_header.headers = vec![("X-Bad".into(), "line\nbreak".into())];
-        let mut bad_path = spec(ProbeKind::Http);
+        let mut bad_path = spec(MonitorType::Http);
         bad_path.path = "/with space".into();
         for spec in [bad_method, bad_header, bad_path] {
             let result = prober.probe(&spec, addr, "127.0.0.1").await;
             assert!(matches!(result, Err(ProbeError::Http(_))), "{result:?}");
         }
-        let result = prober.probe(&spec(ProbeKind::Tls), addr, "bad name!").await;
+        let result = prober
+            .probe(&spec(MonitorType::Tls), addr, "bad name!")
+            .await;
         assert!(matches!(result, Err(ProbeError::Tls(_))), "{result:?}");
     }
 
@@ -1393,7 +1172,7 @@ mod tests {
             ..ServerOpts::http(response(200, "ok"))
         })
         .await;
-        let mut spec = spec(ProbeKind::Http);
+        let mut spec = spec(MonitorType::Http);
         spec.proxy_protocol = true;
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(result.is_ok(), "{result:?}");
@@ -1424,7 +1203,7 @@ mod tests {
     async fn https_self_signed_rejected_unless_insecure() {
         let mut server = Server::start(tls_opts(true, response(200, "secure hello"))).await;
         let prober = Prober::new();
-        let mut spec = spec(ProbeKind::Https);
+        let mut spec = spec(MonitorType::Https);
         spec.expected_body = Some("secure".into());
 
         let result = prober.probe(&spec, server.addr, "localhost").await;
@@ -1447,7 +1226,7 @@ mod tests {
     #[tokio::test]
     async fn https_status_checked_after_handshake() {
         let server = Server::start(tls_opts(true, response(500, ""))).await;
-        let mut spec = spec(ProbeKind::Https);
+        let mut spec = spec(MonitorType::Https);
         spec.allow_insecure = true;
         let result = Prober::new().probe(&spec, server.addr, "localhost").await;
         assert_eq!(result, Err(ProbeError::Status(500)));
@@ -1457,7 +1236,7 @@ mod tests {
     async fn tls_self_signed_rejected_unless_insecure() {
         let mut server = Server::start(tls_opts(false, Reply::Hang)).await;
         let prober = Prober::new();
-        let mut spec = spec(ProbeKind::Tls);
+        let mut spec = spec(MonitorType::Tls);
 
         let result = prober.probe(&spec, server.addr, "localhost").await;
         match &result {
@@ -1474,7 +1253,7 @@ mod tests {
     #[tokio::test]
     async fn tls_to_ip_sends_no_sni() {
         let mut server = Server::start(tls_opts(false, Reply::Hang)).await;
-        let mut spec = spec(ProbeKind::Tls);
+        let mut spec = spec(MonitorType::Tls);
         spec.allow_insecure = true;
         let result = Prober::new().probe(&spec, server.addr, "127.0.0.1").await;
         assert!(result.is_ok(), "{result:?}");
@@ -1489,7 +1268,7 @@ mod tests {
             ..ServerOpts::http(response(400, "not tls"))
         })
         .await;
-        let mut spec = spec(ProbeKind::Tls);
+        let mut spec = spec(MonitorType::Tls);
         spec.allow_insecure = true;
         let result = Prober::new().probe(&spec, server.addr, "localhost").await;
         assert!(matches!(result, Err(ProbeError::Tls(_))), "{result:?}");
@@ -1502,7 +1281,7 @@ mod tests {
             ..tls_opts(true, response(200, ""))
         })
         .await;
-        let mut spec = spec(ProbeKind::Https);
+        let mut spec = spec(MonitorType::Https);
         spec.allow_insecure = true;
         spec.proxy_protocol = true;
         let result = Prober::new().probe(&spec, server.addr, "localhost").await;

@@ -1,0 +1,448 @@
+//! Validation of what holds across values and objects: names unique and well formed,
+//! ranges, and every reference (monitor, pool, load balancer) naming an object that exists.
+//! Each value was parsed when the file was read; this only relates them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchyard_gossip::NodeId;
+
+use super::{Config, Seg, SteeringPolicy};
+
+/// A mistake found before it is placed in the file: the path to the value at fault (to
+/// find its line), the object and the field.
+#[derive(Debug)]
+pub(super) struct Finding {
+    pub path: Vec<Seg>,
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(path: Vec<Seg>, object: String, field: &str, message: String) -> Finding {
+        Finding {
+            path,
+            object,
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
+pub(super) fn key(s: &str) -> Seg {
+    Seg::Key(s.to_string())
+}
+
+impl Config {
+    /// Checks what holds between values and objects (names, ranges, references), which the
+    /// parsing of each value cannot.
+    pub(super) fn validate_findings(&self) -> Result<(), Finding> {
+        let fail = Finding::new;
+
+        let n = &self.node;
+        // The mesh's rule: the id becomes the DNS name of the node's certificate.
+        if let Err(e) = NodeId::new(n.id.as_str()) {
+            return Err(fail(
+                vec![key("node"), key("id")],
+                "[node]".into(),
+                "id",
+                e.to_string(),
+            ));
+        }
+
+        if let Some(mesh) = &self.mesh {
+            let at = |f: &str| vec![key("mesh"), key(f)];
+            if !valid_name(&mesh.cluster) {
+                return Err(fail(
+                    at("cluster"),
+                    "[mesh]".into(),
+                    "cluster",
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                        mesh.cluster
+                    ),
+                ));
+            }
+            if mesh.expected_size == 0 || mesh.expected_size > 10_000 {
+                return Err(fail(
+                    at("expected_size"),
+                    "[mesh]".into(),
+                    "expected_size",
+                    "must be 1 to 10000".into(),
+                ));
+            }
+        }
+
+        let mut monitors = HashSet::new();
+        for (i, m) in self.monitors.iter().enumerate() {
+            let obj = format!("monitor {:?}", m.name);
+            let at = |f: &str| vec![key("monitor"), Seg::Index(i), key(f)];
+            check_name(&m.name, &mut monitors, "monitor", at("name"), &obj)?;
+            if m.interval < Duration::from_millis(10) {
+                return Err(fail(
+                    at("interval"),
+                    obj,
+                    "interval",
+                    "must be at least 10ms".into(),
+                ));
+            }
+            if m.timeout.is_zero() || m.timeout > m.interval {
+                return Err(fail(
+                    at("timeout"),
+                    obj,
+                    "timeout",
+                    format!(
+                        "{} must be above zero and at most the interval ({})",
+                        humantime::format_duration(m.timeout),
+                        humantime::format_duration(m.interval)
+                    ),
+                ));
+            }
+            if m.retries > 10 {
+                return Err(fail(
+                    at("retries"),
+                    obj,
+                    "retries",
+                    "must be 0 to 10".into(),
+                ));
+            }
+            for (field, v) in [
+                ("consecutive_up", m.consecutive_up),
+                ("consecutive_down", m.consecutive_down),
+            ] {
+                if v > 100 {
+                    return Err(fail(at(field), obj, field, "must be 0 to 100".into()));
+                }
+            }
+            if !m.kind.is_http() {
+                let http_only = [
+                    ("method", m.method.is_some()),
+                    ("path", m.path.is_some()),
+                    ("expected_codes", m.expected_codes.is_some()),
+                    ("expected_body", m.expected_body.is_some()),
+                    ("headers", !m.headers.is_empty()),
+                ];
+                if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
+                    return Err(fail(
+                        at(field),
+                        obj,
+                        field,
+                        "applies only to type = \"http\" or \"https\"; remove it or change the type".into(),
+                    ));
+                }
+            }
+            if let Some(path) = &m.path {
+                if !path.starts_with('/') {
+                    return Err(fail(
+                        at("path"),
+                        obj,
+                        "path",
+                        format!("{path:?} must start with '/'"),
+                    ));
+                }
+            }
+            if let Some(method) = &m.method {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(fail(
+                        at("method"),
+                        obj,
+                        "method",
+                        format!("{method:?} must be an upper-case HTTP method such as GET or HEAD"),
+                    ));
+                }
+            }
+            if m.port == Some(0) {
+                return Err(fail(at("port"), obj, "port", "must be 1 to 65535".into()));
+            }
+        }
+
+        let mut pools = HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let obj = format!("pool {:?}", p.name);
+            let at = |f: &str| vec![key("pool"), Seg::Index(i), key(f)];
+            check_name(&p.name, &mut pools, "pool", at("name"), &obj)?;
+            if let Some(m) = &p.monitor {
+                if !monitors.contains(m.as_str()) {
+                    return Err(fail(
+                        at("monitor"),
+                        obj,
+                        "monitor",
+                        format!("no [[monitor]] is named {m:?}{}", known(&monitors)),
+                    ));
+                }
+            }
+            if p.origins.is_empty() {
+                return Err(fail(
+                    at("origins"),
+                    obj,
+                    "origins",
+                    "a pool needs at least one origin".into(),
+                ));
+            }
+            let mut names = HashSet::new();
+            for (j, o) in p.origins.iter().enumerate() {
+                let oat = |f: &str| {
+                    vec![
+                        key("pool"),
+                        Seg::Index(i),
+                        key("origins"),
+                        Seg::Index(j),
+                        key(f),
+                    ]
+                };
+                let field = |f: &str| format!("origins[{j}].{f}");
+                if !valid_name(&o.name) {
+                    return Err(fail(
+                        oat("name"),
+                        obj,
+                        &field("name"),
+                        format!(
+                            "{:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                            o.name
+                        ),
+                    ));
+                }
+                if !names.insert(o.name.as_str()) {
+                    return Err(fail(
+                        oat("name"),
+                        obj,
+                        &field("name"),
+                        format!("origin {:?} appears twice in this pool", o.name),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&o.weight) {
+                    return Err(fail(
+                        oat("weight"),
+                        obj,
+                        &field("weight"),
+                        format!("{} must be between 0 and 1", o.weight),
+                    ));
+                }
+            }
+            if p.minimum_origins == 0 || p.minimum_origins > p.origins.len() {
+                return Err(fail(
+                    at("minimum_origins"),
+                    obj,
+                    "minimum_origins",
+                    format!(
+                        "{} must be 1 to the number of origins ({})",
+                        p.minimum_origins,
+                        p.origins.len()
+                    ),
+                ));
+            }
+            if let Some(lat) = p.latitude {
+                if !(-90.0..=90.0).contains(&lat) {
+                    return Err(fail(
+                        at("latitude"),
+                        obj,
+                        "latitude",
+                        format!("{lat} must be -90 to 90"),
+                    ));
+                }
+            }
+            if let Some(lon) = p.longitude {
+                if !(-180.0..=180.0).contains(&lon) {
+                    return Err(fail(
+                        at("longitude"),
+                        obj,
+                        "longitude",
+                        format!("{lon} must be -180 to 180"),
+                    ));
+                }
+            }
+            if p.latitude.is_some() != p.longitude.is_some() {
+                return Err(fail(
+                    at("latitude"),
+                    obj,
+                    "latitude",
+                    "latitude and longitude go together: set both or neither".into(),
+                ));
+            }
+        }
+
+        let mut lbs = HashSet::new();
+        for (i, lb) in self.load_balancers.iter().enumerate() {
+            let obj = format!("load_balancer {:?}", lb.name);
+            let at = |f: &str| vec![key("load_balancer"), Seg::Index(i), key(f)];
+            check_name(&lb.name, &mut lbs, "load_balancer", at("name"), &obj)?;
+            if lb.steering == SteeringPolicy::Proximity {
+                let missing = lb.default_pools.iter().find(|name| {
+                    self.pools
+                        .iter()
+                        .find(|p| &p.name == *name)
+                        .is_some_and(|p| p.latitude.is_none())
+                });
+                if let Some(name) = missing {
+                    return Err(fail(
+                        at("steering"),
+                        obj,
+                        "steering",
+                        format!(
+                            "\"proximity\" needs every default pool's location; pool {name:?} has no latitude/longitude"
+                        ),
+                    ));
+                }
+            }
+            if lb.default_pools.is_empty() {
+                return Err(fail(
+                    at("default_pools"),
+                    obj,
+                    "default_pools",
+                    "list at least one pool".into(),
+                ));
+            }
+            let pool_ref = |field: &str, path: Vec<Seg>, name: &str| -> Result<(), Finding> {
+                if pools.contains(name) {
+                    Ok(())
+                } else {
+                    Err(fail(
+                        path,
+                        obj.clone(),
+                        field,
+                        format!("no [[pool]] is named {name:?}{}", known(&pools)),
+                    ))
+                }
+            };
+            for p in &lb.default_pools {
+                pool_ref("default_pools", at("default_pools"), p)?;
+            }
+            if let Some(p) = &lb.fallback_pool {
+                pool_ref("fallback_pool", at("fallback_pool"), p)?;
+            }
+            for (region, list) in &lb.region_pools {
+                for p in list {
+                    pool_ref(&format!("region_pools.{region}"), at("region_pools"), p)?;
+                }
+            }
+            for (country, list) in &lb.country_pools {
+                for p in list {
+                    pool_ref(&format!("country_pools.{country}"), at("country_pools"), p)?;
+                }
+            }
+            for (node, list) in &lb.node_pools {
+                for p in list {
+                    pool_ref(&format!("node_pools.{node}"), at("node_pools"), p)?;
+                }
+            }
+            for (p, w) in &lb.pool_weights {
+                pool_ref("pool_weights", at("pool_weights"), p)?;
+                if !(0.0..=1.0).contains(w) {
+                    return Err(fail(
+                        at("pool_weights"),
+                        obj,
+                        &format!("pool_weights.{p}"),
+                        format!("{w} must be between 0 and 1"),
+                    ));
+                }
+            }
+        }
+
+        let mut apps = HashSet::new();
+        let mut bound: Vec<(SocketAddr, &str)> = Vec::new();
+        for (i, a) in self.apps.iter().enumerate() {
+            let obj = format!("app {:?}", a.name);
+            let at = |f: &str| vec![key("app"), Seg::Index(i), key(f)];
+            check_name(&a.name, &mut apps, "app", at("name"), &obj)?;
+            if !lbs.contains(a.load_balancer.as_str()) {
+                return Err(fail(
+                    at("load_balancer"),
+                    obj,
+                    "load_balancer",
+                    format!(
+                        "no [[load_balancer]] is named {:?}{}",
+                        a.load_balancer,
+                        known(&lbs)
+                    ),
+                ));
+            }
+            if a.listen.is_range() && a.listen.last_port - a.listen.first_port >= 1024 {
+                return Err(fail(
+                    at("listen"),
+                    obj,
+                    "listen",
+                    format!("{}: a port range may span at most 1024 ports", a.listen),
+                ));
+            }
+            for addr in a.listen.addrs() {
+                if addr.port() == 0 {
+                    continue;
+                }
+                if let Some((_, other)) = bound.iter().find(|(b, _)| *b == addr) {
+                    return Err(fail(
+                        at("listen"),
+                        obj,
+                        "listen",
+                        format!("{addr} is also the listen address of app {other:?}"),
+                    ));
+                }
+                bound.push((addr, &a.name));
+            }
+            if a.connect_timeout.is_zero() {
+                return Err(fail(
+                    at("connect_timeout"),
+                    obj,
+                    "connect_timeout",
+                    "must be above zero".into(),
+                ));
+            }
+            if a.idle_timeout.is_zero() {
+                return Err(fail(
+                    at("idle_timeout"),
+                    obj,
+                    "idle_timeout",
+                    "must be above zero".into(),
+                ));
+            }
+            if a.max_connections == Some(0) {
+                return Err(fail(
+                    at("max_connections"),
+                    obj,
+                    "max_connections",
+                    "must be at least 1; leave it out for no limit".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_name<'a>(
+    name: &'a str,
+    seen: &mut HashSet<&'a str>,
+    kind: &str,
+    path: Vec<Seg>,
+    obj: &str,
+) -> Result<(), Finding> {
+    let message = if !valid_name(name) {
+        format!("{name:?} must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    } else if !seen.insert(name) {
+        format!("another [[{kind}]] is already named {name:?}; names must be unique")
+    } else {
+        return Ok(());
+    };
+    Err(Finding {
+        path,
+        object: obj.to_string(),
+        field: "name".into(),
+        message,
+    })
+}
+
+fn known(names: &HashSet<&str>) -> String {
+    if names.is_empty() {
+        return " (none is defined)".into();
+    }
+    let mut v: Vec<&str> = names.iter().copied().collect();
+    v.sort_unstable();
+    format!(" (known: {})", v.join(", "))
+}
