@@ -859,6 +859,26 @@ mod tests {
     }
 
     #[test]
+    fn manifest_lists_every_app_of_every_node_at_its_port() {
+        for mode in [Mode::Loopback, Mode::Wan] {
+            let t = Topology::new(mode);
+            let m = t.manifest(&[]);
+            for (i, (id, _)) in NODES.iter().enumerate() {
+                // One line a node: scripts grep a node's id and its apps together.
+                let line = m
+                    .lines()
+                    .find(|l| l.contains(&format!("\"id\": \"{id}\"")))
+                    .unwrap_or_else(|| panic!("{id} is not in the manifest"));
+                let ip = t.nodes[i].status.ip();
+                for (k, app) in APPS.iter().enumerate() {
+                    let want = format!("\"{app}\": \"{ip}:{}\"", 10001 + 10 * k + i);
+                    assert!(line.contains(&want), "{mode:?}: {id} lacks {want}: {line}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn wan_manifest_names_the_mode_and_namespaces() {
         let ns: Vec<(String, String)> = REGION_NAMES
             .iter()
