@@ -176,7 +176,7 @@ step "clean slate: $TESTNET down"
 for region in "${REGIONS[@]}"; do
     netns=${WAN_NETNS_PREFIX:-sy-}${region,,}
     ! netns_exists "$netns" || fail "namespace $netns exists, and testnet.sh did not make it" \
-        "(another testbed? tests/wan/netns.sh down, or ip netns delete $netns)"
+        "(another testbed? ./testnet.sh down, or ip netns delete $netns)"
 done
 pass "nothing left running; no sy- namespace of ours exists"
 

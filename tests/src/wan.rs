@@ -18,6 +18,10 @@
 //! after 30 minutes. The next [`Testbed::up`] removes namespaces and directories that a
 //! dead test process left behind anyway.
 //!
+//! [`Detached`] is the same testbed for the `testnet` binary (`./testnet.sh up --wan`): it
+//! outlives the process that starts it, with fixed namespace names and its state in a
+//! directory that later commands read back.
+//!
 //! Everything here needs root; tests start with [`skip_without_root`].
 
 use std::collections::BTreeMap;
@@ -305,23 +309,7 @@ impl Testbed {
         T: Send,
         F: FnOnce() -> T + Send,
     {
-        let path = format!("/run/netns/{}", self.netns(region)?);
-        let ns = File::open(&path).with_context(|| format!("open {path}"))?;
-        let joined = std::thread::scope(|s| {
-            s.spawn(|| -> Result<T> {
-                // SAFETY: setns on an fd we hold; it moves only this (short-lived) thread.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("setns into {path}"));
-                }
-                Ok(f())
-            })
-            .join()
-        });
-        match joined {
-            Ok(res) => res,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        in_netns(self.netns(region)?, f)
     }
 
     /// A new IPv4 TCP socket in a region's namespace (not yet bound or connected).
@@ -365,25 +353,7 @@ impl Testbed {
 
     /// Sends one control line; returns the reply without its final `ok`.
     pub fn control(&self, line: &str) -> Result<String> {
-        let mut s = UnixStream::connect(&self.control)
-            .with_context(|| format!("connect to {}", self.control.display()))?;
-        s.set_read_timeout(Some(CONTROL_TIMEOUT))?;
-        s.set_write_timeout(Some(CONTROL_TIMEOUT))?;
-        s.write_all(format!("{line}\n").as_bytes())?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)
-            .with_context(|| format!("wan-emu reply to {line:?}"))?;
-        let body = reply.strip_suffix('\n').unwrap_or(&reply);
-        let (text, last) = body.rsplit_once('\n').unwrap_or(("", body));
-        match last {
-            "ok" => Ok(if text.is_empty() {
-                String::new()
-            } else {
-                format!("{text}\n")
-            }),
-            _ => bail!("wan-emu: {line:?}: {}", last.trim_start_matches("error: ")),
-        }
+        control(&self.control, line)
     }
 
     /// The emulator's process id (None after teardown).
@@ -409,7 +379,7 @@ impl Testbed {
     fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         let names: Vec<String> = self.regions.iter().map(|r| r.netns.clone()).collect();
-        if let Err(e) = stop_netns_processes(&names) {
+        if let Err(e) = stop_netns_processes(&names, STOP_GRACE) {
             errors.push(format!("{e:#}"));
         }
         if let Some(mut emu) = self.emu.take() {
@@ -452,6 +422,331 @@ impl Drop for Testbed {
     }
 }
 
+/// A testbed that outlives the process that starts it, for `testnet up --wan`: its state is
+/// a directory (`regions`, `wan-emu.pid`, `control.sock`, `wan-emu.log`) that later commands
+/// read back. Namespaces are named `<prefix><region in lower case>`; `up` refuses a name that
+/// exists, and `down` removes only the namespaces recorded in `regions`. The emulator runs in
+/// its own session with `--owns-netns` and a lifetime: when it exits, for whatever reason, it
+/// stops the processes in its namespaces and deletes them, so a forgotten testbed goes away.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    dir: PathBuf,
+}
+
+impl Detached {
+    /// The testbed whose state is (or is to be) in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Detached {
+        Detached { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn regions_file(&self) -> PathBuf {
+        self.dir.join("regions")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("wan-emu.pid")
+    }
+
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("wan-emu.log")
+    }
+
+    /// The regions recorded by `up`, in index order (empty when none).
+    pub fn regions(&self) -> Vec<Region> {
+        let text = std::fs::read_to_string(self.regions_file()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (name, index, netns) = (w.next()?, w.next()?, w.next()?);
+                Some(Region {
+                    name: name.to_string(),
+                    index: index.parse().ok()?,
+                    netns: netns.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The running emulator's pid: its pid file names a live wan-emu with this control socket.
+    pub fn pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let want = format!("--control {}", self.control_path().display());
+        cmdline.contains(&want).then_some(pid)
+    }
+
+    /// Whether the emulator runs.
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// Whether there is state: a testbed up, or what one left behind.
+    pub fn state_present(&self) -> bool {
+        std::fs::metadata(self.regions_file()).is_ok_and(|m| m.len() > 0)
+            || self.pid_file().exists()
+    }
+
+    /// Creates a namespace per region (region i of `regions` gets 10.250.(i+1).0/24) and starts
+    /// the emulator at `wan_emu` with the round-trip times `rtts`, for `lifetime` (`12h`);
+    /// waits up to `ready` until it answers. On failure removes what it made.
+    pub fn up(
+        &self,
+        wan_emu: &Path,
+        regions: &[&str],
+        prefix: &str,
+        rtts: &[(&str, &str, Duration)],
+        lifetime: &str,
+        ready: Duration,
+    ) -> Result<Vec<Region>> {
+        if !is_root() {
+            bail!("the WAN testbed needs root (network namespaces and TUN devices)");
+        }
+        if regions.len() < 2 || regions.len() > 254 {
+            bail!("a testbed needs 2..254 regions, not {}", regions.len());
+        }
+        if !prefix.starts_with("sy-") {
+            bail!("the namespace prefix must start with sy- (is {prefix:?}; WAN_NETNS_PREFIX)");
+        }
+        if !wan_emu.is_file() {
+            bail!(
+                "no wan-emu binary at {}: cargo build --release -p switchyard-tests --bin wan-emu",
+                wan_emu.display()
+            );
+        }
+        if self.is_running() {
+            bail!(
+                "the WAN testbed in {} is already up; take it down first",
+                self.dir.display()
+            );
+        }
+        if self.state_present() {
+            eprintln!(
+                "wan testbed: removing what a previous up left behind in {}",
+                self.dir.display()
+            );
+            self.down(STOP_GRACE)?;
+        }
+        let mut planned = Vec::new();
+        for (i, r) in regions.iter().enumerate() {
+            let name = r.to_ascii_uppercase();
+            if name.is_empty()
+                || name.len() > 16
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                bail!("bad region name {r:?}");
+            }
+            let netns = format!("{prefix}{}", name.to_ascii_lowercase());
+            if Path::new("/run/netns").join(&netns).exists() {
+                bail!(
+                    "namespace {netns} exists and this testbed did not create it; remove it \
+                     (ip netns pids {netns}; ip netns delete {netns}) or set WAN_NETNS_PREFIX"
+                );
+            }
+            planned.push(Region {
+                name,
+                index: u8::try_from(i + 1).expect("at most 254 regions"),
+                netns,
+            });
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
+        let made = self.start(wan_emu, &planned, rtts, lifetime, ready);
+        if made.is_err() {
+            let _ = self.down(STOP_GRACE);
+        }
+        made.map(|()| planned)
+    }
+
+    fn start(
+        &self,
+        wan_emu: &Path,
+        regions: &[Region],
+        rtts: &[(&str, &str, Duration)],
+        lifetime: &str,
+        ready: Duration,
+    ) -> Result<()> {
+        let mut record = String::new();
+        for r in regions {
+            // Recorded before it is made, so that down removes it whatever happens next.
+            record.push_str(&format!("{} {} {}\n", r.name, r.index, r.netns));
+            std::fs::write(self.regions_file(), &record)?;
+            run_ip(&["netns", "add", &r.netns])?;
+        }
+        let log = File::create(self.log_path())?;
+        let mut cmd = Command::new(wan_emu);
+        cmd.arg("run")
+            .arg("--control")
+            .arg(self.control_path())
+            .args(["--lifetime", lifetime, "--owns-netns"]);
+        for r in regions {
+            cmd.arg("--region")
+                .arg(format!("{}:{}:{}", r.name, r.index, r.netns));
+        }
+        for (a, b, rtt) in rtts {
+            cmd.arg("--rtt")
+                .arg(format!("{a}-{b}={}us", rtt.as_micros()));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own session, so that signals to the caller's process group do not reach it.
+        // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", wan_emu.display()))?;
+        std::fs::write(self.pid_file(), format!("{}\n", child.id()))?;
+        let deadline = Instant::now() + ready;
+        loop {
+            if self.control("show").is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "wan-emu exited ({status}) before it was ready; {}:\n{}",
+                    self.log_path().display(),
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "wan-emu not ready within {ready:?}; {}:\n{}",
+                    self.log_path().display(),
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the emulator (which stops the processes in its namespaces and deletes them),
+    /// then anything it left: processes (SIGTERM, SIGKILL after `grace`) and the recorded
+    /// namespaces. Returns the namespaces recorded.
+    pub fn down(&self, grace: Duration) -> Result<Vec<String>> {
+        let names: Vec<String> = self.regions().into_iter().map(|r| r.netns).collect();
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGTERM);
+            let deadline = Instant::now() + grace + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if pid_alive(pid) {
+                eprintln!("wan testbed: wan-emu {pid} did not exit; killing it");
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        let mut errors = Vec::new();
+        if let Err(e) = stop_netns_processes(&names, grace) {
+            errors.push(format!("{e:#}"));
+        }
+        for ns in &names {
+            if let Err(e) = delete_netns(ns) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        for f in [self.pid_file(), self.regions_file(), self.control_path()] {
+            let _ = std::fs::remove_file(f);
+        }
+        if errors.is_empty() {
+            Ok(names)
+        } else {
+            bail!("WAN testbed down: {}", errors.join("; "))
+        }
+    }
+
+    /// Sends one control line; returns the reply without its final `ok`.
+    pub fn control(&self, line: &str) -> Result<String> {
+        control(&self.control_path(), line)
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Sends one line to a wan-emu control socket; returns the reply without its final `ok`, or
+/// fails with the emulator's `error:` line.
+pub fn control(socket: &Path, line: &str) -> Result<String> {
+    let mut s =
+        UnixStream::connect(socket).with_context(|| format!("connect to {}", socket.display()))?;
+    s.set_read_timeout(Some(CONTROL_TIMEOUT))?;
+    s.set_write_timeout(Some(CONTROL_TIMEOUT))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .with_context(|| format!("wan-emu reply to {line:?}"))?;
+    let body = reply.strip_suffix('\n').unwrap_or(&reply);
+    let (text, last) = body.rsplit_once('\n').unwrap_or(("", body));
+    match last {
+        "ok" => Ok(if text.is_empty() {
+            String::new()
+        } else {
+            format!("{text}\n")
+        }),
+        _ => bail!("wan-emu: {line:?}: {}", last.trim_start_matches("error: ")),
+    }
+}
+
+/// The lines of `show` before the per-link counters: the latency matrix.
+pub fn matrix(show: &str) -> String {
+    show.lines()
+        .take_while(|l| !l.starts_with("link "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Runs `f` on a fresh thread inside the network namespace `/run/netns/<netns>` and returns
+/// its result; sockets it makes stay in that namespace. A panic in `f` propagates.
+pub fn in_netns<T, F>(netns: &str, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let path = format!("/run/netns/{netns}");
+    let ns = File::open(&path).with_context(|| format!("open {path}"))?;
+    let joined = std::thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            // SAFETY: setns on an fd we hold; it moves only this (short-lived) thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("setns into {path}"));
+            }
+            Ok(f())
+        })
+        .join()
+    });
+    match joined {
+        Ok(res) => res,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 fn run_ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
         .args(args)
@@ -490,8 +785,8 @@ fn netns_pids(ns: &str) -> Vec<u32> {
 
 /// SIGTERM to every process in the namespaces, SIGKILL to those left after a grace period;
 /// fails if some are still there after that.
-fn stop_netns_processes(names: &[String]) -> Result<()> {
-    for (sig, grace) in [(libc::SIGTERM, STOP_GRACE), (libc::SIGKILL, STOP_GRACE)] {
+fn stop_netns_processes(names: &[String], grace: Duration) -> Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
         let pids: Vec<u32> = names.iter().flat_map(|ns| netns_pids(ns)).collect();
         if pids.is_empty() {
             return Ok(());
@@ -545,7 +840,7 @@ fn remove_stale() {
         .map(str::to_string)
         .collect();
     if !stale.is_empty() {
-        let _ = stop_netns_processes(&stale);
+        let _ = stop_netns_processes(&stale, STOP_GRACE);
         for ns in &stale {
             match delete_netns(ns) {
                 Ok(()) => eprintln!(

@@ -1,4 +1,7 @@
-//! End-to-end scenarios on the WAN testbed (root only: skipped otherwise). The real
+//! End-to-end scenarios on the WAN testbed (root only: skipped otherwise), on the testnet's
+//! topology in WAN mode (`switchyard_tests::topology`) with the variations these scenarios need
+//! (see [`topology`]: faster mesh timings, a monitor that tolerates slow links, three load
+//! balancers of their own). The real
 //! `switchyard` binary runs as one node per region (WNAM, WEU, SEAS at 10.250.<r>.1) inside the
 //! testbed's namespaces, joined by `wan-emu` (WNAM-WEU 75 ms, WNAM-SEAS 160 ms, WEU-SEAS
 //! 170 ms round trip), in front of two `test-origin` processes per region (.11 and .12, data on
@@ -38,33 +41,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use switchyard_node::status::Status;
-use switchyard_tests::wan::{skip_without_root, Testbed, DEFAULT_REGIONS};
+use switchyard_tests::topology::{
+    self as testnet, pool_of, LoadBalancer, MeshTimings, Mode, Monitor, NodeFiles, Topology,
+};
+use switchyard_tests::wan::{skip_without_root, Testbed};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
 const WAN_EMU: &str = env!("CARGO_BIN_EXE_wan-emu");
 const TEST_ORIGIN: &str = env!("CARGO_BIN_EXE_test-origin");
 
-/// One node per region: (region, node id, the region's pool).
-const NODES: [(&str, &str, &str); 3] = [
-    ("WNAM", "edge-wnam", "wnam"),
-    ("WEU", "edge-weu", "weu"),
-    ("SEAS", "edge-seas", "seas"),
-];
+/// One node per region, as the testnet has them: (region, node id, the region's pool).
+const NODES: [(&str, &str, &str); 3] = {
+    let (n, p) = (testnet::NODES, testnet::POOLS);
+    [
+        (n[0].1, n[0].0, p[0].0),
+        (n[1].1, n[1].0, p[1].0),
+        (n[2].1, n[2].0, p[2].0),
+    ]
+};
 
-/// Host parts of each region's 10.250.<r>.0/24.
-const NODE_HOST: u8 = 1;
-const ORIGIN_HOSTS: [u8; 2] = [11, 12];
-const CLIENT_HOST: u8 = 100;
-
-const MESH_PORT: u16 = 7946;
-const STATUS_PORT: u16 = 9900;
-const DATA_PORT: u16 = 7000;
-const HEALTH_PORT: u16 = 7080;
-/// Every node's apps, on its own address.
-const APP_FAILOVER: u16 = 10001;
-const APP_GEO: u16 = 10002;
-const APP_DYNAMIC: u16 = 10003;
+/// The apps the scenarios use (each node runs them on the testnet's addresses).
+const APP_FAILOVER: &str = "failover";
+const APP_GEO: &str = "geo";
+const APP_DYNAMIC: &str = "dynamic";
 
 /// The http monitor. An HTTP probe takes two round trips (connect, then request and response):
 /// up to 2 x 170 ms across the WAN by default, and 2 x 300 ms from WNAM to WEU once scenario 1
@@ -85,6 +85,57 @@ const MESH_ALLOWANCE: Duration = Duration::from_secs(1);
 /// 1 s x (1 + 1) + 1 s + 1 s = 4 s.
 fn failover_bound() -> Duration {
     MONITOR_INTERVAL * (MONITOR_RETRIES + 1) + Duration::from_secs(1) + MESH_ALLOWANCE
+}
+
+/// The testnet's topology in WAN mode, varied for these scenarios: SWIM timings that detect a
+/// partition within seconds, the monitor above, no `-hash` pools, and three load balancers:
+/// failover over weu, wnam, seas (WEU's clients start on their own pool), the testnet's geo,
+/// and dynamic over weu and seas (so that scenario 1's latency change flips the ranking).
+fn topology() -> Topology {
+    let ms = Duration::from_millis;
+    let mut t = Topology::new(Mode::Wan);
+    t.cluster = "e2e-wan".into();
+    t.drain_timeout = Duration::from_secs(1);
+    t.seed_self = false;
+    t.mesh = MeshTimings {
+        probe_period: ms(500),
+        probe_timeout: ms(400),
+        suspect_timeout: ms(3000),
+        announce_interval: ms(1000),
+        anti_entropy_interval: ms(1000),
+    };
+    t.monitor = Monitor {
+        path: "/health".into(),
+        expected_codes: None,
+        interval: MONITOR_INTERVAL,
+        timeout: MONITOR_TIMEOUT,
+        retries: MONITOR_RETRIES,
+    };
+    t.pools.retain(|p| p.origin_steering.is_none());
+    for p in &mut t.pools {
+        p.location = None;
+    }
+    let lb = |name: &str, steering: &str, pools: &[&str]| LoadBalancer {
+        name: name.into(),
+        steering: steering.into(),
+        default_pools: pools.iter().map(|p| p.to_string()).collect(),
+        fallback_pool: None,
+        region_pools: Vec::new(),
+    };
+    let geo = t
+        .load_balancer("geo")
+        .expect("the testnet has a geo app")
+        .clone();
+    t.load_balancers = vec![
+        lb(APP_FAILOVER, "failover", &["weu", "wnam", "seas"]),
+        geo,
+        lb(APP_DYNAMIC, "dynamic", &["weu", "seas"]),
+    ];
+    for n in &mut t.nodes {
+        n.apps
+            .retain(|(a, _)| [APP_FAILOVER, APP_GEO, APP_DYNAMIC].contains(&a.as_str()));
+    }
+    t
 }
 
 /// For the mesh to form, merge after a partition, or take a restarted node back, and for every
@@ -119,11 +170,6 @@ fn switchyard_bin() -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-/// The pool an origin belongs to, from its name (`weu-2` -> `weu`).
-fn pool_of(origin: &str) -> &str {
-    origin.split('-').next().unwrap_or("")
 }
 
 fn node_id(region: &str) -> &'static str {
@@ -277,6 +323,7 @@ struct Cluster {
     test: &'static str,
     t0: Instant,
     tb: Option<Testbed>,
+    topo: Topology,
     /// Certificates, the GeoIP database, configs and logs (inside the testbed's directory,
     /// removed with it).
     dir: PathBuf,
@@ -293,13 +340,26 @@ impl Cluster {
     async fn up(test: &'static str) -> Result<Cluster> {
         let switchyard = switchyard_bin()?;
         let t0 = Instant::now();
-        let tb = Testbed::up(WAN_EMU, &DEFAULT_REGIONS)?;
+        let topo = topology();
+        let tb = Testbed::up(WAN_EMU, &testnet::REGION_NAMES)?;
+        // The topology's addresses are 10.250.<index>.x: the testbed must number regions alike.
+        for r in testnet::REGIONS {
+            let got = tb.region(r.name)?.index;
+            if got != r.index {
+                bail!(
+                    "the testbed gave {} index {got}, the topology {}",
+                    r.name,
+                    r.index
+                );
+            }
+        }
         let dir = tb.dir().join("e2e");
         std::fs::create_dir_all(&dir)?;
         let mut c = Cluster {
             test,
             t0,
             tb: Some(tb),
+            topo,
             dir,
             switchyard,
             nodes: BTreeMap::new(),
@@ -316,20 +376,24 @@ impl Cluster {
             switchyard_gossip::tls::issue_cert(&c.dir.join("ca"), id, &c.dir)
                 .map_err(|e| anyhow!("issue a certificate for {id}: {e}"))?;
         }
-        switchyard_geo::geoip::build(
-            "10.250.1.0/24,US,CA,37.34,-121.89\n\
-             10.250.2.0/24,DE,,50.11,8.68\n\
-             10.250.3.0/24,SG,,1.35,103.82\n",
-            &c.dir.join("geo.mmdb"),
-        )
-        .map_err(|e| anyhow!("build the GeoIP database: {e}"))?;
-        for (region, id, _) in NODES {
-            std::fs::write(c.config_path(id), c.node_config(region))?;
+        switchyard_geo::geoip::build(&c.topo.geo_rows().join("\n"), &c.dir.join("geo.mmdb"))
+            .map_err(|e| anyhow!("build the GeoIP database: {e}"))?;
+        for (_, id, _) in NODES {
+            let files = NodeFiles::under(&c.dir, id, &c.dir.join("geo.mmdb"));
+            c.topo
+                .node_config(id, &files)
+                .map_err(|e| anyhow!("the config of {id}: {e}"))?;
+            std::fs::write(
+                c.config_path(id),
+                c.topo
+                    .node_config_text(id, &files, "e2e_wan: the testnet's topology, varied"),
+            )?;
         }
-        for (region, _, pool) in NODES {
-            for k in 1..=ORIGIN_HOSTS.len() {
-                c.start_origin(region, &format!("{pool}-{k}")).await?;
-            }
+        let origins: Vec<(String, String)> = (c.topo.origins.iter())
+            .map(|o| (o.region.clone(), o.name.clone()))
+            .collect();
+        for (region, name) in origins {
+            c.start_origin(&region, &name).await?;
         }
         c.note("6 origins accepting");
         for (region, ..) in NODES {
@@ -366,16 +430,15 @@ impl Cluster {
         self.tb.as_ref().expect("the testbed is up until drop")
     }
 
-    fn ip(&self, region: &str, host: u8) -> IpAddr {
-        self.tb().addr(region, host)
-    }
-
-    fn node_addr(&self, region: &str, port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip(region, NODE_HOST), port)
+    fn node(&self, region: &str) -> &testnet::Node {
+        self.topo.node_in(region).expect("a node in every region")
     }
 
     fn client_ip(&self, region: &str) -> IpAddr {
-        self.ip(region, CLIENT_HOST)
+        self.topo
+            .client(region)
+            .expect("a client in every region")
+            .ip
     }
 
     fn config_path(&self, id: &str) -> PathBuf {
@@ -395,100 +458,6 @@ impl Cluster {
         );
     }
 
-    fn node_config(&self, region: &str) -> String {
-        let id = node_id(region);
-        let seeds: Vec<String> = NODES
-            .iter()
-            .filter(|n| n.0 != region)
-            .map(|n| format!("\"{}\"", self.node_addr(n.0, MESH_PORT)))
-            .collect();
-        let mut pools = String::new();
-        for (r, _, pool) in NODES {
-            let origins: Vec<String> = ORIGIN_HOSTS
-                .iter()
-                .enumerate()
-                .map(|(k, h)| {
-                    format!(
-                        r#"{{ name = "{pool}-{}", address = "{}" }}"#,
-                        k + 1,
-                        SocketAddr::new(self.ip(r, *h), DATA_PORT)
-                    )
-                })
-                .collect();
-            pools.push_str(&format!(
-                "\n[[pool]]\nname = \"{pool}\"\nmonitor = \"http\"\norigins = [{}]\n",
-                origins.join(", ")
-            ));
-        }
-        let app = |name: &str, port: u16| {
-            format!(
-                "\n[[app]]\nname = \"{name}\"\nlisten = \"{}\"\nload_balancer = \"{name}\"\n",
-                self.node_addr(region, port)
-            )
-        };
-        format!(
-            r#"[node]
-id = "{id}"
-region = "{region}"
-status_listen = "{status}"
-drain_timeout = "1s"
-
-[mesh]
-cluster = "e2e-wan"
-listen = "{mesh}"
-seeds = [{seeds}]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-probe_period = "500ms"
-probe_timeout = "400ms"
-suspect_timeout = "3s"
-announce_interval = "1s"
-anti_entropy_interval = "1s"
-
-[geo]
-database = "{geo}"
-
-[[monitor]]
-name = "http"
-type = "http"
-port = {HEALTH_PORT}
-path = "/health"
-interval = "{interval}ms"
-timeout = "{timeout}ms"
-retries = {MONITOR_RETRIES}
-{pools}
-[[load_balancer]]
-name = "failover"
-steering = "failover"
-default_pools = ["weu", "wnam", "seas"]
-
-[[load_balancer]]
-name = "geo"
-steering = "geo"
-default_pools = ["wnam", "weu", "seas"]
-region_pools = {{ WNAM = ["wnam"], WEU = ["weu"], SEAS = ["seas"] }}
-
-[[load_balancer]]
-name = "dynamic"
-steering = "dynamic"
-default_pools = ["weu", "seas"]
-{failover}{geo_app}{dynamic}"#,
-            status = self.node_addr(region, STATUS_PORT),
-            mesh = self.node_addr(region, MESH_PORT),
-            seeds = seeds.join(", "),
-            ca = self.dir.join("ca").join("ca.crt").display(),
-            cert = self.dir.join(format!("{id}.crt")).display(),
-            key = self.dir.join(format!("{id}.key")).display(),
-            geo = self.dir.join("geo.mmdb").display(),
-            interval = MONITOR_INTERVAL.as_millis(),
-            timeout = MONITOR_TIMEOUT.as_millis(),
-            failover = app("failover", APP_FAILOVER),
-            geo_app = app("geo", APP_GEO),
-            dynamic = app("dynamic", APP_DYNAMIC),
-        )
-    }
-
     fn log_file(&self, name: &str) -> Result<File> {
         OpenOptions::new()
             .create(true)
@@ -499,14 +468,8 @@ default_pools = ["weu", "seas"]
 
     /// Starts origin `name` (`weu-2`: WEU, host .12) and waits until both its ports accept.
     async fn start_origin(&mut self, region: &str, name: &str) -> Result<()> {
-        let k: usize = name
-            .rsplit('-')
-            .next()
-            .and_then(|k| k.parse().ok())
-            .expect("pool-k");
-        let ip = self.ip(region, ORIGIN_HOSTS[k - 1]);
-        let data = SocketAddr::new(ip, DATA_PORT);
-        let http = SocketAddr::new(ip, HEALTH_PORT);
+        let o = self.topo.origin(name).expect("an origin of the topology");
+        let (data, http) = (o.data(), o.health());
         let log = self.log_file(name)?;
         let child = self
             .tb()
@@ -611,7 +574,7 @@ default_pools = ["weu", "seas"]
     /// GETs `path` from the region's node status endpoint, from inside its namespace (the
     /// endpoint is bound to the node's address, which only that namespace can reach directly).
     async fn http_get(&self, region: &str, path: &str) -> Result<String> {
-        let addr = self.node_addr(region, STATUS_PORT);
+        let addr = self.node(region).status;
         let sock = self.tb().tcp_socket(region)?;
         let mut s = timeout(STEP, sock.connect(addr))
             .await
@@ -677,12 +640,15 @@ default_pools = ["weu", "seas"]
     }
 
     /// Connects as a client of region `from` (source 10.250.<from>.100, socket made in that
-    /// namespace) to app `port` of the node in region `via`, and returns the greeting of the
+    /// namespace) to app `app` of the node in region `via`, and returns the greeting of the
     /// origin that served it.
-    async fn client(&self, from: &str, via: &str, port: u16) -> Result<String> {
+    async fn client(&self, from: &str, via: &str, app: &str) -> Result<String> {
         let sock = self.tb().tcp_socket(from)?;
         sock.bind(SocketAddr::new(self.client_ip(from), 0))?;
-        let to = self.node_addr(via, port);
+        let to = self
+            .node(via)
+            .app(app)
+            .ok_or_else(|| anyhow!("{} runs no app {app}", node_id(via)))?;
         let what = format!("a {from} client via {} ({to})", node_id(via));
         let stream = timeout(STEP, sock.connect(to))
             .await
@@ -701,8 +667,8 @@ default_pools = ["weu", "seas"]
     }
 
     /// Like `client`, as an error string for waits.
-    async fn origin_for(&self, from: &str, via: &str, port: u16) -> Result<String, String> {
-        self.client(from, via, port)
+    async fn origin_for(&self, from: &str, via: &str, app: &str) -> Result<String, String> {
+        self.client(from, via, app)
             .await
             .map_err(|e| format!("{e:#}"))
     }
@@ -1191,10 +1157,10 @@ async fn partition(c: &Cluster) -> Result<()> {
             {
                 return Err(format!("edge-seas sees {}", describe(&s)));
             }
-            for port in [APP_FAILOVER, APP_GEO] {
-                let got = c.origin_for("SEAS", "SEAS", port).await?;
+            for app in [APP_FAILOVER, APP_GEO] {
+                let got = c.origin_for("SEAS", "SEAS", app).await?;
                 if pool_of(&got) != "seas" {
-                    return Err(format!("port {port}: {got}"));
+                    return Err(format!("app {app}: {got}"));
                 }
             }
             Ok(())

@@ -4,6 +4,9 @@
 //! to its region's pool whichever node it reaches; dynamic steering follows the RTT the client
 //! region's observers measure, as the mesh shares it; hash steering sends a client to the same
 //! origin on every node and, when an origin fails, moves only that origin's clients.
+//!
+//! Regions, pools, client networks, the GeoIP data and the geo load balancer are the testnet's
+//! (`switchyard_tests::topology`, loopback layout); the nodes run in process on port 0.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,6 +17,7 @@ use switchyard_node::status::{self, Status};
 use switchyard_node::{App, Config, StartOptions};
 use switchyard_tests::harness::{app_addr, eventually, name_from, MeshCerts};
 use switchyard_tests::origin::{OriginConfig, TestOrigin};
+use switchyard_tests::topology::{self as testnet, Mode, Topology};
 
 /// For membership and health to converge.
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,19 +25,33 @@ const WAIT: Duration = Duration::from_secs(30);
 /// them; generous, since two cores run three meshes at once.
 const RTT_WAIT: Duration = Duration::from_secs(60);
 
-/// The three pools, each in one region, with its coordinates.
-const POOLS: [(&str, f64, f64); 3] = [
-    ("wnam", 37.34, -121.89),
-    ("weu", 50.11, 8.68),
-    ("seas", 1.35, 103.82),
-];
+/// The testnet's three pools, each in one region, with its coordinates.
+const POOLS: [(&str, f64, f64); 3] = {
+    let p = testnet::POOLS;
+    [
+        (p[0].0, p[0].2, p[0].3),
+        (p[1].0, p[1].2, p[1].3),
+        (p[2].0, p[2].2, p[2].3),
+    ]
+};
 
 /// Nodes by id suffix and region; the pool of the same index is that region's.
-const REGIONS: [&str; 3] = ["WNAM", "WEU", "SEAS"];
+const REGIONS: [&str; 3] = testnet::REGION_NAMES;
 
-/// A client address in region `r` (index into `REGIONS`): 127.0.{r+1}.{host}.
+/// A client address in region `r` (index into `REGIONS`): host `host` of the testnet's client
+/// network of that region (127.0.{r+1}.0/24), which its GeoIP data places there.
 fn client(r: usize, host: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, r as u8 + 1, host))
+    let topo = Topology::new(Mode::Loopback);
+    let c = topo
+        .client(REGIONS[r])
+        .expect("a client network per region");
+    match c.ip {
+        IpAddr::V4(ip) => {
+            let [a, b, n, _] = ip.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, n, host))
+        }
+        IpAddr::V6(_) => unreachable!("the testnet's clients are IPv4"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -47,11 +65,8 @@ impl Scratch {
     fn new(tag: &str) -> Scratch {
         let certs = MeshCerts::new(&format!("geo-{tag}"));
         // A database built for private networks may cover loopback clients.
-        switchyard_geo::geoip::build(
-            "127.0.1.0/24,US,CA,37.34,-121.89\n127.0.2.0/24,DE,,50.11,8.68\n127.0.3.0/24,SG,,1.35,103.82\n",
-            &certs.dir.join("geo.mmdb"),
-        )
-        .unwrap();
+        let rows = Topology::new(Mode::Loopback).geo_rows().join("\n");
+        switchyard_geo::geoip::build(&rows, &certs.dir.join("geo.mmdb")).unwrap();
         Scratch { certs }
     }
     fn geo_db(&self) -> PathBuf {
@@ -276,24 +291,35 @@ async fn origin_for(app: &App, name: &str, from: IpAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // Geo steering.
 
-const GEO_LB: &str = r#"
-[[load_balancer]]
-name = "geo"
-steering = "geo"
-default_pools = ["wnam", "weu", "seas"]
-region_pools = { WNAM = ["wnam"], WEU = ["weu"], SEAS = ["seas"] }
-
-[[app]]
-name = "geo"
-listen = "127.0.0.1:0"
-load_balancer = "geo"
-"#;
+/// The testnet's geo load balancer, and an app `geo` on port 0 in front of it.
+fn geo_lb() -> String {
+    let topo = Topology::new(Mode::Loopback);
+    let lb = topo
+        .load_balancer("geo")
+        .expect("the testnet has a geo load balancer");
+    let app = toml::Table::from_iter([
+        ("name".to_string(), "geo".into()),
+        ("listen".to_string(), "127.0.0.1:0".into()),
+        ("load_balancer".to_string(), "geo".into()),
+    ]);
+    let doc = toml::Table::from_iter([
+        (
+            "load_balancer".to_string(),
+            toml::Value::Array(vec![Topology::load_balancer_toml(lb).into()]),
+        ),
+        ("app".to_string(), toml::Value::Array(vec![app.into()])),
+    ]);
+    format!(
+        "\n{}",
+        toml::to_string(&doc).expect("TOML tables serialize")
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn geo_sends_each_client_to_its_regions_pool_on_every_node() -> anyhow::Result<()> {
     let scratch = Scratch::new("geo");
     let origins = Origins::start(10, 2).await?;
-    let body = format!("{}{GEO_LB}", origins.config("random"));
+    let body = format!("{}{}", origins.config("random"), geo_lb());
     let apps = mesh("g", &scratch, &body).await?;
 
     // Every region's clients, on every node, whatever the node's own region.
@@ -538,7 +564,7 @@ async fn hash_keeps_clients_on_one_origin_mesh_wide_and_moves_only_a_failed_orig
     let scratch = Scratch::new("hash");
     // Three origins a pool, so that a failed origin's clients have a choice to make.
     let mut origins = Origins::start(30, 3).await?;
-    let body = format!("{}{GEO_LB}", origins.config("hash"));
+    let body = format!("{}{}", origins.config("hash"), geo_lb());
     let apps = mesh("h", &scratch, &body).await?;
 
     let clients: Vec<IpAddr> = (0..3)

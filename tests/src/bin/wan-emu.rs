@@ -1,7 +1,7 @@
 //! `wan-emu`: a userspace WAN emulator for Switchyard's multi-region testbed, for kernels
 //! without `tc netem`.
 //!
-//! Each region is a network namespace (made by the caller: `tests/wan/netns.sh` or
+//! Each region is a network namespace (made by the caller: `switchyard_tests::wan::Detached` or
 //! `switchyard_tests::wan::Testbed`). For every region `wan-emu run` creates a TUN device,
 //! `sy-wan0`, directly inside that region's namespace (a setns'd thread opens
 //! `/dev/net/tun`), and configures the namespace:
