@@ -4,6 +4,7 @@
 # Loopback only. See tests/bench/README.md for what is measured and how to read it.
 #
 #   tests/bench/run.sh
+#   BASELINE_BIN=../wt-base/target/release/switchyard BASELINE_LABEL=<commit> tests/bench/run.sh
 #
 # Environment (all optional):
 #   REPS=3            runs of each measurement (medians are reported); systems alternate
@@ -19,13 +20,27 @@
 #   CAP_PERCENT=50    CPU cap (percent of one CPU, cgroup CPU quota) on the proxy for the
 #                     capped bulk runs; 0 skips them. Needs root and the cgroup cpu controller.
 #   SYSTEMS="switchyard haproxy-splice haproxy nginx direct"
+#                     (with BASELINE_BIN set: "switchyard switchyard-baseline haproxy-splice ...")
 #   SKIP_INSTALL=0    1: do not apt-get missing tools
 #   SKIP_BUILD=0      1: use the binaries already in target/release
+#   BASELINE_BIN=     before and after a change, in one run: another switchyard binary (e.g.
+#                     built from a git worktree of the commit before the change) that runs
+#                     as the system switchyard-baseline, with the same config and placement as
+#                     switchyard, on its own port block (265xx). It gets its own column
+#                     Switchyard(baseline) and the ratio column SY/baseline (switchyard divided
+#                     by switchyard-baseline) in run.txt, and its own entries in run.json.
+#                     Unset: no baseline, nothing changes. switchyard-baseline in SYSTEMS
+#                     without an executable BASELINE_BIN is an error.
+#   BASELINE_LABEL=   what the baseline is (e.g. its commit), for the metadata and the notes;
+#                     default: the BASELINE_BIN path. See tests/bench/README.md.
 #
 # Writes tests/bench/results/run.json and run.txt. Exit status 0 when the run completed (a
 # measurement that failed shows as "-" and is listed in the notes), 1 on a setup failure.
 set -euo pipefail
 
+BASELINE_BIN=${BASELINE_BIN:-}
+# Relative to where the script was started from, not to the repo root it moves to.
+[[ -z $BASELINE_BIN || $BASELINE_BIN == /* ]] || BASELINE_BIN=$PWD/$BASELINE_BIN
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
@@ -39,7 +54,12 @@ PIN=${PIN:-}
 PIN_BULK=${PIN_BULK:-${PIN:-split}}
 PIN_RATE=${PIN_RATE:-${PIN:-same}}
 PIN_RTT=${PIN_RTT:-${PIN:-same}}
-SYSTEMS=${SYSTEMS:-"switchyard haproxy-splice haproxy nginx direct"}
+if [[ -n $BASELINE_BIN ]]; then
+    SYSTEMS=${SYSTEMS:-"switchyard switchyard-baseline haproxy-splice haproxy nginx direct"}
+else
+    SYSTEMS=${SYSTEMS:-"switchyard haproxy-splice haproxy nginx direct"}
+fi
+BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE_BIN}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 CAP_PERCENT=${CAP_PERCENT:-50}
@@ -60,6 +80,16 @@ die() {
 for p in "$PIN_BULK" "$PIN_RATE" "$PIN_RTT"; do
     case $p in split | same | none) ;; *) die "PIN_* must be split, same or none (got $p)" ;; esac
 done
+BASELINE=0
+if [[ " $SYSTEMS " == *" switchyard-baseline "* ]]; then
+    [[ -n $BASELINE_BIN ]] ||
+        die "switchyard-baseline is in SYSTEMS but BASELINE_BIN is not set; set BASELINE_BIN=/path/to/the/baseline/switchyard (see tests/bench/README.md)"
+    [[ -f $BASELINE_BIN && -x $BASELINE_BIN ]] ||
+        die "BASELINE_BIN=$BASELINE_BIN is not an executable file (switchyard-baseline is in SYSTEMS)"
+    BASELINE=1
+elif [[ -n $BASELINE_BIN ]]; then
+    log "BASELINE_BIN is set but SYSTEMS has no switchyard-baseline; the baseline is not run"
+fi
 
 # ------------------------------------------------------------------------------------------
 # Tools
@@ -186,9 +216,9 @@ cap_teardown() {
     [[ -n $CAP_DIR && -d $CAP_DIR ]] || return 0
     local p parent
     parent=$(dirname "$CAP_DIR")
-    for p in $(cat "$CAP_DIR/cgroup.procs" 2>/dev/null); do
+    while read -r p; do
         echo "$p" >"$parent/cgroup.procs" 2>/dev/null || true
-    done
+    done < <(cat "$CAP_DIR/cgroup.procs" 2>/dev/null)
     rmdir "$CAP_DIR" 2>/dev/null || true
 }
 
@@ -232,14 +262,20 @@ sample() { printf 'S\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
 UP_IPERF=25201
 UP_SOCKPERF=25202
 UP_ECHO=25203
-declare -A BASE=([switchyard]=26100 [haproxy-splice]=26200 [haproxy]=26300 [nginx]=26400)
+declare -A BASE=([switchyard]=26100 [haproxy-splice]=26200 [haproxy]=26300 [nginx]=26400 [switchyard-baseline]=26500)
 port_of() { # system upstream-port -> the port to connect to
     local sys=$1 up=$2
     if [[ $sys == direct ]]; then echo "$up"; else echo $((BASE[$sys] + up - 25200)); fi
 }
-SY_STATUS=26199
-all_ports=("$UP_IPERF" "$UP_SOCKPERF" "$UP_ECHO" "$SY_STATUS")
-for sys in switchyard haproxy-splice haproxy nginx; do
+# Switchyard's status listener, at the end of its block.
+declare -A SY_STATUS=([switchyard]=26199 [switchyard-baseline]=26599)
+all_ports=("$UP_IPERF" "$UP_SOCKPERF" "$UP_ECHO" "${SY_STATUS[switchyard]}")
+port_systems=(switchyard haproxy-splice haproxy nginx)
+if ((BASELINE)); then
+    all_ports+=("${SY_STATUS[switchyard-baseline]}")
+    port_systems+=(switchyard-baseline)
+fi
+for sys in "${port_systems[@]}"; do
     for up in "$UP_IPERF" "$UP_SOCKPERF" "$UP_ECHO"; do all_ports+=("$(port_of "$sys" "$up")"); done
 done
 listening=$(ss -Hltn 2>/dev/null | awk '{print $4}')
@@ -300,13 +336,14 @@ HAP_MAXPIPES=$(((NOFILE - 2 * HAP_MAXCONN - 100) / 2))
 ((HAP_MAXPIPES > HAP_MAXCONN / 4)) && HAP_MAXPIPES=$((HAP_MAXCONN / 4))
 ((HAP_MAXPIPES < 16)) && HAP_MAXPIPES=16
 
-sy_conf() {
-    local f="$TMP/switchyard.toml" name up
+# switchyard and switchyard-baseline get the same config but for their ports.
+sy_conf() { # system -> config path
+    local sys=$1 f="$TMP/$1.toml" name up
     cat >"$f" <<EOF
 [node]
 id = "bench"
 region = "WNAM"
-status_listen = "127.0.0.1:$SY_STATUS"
+status_listen = "127.0.0.1:${SY_STATUS[$sys]}"
 drain_timeout = "1s"
 EOF
     for pair in iperf:$UP_IPERF sockperf:$UP_SOCKPERF echo:$UP_ECHO; do
@@ -325,7 +362,7 @@ default_pools = ["$name"]
 
 [[app]]
 name = "$name"
-listen = "127.0.0.1:$(port_of switchyard "$up")"
+listen = "127.0.0.1:$(port_of "$sys" "$up")"
 load_balancer = "$name"
 connect_timeout = "5s"
 idle_timeout = "300s"
@@ -390,10 +427,12 @@ nginx_conf() {
 
 for sys in $SYSTEMS; do
     case $sys in
-    switchyard)
-        conf=$(sy_conf)
-        "$BIN/switchyard" check --config "$conf" >&2 || die "switchyard rejected $conf"
-        start_bg "$TMP/switchyard.log" "${PROXY_PIN[@]}" "$BIN/switchyard" run --config "$conf"
+    switchyard | switchyard-baseline)
+        sy_bin=$BIN/switchyard
+        [[ $sys == switchyard-baseline ]] && sy_bin=$BASELINE_BIN
+        conf=$(sy_conf "$sys")
+        "$sy_bin" check --config "$conf" >&2 || die "$sys ($sy_bin) rejected $conf"
+        start_bg "$TMP/$sys.log" "${PROXY_PIN[@]}" "$sy_bin" run --config "$conf"
         ;;
     haproxy | haproxy-splice)
         conf=$(hap_conf "$sys")
@@ -460,7 +499,10 @@ CAPPED=0
 if ((CAP_PERCENT > 0)); then
     if cap_setup; then
         CAPPED=1
-        for sys in "${ACTIVE[@]}"; do cap_join $(proxy_pids "$sys"); done
+        for sys in "${ACTIVE[@]}"; do
+            mapfile -t pids < <(proxy_pids "$sys")
+            cap_join "${pids[@]}"
+        done
     else
         note "capped bulk runs skipped: cannot make a cgroup with a CPU quota (they need root and the cgroup cpu controller)"
     fi
@@ -486,12 +528,15 @@ cpu_busy_1s() {
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta host "$(uname -sr); $NCPU CPUs: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 meta switchyard "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet -- node 2>/dev/null || echo ' (node/ modified)')"
+if ((BASELINE)); then
+    meta switchyard-baseline "$BASELINE_LABEL: $BASELINE_BIN ($("$BASELINE_BIN" --version 2>/dev/null | head -1 || true), sha256 $(sha256sum "$BASELINE_BIN" | cut -c1-16))"
+fi
 meta versions "$(haproxy -v 2>&1 | head -1 | awk '{print "HAProxy " $3}'); $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'); $(iperf3 --version 2>&1 | head -1 | awk '{print $1 " " $2}'); $( ((HAVE_SOCKPERF)) && sockperf --version 2>&1 | awk '/version/ {print "sockperf " $NF; exit}' || echo 'sockperf: not installed')"
 meta pinning "$PIN_DESC; proxy threads/workers: $PROXY_THREADS (Switchyard: a current-thread tokio runtime when started on one CPU)"
 if ((CAPPED)); then
     meta capped "capped bulk: the proxy (placed as bulk) limited to $CAP_PERCENT% of one CPU by a cgroup $CAP_KIND CPU quota (10 ms period); uncapped, every proxy here is bound by the load generator (iperf3 client and server share CPU 0), so the capped runs compare what each proxy moves per CPU"
 fi
-meta settings "HAProxy mode tcp, maxconn $HAP_MAXCONN, maxpipes $HAP_MAXPIPES (fd limit), defaults otherwise (tune.bufsize 16k, kernel-default 64k pipes); HAProxy(splice) adds option splice-request and splice-response (splice-auto never spliced). nginx stream proxy_pass, proxy_buffer_size 64k, proxy_half_close on. Switchyard: one pool per upstream, no monitor, failover LB, its default log level (info) and 1 MiB relay pipes"
+meta settings "HAProxy mode tcp, maxconn $HAP_MAXCONN, maxpipes $HAP_MAXPIPES (fd limit), defaults otherwise (tune.bufsize 16k, kernel-default 64k pipes); HAProxy(splice) adds option splice-request and splice-response (splice-auto never spliced). nginx stream proxy_pass, proxy_buffer_size 64k, proxy_half_close on. Switchyard: one pool per upstream, no monitor, failover LB, its default log level (info) and 1 MiB relay pipes$( ((BASELINE)) && echo "; switchyard-baseline: the same config and placement as switchyard, its own ports")"
 meta method "$REPS runs per measurement, systems alternated in rotating order within each run; iperf3 -t $BULK_SECS; loadgen rate --conns $RATE_CONNS --secs $RATE_SECS; $( ((HAVE_SOCKPERF)) && echo "sockperf ping-pong --tcp -m 64 --full-rtt -t $RTT_SECS" || echo "loadgen pingpong --secs $RTT_SECS"); $HOLD_N idle connections held once per proxy; proxy CPU is utime+stime from /proc/PID/stat over each run"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 meta load_before "loadavg $LOAD_BEFORE; CPU busy while the benchmark idled: $(cpu_busy_1s); rustc processes: $(rustc_count); top: $(busy_others)"
@@ -746,6 +791,99 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 meta load_after "loadavg $LOAD_AFTER; CPU busy while the benchmark idled: $(cpu_busy_1s); rustc processes: $(rustc_count); top: $(busy_others)"
 meta duration "$(($(date +%s) - T0)) s"
 
+# With a baseline: loadgen report has a fixed set of columns (the five systems above), so it
+# runs once more on the switchyard and switchyard-baseline samples alone, the baseline
+# standing in for HAProxy(splice). The baseline's medians, their rounding and the ratio
+# switchyard / switchyard-baseline then come from the same code as the rest of the table, and
+# are spliced into the main report: run.txt gets the columns Switchyard(baseline) (after
+# Switchyard) and SY/baseline (after SY/direct); run.json gets switchyard-baseline after
+# switchyard in systems, medians and samples, and ratio_switchyard_over_switchyard_baseline.
+baseline_report() { # json-out txt-out
+    local json=$1 txt=$2 d="$TMP/baseline" changed
+    mkdir -p "$d"
+    awk -F'\t' -v OFS='\t' '$1 == "S" && $3 == "switchyard" {print}
+        $1 == "S" && $3 == "switchyard-baseline" {$3 = "haproxy-splice"; print}' "$SAMPLES" >"$d/samples.tsv"
+    "$BIN/loadgen" report --samples "$d/samples.tsv" --json "$d/base.json" --txt "$d/base.txt" >/dev/null
+    note "switchyard-baseline is $BASELINE_LABEL ($BASELINE_BIN), run with the same config and placement as switchyard on ports $((BASE[switchyard-baseline] + 1))-$((BASE[switchyard-baseline] + 3)); SY/baseline = switchyard / switchyard-baseline (above 1 is better for Gbit/s and conn/s, below 1 for times, CPU and memory)"
+    changed=$(jq -r '.metrics[] | select(.ratio_switchyard_over_haproxy_splice != null)
+        | [.title, .ratio_switchyard_over_haproxy_splice, .higher_is_better] | @tsv' "$d/base.json" |
+        awk -F'\t' '{n++; r = sprintf("%.2f", $2)} r + 0 > 1.1 || r + 0 < 0.9 {
+                better = ($3 == "true") == (r + 0 > 1)
+                printf "%s%s %s (%s)", sep, $1, r, better ? "better" : "worse"; sep = "; "; k++}
+            END {if (!n) printf "nothing to compare"; else if (!k) printf "none of %d measurements", n}')
+    note "switchyard against switchyard-baseline, SY/baseline beyond 10% (about the noise level here): $changed"
+    "$BIN/loadgen" report --samples "$SAMPLES" --json "$d/main.json" --txt "$d/main.txt" >/dev/null
+    # Same layout as loadgen's run.json: one line per metric.
+    jq -r --slurpfile b "$d/base.json" '
+        def after_sy(k; v): to_entries | map(., (select(.key == "switchyard") | {key: k, value: v})) | from_entries;
+        ($b[0].metrics | map({key: .key, value: .}) | from_entries) as $base
+        | .systems |= map(., (select(. == "switchyard") | "switchyard-baseline"))
+        | .metrics |= map(($base[.key] // {}) as $x
+            | .median |= after_sy("switchyard-baseline"; $x.median["haproxy-splice"])
+            | .samples |= after_sy("switchyard-baseline"; $x.samples["haproxy-splice"] // [])
+            | to_entries
+            | map(., (select(.key == "ratio_switchyard_over_direct")
+                | {key: "ratio_switchyard_over_switchyard_baseline", value: $x.ratio_switchyard_over_haproxy_splice}))
+            | from_entries)
+        | "{\n  \"meta\": {" + ([.meta | to_entries[] | "\n    \(.key | tojson): \(.value | tojson)"] | join(","))
+          + "\n  },\n  \"systems\": [" + (.systems | map(tojson) | join(", "))
+          + "],\n  \"metrics\": [\n    " + (.metrics | map(tojson) | join(",\n    "))
+          + "\n  ],\n  \"notes\": [" + ([.notes[] | "\n    \(tojson)"] | join(",")) + "\n  ]\n}"' \
+        "$d/main.json" >"$json"
+    # The table is the block after the first blank line; cells are separated by two spaces or
+    # more. Columns: measurement, unit, the five systems, SY/HAP(splice), SY/direct, target
+    # (empty cells at the end of a row are trimmed). Realigned as loadgen aligns it.
+    awk -v bt="Switchyard(baseline)" -v rt="SY/baseline" '
+        function cells(line, c) { sub(/^ +/, "", line); return split(line, c, /  +/) }
+        FNR == 1 { part = 0 }
+        part == 0 { if (NR != FNR) print; if ($0 == "") part = 1; next }
+        part == 1 && $0 == "" { part = 2 }
+        part == 1 && NR == FNR { if ($0 !~ /^-+$/) { cells($0, c); bv[c[1]] = c[4]; br[c[1]] = c[8] }; next }
+        part == 1 {
+            if ($0 ~ /^-+$/) next
+            n = cells($0, c)
+            r = rows++
+            hdr = r == 0
+            split("", o)
+            o[1] = c[1]; o[2] = c[2]; o[3] = c[3]
+            o[4] = hdr ? bt : (c[1] in bv ? bv[c[1]] : "-")
+            for (i = 4; i <= 9; i++) o[i + 1] = c[i]
+            o[11] = hdr ? rt : (c[1] in br ? br[c[1]] : "-")
+            o[12] = n >= 10 ? c[10] : ""
+            for (i = 1; i <= 12; i++) {
+                cell[r, i] = o[i]
+                if (length(o[i]) > w[i]) w[i] = length(o[i])
+            }
+            next
+        }
+        NR != FNR && part == 2 && !done {
+            for (r = 0; r < rows; r++) {
+                line = ""
+                for (i = 1; i <= 12; i++) {
+                    pad = sprintf("%" (w[i] - length(cell[r, i])) "s", "")
+                    line = line (i <= 2 || i == 12 ? cell[r, i] pad : pad cell[r, i]) (i < 12 ? "  " : "")
+                }
+                sub(/ +$/, "", line)
+                print line
+                if (r == 0) {
+                    total = 22
+                    for (i = 1; i <= 12; i++) total += w[i]
+                    if (total > 200) total = 200
+                    dash = sprintf("%" total "s", "")
+                    gsub(/ /, "-", dash)
+                    print dash
+                }
+            }
+            done = 1
+        }
+        NR != FNR && part == 2 { print }' "$d/base.txt" "$d/main.txt" >"$txt"
+    cat "$txt"
+}
+
 mkdir -p "$RESULTS"
-"$BIN/loadgen" report --samples "$SAMPLES" --json "$RESULTS/run.json" --txt "$RESULTS/run.txt"
+if ((BASELINE)); then
+    baseline_report "$RESULTS/run.json" "$RESULTS/run.txt"
+else
+    "$BIN/loadgen" report --samples "$SAMPLES" --json "$RESULTS/run.json" --txt "$RESULTS/run.txt"
+fi
 log "wrote $RESULTS/run.json and $RESULTS/run.txt"
