@@ -19,9 +19,19 @@
 //! - `state`: what the status endpoint reads of a running node.
 //! - `app`: wires the shells together; `cli`: the command line.
 //!
-//! The one dependency rule: modules depend downwards in this list, never back up. `core`
-//! depends on nothing but `config`; a shell never imports `app`, and no two modules import
-//! each other. `tests/tests/layout.rs` checks it.
+//! The one dependency rule: a module uses only modules of lower layers, never its own layer
+//! or above. The layers, lowest first:
+//!
+//! 1. `config`, `metrics`, `clock`
+//! 2. `error`, `core`
+//! 3. `locate`, `hub`
+//! 4. `proxy`, `monitor`, `mesh`
+//! 5. `state`
+//! 6. `status`
+//! 7. `app`
+//! 8. `cli`
+//!
+//! `tests/tests/layout.rs` checks it, and that no two modules of any crate import each other.
 
 #![deny(unsafe_code)]
 

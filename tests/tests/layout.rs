@@ -360,3 +360,49 @@ fn crates_depend_node_gossip_geo_never_back() {
     );
     assert!(!deps("node").contains(&"switchyard-node"));
 }
+
+/// The node's layers, lowest first, as `node/src/lib.rs` states them: a module may use
+/// modules of lower layers (and its own submodules), never one of its own layer or above.
+const NODE_LAYERS: &[&[&str]] = &[
+    &["config", "metrics", "clock"],
+    &["error", "core"],
+    &["locate", "hub"],
+    &["proxy", "monitor", "mesh"],
+    &["state"],
+    &["status"],
+    &["app"],
+    &["cli"],
+];
+
+#[test]
+fn node_modules_depend_only_downwards() {
+    let layer = |m: &str| {
+        let top = m.split("::").next().unwrap_or(m);
+        NODE_LAYERS.iter().position(|l| l.contains(&top))
+    };
+    let g = graph(&root().join("node/src"));
+    let mut bad = Vec::new();
+    for (m, uses) in &g {
+        if m.is_empty() {
+            continue; // lib.rs declares the modules
+        }
+        let Some(lm) = layer(m) else {
+            bad.push(format!(
+                "{m} is in no layer: add it to NODE_LAYERS and lib.rs"
+            ));
+            continue;
+        };
+        let top = m.split("::").next().unwrap_or(m);
+        for u in uses {
+            let ut = u.split("::").next().unwrap_or(u);
+            if ut == top {
+                continue; // within one top-level module; cycles are checked above
+            }
+            match layer(u) {
+                Some(lu) if lu < lm => {}
+                _ => bad.push(format!("{m} uses {u}, which is not below it")),
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
