@@ -180,31 +180,12 @@ impl HealthHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::core::compiled::fixture;
     use std::sync::Mutex as StdMutex;
     use switchyard_geo::Region;
 
     fn hub() -> (Arc<HealthHub>, Arc<CompiledConfig>) {
-        let text = r#"
-[node]
-id = "n1"
-region = "WEU"
-[[monitor]]
-name = "m"
-type = "tcp"
-retries = 0
-[[pool]]
-name = "p"
-monitor = "m"
-origins = [{ name = "o", address = "127.0.0.1:1" }]
-[[load_balancer]]
-name = "lb"
-default_pools = ["p"]
-"#;
-        let rt = Arc::new(CompiledConfig::compile(
-            Arc::new(Config::parse(text, None).unwrap()),
-            None,
-        ));
+        let rt = Arc::new(fixture::compile(fixture::ONE_POOL));
         let hub = Arc::new(HealthHub::new(
             rt.clone(),
             Quorum::Majority,

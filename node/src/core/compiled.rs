@@ -240,3 +240,32 @@ impl CompiledConfig {
         }
     }
 }
+
+/// Configs that unit tests across the crate compile.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+
+    /// A WEU node with one monitored pool `p` of one origin `o` (no retries), behind load
+    /// balancer `lb`.
+    pub const ONE_POOL: &str = r#"
+[node]
+id = "n1"
+region = "WEU"
+[[monitor]]
+name = "m"
+type = "tcp"
+retries = 0
+[[pool]]
+name = "p"
+monitor = "m"
+origins = [{ name = "o", address = "127.0.0.1:1" }]
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+"#;
+
+    pub fn compile(text: &str) -> CompiledConfig {
+        CompiledConfig::compile(Arc::new(Config::parse(text, None).unwrap()), None)
+    }
+}

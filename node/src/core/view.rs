@@ -325,23 +325,8 @@ mod tests {
 
     #[test]
     fn a_node_that_has_not_probed_yet_steers_with_the_mesh() {
-        use crate::config::Config;
-        let text = r#"
-[node]
-id = "fresh"
-region = "WEU"
-[[monitor]]
-name = "m"
-type = "tcp"
-[[pool]]
-name = "p"
-monitor = "m"
-origins = [{ name = "o", address = "127.0.0.1:1" }]
-[[load_balancer]]
-name = "lb"
-default_pools = ["p"]
-"#;
-        let rt = CompiledConfig::compile(Arc::new(Config::parse(text, None).unwrap()), None);
+        use crate::core::compiled::fixture;
+        let rt = fixture::compile(fixture::ONE_POOL);
         let key = rt.key(0, 0);
         // This node's own row exists but no round has finished: it must not count.
         let mut report = Report::default();
