@@ -485,6 +485,43 @@ fn check_names_a_missing_file() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn cert_issue_without_a_ca_names_the_command_that_makes_one() {
+    let dir = TempDir::new("no-ca");
+    let (ca, certs) = (dir.path("ca"), dir.path("certs"));
+    let issue = || {
+        run_cmd(&[
+            "cert",
+            "issue",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--node",
+            "edge-1",
+            "--out",
+            certs.to_str().unwrap(),
+        ])
+    };
+    let out = issue();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "issued without a CA");
+    assert!(
+        stderr.contains("`switchyard ca init --cluster NAME --out DIR`"),
+        "{stderr}"
+    );
+    // The command it names is real: run it as told, and the issue goes through.
+    let made = run_cmd(&[
+        "ca",
+        "init",
+        "--cluster",
+        "c",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let out = issue();
+    assert!(out.status.success(), "{out:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // switchyard run
 // ---------------------------------------------------------------------------------------------

@@ -25,11 +25,11 @@ impl FileKind {
     fn hint(self) -> &'static str {
         match self {
             FileKind::CaCert => {
-                "every node needs the cluster's ca.crt (written by `switchyard cert init-ca \
+                "every node needs the cluster's ca.crt (written by `switchyard ca init \
                  --cluster NAME --out DIR`)"
             }
             FileKind::CaKey => {
-                "point --ca at the directory written by `switchyard cert init-ca --cluster NAME \
+                "point --ca at the directory written by `switchyard ca init --cluster NAME \
                  --out DIR`"
             }
             FileKind::NodeCert | FileKind::NodeKey => ISSUE_HINT,
