@@ -76,6 +76,17 @@ pub enum TlsError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 
+    #[error(
+        "the {what} {path} is readable or writable by every user (mode {mode:04o}): anyone on \
+         this host could act as this node. Restrict it with `chmod 600 {path}` (or 640 with a \
+         group the service runs in)"
+    )]
+    KeyExposed {
+        what: FileKind,
+        path: PathBuf,
+        mode: u32,
+    },
+
     #[error("cannot read the {what} {path}: {source}; {}", .what.hint())]
     Read {
         what: FileKind,

@@ -65,8 +65,10 @@ pub(super) fn read_certs(
     Ok(certs)
 }
 
+/// Reads a private key, refusing one that every user of the host may read or write (as
+/// OpenSSH does). Group access is allowed: a service user often reads its key through a group.
 pub(super) fn read_key(path: &Path, what: FileKind) -> Result<PrivateKeyDer<'static>, TlsError> {
-    read_pem(path, what)?
+    let key = read_pem(path, what)?
         .into_iter()
         .find_map(|item| match item {
             rustls_pemfile::Item::Pkcs8Key(k) => Some(PrivateKeyDer::Pkcs8(k)),
@@ -77,7 +79,28 @@ pub(super) fn read_key(path: &Path, what: FileKind) -> Result<PrivateKeyDer<'sta
         .ok_or_else(|| TlsError::NoKey {
             what,
             path: path.to_owned(),
-        })
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| TlsError::Read {
+                what,
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o007 != 0 {
+            return Err(TlsError::KeyExposed {
+                what,
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(key)
 }
 
 pub(super) fn create_dir(path: &Path) -> Result<(), TlsError> {

@@ -495,6 +495,33 @@ fn load_names_the_file_at_fault() {
 }
 
 #[test]
+fn a_key_every_user_can_read_is_refused() {
+    let dir = Scratch::new("key-mode");
+    let ca_dir = dir.path().join("ca");
+    let ca = init_ca(&ca_dir, "prod").unwrap();
+    let a = issue_cert(&ca_dir, "edge-a", &dir.path().join("certs")).unwrap();
+    let set = |mode| fs::set_permissions(&a.key, fs::Permissions::from_mode(mode)).unwrap();
+    set(0o644);
+    let err = load(&ca.cert, &a.cert, &a.key).unwrap_err();
+    assert!(
+        matches!(err, TlsError::KeyExposed { mode: 0o644, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&a.key.display().to_string()) && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    // The CA key too: issuing from a world-readable CA key is refused.
+    fs::set_permissions(&ca.key, fs::Permissions::from_mode(0o604)).unwrap();
+    let err = issue_cert(&ca_dir, "edge-b", &dir.path().join("certs")).unwrap_err();
+    assert!(matches!(err, TlsError::KeyExposed { .. }), "{err}");
+    // Readable by the owner's group only (a service user reading it through a group): fine.
+    set(0o640);
+    load(&ca.cert, &a.cert, &a.key).unwrap();
+}
+
+#[test]
 fn a_trust_bundle_with_two_cas_accepts_both() {
     let dir = Scratch::new("bundle");
     let old = init_ca(&dir.path().join("old"), "prod").unwrap();
@@ -551,6 +578,7 @@ fn distinguished_names_round_trip() {
     fs::create_dir_all(&ca_dir).unwrap();
     fs::write(ca_dir.join(CA_CERT_FILE), cert.pem()).unwrap();
     fs::write(ca_dir.join(CA_KEY_FILE), key.serialize_pem()).unwrap();
+    fs::set_permissions(ca_dir.join(CA_KEY_FILE), fs::Permissions::from_mode(0o600)).unwrap();
 
     let node = issue_cert(&ca_dir, "edge-a", &dir.path().join("certs")).unwrap();
     let chain = read_certs(&node.cert, FileKind::NodeCert).unwrap();
