@@ -15,9 +15,25 @@ use crate::error::Error;
 use crate::hub::HealthHub;
 use crate::metrics::Metrics;
 
+/// A certificate closer than this to its expiry is warned about at start.
+const CERT_WARN_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
 /// Loads the mesh's certificates and joins the mesh.
 pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
     let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
+    if let Some(not_after) = tls.not_after() {
+        metrics.set_certificate_expiry(not_after);
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if left < CERT_WARN_BEFORE {
+            tracing::warn!(
+                cert = %m.cert.display(),
+                days_left = left.as_secs() / 86_400,
+                "the mesh certificate expires soon: issue a new one with `switchyard cert issue` and restart the node"
+            );
+        }
+    }
     let mesh_metrics = MeshMetrics::default();
     mesh_metrics.register(metrics.registry_mut());
     let cfg = MeshConfig {

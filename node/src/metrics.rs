@@ -7,7 +7,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabels {
@@ -72,6 +73,10 @@ pub struct Metrics {
     pub health_changes: Family<OriginLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Days until the mesh certificate expires, computed when scraped.
+    certificate_days_left: Gauge<f64, AtomicU64>,
+    /// The mesh certificate's expiry, seconds since the Unix epoch (0: no mesh certificate).
+    certificate_not_after: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +94,8 @@ impl Metrics {
             health_changes: Family::default(),
             decisions: Family::default(),
             reloads: Family::default(),
+            certificate_days_left: Gauge::default(),
+            certificate_not_after: AtomicU64::new(0),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,6 +152,20 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Exports the days left until the mesh certificate expires from now on.
+    pub fn set_certificate_expiry(&mut self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.certificate_not_after.swap(secs, Ordering::Relaxed) == 0 {
+            self.registry.register(
+                "mesh_certificate_days_left",
+                "Days until this node's mesh certificate expires (negative: expired)",
+                self.certificate_days_left.clone(),
+            );
+        }
+    }
+
     /// For components (the mesh) that register their own metrics in the one registry.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -152,6 +173,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        let not_after = self.certificate_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64();
+            self.certificate_days_left
+                .set((not_after as f64 - now) / 86_400.0);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -377,3 +377,22 @@ async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_certificate_expiry_is_a_metric() -> anyhow::Result<()> {
+    let certs = MeshCerts::new("expiry");
+    certs.issue("n1");
+    let o = origin("o").await;
+    let app = start(config(&certs, "n1", "WNAM", &[], &pool(o.addr(), ""))).await;
+    let text = app.state().metrics.encode();
+    let days: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_mesh_certificate_days_left "))
+        .unwrap_or_else(|| panic!("no days-left gauge in:\n{text}"))
+        .trim()
+        .parse()?;
+    // `cert issue` makes certificates good for two years.
+    assert!((728.0..=731.0).contains(&days), "{days} days left");
+    app.shutdown(Duration::ZERO).await;
+    Ok(())
+}

@@ -147,6 +147,15 @@ pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError
 
 impl NodeTls {
     /// The node id this identity proves: the DNS SAN of the node's certificate.
+    /// When this node's certificate expires; None if its date cannot be read.
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let leaf = self.certified.cert.first()?;
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    }
+
     pub fn node_id(&self) -> &str {
         self.node_id.as_str()
     }
