@@ -79,7 +79,11 @@ impl App {
         if let Some(mesh) = &mesh {
             crate::mesh::connect(mesh, &health, clock);
         }
-        let affinity = Arc::new(Affinity::default());
+        let affinity = Arc::new(Affinity::new(
+            crate::core::affinity::DEFAULT_CAPACITY,
+            metrics.affinity_evictions.clone(),
+            metrics.affinity_entries.clone(),
+        ));
         let state = Arc::new(NodeState {
             health: health.clone(),
             metrics: metrics.clone(),

@@ -59,6 +59,11 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +78,14 @@ pub struct Metrics {
     pub health_changes: Family<OriginLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Session affinity entries held, and live ones evicted because the table was full.
+    pub affinity_entries: Gauge,
+    pub affinity_evictions: Counter,
+    /// Status connections closed at once because `STATUS_MAX_CONNECTIONS` were open.
+    pub status_refused: Counter,
+    /// Status connections cut by a timeout: `header` (no complete request head in time,
+    /// idle keep-alive included) or `idle` (no byte moved either way).
+    pub status_timeouts: Family<ReasonLabels, Counter>,
     /// Days until the mesh certificate expires, computed when scraped.
     certificate_days_left: Gauge<f64, AtomicU64>,
     /// The mesh certificate's expiry, seconds since the Unix epoch (0: no mesh certificate).
@@ -94,6 +107,10 @@ impl Metrics {
             health_changes: Family::default(),
             decisions: Family::default(),
             reloads: Family::default(),
+            affinity_entries: Gauge::default(),
+            affinity_evictions: Counter::default(),
+            status_refused: Counter::default(),
+            status_timeouts: Family::default(),
             certificate_days_left: Gauge::default(),
             certificate_not_after: AtomicU64::new(0),
             registry: Registry::default(),
@@ -148,6 +165,26 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "affinity_entries",
+            "Session affinity entries held (bounded; see README)",
+            m.affinity_entries.clone(),
+        );
+        registry.register(
+            "affinity_evictions",
+            "Live session affinity entries evicted because the table was full",
+            m.affinity_evictions.clone(),
+        );
+        registry.register(
+            "status_connections_refused",
+            "Status endpoint connections closed at once: too many open",
+            m.status_refused.clone(),
+        );
+        registry.register(
+            "status_connections_timed_out",
+            "Status endpoint connections cut by a timeout (header, idle)",
+            m.status_timeouts.clone(),
         );
         Metrics { registry, ..m }
     }
