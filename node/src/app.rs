@@ -41,6 +41,8 @@ struct Listening {
 pub struct StartOptions {
     /// Where the config was read from, for reloads from the file.
     pub config_path: Option<PathBuf>,
+    /// The status endpoint's timeouts and connection cap (tests shorten them).
+    pub status_limits: status::StatusLimits,
 }
 
 /// A running node.
@@ -145,10 +147,11 @@ impl App {
             }),
         };
         app.apply(config).await?;
-        tokio::spawn(status::serve(
+        tokio::spawn(status::serve_with(
             status_listener,
             state,
             app.status_stop.clone(),
+            opts.status_limits,
         ));
         tracing::info!(status = %status_addr, "node started");
         Ok(app)

@@ -335,6 +335,7 @@ async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
         cfg,
         StartOptions {
             config_path: Some(path),
+            ..Default::default()
         },
     )
     .await?;

@@ -332,6 +332,7 @@ async fn reload_takes_effect_for_new_connections_and_keeps_open_ones() {
         Config::load(&path).unwrap(),
         switchyard_node::StartOptions {
             config_path: Some(path.clone()),
+            ..Default::default()
         },
     )
     .await

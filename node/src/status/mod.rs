@@ -7,4 +7,4 @@ pub mod server;
 
 pub use client::{fetch, http_get, render};
 pub use document::*;
-pub use server::{document, serve};
+pub use server::{document, serve, serve_with, StatusLimits};

@@ -1,17 +1,28 @@
 //! The status endpoint on `status_listen`: `/v1/status` (JSON), `/v1/explain`, `/metrics`
 //! (Prometheus), `/live` and `/ready`.
+//!
+//! It is on the node's own descriptors, so a client may not hold them at will: a request head
+//! must arrive within `header_timeout` (which also ends a keep-alive connection idle between
+//! requests), a connection on which no byte moves either way for `idle_timeout` is cut (a
+//! client that stops reading a large `/metrics` answer), and past `max_connections` open
+//! ones a new connection is closed at once. Each is counted in a metric.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +30,49 @@ use crate::config::SessionAffinity;
 use crate::core::client::ClientGeo;
 use crate::core::steering::{self, Request as SteerRequest, TYPICAL_DRAW};
 use crate::core::view::{judge, observations};
+use crate::metrics::ReasonLabels;
 use crate::state::NodeState;
 use crate::status::document::*;
 
-/// Serves until `stop`.
+/// What keeps slow, idle and numerous clients from holding the status endpoint's
+/// connections (and so the node's descriptors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusLimits {
+    /// A request head must arrive within this, counted from the connection's start or the end
+    /// of the previous answer: it also ends idle keep-alive connections.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is cut.
+    pub idle_timeout: Duration,
+    /// Connections open at once; further ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for StatusLimits {
+    /// A scraper or `switchyard status` needs well under a second per request; 5 s for a head
+    /// and 30 s without progress leave room for a slow link, and 256 connections for many
+    /// scrapers, while a flood of idle clients holds at most 256 descriptors for 5 s each.
+    fn default() -> Self {
+        StatusLimits {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Serves until `stop`, with the default limits.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: CancellationToken) {
+    serve_with(listener, state, stop, StatusLimits::default()).await
+}
+
+/// Serves until `stop`.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<NodeState>,
+    stop: CancellationToken,
+    limits: StatusLimits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -33,16 +82,144 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: Cancellat
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            state.metrics.status_refused.inc();
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let activity = Arc::new(Activity::new());
+            let io = Touching {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            let svc = {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&state, req)) }
+                })
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(io), svc);
+            let reason = tokio::select! {
+                r = conn => match r {
+                    Err(e) if e.is_timeout() => Some("header"),
+                    _ => None,
+                },
+                _ = idle(&activity, limits.idle_timeout) => Some("idle"),
+            };
+            if let Some(reason) = reason {
+                state
+                    .metrics
+                    .status_timeouts
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            drop(permit);
         });
+    }
+}
+
+/// Returns once no byte has moved for `timeout`.
+async fn idle(activity: &Activity, timeout: Duration) {
+    loop {
+        let Some(deadline) = activity.last().checked_add(timeout) else {
+            // Beyond the clock: never.
+            return std::future::pending().await;
+        };
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Time of the last byte moved, on tokio's clock, as an offset from the start so that it
+/// fits an atomic.
+struct Activity {
+    start: Instant,
+    last_nanos: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        let offset = Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed));
+        self.start.checked_add(offset).unwrap_or(self.start)
+    }
+}
+
+/// A stream that notes in `activity` every time bytes move.
+struct Touching<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touching<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
