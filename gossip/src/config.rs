@@ -58,6 +58,26 @@ impl Timings {
         }
     }
 
+    /// The same timings, each moved into the range in which the mesh task runs: no period
+    /// zero (a zero-period timer panics, and a zero anti-entropy delay would spin), none so
+    /// long that adding it to the clock overflows, and the probe timeout below the probe
+    /// period, as foca requires. The node's config validation refuses values outside these
+    /// ranges with their location; this is the guard behind it.
+    pub fn clamped(self) -> Timings {
+        let clamp = |d: Duration, min: Duration, max: Duration| d.clamp(min, max);
+        let ms = Duration::from_millis;
+        let hour = Duration::from_secs(3600);
+        let probe_period = clamp(self.probe_period, ms(10), hour);
+        Timings {
+            probe_period,
+            probe_rtt: clamp(self.probe_rtt, ms(1), probe_period - ms(1)),
+            suspect_to_down_after: clamp(self.suspect_to_down_after, ms(10), hour),
+            announce_period: clamp(self.announce_period, ms(10), hour),
+            anti_entropy_period: clamp(self.anti_entropy_period, ms(10), hour),
+            rtt_batch: clamp(self.rtt_batch, ms(1), hour),
+        }
+    }
+
     pub(crate) fn foca_config(&self, profile: Profile, expected_size: u32) -> foca::Config {
         let size = NonZeroU32::new(expected_size.max(2)).unwrap_or(NonZeroU32::MIN);
         let mut c = match profile {
@@ -100,4 +120,39 @@ pub struct MeshConfig {
     pub timings: Timings,
     /// Fingerprint of this node's config, gossiped for drift detection.
     pub fingerprint: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamped_timings_are_usable_whatever_went_in() {
+        let lan = Timings::for_profile(Profile::Lan, 50);
+        assert_eq!(lan.clamped().probe_period, lan.probe_period);
+        for d in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+            let t = Timings {
+                probe_period: d,
+                probe_rtt: d,
+                suspect_to_down_after: d,
+                announce_period: d,
+                anti_entropy_period: d,
+                rtt_batch: d,
+            }
+            .clamped();
+            for p in [
+                t.probe_period,
+                t.probe_rtt,
+                t.suspect_to_down_after,
+                t.announce_period,
+                t.anti_entropy_period,
+                t.rtt_batch,
+            ] {
+                assert!(!p.is_zero() && p <= Duration::from_secs(3600), "{t:?}");
+            }
+            assert!(t.probe_rtt < t.probe_period, "{t:?}");
+            // What the mesh task computes from them does not overflow.
+            let _ = t.suspect_to_down_after * 2 + t.probe_period;
+        }
+    }
 }

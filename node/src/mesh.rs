@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_gossip::{LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings};
+use switchyard_gossip::{LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState};
 
 use crate::clock::Clock;
 use crate::config::{Config, MeshSection};
@@ -45,31 +45,12 @@ pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<
         seeds: m.seeds.clone(),
         profile: m.profile,
         expected_size: m.expected_size,
-        timings: timings(m.profile, m),
+        // Validation keeps each timing in range; the clamp keeps the mesh task alive even
+        // for a config built in code that skipped it.
+        timings: m.timings().clamped(),
         fingerprint: config.fingerprint(),
     };
     Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
-}
-
-/// SWIM and replication timings: the profile's, with the config's overrides.
-fn timings(profile: Profile, m: &MeshSection) -> Timings {
-    let mut t = Timings::for_profile(profile, m.expected_size);
-    if let Some(d) = m.probe_period {
-        t.probe_period = d;
-    }
-    if let Some(d) = m.probe_timeout {
-        t.probe_rtt = d;
-    }
-    if let Some(d) = m.suspect_timeout {
-        t.suspect_to_down_after = d;
-    }
-    if let Some(d) = m.announce_interval {
-        t.announce_period = d;
-    }
-    if let Some(d) = m.anti_entropy_interval {
-        t.anti_entropy_period = d;
-    }
-    t
 }
 
 /// Connects the hub and the mesh both ways: this node's rows go out on every publish, and

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use switchyard_geo::{Region, RegionTable};
 use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
-use switchyard_gossip::Profile;
+use switchyard_gossip::{Profile, Timings};
 
 mod file;
 mod validate;
@@ -101,6 +101,29 @@ pub struct MeshSection {
     pub announce_interval: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub anti_entropy_interval: Option<Duration>,
+}
+
+impl MeshSection {
+    /// SWIM and replication timings: the profile's, with this section's overrides.
+    pub fn timings(&self) -> Timings {
+        let mut t = Timings::for_profile(self.profile, self.expected_size);
+        if let Some(d) = self.probe_period {
+            t.probe_period = d;
+        }
+        if let Some(d) = self.probe_timeout {
+            t.probe_rtt = d;
+        }
+        if let Some(d) = self.suspect_timeout {
+            t.suspect_to_down_after = d;
+        }
+        if let Some(d) = self.announce_interval {
+            t.announce_period = d;
+        }
+        if let Some(d) = self.anti_entropy_interval {
+            t.anti_entropy_period = d;
+        }
+        t
+    }
 }
 
 fn default_mesh_listen() -> SocketAddr {
@@ -764,6 +787,130 @@ load_balancer = "lb"
         assert_eq!(geo.overrides[1].target, OverrideTarget::Region(Region::Oc));
         assert_eq!(geo.regions.lookup("GB", None), Some(Region::Eeu));
         assert_eq!(geo.regions.lookup("FR", None), Some(Region::Weu));
+    }
+
+    const MESH: &str = r#"
+[mesh]
+cluster = "prod"
+ca = "ca.crt"
+cert = "node.crt"
+key = "node.key"
+"#;
+
+    #[test]
+    fn values_that_would_break_a_running_node_are_refused_with_their_location() {
+        let mesh = |extra: &str| format!("{GOOD}{MESH}{extra}\n");
+        let ttl = |value: &str| {
+            GOOD.replace("affinity_ttl = \"10m\"", &format!("affinity_ttl = {value}"))
+        };
+        let app = |extra: &str| {
+            GOOD.replace(
+                "proxy_protocol = \"v2\"",
+                &format!("proxy_protocol = \"v2\"\n{extra}"),
+            )
+        };
+        let huge = "\"300000000000years\"";
+        let cases = [
+            // A zero period panics the mesh task's timers; the node would run on without a
+            // mesh, silently.
+            (
+                mesh("announce_interval = \"0s\""),
+                "sy.toml:56: [mesh]: announce_interval: 0s is out of range: it must be 100ms to 1h",
+            ),
+            (
+                mesh("anti_entropy_interval = 0"),
+                "[mesh]: anti_entropy_interval: 0s is out of range",
+            ),
+            (mesh("probe_period = \"0s\""), "[mesh]: probe_period: 0s is out of range"),
+            (mesh("probe_timeout = \"0s\""), "[mesh]: probe_timeout: 0s is out of range"),
+            (
+                mesh("suspect_timeout = \"0s\""),
+                "[mesh]: suspect_timeout: 0s is out of range",
+            ),
+            (
+                mesh(&format!("suspect_timeout = {huge}")),
+                "[mesh]: suspect_timeout: ",
+            ),
+            (
+                mesh("probe_period = \"1s\"\nprobe_timeout = \"1s\""),
+                "sy.toml:57: [mesh]: probe_timeout: probe_timeout (1s) must be below probe_period (1s)",
+            ),
+            (
+                mesh("probe_timeout = \"5m\""),
+                "must be below probe_period (1s) (the profile's value for the one not set)",
+            ),
+            // Past what the clock can add: every connection task would panic.
+            (
+                app(&format!("connect_timeout = {huge}")),
+                "app \"web\": connect_timeout: ",
+            ),
+            (
+                app("connect_timeout = \"0s\""),
+                "app \"web\": connect_timeout: 0s is out of range: it must be 1ms to 10m",
+            ),
+            (
+                app(&format!("idle_timeout = {huge}")),
+                "app \"web\": idle_timeout: ",
+            ),
+            (
+                app("idle_timeout = \"0s\""),
+                "app \"web\": idle_timeout: 0s is out of range: it must be 1s to 7days",
+            ),
+            (
+                ttl(huge),
+                "sy.toml:37: load_balancer \"lb\": affinity_ttl: ",
+            ),
+            (
+                ttl("0"),
+                "load_balancer \"lb\": affinity_ttl: 0s is out of range: it must be 1s to 7days",
+            ),
+            (
+                GOOD.replace("interval = \"1s\"", "interval = \"0s\""),
+                "sy.toml:9: monitor \"tcp\": interval: 0s is out of range: it must be 10ms to 1day",
+            ),
+            (
+                GOOD.replace("interval = 10", &format!("interval = {huge}")),
+                "monitor \"web\": interval: ",
+            ),
+            (
+                GOOD.replace("timeout = \"500ms\"", "timeout = 0"),
+                "monitor \"tcp\": timeout: 0s must be at least 1ms",
+            ),
+            (
+                GOOD.replace("region = \"WNAM\"", &format!("region = \"WNAM\"\ndrain_timeout = {huge}")),
+                "sy.toml:5: [node]: drain_timeout: ",
+            ),
+            (
+                GOOD.replace("interval = 10", "interval = -1"),
+                "-1 is not a duration: it is negative",
+            ),
+            (
+                GOOD.replace("interval = 10", "interval = 1.5"),
+                "1.5 is not a duration",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "want {want:?} in: {e}");
+            assert!(e.starts_with("sy.toml:"), "no location in: {e}");
+        }
+    }
+
+    #[test]
+    fn values_at_the_edges_of_their_ranges_are_accepted() {
+        let text = format!(
+            "{}{MESH}probe_period = \"100ms\"\nprobe_timeout = \"10ms\"\nsuspect_timeout = \"1h\"\nannounce_interval = \"100ms\"\nanti_entropy_interval = \"1h\"\n",
+            GOOD.replace("interval = \"1s\"", "interval = \"10ms\"")
+                .replace("timeout = \"500ms\"", "timeout = \"1ms\"")
+                .replace("affinity_ttl = \"10m\"", "affinity_ttl = \"7days\"")
+                .replace(
+                    "proxy_protocol = \"v2\"",
+                    "proxy_protocol = \"v2\"\nconnect_timeout = \"10m\"\nidle_timeout = \"7days\"",
+                )
+        );
+        let c = Config::parse(&text, None).unwrap();
+        let t = c.mesh.unwrap().timings();
+        assert_eq!(t.probe_rtt, Duration::from_millis(10));
     }
 
     #[test]

@@ -10,6 +10,52 @@ use switchyard_gossip::NodeId;
 
 use super::{Config, Seg, SteeringPolicy};
 
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const FIVE_MIN: Duration = Duration::from_secs(300);
+
+/// The range of every duration in the file, inclusive. Outside it a running node breaks (a
+/// zero period panics a timer; a duration past what the clock can add panics every task that
+/// adds it), busy-loops, or waits so long that the setting means nothing. README's
+/// configuration reference lists the same ranges.
+pub(super) mod range {
+    use super::*;
+    pub const DRAIN_TIMEOUT: (Duration, Duration) = (Duration::ZERO, DAY);
+    pub const PROBE_PERIOD: (Duration, Duration) = (Duration::from_millis(100), FIVE_MIN);
+    /// And below the probe period.
+    pub const PROBE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(10), FIVE_MIN);
+    pub const SUSPECT_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), HOUR);
+    pub const ANNOUNCE_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), HOUR);
+    pub const ANTI_ENTROPY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), HOUR);
+    pub const MONITOR_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), DAY);
+    /// And at most the monitor's interval.
+    pub const MONITOR_TIMEOUT: (Duration, Duration) = (MS, DAY);
+    pub const AFFINITY_TTL: (Duration, Duration) = (SEC, Duration::from_secs(7 * 86_400));
+    pub const CONNECT_TIMEOUT: (Duration, Duration) = (MS, Duration::from_secs(600));
+    pub const IDLE_TIMEOUT: (Duration, Duration) = (SEC, Duration::from_secs(7 * 86_400));
+}
+
+/// `Err(message)` when `d` is outside `(min, max)`.
+fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+    if d < min || d > max {
+        let f = humantime::format_duration;
+        Err(format!(
+            "{} is out of range: it must be {} to {}",
+            f(d),
+            if min.is_zero() {
+                "0s".into()
+            } else {
+                f(min).to_string()
+            },
+            f(max)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// A mistake found before it is placed in the file: the path to the value at fault (to
 /// find its line), the object and the field.
 #[derive(Debug)]
@@ -52,6 +98,15 @@ impl Config {
             ));
         }
 
+        within(n.drain_timeout, range::DRAIN_TIMEOUT).map_err(|e| {
+            fail(
+                vec![key("node"), key("drain_timeout")],
+                "[node]".into(),
+                "drain_timeout",
+                e,
+            )
+        })?;
+
         if let Some(mesh) = &self.mesh {
             let at = |f: &str| vec![key("mesh"), key(f)];
             if !valid_name(&mesh.cluster) {
@@ -73,6 +128,54 @@ impl Config {
                     "must be 1 to 10000".into(),
                 ));
             }
+            for (field, value, range) in [
+                ("probe_period", mesh.probe_period, range::PROBE_PERIOD),
+                ("probe_timeout", mesh.probe_timeout, range::PROBE_TIMEOUT),
+                (
+                    "suspect_timeout",
+                    mesh.suspect_timeout,
+                    range::SUSPECT_TIMEOUT,
+                ),
+                (
+                    "announce_interval",
+                    mesh.announce_interval,
+                    range::ANNOUNCE_INTERVAL,
+                ),
+                (
+                    "anti_entropy_interval",
+                    mesh.anti_entropy_interval,
+                    range::ANTI_ENTROPY_INTERVAL,
+                ),
+            ] {
+                if let Some(d) = value {
+                    within(d, range).map_err(|e| fail(at(field), "[mesh]".into(), field, e))?;
+                }
+            }
+            // SWIM waits for a probe's answer within the period; with the profile's values
+            // for whichever of the two is not set.
+            let t = mesh.timings();
+            if t.probe_rtt >= t.probe_period {
+                let field = if mesh.probe_timeout.is_some() {
+                    "probe_timeout"
+                } else {
+                    "probe_period"
+                };
+                return Err(fail(
+                    at(field),
+                    "[mesh]".into(),
+                    field,
+                    format!(
+                        "probe_timeout ({}) must be below probe_period ({}){}",
+                        humantime::format_duration(t.probe_rtt),
+                        humantime::format_duration(t.probe_period),
+                        if mesh.probe_timeout.is_none() || mesh.probe_period.is_none() {
+                            " (the profile's value for the one not set)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
         }
 
         let mut monitors = HashSet::new();
@@ -80,21 +183,16 @@ impl Config {
             let obj = format!("monitor {:?}", m.name);
             let at = |f: &str| vec![key("monitor"), Seg::Index(i), key(f)];
             check_name(&m.name, &mut monitors, "monitor", at("name"), &obj)?;
-            if m.interval < Duration::from_millis(10) {
-                return Err(fail(
-                    at("interval"),
-                    obj,
-                    "interval",
-                    "must be at least 10ms".into(),
-                ));
+            if let Err(e) = within(m.interval, range::MONITOR_INTERVAL) {
+                return Err(fail(at("interval"), obj, "interval", e));
             }
-            if m.timeout.is_zero() || m.timeout > m.interval {
+            if m.timeout < range::MONITOR_TIMEOUT.0 || m.timeout > m.interval {
                 return Err(fail(
                     at("timeout"),
                     obj,
                     "timeout",
                     format!(
-                        "{} must be above zero and at most the interval ({})",
+                        "{} must be at least 1ms and at most the interval ({})",
                         humantime::format_duration(m.timeout),
                         humantime::format_duration(m.interval)
                     ),
@@ -286,6 +384,9 @@ impl Config {
                     ));
                 }
             }
+            if let Err(e) = within(lb.affinity_ttl, range::AFFINITY_TTL) {
+                return Err(fail(at("affinity_ttl"), obj, "affinity_ttl", e));
+            }
             if lb.default_pools.is_empty() {
                 return Err(fail(
                     at("default_pools"),
@@ -380,21 +481,13 @@ impl Config {
                 }
                 bound.push((addr, &a.name));
             }
-            if a.connect_timeout.is_zero() {
-                return Err(fail(
-                    at("connect_timeout"),
-                    obj,
-                    "connect_timeout",
-                    "must be above zero".into(),
-                ));
-            }
-            if a.idle_timeout.is_zero() {
-                return Err(fail(
-                    at("idle_timeout"),
-                    obj,
-                    "idle_timeout",
-                    "must be above zero".into(),
-                ));
+            for (field, value, range) in [
+                ("connect_timeout", a.connect_timeout, range::CONNECT_TIMEOUT),
+                ("idle_timeout", a.idle_timeout, range::IDLE_TIMEOUT),
+            ] {
+                if let Err(e) = within(value, range) {
+                    return Err(fail(at(field), obj, field, e));
+                }
             }
             if a.max_connections == Some(0) {
                 return Err(fail(

@@ -431,14 +431,21 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     #[serde(untagged)]
     enum Raw {
         Secs(u64),
+        Negative(i64),
+        Fraction(f64),
         Text(String),
     }
+    let hint = "write seconds as a whole number or a string like \"500ms\", \"10s\", \"1m\"";
     match Raw::deserialize(d)? {
         Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Negative(s) => Err(serde::de::Error::custom(format!(
+            "{s} is not a duration: it is negative; {hint}"
+        ))),
+        Raw::Fraction(f) => Err(serde::de::Error::custom(format!(
+            "{f} is not a duration: {hint}"
+        ))),
         Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{t:?} is not a duration ({e}); write seconds as a number or a string like \"500ms\", \"10s\", \"1m\""
-            ))
+            serde::de::Error::custom(format!("{t:?} is not a duration ({e}); {hint}"))
         }),
     }
 }
