@@ -53,6 +53,13 @@ pub struct DecisionLabels {
     pub pool: String,
 }
 
+/// A local error: what the node ran out of, and where it noticed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalErrorLabels {
+    pub kind: &'static str,
+    pub source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -72,6 +79,9 @@ pub struct Metrics {
     pub health_changes: Family<OriginLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub local_errors: Family<LocalErrorLabels, Counter>,
+    pub local_trouble: Gauge,
+    pub runtime_lag: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -89,6 +99,9 @@ impl Metrics {
             health_changes: Family::default(),
             decisions: Family::default(),
             reloads: Family::default(),
+            local_errors: Family::default(),
+            local_trouble: Gauge::default(),
+            runtime_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +154,21 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "local_errors",
+            "Failures that were this node's own (kind: descriptors, memory, ports, overload; source: accept, connect, probe, runtime), not counted against any origin",
+            m.local_errors.clone(),
+        );
+        registry.register(
+            "local_trouble",
+            "1 while the node is in trouble of its own (a local error within 30s, or overloaded); /ready says 503",
+            m.local_trouble.clone(),
+        );
+        registry.register(
+            "runtime_lag_seconds",
+            "How late the runtime's last 250ms tick fired",
+            m.runtime_lag.clone(),
         );
         Metrics { registry, ..m }
     }
