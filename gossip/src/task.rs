@@ -5,7 +5,7 @@
 //! `MeshState` that the node builds its view from. The `Mesh` handle (`mesh`) talks to
 //! it through [`Cmd`]s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -491,10 +491,29 @@ impl Task {
         })
     }
 
+    /// Makes this node's rows exactly `rows`, its whole set: a row it no longer reports (its
+    /// origin left the config, or this node stopped probing it) is retracted, so that peers
+    /// do not keep weighing a verdict nobody stands behind any more.
     fn set_local(&mut self, rows: Vec<LocalRow>) {
         let now = Instant::now();
         let mut flip = false;
         let mut rtt = false;
+        let wanted: HashSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.pool.as_str(), r.origin.as_str()))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .table
+            .writers()
+            .filter(|w| w.local)
+            .flat_map(|w| w.rows)
+            .filter(|(row, _)| !wanted.contains(&(row.pool.as_str(), row.origin.as_str())))
+            .map(|(row, _)| (row.pool.clone(), row.origin.clone()))
+            .collect();
+        for (pool, origin) in gone {
+            // A removal travels as a full batch, pushed at once like a flip.
+            flip |= self.table.remove_local(&pool, &origin);
+        }
         for r in rows {
             let rtt_us = r
                 .rtt

@@ -77,6 +77,7 @@ impl App {
         let metrics = Arc::new(metrics);
         let quorum = config.mesh.as_ref().map(|m| m.quorum).unwrap_or_default();
         let health = Arc::new(HealthHub::new(rt, quorum, metrics.clone()));
+        tokio::spawn(crate::hub::measure_lag(Arc::downgrade(&health)));
         let clock = Clock::start();
         if let Some(mesh) = &mesh {
             crate::mesh::connect(mesh, &health, clock);

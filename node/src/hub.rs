@@ -3,8 +3,12 @@
 //! `Snapshot` (compiled config plus health view) comes out. It wraps the pure `HealthBook`
 //! and `View::build_mesh` in a lock, counts and logs flips, and hands this node's rows to
 //! whoever publishes them (the mesh).
+//!
+//! It also keeps the node's own trouble (`core::trouble`): failures that were this node's
+//! fault come in here instead of counting against an origin, and `measure_lag` tells it
+//! whether the runtime keeps up. Status and `/ready` read it.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,8 +18,9 @@ use crate::config::Quorum;
 use crate::core::book::HealthBook;
 use crate::core::compiled::{CompiledConfig, OriginKey};
 use crate::core::health::{Attempt, Next, OriginHealth};
+use crate::core::trouble::{self, LocalCause, LogLine, Trouble, TroubleLog};
 use crate::core::view::{RemoteReport, Report, Snapshot, View};
-use crate::metrics::{Metrics, OriginLabels, ProbeLabels};
+use crate::metrics::{LocalErrorLabels, Metrics, OriginLabels, ProbeLabels};
 
 fn origin_labels(key: &OriginKey) -> OriginLabels {
     OriginLabels {
@@ -36,6 +41,9 @@ pub struct HealthHub {
     quorum: Quorum,
     metrics: Arc<Metrics>,
     sink: OnceLock<RowSink>,
+    /// The node's own trouble; a lock of its own, so that a flood of local errors does not
+    /// wait on the book.
+    trouble: Mutex<TroubleLog>,
 }
 
 impl HealthHub {
@@ -49,6 +57,7 @@ impl HealthHub {
             quorum,
             metrics,
             sink: OnceLock::new(),
+            trouble: Mutex::new(TroubleLog::default()),
         }
     }
 
@@ -117,8 +126,25 @@ impl HealthHub {
     }
 
     /// Feeds one probe attempt of `key`'s monitor; publishes a new view when a round ended.
+    /// An inconclusive attempt (this node's own trouble) ends the round with no verdict.
     pub fn on_attempt(&self, key: &OriginKey, attempt: Attempt) -> Next {
         let failed = matches!(attempt, Attempt::Failed(_));
+        if attempt == Attempt::Inconclusive {
+            let labels = origin_labels(key);
+            self.metrics
+                .probes
+                .get_or_create(&ProbeLabels {
+                    pool: labels.pool,
+                    origin: labels.origin,
+                    result: "local",
+                })
+                .inc();
+            // Nothing changes that anyone reads: no publish.
+            return self
+                .book()
+                .on_attempt(key, attempt, Instant::now())
+                .map_or(Next::Done { changed: false }, |out| out.next);
+        }
         let mut book = self.book();
         let Some(out) = book.on_attempt(key, attempt, Instant::now()) else {
             return Next::Done { changed: false };
@@ -152,7 +178,8 @@ impl HealthHub {
         out.next
     }
 
-    /// A connect to an origin failed while proxying: count it against the origin now.
+    /// A connect to an origin failed while proxying, by the origin's fault: counted against
+    /// it, and enough of them within the monitor's `passive_window` take it down now.
     pub fn on_connect_failure(&self, key: &OriginKey, reason: String) {
         let labels = origin_labels(key);
         self.metrics.connect_failures.get_or_create(&labels).inc();
@@ -165,6 +192,63 @@ impl HealthHub {
         }
     }
 
+    fn trouble_log(&self) -> MutexGuard<'_, TroubleLog> {
+        // Every update leaves the log consistent; a poisoned lock is still usable.
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A failure that was this node's own (out of descriptors, buffers or ports; overloaded),
+    /// noticed at `source`: counted, logged (rate-limited) and shown as the node's trouble,
+    /// never against an origin.
+    pub fn on_local_error(&self, cause: LocalCause, source: &'static str, detail: String) {
+        self.metrics
+            .local_errors
+            .get_or_create(&LocalErrorLabels {
+                kind: cause.as_str(),
+                source,
+            })
+            .inc();
+        self.metrics.local_trouble.set(1);
+        let line = self
+            .trouble_log()
+            .record(cause, source, detail.clone(), Instant::now());
+        log_trouble(line, cause, source, &detail);
+    }
+
+    /// Whether the runtime has recently been too late to trust a timeout (see
+    /// `core::trouble`).
+    pub fn overloaded(&self) -> bool {
+        self.trouble_log().overloaded(Instant::now())
+    }
+
+    /// The node's own trouble now; empty when it is well.
+    pub fn trouble(&self) -> Vec<Trouble> {
+        self.trouble_log().current(Instant::now())
+    }
+
+    /// One lag measurement from `measure_lag`.
+    fn on_tick(&self, lag: Duration) {
+        let now = Instant::now();
+        let (line, troubled) = {
+            let mut log = self.trouble_log();
+            let line = log.on_tick(lag, now);
+            (line, !log.current(now).is_empty())
+        };
+        self.metrics.runtime_lag.set(lag.as_secs_f64());
+        self.metrics.local_trouble.set(i64::from(troubled));
+        if lag > trouble::LATE_TICK {
+            self.metrics
+                .local_errors
+                .get_or_create(&LocalErrorLabels {
+                    kind: LocalCause::Overload.as_str(),
+                    source: "runtime",
+                })
+                .inc();
+            let detail = format!("timers fire {} ms late", lag.as_millis());
+            log_trouble(line, LocalCause::Overload, "runtime", &detail);
+        }
+    }
+
     /// Counts and logs an up/down flip, whichever way it was noticed.
     fn on_flip(&self, key: &OriginKey, labels: &OriginLabels, row: &OriginHealth, how: &str) {
         self.metrics.health_changes.get_or_create(labels).inc();
@@ -174,6 +258,30 @@ impl HealthHub {
             let reason = row.reason.as_deref().unwrap_or("");
             tracing::warn!(pool = %key.pool, origin = %key.origin, %reason, "origin down{how}");
         }
+    }
+}
+
+fn log_trouble(line: LogLine, cause: LocalCause, source: &'static str, detail: &str) {
+    if let LogLine::Log { unlogged } = line {
+        tracing::warn!(
+            kind = cause.as_str(),
+            source,
+            unlogged,
+            "local trouble, not counted against any origin: {detail}; {}",
+            cause.advice()
+        );
+    }
+}
+
+/// Measures how late the runtime runs its timers: a tick every `trouble::TICK` on tokio's
+/// clock, each reported to the hub as its lag. Ends when the hub is dropped.
+pub async fn measure_lag(hub: Weak<HealthHub>) {
+    loop {
+        let due = Instant::now() + trouble::TICK;
+        tokio::time::sleep_until(due).await;
+        let lag = Instant::now().saturating_duration_since(due);
+        let Some(hub) = hub.upgrade() else { return };
+        hub.on_tick(lag);
     }
 }
 
@@ -217,14 +325,54 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_connect_takes_the_origin_down_at_once() {
+    fn failed_connects_take_the_origin_down_at_the_passive_threshold() {
         let (hub, rt) = hub();
+        // The default passive_failures is 3 (within 10 s).
+        for _ in 0..2 {
+            hub.on_connect_failure(&rt.key(0, 0), "connect refused".into());
+            assert!(up(&hub), "one or two failed connects are not a verdict");
+        }
         hub.on_connect_failure(&rt.key(0, 0), "connect refused".into());
         assert!(!up(&hub));
         assert_eq!(
             hub.report().rows[&rt.key(0, 0)].reason.as_deref(),
-            Some("connect refused")
+            Some("3 failed connects within 10s: connect refused")
         );
+    }
+
+    #[test]
+    fn local_errors_are_the_nodes_trouble_not_the_origins() {
+        let (hub, rt) = hub();
+        let seen: Arc<StdMutex<Vec<Report>>> = Arc::default();
+        let s = seen.clone();
+        hub.publish_rows_to(Box::new(move |r| s.lock().unwrap().push(r.clone())));
+        assert!(hub.trouble().is_empty());
+        for _ in 0..10 {
+            assert_eq!(
+                hub.on_attempt(&rt.key(0, 0), Attempt::Inconclusive),
+                Next::Done { changed: false }
+            );
+            hub.on_local_error(
+                LocalCause::Descriptors,
+                "probe",
+                "Too many open files".into(),
+            );
+        }
+        assert!(up(&hub));
+        assert!(!hub.report().rows[&rt.key(0, 0)].checked);
+        assert!(seen.lock().unwrap().is_empty(), "nothing to publish");
+        let trouble = hub.trouble();
+        assert_eq!(trouble.len(), 1);
+        assert_eq!(trouble[0].cause, LocalCause::Descriptors);
+        let text = hub.metrics.encode();
+        assert!(
+            text.contains(
+                "switchyard_local_errors_total{kind=\"descriptors\",source=\"probe\"} 10"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_local_trouble 1"), "{text}");
+        assert!(text.contains("result=\"local\"} 10"), "{text}");
     }
 
     #[test]

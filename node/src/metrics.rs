@@ -54,6 +54,13 @@ pub struct DecisionLabels {
     pub pool: String,
 }
 
+/// A local error: what the node ran out of, and where it noticed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalErrorLabels {
+    pub kind: &'static str,
+    pub source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -90,6 +97,9 @@ pub struct Metrics {
     certificate_days_left: Gauge<f64, AtomicU64>,
     /// The mesh certificate's expiry, seconds since the Unix epoch (0: no mesh certificate).
     certificate_not_after: AtomicU64,
+    pub local_errors: Family<LocalErrorLabels, Counter>,
+    pub local_trouble: Gauge,
+    pub runtime_lag: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -113,6 +123,9 @@ impl Metrics {
             status_timeouts: Family::default(),
             certificate_days_left: Gauge::default(),
             certificate_not_after: AtomicU64::new(0),
+            local_errors: Family::default(),
+            local_trouble: Gauge::default(),
+            runtime_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +198,21 @@ impl Metrics {
             "status_connections_timed_out",
             "Status endpoint connections cut by a timeout (header, idle)",
             m.status_timeouts.clone(),
+        );
+        registry.register(
+            "local_errors",
+            "Failures that were this node's own (kind: descriptors, memory, ports, overload; source: accept, connect, probe, runtime), not counted against any origin",
+            m.local_errors.clone(),
+        );
+        registry.register(
+            "local_trouble",
+            "1 while the node is in trouble of its own (a local error within 30s, or overloaded); /ready says 503",
+            m.local_trouble.clone(),
+        );
+        registry.register(
+            "runtime_lag_seconds",
+            "How late the runtime's last 250ms tick fired",
+            m.runtime_lag.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -141,14 +141,22 @@ load_balancer = "lb"
     })
     .await?;
     dead.stop().await;
-    // Every connection is served, by retrying on the live origin.
-    for _ in 0..20 {
+    // Every connection is served, by retrying on the live origin; the dead one goes down
+    // once `passive_failures` (3) connects to it have failed within `passive_window`.
+    let dead_down = || !switchyard_node::status::document(app.state()).pools[0].origins[0].healthy;
+    for _ in 0..100 {
         assert_eq!(name_via(addr).await, "live");
+        if dead_down() {
+            break;
+        }
     }
     let s = switchyard_node::status::document(app.state());
     let dead_row = &s.pools[0].origins[0];
     assert!(!dead_row.healthy);
-    assert_eq!(dead_row.reason.as_deref(), Some("connect refused"));
+    assert_eq!(
+        dead_row.reason.as_deref(),
+        Some("3 failed connects within 10s: connect refused")
+    );
     app.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }

@@ -396,3 +396,79 @@ async fn the_certificate_expiry_is_a_metric() -> anyhow::Result<()> {
     app.shutdown(Duration::ZERO).await;
     Ok(())
 }
+
+/// A reload that removes an origin retracts this node's row for it: peers stop weighing a
+/// DOWN verdict that nobody stands behind any more, instead of keeping it until the writer
+/// restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_an_origin_retracts_its_row_on_peers() -> anyhow::Result<()> {
+    let certs = MeshCerts::new("retract");
+    let o = origin("o").await;
+    // A port nothing listens on: the origin there is refused, so down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    for id in ["r1", "r2"] {
+        certs.issue(id);
+    }
+    let body = |with_dead: bool| {
+        let dead_origin = if with_dead {
+            format!(", {{ name = \"dead\", address = \"{dead}\" }}")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[[monitor]]
+name = "tcp"
+type = "tcp"
+interval = "200ms"
+timeout = "150ms"
+retries = 0
+
+[[pool]]
+name = "p"
+monitor = "tcp"
+check_regions = ["WNAM"]
+origins = [{{ name = "o", address = "{}" }}{dead_origin}]
+
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+"#,
+            o.addr()
+        )
+    };
+    let r1 = start(config(&certs, "r1", "WNAM", &[], &body(true))).await;
+    let seed = mesh_addr(&r1);
+    // r2 keeps `dead` in its config: only r1's retraction can clear it.
+    let r2 = start(config(&certs, "r2", "WEU", &[seed], &body(true))).await;
+    let observed = |app: &App, name: &str| -> Vec<(String, bool)> {
+        status::document(app.state()).pools[0]
+            .origins
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| {
+                x.observers
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.healthy))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually("r2 holds r1's DOWN row for dead", WAIT, || async {
+        observed(&r2, "dead") == [("r1".to_string(), false)]
+    })
+    .await?;
+
+    r1.reload(config(&certs, "r1", "WNAM", &[], &body(false)))
+        .await?;
+    eventually("r1's row for dead is gone from r2's view", WAIT, || async {
+        observed(&r2, "dead").is_empty()
+    })
+    .await?;
+    // Only the removed origin's row went: r1 still speaks for `o`.
+    assert_eq!(observed(&r2, "o"), [("r1".to_string(), true)]);
+    for app in [&r1, &r2] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}

@@ -73,6 +73,10 @@ struct Monitor {
     consecutive_up: u32,
     #[serde(default)]
     consecutive_down: u32,
+    #[serde(default = "default_passive_failures")]
+    passive_failures: u32,
+    #[serde(default = "default_passive_window", deserialize_with = "de_duration")]
+    passive_window: Duration,
     method: Option<String>,
     path: Option<String>,
     expected_codes: Option<String>,
@@ -93,6 +97,12 @@ fn default_timeout() -> Duration {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_passive_failures() -> u32 {
+    super::PASSIVE_FAILURES
+}
+fn default_passive_window() -> Duration {
+    super::PASSIVE_WINDOW
 }
 
 #[derive(Deserialize)]
@@ -260,6 +270,8 @@ impl Monitor {
             retries: self.retries,
             consecutive_up: self.consecutive_up,
             consecutive_down: self.consecutive_down,
+            passive_failures: self.passive_failures,
+            passive_window: self.passive_window,
             method: self.method,
             path: self.path,
             expected_codes,

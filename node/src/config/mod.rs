@@ -156,6 +156,12 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Default `passive_failures`: one failed connect is a blip (a full listen queue, one lost
+/// SYN); three within the window is a pattern.
+pub const PASSIVE_FAILURES: u32 = 3;
+/// Default `passive_window`.
+pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+
 /// `[[monitor]]`: how origins are probed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonitorConfig {
@@ -171,6 +177,11 @@ pub struct MonitorConfig {
     pub consecutive_up: u32,
     /// Failed rounds in a row that mark an up origin down (0 means 1, as in Cloudflare).
     pub consecutive_down: u32,
+    /// Failed connects while proxying, within `passive_window`, that mark an up origin down
+    /// (1 to 100; default 3).
+    pub passive_failures: u32,
+    /// Default 10 s; 1 s to 1 h.
+    pub passive_window: Duration,
     pub method: Option<String>,
     pub path: Option<String>,
     /// None: `ExpectedCodes::default()`, Cloudflare's 2xx. Kept apart from the default so
@@ -564,6 +575,35 @@ load_balancer = "lb"
         assert!(rules.permits("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!rules.permits("192.0.2.1".parse().unwrap()));
         assert!(IpRules::default().permits("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn passive_threshold_defaults_and_bounds() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.monitors[0].passive_failures, 3);
+        assert_eq!(c.monitors[0].passive_window, Duration::from_secs(10));
+        let set = |fields: &str| {
+            GOOD.replace(
+                "timeout = \"500ms\"\n",
+                &format!("timeout = \"500ms\"\n{fields}\n"),
+            )
+        };
+        let c = Config::parse(&set("passive_failures = 5\npassive_window = \"1m\""), None).unwrap();
+        assert_eq!(c.monitors[0].passive_failures, 5);
+        assert_eq!(c.monitors[0].passive_window, Duration::from_secs(60));
+        for (fields, field) in [
+            ("passive_failures = 0", "passive_failures"),
+            ("passive_failures = 101", "passive_failures"),
+            ("passive_window = \"0s\"", "passive_window"),
+            ("passive_window = \"2h\"", "passive_window"),
+        ] {
+            let e = err(&set(fields));
+            assert!(e.starts_with("sy.toml:"), "{fields}: {e}");
+            assert!(
+                e.contains(field) && e.contains("monitor \"tcp\""),
+                "{fields}: {e}"
+            );
+        }
     }
 
     #[test]

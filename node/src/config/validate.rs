@@ -214,6 +214,27 @@ impl Config {
                     return Err(fail(at(field), obj, field, "must be 0 to 100".into()));
                 }
             }
+            if !(1..=100).contains(&m.passive_failures) {
+                return Err(fail(
+                    at("passive_failures"),
+                    obj,
+                    "passive_failures",
+                    "must be 1 to 100".into(),
+                ));
+            }
+            if m.passive_window < Duration::from_secs(1)
+                || m.passive_window > Duration::from_secs(3600)
+            {
+                return Err(fail(
+                    at("passive_window"),
+                    obj,
+                    "passive_window",
+                    format!(
+                        "{} must be 1s to 1h",
+                        humantime::format_duration(m.passive_window)
+                    ),
+                ));
+            }
             if !m.kind.is_http() {
                 let http_only = [
                     ("method", m.method.is_some()),

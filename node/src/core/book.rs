@@ -37,7 +37,8 @@ impl HealthBook {
                     continue;
                 };
                 let m = &target.monitor;
-                let policy = HealthPolicy::new(m.retries, m.consecutive_up, m.consecutive_down);
+                let policy = HealthPolicy::new(m.retries, m.consecutive_up, m.consecutive_down)
+                    .with_passive(m.passive_failures, m.passive_window);
                 let same_target = prev.probe_target(&key).as_ref() == Some(&target);
                 let state = match self.states.remove(&key) {
                     Some((s, _)) if same_target => s,
@@ -106,6 +107,7 @@ region = "WEU"
 [[monitor]]
 name = "m"
 type = "tcp"
+passive_failures = 2
 [[pool]]
 name = "p"
 monitor = "m"
@@ -193,16 +195,22 @@ default_pools = ["p"]
     }
 
     #[test]
-    fn a_passive_failure_reports_the_flip_once() {
+    fn passive_failures_flip_at_the_monitors_threshold_and_report_it_once() {
         let now = Instant::now();
         let rt = compile("127.0.0.1:8", "");
         let mut book = HealthBook::default();
         book.rebuild(&rt, &rt, now);
         let key = rt.key(0, 0);
-        let row = book.on_passive_failure(&key, "connect refused".into(), now);
-        assert_eq!(row.map(|r| r.healthy), Some(false));
+        // The monitor says passive_failures = 2.
         assert!(book
             .on_passive_failure(&key, "connect refused".into(), now)
             .is_none());
+        let row = book.on_passive_failure(&key, "connect refused".into(), now);
+        assert_eq!(row.map(|r| r.healthy), Some(false));
+        for _ in 0..2 {
+            assert!(book
+                .on_passive_failure(&key, "connect refused".into(), now)
+                .is_none());
+        }
     }
 }

@@ -1,8 +1,13 @@
 //! The health state machine of one origin under one monitor: plain code over probe outcomes,
 //! with the time passed in, so that retries, consecutive up/down and the RTT average are
 //! unit-tested without sockets. The monitor's I/O shell feeds it attempts; the proxy feeds it
-//! failed connects (passive health).
+//! failed connects (passive health), which take an origin down only when
+//! `passive_failures` of them fall within `passive_window`.
+//!
+//! Failures that are this node's own (see `trouble`) never reach the state machine as
+//! failures: an attempt that failed that way ends its round with no verdict.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,7 +21,13 @@ pub struct HealthPolicy {
     pub consecutive_up: u32,
     /// Failed rounds in a row that take an up origin down (at least 1).
     pub consecutive_down: u32,
+    /// Failed connects while proxying, within `passive_window`, that take an up origin down
+    /// (at least 1).
+    pub passive_failures: u32,
+    pub passive_window: Duration,
 }
+
+pub use crate::config::{PASSIVE_FAILURES, PASSIVE_WINDOW};
 
 impl HealthPolicy {
     pub fn new(retries: u32, consecutive_up: u32, consecutive_down: u32) -> Self {
@@ -24,7 +35,16 @@ impl HealthPolicy {
             retries,
             consecutive_up: consecutive_up.max(1),
             consecutive_down: consecutive_down.max(1),
+            passive_failures: PASSIVE_FAILURES,
+            passive_window: PASSIVE_WINDOW,
         }
+    }
+
+    /// The same policy with its own passive threshold: `failures` within `window`.
+    pub fn with_passive(mut self, failures: u32, window: Duration) -> Self {
+        self.passive_failures = failures.max(1);
+        self.passive_window = window;
+        self
     }
 }
 
@@ -59,6 +79,9 @@ impl OriginHealth {
 pub enum Attempt {
     Ok(Duration),
     Failed(String),
+    /// The attempt failed for a reason of this node's own (out of descriptors, overloaded):
+    /// it ends the round with no verdict, and the origin keeps its row.
+    Inconclusive,
 }
 
 /// What the caller does after an attempt.
@@ -80,6 +103,8 @@ pub struct HealthState {
     failed_attempts: u32,
     ok_rounds: u32,
     failed_rounds: u32,
+    /// When recent passive failures happened, oldest first; at most `passive_failures`.
+    passive: VecDeque<Instant>,
 }
 
 impl HealthState {
@@ -89,6 +114,7 @@ impl HealthState {
             failed_attempts: 0,
             ok_rounds: 0,
             failed_rounds: 0,
+            passive: VecDeque::new(),
         }
     }
 
@@ -117,18 +143,56 @@ impl HealthState {
                 let changed = self.round_failed(policy, reason, now);
                 Next::Done { changed }
             }
+            Attempt::Inconclusive => {
+                // Neither a success nor a failure: the round ends as if it had not run, and
+                // the retries of the next round start afresh.
+                self.failed_attempts = 0;
+                Next::Done { changed: false }
+            }
         }
     }
 
-    /// A connect that failed while proxying: counts as a failed round at once, so a dead
-    /// origin stops receiving traffic before its monitor's next probe.
+    /// A connect that failed while proxying. `passive_failures` of them within
+    /// `passive_window` take an up origin down at once, so that a dead origin stops receiving
+    /// traffic before its monitor's next probe, while one stray failure (which every client
+    /// of a busy origin would otherwise turn into a mesh-wide verdict) does not. Returns
+    /// whether the origin flipped.
     pub fn on_passive_failure(
         &mut self,
         policy: &HealthPolicy,
         reason: String,
         now: Instant,
     ) -> bool {
-        self.round_failed(policy, reason, now)
+        while self
+            .passive
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= policy.passive_window)
+        {
+            self.passive.pop_front();
+        }
+        self.passive.push_back(now);
+        let threshold = policy.passive_failures.max(1) as usize;
+        if self.passive.len() < threshold {
+            return false;
+        }
+        self.passive.clear();
+        self.ok_rounds = 0;
+        self.row.checked = true;
+        if !self.row.healthy {
+            self.row.reason = Some(reason);
+            return false;
+        }
+        self.row.healthy = false;
+        self.row.reason = Some(if threshold == 1 {
+            reason
+        } else {
+            format!(
+                "{threshold} failed connects within {}: {reason}",
+                humantime::format_duration(policy.passive_window)
+            )
+        });
+        self.row.last_change = now;
+        true
     }
 
     fn round_ok(&mut self, policy: &HealthPolicy, now: Instant) -> bool {
@@ -272,13 +336,76 @@ mod tests {
     }
 
     #[test]
-    fn passive_failure_counts_as_a_round() {
+    fn one_failed_connect_does_not_take_an_origin_down() {
         let p = HealthPolicy::new(2, 1, 1);
         let t0 = Instant::now();
         let mut s = HealthState::new(t0);
         s.on_attempt(&p, Attempt::Ok(ms(1)), t0);
+        assert!(!s.on_passive_failure(&p, "connect refused".into(), t0));
+        assert!(s.row().healthy);
+    }
+
+    #[test]
+    fn passive_failures_within_the_window_take_an_origin_down() {
+        let p = HealthPolicy::new(2, 1, 1).with_passive(3, ms(10_000));
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        assert!(!s.on_passive_failure(&p, "connect refused".into(), t0));
+        assert!(!s.on_passive_failure(&p, "connect refused".into(), t0 + ms(4_000)));
+        let t2 = t0 + ms(9_999);
+        assert!(s.on_passive_failure(&p, "connect refused".into(), t2));
+        assert!(!s.row().healthy && s.row().checked);
+        assert_eq!(s.row().last_change, t2);
+        assert_eq!(
+            s.row().reason.as_deref(),
+            Some("3 failed connects within 10s: connect refused")
+        );
+    }
+
+    #[test]
+    fn passive_failures_spread_wider_than_the_window_do_not() {
+        let p = HealthPolicy::new(2, 1, 1).with_passive(3, ms(10_000));
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        // One every 5 s: never three within 10 s.
+        for i in 0..20 {
+            assert!(!s.on_passive_failure(&p, "reset".into(), t0 + ms(5_000 * i)));
+        }
+        assert!(s.row().healthy);
+    }
+
+    #[test]
+    fn a_passive_threshold_of_one_flips_at_once() {
+        let p = HealthPolicy::new(0, 1, 5).with_passive(1, ms(1));
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        s.on_attempt(&p, Attempt::Ok(ms(1)), t0);
         assert!(s.on_passive_failure(&p, "connect refused".into(), t0));
-        assert!(!s.row().healthy);
+        assert_eq!(s.row().reason.as_deref(), Some("connect refused"));
+    }
+
+    #[test]
+    fn an_inconclusive_attempt_ends_the_round_without_a_verdict() {
+        let p = HealthPolicy::new(1, 1, 1);
+        let t0 = Instant::now();
+        let mut s = HealthState::new(t0);
+        assert_eq!(s.on_attempt(&p, fail("timeout"), t0), Next::Retry);
+        assert_eq!(
+            s.on_attempt(&p, Attempt::Inconclusive, t0),
+            Next::Done { changed: false }
+        );
+        assert!(
+            s.row().healthy && !s.row().checked,
+            "still presumed up, unchecked"
+        );
+        // The next round's retries start afresh: one failure is a retry, not the round's end.
+        assert_eq!(s.on_attempt(&p, fail("timeout"), t0), Next::Retry);
+        // Nor does it count toward consecutive_down once checked.
+        s.on_attempt(&p, Attempt::Ok(ms(1)), t0);
+        for _ in 0..5 {
+            s.on_attempt(&p, Attempt::Inconclusive, t0);
+        }
+        assert!(s.row().healthy);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `affinity`: session affinity by client IP.
 //! - `steering`: which pool and origin serve a connection.
 //! - `explain`: a steering decision in words.
+//! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
 
 pub mod affinity;
 pub mod book;
@@ -18,4 +19,5 @@ pub mod compiled;
 pub mod explain;
 pub mod health;
 pub mod steering;
+pub mod trouble;
 pub mod view;

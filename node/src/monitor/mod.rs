@@ -2,6 +2,10 @@
 //! (with jitter, so that many origins do not align), retrying at once as the health state
 //! machine asks, and feeding every attempt to it. Reloads restart only the tasks whose target
 //! changed. `probe` performs one attempt.
+//!
+//! An attempt that failed by this node's own fault (out of descriptors, or a timeout while
+//! the node is overloaded) is reported to the hub as the node's trouble and ends the round
+//! with no verdict: the origin keeps its row, and no other node hears of it.
 
 pub mod probe;
 
@@ -17,8 +21,9 @@ use tracing::Instrument;
 use crate::config::MonitorConfig;
 use crate::core::compiled::{CompiledConfig, OriginKey, ProbeTarget};
 use crate::core::health::{Attempt, Next};
+use crate::core::trouble::{blame_timeout, Blame};
 use crate::hub::HealthHub;
-use probe::{ProbeSpec, Prober};
+use probe::{ProbeError, ProbeSpec, Prober};
 
 /// The running monitor tasks.
 #[derive(Default)]
@@ -132,6 +137,27 @@ async fn run(
                         .await
                     {
                         Ok(rtt) => Attempt::Ok(rtt),
+                        Err(ProbeError::Local(cause, detail)) => {
+                            health.on_local_error(
+                                cause,
+                                "probe",
+                                format!("probing {addr}: {detail}"),
+                            );
+                            Attempt::Inconclusive
+                        }
+                        Err(ProbeError::Timeout) => {
+                            match blame_timeout(health.overloaded()) {
+                                Blame::Local(cause) => {
+                                    health.on_local_error(
+                                    cause,
+                                    "probe",
+                                    format!("probe of {addr} timed out while this node was overloaded"),
+                                );
+                                    Attempt::Inconclusive
+                                }
+                                Blame::Origin => Attempt::Failed(ProbeError::Timeout.to_string()),
+                            }
+                        }
                         Err(e) => Attempt::Failed(e.to_string()),
                     }
                 }

@@ -31,6 +31,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ExpectedCodes, MonitorType};
+use crate::core::trouble::{blame_io, Blame, LocalCause};
 
 /// How much of a response body is searched for `expected_body`; bounds the
 /// memory and time one probe can spend on an origin serving a large page.
@@ -94,6 +95,10 @@ pub enum ProbeError {
     /// Connect errors other than a refusal (unreachable, reset...).
     #[error("connect: {0}")]
     Connect(String),
+    /// This node could not even try: out of descriptors, buffers or ports. Says nothing
+    /// about the origin.
+    #[error("local: {1}")]
+    Local(LocalCause, String),
     #[error("status {0}")]
     Status(u16),
     #[error("body mismatch")]
@@ -308,10 +313,13 @@ impl ServerCertVerifier for AcceptAnyCert {
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => ProbeError::ConnectRefused,
-        _ => ProbeError::Connect(e.to_string()),
-    })?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| match (blame_io(&e), e.kind()) {
+            (Blame::Local(cause), _) => ProbeError::Local(cause, e.to_string()),
+            (_, std::io::ErrorKind::ConnectionRefused) => ProbeError::ConnectRefused,
+            _ => ProbeError::Connect(e.to_string()),
+        })?;
     // Probe requests are tiny; Nagle would only add latency to the RTT.
     stream
         .set_nodelay(true)

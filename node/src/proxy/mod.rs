@@ -3,6 +3,11 @@
 //! failed connects as passive health), send the PROXY header when asked and whatever the client
 //! has already sent in the origin's first write, then hand both sockets to the relay
 //! (`relay`). `proxy_protocol` writes (and parses) the PROXY header.
+//!
+//! A connect that fails by this node's own fault (out of descriptors, buffers or ports, or a
+//! timeout while the node is overloaded) is the node's trouble, not the origin's: it goes to
+//! the hub as such, and the client is turned away without trying other origins, which would
+//! fail the same way.
 
 pub mod proxy_protocol;
 // splice(2), pipes and recv(2) through libc, each call with its SAFETY note.
@@ -28,6 +33,7 @@ use crate::config::{canonical_ip, AppConfig, OriginAddr, ProxyProtocol, SessionA
 use crate::core::affinity::Affinity;
 use crate::core::compiled::CompiledConfig;
 use crate::core::steering::{self, Request};
+use crate::core::trouble::{blame_io, blame_timeout, local_cause, Blame};
 use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::{
@@ -136,8 +142,14 @@ pub async fn serve(
                     .spawn(handle(client, peer, port_offset, slot.clone(), cx.clone()));
             }
             Err(e) => {
+                match e.raw_os_error().and_then(local_cause) {
+                    Some(cause) => {
+                        cx.health
+                            .on_local_error(cause, "accept", format!("accept: {e}"))
+                    }
+                    None => tracing::warn!("accept failed: {e}"),
+                }
                 // EMFILE and friends: back off instead of spinning on the error.
-                tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -267,7 +279,11 @@ async fn connect(
     started: Instant,
     first: &[u8],
 ) -> Option<Connected> {
-    let deadline = started + cfg.connect_timeout;
+    // `check` bounds connect_timeout; saturating all the same, since an overflow would panic
+    // every connection task.
+    let deadline = started
+        .checked_add(cfg.connect_timeout)
+        .unwrap_or(started + Duration::from_secs(600));
     let geo = cx.locator.locate_fast(client);
     let mut exclude = [(usize::MAX, usize::MAX); MAX_ATTEMPTS];
     for attempt in 0..MAX_ATTEMPTS {
@@ -319,11 +335,31 @@ async fn connect(
             Ok(Err(e)) => {
                 let reason = connect_reason(&e);
                 tracing::debug!(pool = %pool.name, origin = %origin.name, %reason, "connect failed");
-                cx.health.on_connect_failure(&key, reason);
+                match blame_io(&e) {
+                    Blame::Origin => cx.health.on_connect_failure(&key, reason),
+                    Blame::Local(cause) => {
+                        cx.health.on_local_error(
+                            cause,
+                            "connect",
+                            format!("connecting to {}/{}: {e}", pool.name, origin.name),
+                        );
+                        return None;
+                    }
+                }
             }
             Err(_) => {
                 tracing::debug!(pool = %pool.name, origin = %origin.name, "connect timed out");
-                cx.health.on_connect_failure(&key, "timeout".into());
+                match blame_timeout(cx.health.overloaded()) {
+                    Blame::Origin => cx.health.on_connect_failure(&key, "timeout".into()),
+                    Blame::Local(cause) => cx.health.on_local_error(
+                        cause,
+                        "connect",
+                        format!(
+                            "connecting to {}/{} timed out while this node was overloaded",
+                            pool.name, origin.name
+                        ),
+                    ),
+                }
                 return None;
             }
         }

@@ -69,6 +69,13 @@ pub fn render(s: &Status) -> String {
         s.node.version,
         humantime::format_duration(Duration::from_secs(s.node.uptime))
     );
+    for t in &s.node.trouble {
+        let _ = writeln!(
+            out,
+            "TROUBLE {}: {} ({} errors since {}); failures it causes count against no origin; {}",
+            t.kind, t.detail, t.count, t.since, t.advice
+        );
+    }
     if let Some(g) = &s.geo {
         match &g.database {
             Some(db) => {

@@ -54,6 +54,24 @@ pub struct NodeStatus {
     pub region: String,
     pub version: String,
     pub uptime: u64,
+    /// The node's own trouble now (out of descriptors, overloaded...); empty when it is well.
+    /// While it is not, `/ready` says 503, and the failures it causes count against no origin.
+    #[serde(default)]
+    pub trouble: Vec<TroubleStatus>,
+}
+
+/// One kind of trouble the node has: what it ran out of, the latest error, and what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TroubleStatus {
+    /// `descriptors`, `memory`, `ports` or `overload`.
+    pub kind: String,
+    pub detail: String,
+    /// Errors of this kind since it began.
+    pub count: u64,
+    /// RFC 3339 time it began and of the latest error.
+    pub since: String,
+    pub last: String,
+    pub advice: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -282,12 +282,28 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
         }
         "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
+            let trouble = state.health.trouble();
             if state.draining.load(Ordering::Relaxed) {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "draining\n".into(),
                 )
+            } else if !trouble.is_empty() {
+                // Load balancers in front steer away from a node that cannot serve well.
+                let body: String = trouble
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "in trouble: {} ({} errors): {}; {}\n",
+                            t.cause.as_str(),
+                            t.count,
+                            t.detail,
+                            t.cause.advice()
+                        )
+                    })
+                    .collect();
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             } else {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             }
@@ -453,9 +469,26 @@ pub fn document(state: &NodeState) -> Status {
             region: rt.region.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime: state.clock.uptime().as_secs(),
+            trouble: state
+                .health
+                .trouble()
+                .into_iter()
+                .map(|t| TroubleStatus {
+                    kind: t.cause.as_str().into(),
+                    detail: t.detail,
+                    count: t.count,
+                    since: rfc3339_ms(state.clock.wall_ms(t.since)),
+                    last: rfc3339_ms(state.clock.wall_ms(t.last)),
+                    advice: t.cause.advice().into(),
+                })
+                .collect(),
         },
         apps,
         pools,
         load_balancers,
     }
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
