@@ -516,6 +516,12 @@ impl Table {
         self.stats
     }
 
+    /// Whether the local rows are within what peers accept of one writer
+    /// ([`MAX_WRITER_ROWS`], [`MAX_WRITER_BYTES`]); beyond, every peer refuses them.
+    pub fn local_within_bounds(&self) -> bool {
+        self.local.rows.len <= MAX_WRITER_ROWS && self.local.rows.bytes <= MAX_WRITER_BYTES
+    }
+
     /// Sets the local config fingerprint. A change takes a seq, so that pushes and
     /// anti-entropy carry it even when no row changes.
     pub fn set_fingerprint(&mut self, fp: u64) {
