@@ -303,7 +303,7 @@ impl Task {
     }
 
     /// The SWIM packet `data` with the updates about members this node does not admit cut
-    /// out (the member bound, or another cluster); None to drop it whole (its sender is not
+    /// out (the member bound, another cluster, no id); None to drop it whole (its sender is not
     /// admitted, or it does not decode). Foca's layout: header, then (unless the packet is an
     /// announce or a broadcast) a big-endian u16 count and that many members, then custom
     /// broadcasts.
@@ -337,6 +337,10 @@ impl Task {
             let id = member.id();
             if id.cluster != self.cfg.cluster {
                 self.metrics.refuse("wrong_cluster");
+            } else if id.id.is_empty() {
+                // Only a seed not yet heard from goes without an id, and only in our own
+                // announces.
+                self.metrics.refuse("wrong_id");
             } else if self.admit(&id.id) {
                 kept.push(item);
             }
