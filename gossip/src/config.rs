@@ -105,6 +105,9 @@ impl Timings {
     }
 }
 
+/// The fewest members [`MeshConfig::max_members`] allows, whatever `expected_size` says.
+pub const MIN_MAX_MEMBERS: usize = 64;
+
 /// What a mesh node needs to start.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -120,6 +123,24 @@ pub struct MeshConfig {
     pub timings: Timings,
     /// Fingerprint of this node's config, gossiped for drift detection.
     pub fingerprint: u64,
+}
+
+impl MeshConfig {
+    /// Most members (other nodes, alive, suspect or down) this node admits: twice
+    /// `expected_size`, room for a cluster replaced node by node under new ids (a down
+    /// member is forgotten after an hour), and at least [`MIN_MAX_MEMBERS`]. Updates about
+    /// further members are dropped and counted, and such members are never dialed.
+    pub fn max_members(&self) -> usize {
+        (self.expected_size as usize)
+            .saturating_mul(2)
+            .max(MIN_MAX_MEMBERS)
+    }
+
+    /// Most peer links (and, twice this, QUIC connections): every admitted member, every
+    /// seed, and a few joining peers not yet admitted.
+    pub fn max_links(&self) -> usize {
+        self.max_members() + self.seeds.len() + 16
+    }
 }
 
 #[cfg(test)]

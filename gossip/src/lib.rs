@@ -24,7 +24,7 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
-pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET};
+pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET, MIN_MAX_MEMBERS};
 pub use error::GossipError;
 pub use identity::{NodeId, NodeIdentity};
 pub use mesh::Mesh;

@@ -33,6 +33,29 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BoundLabels {
+    bound: &'static str,
+}
+
+/// Every bound the mesh counts in `mesh_bound_hits_total{bound}`, with what hitting it means
+/// for the log line (written at most once a minute per bound).
+pub(crate) const BOUNDS: &[(&str, &str)] = &[
+    ("members", "member table full; updates about new members were not admitted (raise [mesh] expected_size if the cluster really grew)"),
+    ("dial", "a send to a member this node has not admitted was dropped"),
+    ("links", "peer links full; a new link or connection was refused"),
+    ("connections", "QUIC connections full; an incoming connection was refused"),
+    ("streams_out", "too many messages in flight to one peer; a message was dropped"),
+    ("message_size", "a peer sent a replication message over the size limit; its stream was stopped"),
+    ("stream_deadline", "a peer's replication message did not arrive in time; its stream was stopped"),
+    ("inbox", "the mesh task's inbox is full; received messages were dropped"),
+    ("writer_size", "a batch would grow a writer past the rows-per-writer limit; refused"),
+    ("writers", "a batch would add a writer past the writer limit; refused"),
+    ("digest", "a digest over the entry limit was refused"),
+    ("local_rows", "this node has more health rows than peers accept of one writer; peers refuse its rows (fewer origins, or fewer pools per origin)"),
+    ("answer", "an answer to a digest was cut at its size limit; the rest follows in later rounds"),
+];
+
 /// The mesh's metrics, registered in the node's one registry.
 #[derive(Clone, Default)]
 pub struct MeshMetrics {
@@ -43,6 +66,8 @@ pub struct MeshMetrics {
     oldest_row_age: Gauge<f64, AtomicU64>,
     bytes_sent: Counter,
     bytes_received: Counter,
+    bound_hits: Family<BoundLabels, Counter>,
+    links: Gauge,
 }
 
 impl MeshMetrics {
@@ -79,6 +104,35 @@ impl MeshMetrics {
             "Bytes received from peers (QUIC payload)",
             self.bytes_received.clone(),
         );
+        r.register(
+            "bound_hits",
+            "Times a mesh bound was hit, by bound (members, dial, links, connections, \
+             streams_out, message_size, stream_deadline, inbox, writer_size, writers, digest, \
+             local_rows, answer)",
+            self.bound_hits.clone(),
+        );
+        r.register("links", "Open links to peers", self.links.clone());
+    }
+
+    pub(crate) fn bound_hit(&self, bound: &'static str) {
+        self.bound_hits.get_or_create(&BoundLabels { bound }).inc();
+    }
+
+    /// Times `bound` was hit so far.
+    pub(crate) fn bound_hits(&self, bound: &'static str) -> u64 {
+        self.bound_hits.get_or_create(&BoundLabels { bound }).get()
+    }
+
+    /// Copies a count the transport keeps.
+    pub(crate) fn set_bound_hits(&self, bound: &'static str, total: u64) {
+        self.bound_hits
+            .get_or_create(&BoundLabels { bound })
+            .inner()
+            .store(total, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_links(&self, links: usize) {
+        self.links.set(links as i64);
     }
 
     pub(crate) fn msg(&self, direction: Dir, r#type: &'static str) {

@@ -37,6 +37,34 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_WRITERS: usize = 4096;
 /// Most forgotten writers remembered (see [`Table::forget`]).
 const MAX_FORGOTTEN: usize = 4096;
+/// Most rows one writer may hold here. Equal to [`MAX_ROWS`], so a full snapshot of any
+/// writer a holder accepted fits one batch: a writer allowed to grow past what one batch
+/// carries could never be snapshotted again, and anti-entropy for it would break for good.
+/// A batch that would grow a writer past it is refused whole ([`TableError::WriterTooLarge`]).
+pub const MAX_WRITER_ROWS: usize = MAX_ROWS;
+/// Most bytes of rows one writer may hold here, counted as encoded ([`row_cost`]), for the
+/// same reason: a full snapshot of any writer must fit one stream message
+/// (`transport::MAX_STREAM`, 2 MiB), with room left for the envelope and a signature. At a
+/// typical 100 bytes a row this is about 10,000 rows.
+pub const MAX_WRITER_BYTES: usize = 1 << 20;
+/// Most entries a digest may carry: one per writer a table may hold, plus the local one. A
+/// larger digest is refused unread ([`TableError::DigestTooLarge`]).
+pub const MAX_DIGEST: usize = MAX_WRITERS + 1;
+/// Most bytes of rows ([`row_cost`]) one answer to a digest carries, and most batches: an
+/// empty or stale digest is answered with the first writers it lacks up to this, never with
+/// the whole table at once; the asker pulls the rest in the following anti-entropy rounds.
+/// An answer always carries at least one batch, so every writer can be sent.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// See [`MAX_ANSWER_BYTES`].
+pub const MAX_ANSWER_BATCHES: usize = 128;
+
+/// An upper bound of a row's encoded size (bincode varints: at most 3 bytes of length prefix
+/// for a name of up to [`MAX_NAME`] bytes, 9 for a u64), what [`MAX_WRITER_BYTES`] counts.
+pub fn row_cost(row: &Row) -> usize {
+    // pool, origin and reason: prefix and bytes; healthy 1; rtt 1 + 5; last change 9;
+    // reason's tag 1; seq 9.
+    row.pool.len() + row.origin.len() + row.reason.as_ref().map_or(0, String::len) + 9 + 26
+}
 
 /// An RTT move of less than this fraction of the replicated value and also under
 /// [`RTT_MIN_DELTA_US`] is not replicated: probe jitter would otherwise make an idle mesh
@@ -163,6 +191,9 @@ pub struct TableStats {
     pub stale: u64,
     /// Local rows refused by `set_local` because a name is empty or over [`MAX_NAME`].
     pub local_refused: u64,
+    /// Batches refused because they would grow a writer past [`MAX_WRITER_ROWS`] or
+    /// [`MAX_WRITER_BYTES`].
+    pub writer_too_large: u64,
 }
 
 /// Why a batch was refused; nothing of a refused batch is applied.
@@ -206,6 +237,17 @@ pub enum TableError {
     BadSeq { node: String, detail: String },
     #[error("batch from {node} would make one writer too many (limit {MAX_WRITERS})")]
     TooManyWriters { node: String },
+    #[error(
+        "batch from {node} would grow its rows to {rows} ({bytes} bytes), over the \
+         {MAX_WRITER_ROWS}-row or {MAX_WRITER_BYTES}-byte limit of one writer"
+    )]
+    WriterTooLarge {
+        node: String,
+        rows: usize,
+        bytes: usize,
+    },
+    #[error("digest of {0} entries is over the {MAX_DIGEST}-entry limit")]
+    DigestTooLarge(usize),
 }
 
 /// Read access to one writer's rows.
@@ -263,6 +305,8 @@ struct Stored {
 struct Rows {
     by_pool: BTreeMap<String, BTreeMap<String, Stored>>,
     len: usize,
+    /// Sum of [`row_cost`] over the rows.
+    bytes: usize,
 }
 
 impl Rows {
@@ -279,8 +323,10 @@ impl Rows {
             Some(origins) => origins,
             None => self.by_pool.entry(stored.row.pool.clone()).or_default(),
         };
-        if origins.insert(stored.row.origin.clone(), stored).is_none() {
-            self.len += 1;
+        self.bytes += row_cost(&stored.row);
+        match origins.insert(stored.row.origin.clone(), stored) {
+            None => self.len += 1,
+            Some(old) => self.bytes -= row_cost(&old.row),
         }
     }
 
@@ -291,6 +337,7 @@ impl Rows {
             self.by_pool.remove(pool);
         }
         self.len -= 1;
+        self.bytes -= row_cost(&removed.row);
         Some(removed)
     }
 
@@ -469,6 +516,12 @@ impl Table {
         self.stats
     }
 
+    /// Whether the local rows are within what peers accept of one writer
+    /// ([`MAX_WRITER_ROWS`], [`MAX_WRITER_BYTES`]); beyond, every peer refuses them.
+    pub fn local_within_bounds(&self) -> bool {
+        self.local.rows.len <= MAX_WRITER_ROWS && self.local.rows.bytes <= MAX_WRITER_BYTES
+    }
+
     /// Sets the local config fingerprint. A change takes a seq, so that pushes and
     /// anti-entropy carry it even when no row changes.
     pub fn set_fingerprint(&mut self, fp: u64) {
@@ -572,6 +625,20 @@ impl Table {
         if !self.peers.contains_key(&batch.node) && self.peers.len() >= MAX_WRITERS {
             return Err(TableError::TooManyWriters { node: batch.node });
         }
+        let (rows, bytes) = match self.peers.get(&batch.node) {
+            Some(w) if batch.epoch == w.epoch => projected(w, &batch),
+            // Older: ignored below. Newer, or a new writer: it starts from nothing.
+            Some(w) if batch.epoch < w.epoch => (0, 0),
+            _ => projected(&Writer::empty(batch.region, batch.epoch, 0), &batch),
+        };
+        if rows > MAX_WRITER_ROWS || bytes > MAX_WRITER_BYTES {
+            self.stats.writer_too_large += 1;
+            return Err(TableError::WriterTooLarge {
+                node: batch.node,
+                rows,
+                bytes,
+            });
+        }
         self.forgotten.remove(&batch.node);
 
         let mut applied = Applied::default();
@@ -633,25 +700,84 @@ impl Table {
     /// What a peer with digest `theirs` lacks: for each writer we know newer than they do, a
     /// full batch if their epoch is older or missing, else the rows with seq > their seq
     /// (base_seq = their seq), or a full batch if a delta cannot express a removal. Includes
-    /// the local writer.
+    /// the local writer. Unbounded: peers are answered with [`Table::answer`].
     pub fn delta(&self, theirs: &Digest) -> Vec<Batch> {
-        let mut known: HashMap<&str, (u64, u64)> = HashMap::with_capacity(theirs.entries.len());
-        for (node, epoch, seq) in &theirs.entries {
-            // A repeated writer (only a confused peer sends one) counts as its oldest claim:
-            // sending too much is harmless, too little is not.
-            known
-                .entry(node.as_str())
-                .and_modify(|v| *v = (*v).min((*epoch, *seq)))
-                .or_insert((*epoch, *seq));
-        }
+        let known = index(theirs);
         self.all_writers()
-            .filter_map(|(node, w)| match known.get(node) {
-                None => Some(w.full(node)),
-                Some(&(epoch, _)) if epoch < w.epoch => Some(w.full(node)),
-                Some(&(epoch, seq)) if epoch == w.epoch && seq < w.seq => Some(w.since(node, seq)),
-                Some(_) => None,
-            })
+            .filter_map(|(node, w)| lacking(&known, node, w))
             .collect()
+    }
+
+    /// [`Table::delta`], bounded: at most [`MAX_ANSWER_BATCHES`] batches and
+    /// [`MAX_ANSWER_BYTES`] of rows (but always the first batch), starting at writer number
+    /// `start` (modulo the writer count) so that a writer the asker cannot take does not hold
+    /// up the others round after round; the caller passes a random `start`. A digest over
+    /// [`MAX_DIGEST`] entries is refused.
+    pub fn answer(&self, theirs: &Digest, start: usize) -> Result<Answer, TableError> {
+        if theirs.entries.len() > MAX_DIGEST {
+            return Err(TableError::DigestTooLarge(theirs.entries.len()));
+        }
+        let known = index(theirs);
+        let count = 1 + self.peers.len();
+        let start = start % count;
+        let mut answer = Answer::default();
+        let mut bytes = 0usize;
+        // Rotated: writers from `start` on, then those before it.
+        let rotated = self
+            .all_writers()
+            .skip(start)
+            .chain(self.all_writers().take(start));
+        for (node, w) in rotated {
+            // Full batches carry every row, deltas some; the writer's total bounds both.
+            let cost = w.rows.bytes;
+            let full = answer.batches.len() >= MAX_ANSWER_BATCHES
+                || (!answer.batches.is_empty() && bytes.saturating_add(cost) > MAX_ANSWER_BYTES);
+            if full {
+                if lacking(&known, node, w).is_some() {
+                    answer.more = true;
+                    break;
+                }
+                continue;
+            }
+            if let Some(batch) = lacking(&known, node, w) {
+                bytes = bytes.saturating_add(batch.rows.iter().map(row_cost).sum::<usize>());
+                answer.batches.push(batch);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Compares a peer's digest with ours in one pass over each (a hash index of theirs),
+    /// whatever their sizes. A digest over [`MAX_DIGEST`] entries is refused.
+    pub fn compare(&self, theirs: &Digest) -> Result<Comparison, TableError> {
+        if theirs.entries.len() > MAX_DIGEST {
+            return Err(TableError::DigestTooLarge(theirs.entries.len()));
+        }
+        let known = index(theirs);
+        let mut cmp = Comparison {
+            work: theirs.entries.len(),
+            ..Comparison::default()
+        };
+        let mut shared = 0;
+        for (node, w) in self.all_writers() {
+            cmp.work += 1;
+            match known.get(node) {
+                None => cmp.they_lack = true,
+                Some(&version) => {
+                    shared += 1;
+                    match version.cmp(&(w.epoch, w.seq)) {
+                        std::cmp::Ordering::Greater => cmp.they_have_newer = true,
+                        std::cmp::Ordering::Less => cmp.they_lack = true,
+                        std::cmp::Ordering::Equal => {}
+                    }
+                }
+            }
+        }
+        // They list a writer we do not hold at all.
+        if known.len() > shared {
+            cmp.they_have_newer = true;
+        }
+        Ok(cmp)
     }
 
     /// Every writer as full batches (for a joining node).
@@ -701,6 +827,84 @@ impl Table {
         std::iter::once((self.local_name.as_str(), &self.local))
             .chain(self.peers.iter().map(|(n, w)| (n.as_str(), w)))
     }
+}
+
+/// A bounded answer to a digest ([`Table::answer`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    pub batches: Vec<Batch>,
+    /// The asker lacks more than this answer carries; it gets the rest in later rounds.
+    pub more: bool,
+}
+
+/// How a peer's digest compares with ours ([`Table::compare`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// We hold something newer than they do (or a writer they lack).
+    pub they_lack: bool,
+    /// They hold something newer than we do (or a writer we lack).
+    pub they_have_newer: bool,
+    /// Entries visited, ours and theirs: linear in their sum, which tests check.
+    pub work: usize,
+}
+
+/// A digest's entries by writer. A repeated writer (only a confused peer sends one) counts as
+/// its oldest claim: sending too much is harmless, too little is not.
+fn index(theirs: &Digest) -> HashMap<&str, (u64, u64)> {
+    let mut known: HashMap<&str, (u64, u64)> = HashMap::with_capacity(theirs.entries.len());
+    for (node, epoch, seq) in &theirs.entries {
+        known
+            .entry(node.as_str())
+            .and_modify(|v| *v = (*v).min((*epoch, *seq)))
+            .or_insert((*epoch, *seq));
+    }
+    known
+}
+
+/// What a peer whose digest says `known` lacks of writer `w`, if anything.
+fn lacking(known: &HashMap<&str, (u64, u64)>, node: &str, w: &Writer) -> Option<Batch> {
+    match known.get(node) {
+        None => Some(w.full(node)),
+        Some(&(epoch, _)) if epoch < w.epoch => Some(w.full(node)),
+        Some(&(epoch, seq)) if epoch == w.epoch && seq < w.seq => Some(w.since(node, seq)),
+        Some(_) => None,
+    }
+}
+
+/// The row count and [`row_cost`] total writer `w` would have after merging `batch` (of its
+/// epoch), computed by the same rules as [`merge`] without changing anything.
+fn projected(w: &Writer, batch: &Batch) -> (usize, usize) {
+    let c = w.seq;
+    let s = batch.seq;
+    let replaces = batch.full && s > c;
+    let (mut rows, mut bytes) = (w.rows.len, w.rows.bytes);
+    if replaces {
+        let keep: HashSet<(&str, &str)> = batch
+            .rows
+            .iter()
+            .map(|r| (r.pool.as_str(), r.origin.as_str()))
+            .collect();
+        for st in w.rows.iter() {
+            if st.row.seq <= s && !keep.contains(&(st.row.pool.as_str(), st.row.origin.as_str())) {
+                rows -= 1;
+                bytes -= row_cost(&st.row);
+            }
+        }
+    }
+    for row in &batch.rows {
+        match w.rows.get(&row.pool, &row.origin) {
+            Some(held) if held.row.seq < row.seq && (row.seq > c || replaces) => {
+                bytes = bytes + row_cost(row) - row_cost(&held.row);
+            }
+            Some(_) => {}
+            None if row.seq > c || replaces => {
+                rows += 1;
+                bytes += row_cost(row);
+            }
+            None => {}
+        }
+    }
+    (rows, bytes)
 }
 
 /// Merges a validated batch of the writer's current epoch. With C the seq up to which the
@@ -1375,6 +1579,182 @@ mod tests {
             entries: vec![("a".into(), 1, u64::MAX), ("a".into(), u64::MAX, 0)],
         };
         assert!(a.delta(&ahead).is_empty() || a.delta(&ahead)[0].full);
+    }
+
+    /// A batch of writer `node` (epoch 1) whose rows are `p/o{i}` for i in `range`, each at
+    /// seq i + 1, with `reason` bytes of reason each.
+    fn rows_batch(node: &str, range: std::ops::Range<usize>, full: bool, reason: usize) -> Batch {
+        let base = if full { 0 } else { range.start as u64 };
+        Batch {
+            node: node.into(),
+            region: Region::Weu,
+            epoch: 1,
+            base_seq: base,
+            seq: range.end as u64,
+            removed_seq: 0,
+            full,
+            fingerprint: 0,
+            rows: range
+                .map(|i| Row {
+                    pool: "p".into(),
+                    origin: format!("o{i}"),
+                    healthy: true,
+                    rtt_us: None,
+                    last_change_ms: 0,
+                    reason: (reason > 0).then(|| "r".repeat(reason)),
+                    seq: i as u64 + 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_writer_growing_past_the_row_bound_is_refused_and_others_still_replicate() {
+        let now = t0();
+        let mut b = table("b", 1);
+        b.apply(rows_batch("x", 0..MAX_WRITER_ROWS, true, 0), now)
+            .unwrap();
+        // One more row would take x past the bound: the delta is refused whole.
+        let grow = rows_batch("x", MAX_WRITER_ROWS..MAX_WRITER_ROWS + 5, false, 0);
+        let err = b.apply(grow, now).unwrap_err();
+        assert!(matches!(err, TableError::WriterTooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("batch from x"), "{err}");
+        assert_eq!(rows_of(&b, "x").len(), MAX_WRITER_ROWS);
+        assert_eq!(seq_of(&b, "x"), Some((1, MAX_WRITER_ROWS as u64)));
+        assert_eq!(b.stats().writer_too_large, 1);
+        // Changing rows it already has is still taken.
+        let mut change = rows_batch("x", 3..4, false, 0);
+        change.rows[0].seq = MAX_WRITER_ROWS as u64 + 1;
+        change.rows[0].healthy = false;
+        change.base_seq = MAX_WRITER_ROWS as u64;
+        change.seq = MAX_WRITER_ROWS as u64 + 1;
+        assert!(b.apply(change, now).unwrap().changed);
+
+        // Anti-entropy keeps working: another writer's rows arrive, and a newcomer gets x
+        // whole, in one batch it accepts.
+        let mut a = table("a", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        pull(&mut b, &a, now);
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        let mut c = table("c", 1);
+        pull(&mut c, &b, now);
+        assert_eq!(rows_of(&c, "x"), rows_of(&b, "x"));
+        assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
+        assert!(b.delta(&c.digest()).is_empty());
+    }
+
+    #[test]
+    fn a_writer_growing_past_the_byte_bound_is_refused() {
+        let now = t0();
+        let mut b = table("b", 1);
+        // 1000 rows of about 1 KiB: under the row bound, over the byte bound.
+        let big = rows_batch("x", 0..1000, true, MAX_REASON);
+        assert!(big.rows.iter().map(row_cost).sum::<usize>() > MAX_WRITER_BYTES);
+        assert!(matches!(
+            b.apply(big, now),
+            Err(TableError::WriterTooLarge { .. })
+        ));
+        assert!(rows_of(&b, "x").is_empty());
+        b.apply(rows_batch("x", 0..500, true, MAX_REASON), now)
+            .unwrap();
+        let more = rows_batch("x", 500..1000, false, MAX_REASON);
+        assert!(matches!(
+            b.apply(more, now),
+            Err(TableError::WriterTooLarge { .. })
+        ));
+        assert_eq!(rows_of(&b, "x").len(), 500);
+        // A restart with fewer rows replaces the big run.
+        let mut restart = rows_batch("x", 0..2, true, 0);
+        restart.epoch = 2;
+        b.apply(restart, now).unwrap();
+        assert_eq!(rows_of(&b, "x").len(), 2);
+    }
+
+    #[test]
+    fn an_empty_digest_gets_a_bounded_answer_and_the_rest_follows() {
+        let now = t0();
+        let mut b = table("b", 1);
+        let writers = MAX_ANSWER_BATCHES * 2 + 10;
+        for i in 0..writers {
+            b.apply(rows_batch(&format!("w{i}"), 0..3, true, 0), now)
+                .unwrap();
+        }
+        let mut c = table("c", 1);
+        let answer = b.answer(&c.digest(), 0).unwrap();
+        assert_eq!(answer.batches.len(), MAX_ANSWER_BATCHES);
+        assert!(answer.more);
+        // The asker pulls the rest in following rounds.
+        let mut rounds = 0;
+        loop {
+            let answer = b.answer(&c.digest(), rounds * 7).unwrap();
+            for batch in answer.batches {
+                c.apply(batch, now).unwrap();
+            }
+            rounds += 1;
+            if !answer.more || rounds > 10 {
+                break;
+            }
+        }
+        assert!(rounds <= 3, "{rounds} rounds");
+        assert!(b.answer(&c.digest(), 0).unwrap().batches.is_empty());
+        assert_eq!(c.digest().entries.len(), writers + 2);
+
+        // Bytes bound it too: large writers come a few at a time, and always at least one.
+        let mut big = table("big", 1);
+        for i in 0..10 {
+            big.apply(rows_batch(&format!("w{i}"), 0..900, true, 1000), now)
+                .unwrap();
+        }
+        let answer = big.answer(&table("d", 1).digest(), 3).unwrap();
+        let bytes: usize = answer
+            .batches
+            .iter()
+            .flat_map(|b| &b.rows)
+            .map(row_cost)
+            .sum();
+        assert!(answer.more);
+        assert!(
+            !answer.batches.is_empty() && bytes <= MAX_ANSWER_BYTES,
+            "{bytes}"
+        );
+        // Rotated: the answer starts at the writer asked for.
+        assert_eq!(answer.batches[0].node, "w2");
+    }
+
+    #[test]
+    fn digest_comparison_is_linear_and_a_huge_digest_is_refused() {
+        let now = t0();
+        let mut b = table("b", 1);
+        for i in 0..MAX_WRITERS {
+            b.apply(rows_batch(&format!("w{i}"), 0..1, true, 0), now)
+                .unwrap();
+        }
+        let mut theirs = b.digest();
+        assert_eq!(theirs.entries.len(), MAX_DIGEST);
+        let cmp = b.compare(&theirs).unwrap();
+        assert!(!cmp.they_lack && !cmp.they_have_newer);
+        // One pass over each side (a quadratic scan would visit about 16 million pairs).
+        assert!(cmp.work <= 3 * MAX_DIGEST, "{} entries visited", cmp.work);
+        theirs.entries[MAX_DIGEST / 2].2 += 1;
+        theirs.entries[1].2 = 0;
+        let cmp = b.compare(&theirs).unwrap();
+        assert!(cmp.they_lack && cmp.they_have_newer);
+        // A writer only they hold is newer there.
+        let one = Digest {
+            entries: vec![("zz".into(), 1, 1)],
+        };
+        let cmp = b.compare(&one).unwrap();
+        assert!(cmp.they_have_newer && cmp.they_lack);
+
+        theirs.entries.push(("one-too-many".into(), 1, 1));
+        assert!(matches!(
+            b.compare(&theirs),
+            Err(TableError::DigestTooLarge(n)) if n == MAX_DIGEST + 1
+        ));
+        assert!(matches!(
+            b.answer(&theirs, 0),
+            Err(TableError::DigestTooLarge(_))
+        ));
     }
 
     // ---- Convergence under a hostile network, by simulation. ----

@@ -4,6 +4,13 @@
 //! peer at once, batches RTT updates, runs anti-entropy with a random peer, and publishes a
 //! `MeshState` that the node builds its view from. The `Mesh` handle (`mesh`) talks to
 //! it through [`Cmd`]s.
+//!
+//! It also keeps the per-peer bounds that need the membership: foca admits any member a
+//! packet mentions, so updates about members beyond [`MeshConfig::max_members`] are cut out
+//! of each SWIM packet before foca sees it; nothing is sent to an identity foca has not
+//! admitted (a ping-req names its target); and links of peers that are no longer members are
+//! closed. Each bound hit is counted (`mesh_bound_hits_total{bound}`) and logged at most once
+//! a minute.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -21,9 +28,9 @@ use tokio::time::Instant;
 use crate::codec::{self, FocaCodec};
 use crate::config::MeshConfig;
 use crate::identity::NodeIdentity;
-use crate::metrics::{Dir, MeshMetrics};
+use crate::metrics::{Dir, MeshMetrics, BOUNDS};
 use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
-use crate::table::{Batch, Change, Digest, Table};
+use crate::table::{Batch, Change, Table, TableError};
 use crate::transport::{Inbound, Kind, Transport};
 use crate::wire::{Envelope, Msg};
 
@@ -65,6 +72,7 @@ pub(crate) fn spawn(
     });
     let (state_tx, state) = watch::channel(initial);
     let (tx, rx) = mpsc::channel(1024);
+    transport.set_max_links(cfg.max_links());
     let task = Task {
         cfg,
         foca,
@@ -81,12 +89,21 @@ pub(crate) fn spawn(
         rng: StdRng::from_os_rng(),
         suspect_since: HashMap::new(),
         leaving: false,
+        admitted: HashSet::new(),
+        bound_logged: HashMap::new(),
     };
     tokio::spawn(task.run(rx, inbox));
     (tx, state)
 }
 
 type TimerKey = (Instant, u64);
+
+/// A link whose peer is not a member is closed after this long: time enough for a joining
+/// peer's first packets to make it one.
+const LINK_GRACE: Duration = Duration::from_secs(10);
+
+/// A bound hit is logged at most this often (per bound); the counter counts every hit.
+const BOUND_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Task {
     cfg: MeshConfig,
@@ -110,6 +127,12 @@ struct Task {
     /// declares such a member down, and it rejoins under a new generation.
     suspect_since: HashMap<String, Instant>,
     leaving: bool,
+    /// Node ids foca knows or is about to learn from a packet being handed to it: foca's
+    /// members, refreshed by `sync_members`, plus those admitted since. Its size is what
+    /// [`MeshConfig::max_members`] bounds.
+    admitted: HashSet<String>,
+    /// Per bound, the count when it was last logged and when.
+    bound_logged: HashMap<&'static str, (u64, Instant)>,
 }
 
 impl Task {
@@ -163,12 +186,24 @@ impl Task {
                         s.bytes_in.load(Ordering::Relaxed),
                         s.refused.load(Ordering::Relaxed),
                     );
+                    for (bound, counter) in [
+                        ("links", &s.links_full),
+                        ("connections", &s.connections_full),
+                        ("streams_out", &s.streams_out_full),
+                        ("message_size", &s.oversized),
+                        ("stream_deadline", &s.slow_streams),
+                        ("inbox", &s.inbox_full),
+                    ] {
+                        self.metrics.set_bound_hits(bound, counter.load(Ordering::Relaxed));
+                    }
                     if let Some(age) = self.table.oldest_row_age(Instant::now()) {
                         self.metrics.set_oldest_row_age(age.as_secs_f64());
                     }
                     // Foca reports ups and downs, not suspicions: look at the whole state.
                     self.sync_members();
                     self.suspicion_watchdog();
+                    self.prune_links();
+                    self.log_bounds();
                     // RTTs to peers change without membership events.
                     self.publish();
                 }
@@ -185,6 +220,11 @@ impl Task {
     fn drain(&mut self) {
         let mut changed = false;
         while let Some((dst, data)) = self.rt.to_send() {
+            if !self.may_dial(&dst) {
+                self.metrics.bound_hit("dial");
+                tracing::debug!(member = %dst.id, addr = %dst.addr, "not sent: not an admitted member");
+                continue;
+            }
             self.metrics.msg(Dir::Sent, "swim");
             self.transport.send_datagram(dst.addr, data);
         }
@@ -235,9 +275,140 @@ impl Task {
         }
     }
 
+    /// Whether foca may send to `dst`: a member it admitted, under that very identity, or a
+    /// seed it announces to by address. Foca also answers a ping-req by pinging its target, an
+    /// identity the asker chose; that must not make this node dial an address nobody admitted.
+    fn may_dial(&self, dst: &NodeIdentity) -> bool {
+        if dst.id.is_empty() {
+            return self.cfg.seeds.contains(&dst.addr);
+        }
+        if self.members.get(&dst.id).is_some_and(|(id, _)| id == dst) {
+            return true;
+        }
+        // Admitted since the last sync: ask foca.
+        self.admitted.contains(&dst.id) && self.foca.iter_membership_state().any(|m| m.id() == dst)
+    }
+
+    /// Admits the member `id` if it is known or there is room; counts a refusal.
+    fn admit(&mut self, id: &str) -> bool {
+        if id == self.cfg.node_id || self.admitted.contains(id) {
+            return true;
+        }
+        if self.admitted.len() >= self.cfg.max_members() {
+            self.metrics.bound_hit("members");
+            return false;
+        }
+        self.admitted.insert(id.to_string());
+        true
+    }
+
+    /// The SWIM packet `data` with the updates about members this node does not admit cut
+    /// out (the member bound, another cluster, no id); None to drop it whole (its sender is not
+    /// admitted, or it does not decode). Foca's layout: header, then (unless the packet is an
+    /// announce or a broadcast) a big-endian u16 count and that many members, then custom
+    /// broadcasts.
+    fn admitted_packet(
+        &mut self,
+        header: &foca::Header<NodeIdentity>,
+        data: &Bytes,
+    ) -> Option<Bytes> {
+        if !self.admit(&header.src.id) {
+            return None;
+        }
+        let mut rest: &[u8] = data;
+        foca::Codec::decode_header(&mut FocaCodec, &mut rest).ok()?;
+        let header_len = data.len() - rest.len();
+        if rest.len() < 2 || header.message == foca::Message::Broadcast {
+            return Some(data.clone());
+        }
+        let count = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let before = rest;
+            let member = match foca::Codec::decode_member(&mut FocaCodec, &mut rest) {
+                Ok(m) => m,
+                Err(_) => {
+                    self.metrics.decode_error();
+                    return None;
+                }
+            };
+            let item = before.get(..before.len() - rest.len()).unwrap_or_default();
+            let id = member.id();
+            if id.cluster != self.cfg.cluster {
+                self.metrics.refuse("wrong_cluster");
+            } else if id.id.is_empty() {
+                // Only a seed not yet heard from goes without an id, and only in our own
+                // announces.
+                self.metrics.refuse("wrong_id");
+            } else if self.admit(&id.id) {
+                kept.push(item);
+            }
+        }
+        if kept.len() == usize::from(count) {
+            return Some(data.clone());
+        }
+        let mut out = Vec::with_capacity(data.len());
+        out.extend_from_slice(data.get(..header_len).unwrap_or_default());
+        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+        for item in kept {
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(rest);
+        Some(Bytes::from(out))
+    }
+
+    /// Closes links to peers that are no longer members (nor seeds).
+    fn prune_links(&mut self) {
+        let live: HashMap<&str, SocketAddr> = self
+            .members
+            .values()
+            .filter(|(_, s)| *s != MemberState::Down)
+            .map(|(id, _)| (id.id.as_str(), id.addr))
+            .collect();
+        let addrs: HashSet<SocketAddr> = live
+            .values()
+            .copied()
+            .chain(self.cfg.seeds.iter().copied())
+            .collect();
+        let pruned = self.transport.retain(
+            |a| addrs.contains(&a),
+            |id| live.contains_key(id),
+            LINK_GRACE,
+        );
+        if pruned > 0 {
+            tracing::debug!(pruned, "closed links of peers that are not members");
+        }
+        self.metrics.set_links(self.transport.link_count());
+    }
+
+    /// Logs each bound hit since it was last logged, at most once per [`BOUND_LOG_INTERVAL`].
+    fn log_bounds(&mut self) {
+        let now = Instant::now();
+        for &(bound, meaning) in BOUNDS {
+            let hits = self.metrics.bound_hits(bound);
+            let (logged, at) = match self.bound_logged.get(bound) {
+                Some(&(logged, at)) => (logged, Some(at)),
+                None => (0, None),
+            };
+            let recent =
+                at.is_some_and(|at| now.saturating_duration_since(at) < BOUND_LOG_INTERVAL);
+            if hits == logged || recent {
+                continue;
+            }
+            self.bound_logged.insert(bound, (hits, now));
+            if bound == "answer" {
+                tracing::debug!(bound, times = hits - logged, "mesh bound hit: {meaning}");
+            } else {
+                tracing::warn!(bound, times = hits - logged, "mesh bound hit: {meaning}");
+            }
+        }
+    }
+
     /// Refreshes the member map from foca's full membership state.
     fn sync_members(&mut self) {
         self.members.clear();
+        self.admitted.clear();
         let mut counts = [0i64; 3];
         for m in self.foca.iter_membership_state() {
             let state = match m.state() {
@@ -247,6 +418,7 @@ impl Task {
             };
             counts[state as usize] += 1;
             let id = m.id().clone();
+            self.admitted.insert(id.id.clone());
             if state == MemberState::Suspect {
                 self.suspect_since
                     .entry(id.id.clone())
@@ -382,6 +554,9 @@ impl Task {
                     }
                     data = Bytes::from(buf);
                 }
+                let Some(data) = self.admitted_packet(&header, &data) else {
+                    return;
+                };
                 if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
                     self.metrics.decode_error();
                     tracing::debug!(from = %msg.from, "swim packet dropped: {e}");
@@ -436,11 +611,26 @@ impl Task {
             }
             Msg::Digest { digest, reply } => {
                 self.metrics.msg(Dir::Received, "digest");
+                let start = self.rng.random::<u32>() as usize;
+                let (answer, cmp) = match (
+                    self.table.answer(&digest, start),
+                    self.table.compare(&digest),
+                ) {
+                    (Ok(a), Ok(c)) => (a, c),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.metrics.bound_hit("digest");
+                        tracing::debug!(%from, "digest refused: {e}");
+                        return;
+                    }
+                };
+                if answer.more {
+                    self.metrics.bound_hit("answer");
+                }
                 // One batch a message keeps each under the size limit however large the mesh.
-                for batch in self.table.delta(&digest) {
+                for batch in answer.batches {
                     self.send_to(from, Msg::Delta(vec![batch]), "delta");
                 }
-                if !reply && self.they_have_newer(&digest) {
+                if !reply && cmp.they_have_newer {
                     let ours = self.table.digest();
                     self.send_to(
                         from,
@@ -474,21 +664,15 @@ impl Task {
                 applied.changed
             }
             Err(e) => {
-                self.metrics.decode_error();
+                match e {
+                    TableError::WriterTooLarge { .. } => self.metrics.bound_hit("writer_size"),
+                    TableError::TooManyWriters { .. } => self.metrics.bound_hit("writers"),
+                    _ => self.metrics.decode_error(),
+                }
                 tracing::debug!("batch refused: {e}");
                 false
             }
         }
-    }
-
-    fn they_have_newer(&self, theirs: &Digest) -> bool {
-        let ours = self.table.digest();
-        theirs.entries.iter().any(|(node, epoch, seq)| {
-            match ours.entries.iter().find(|(n, _, _)| n == node) {
-                None => true,
-                Some((_, e, s)) => epoch > e || (epoch == e && seq > s),
-            }
-        })
     }
 
     /// Makes this node's rows exactly `rows`, its whole set: a row it no longer reports (its
@@ -531,6 +715,9 @@ impl Task {
                 Some(Change::Rtt) => rtt = true,
                 None => {}
             }
+        }
+        if (flip || rtt) && !self.table.local_within_bounds() {
+            self.metrics.bound_hit("local_rows");
         }
         if flip {
             self.rtt_due = None;

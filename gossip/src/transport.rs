@@ -4,25 +4,85 @@
 //! tagged with the node id from the peer's certificate, which the mesh checks against what
 //! the peer claims. With the `test-util` feature, fault injection (blocked peers) lets tests
 //! cut links.
+//!
+//! Bounds. What a peer holding a cluster certificate can make this node hold is bounded, each
+//! bound counted in [`TransportStats`] when hit: per connection, QUIC flow control
+//! ([`CONN_WINDOW`], [`STREAM_WINDOW`], [`MAX_STREAMS_IN`] open streams, no bidirectional
+//! ones, [`DATAGRAM_BUFFER`]) and [`READERS_PER_CONN`] streams read at once, each within
+//! [`STREAM_DEADLINE`] and [`MAX_STREAM`] bytes (else stopped); the links and connections
+//! ([`Transport::set_max_links`], twice as many connections), the streams in flight to one
+//! peer ([`STREAMS_OUT`]), and the bytes waiting for the mesh task ([`INBOX_BYTES`]). So one
+//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 12 MiB.
 
 use std::collections::HashMap;
 #[cfg(feature = "test-util")]
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken as Cancel;
 
 use crate::error::GossipError;
 use crate::tls::{self, NodeTls};
 
-/// A stream message larger than this is refused unread (a full snapshot of a large mesh is
-/// far smaller).
-pub const MAX_STREAM: usize = 8 << 20;
+/// Largest replication message (one stream): a stream that goes past it is stopped and
+/// counted ([`TransportStats::oversized`]). The largest message the mesh sends is one full
+/// batch of a writer, at most `table::MAX_WRITER_BYTES` (1 MiB) of rows, so this leaves room
+/// for the envelope and a signature.
+pub const MAX_STREAM: usize = 2 << 20;
+
+/// Connection-level QUIC receive window: what a peer may have in flight, unread, on one
+/// connection, all streams together.
+pub const CONN_WINDOW: u32 = 4 << 20;
+
+/// Per-stream QUIC receive window.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
+/// Unidirectional streams a peer may have open on one connection at once: QUIC does not let
+/// it open another until one ends. (Bidirectional streams: none; the mesh uses none.)
+pub const MAX_STREAMS_IN: u32 = 16;
+
+/// Streams of one connection read at once; the others wait in QUIC's buffers, inside
+/// [`CONN_WINDOW`]. Each is read by its own task, so a slow stream holds up only its own
+/// slot, for at most [`STREAM_DEADLINE`].
+pub const READERS_PER_CONN: usize = 4;
+
+/// How long one incoming stream may take to arrive whole; then it is stopped and counted.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Received SWIM datagrams QUIC buffers per connection, in bytes (about 230 packets).
+pub const DATAGRAM_BUFFER: usize = 256 << 10;
+
+/// Outgoing streams in flight to one peer; beyond it a message is dropped and counted (a peer
+/// that reads slowly must not make this node hold a task per message).
+pub const STREAMS_OUT: usize = 32;
+
+/// Bytes of received messages waiting for the mesh task, all peers together; beyond it a
+/// message is dropped and counted.
+pub const INBOX_BYTES: usize = 64 << 20;
+
+/// Links until the mesh sets its own bound with [`Transport::set_max_links`].
+const DEFAULT_MAX_LINKS: usize = 256;
+
+/// QUIC stream error code: the message is over [`MAX_STREAM`].
+const TOO_LARGE: u32 = 1;
+/// QUIC stream error code: the message took longer than [`STREAM_DEADLINE`].
+const TOO_SLOW: u32 = 2;
+
+/// Applies the transport's flow-control bounds to a QUIC transport configuration.
+pub(crate) fn limit(transport: &mut quinn::TransportConfig) {
+    transport
+        .receive_window(quinn::VarInt::from_u32(CONN_WINDOW))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_STREAMS_IN))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+}
 
 /// Messages waiting for a peer's link; beyond this they are dropped (SWIM tolerates loss,
 /// anti-entropy repairs the rest).
@@ -41,6 +101,21 @@ pub struct Inbound {
     pub peer_id: Option<String>,
     pub kind: Kind,
     pub data: Bytes,
+    /// Gives `data`'s bytes back to [`INBOX_BYTES`] when the message is dropped.
+    _held: Held,
+}
+
+/// Bytes counted against [`INBOX_BYTES`] until dropped.
+#[derive(Debug)]
+struct Held {
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +139,20 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Connections refused: no certificate from the cluster CA (handshake failures).
     pub refused: AtomicU64,
+    /// Incoming streams stopped for going over [`MAX_STREAM`].
+    pub oversized: AtomicU64,
+    /// Incoming streams stopped for taking longer than [`STREAM_DEADLINE`].
+    pub slow_streams: AtomicU64,
+    /// Messages to a peer not sent: [`STREAMS_OUT`] streams already in flight to it.
+    pub streams_out_full: AtomicU64,
+    /// Messages received but dropped: [`INBOX_BYTES`] already waiting for the mesh task.
+    pub inbox_full: AtomicU64,
+    /// Messages not sent, or connections refused, because the links are at their bound.
+    pub links_full: AtomicU64,
+    /// Incoming connections refused because the connections are at their bound.
+    pub connections_full: AtomicU64,
+    /// Links closed because their peer is no longer a member ([`Transport::retain`]).
+    pub links_pruned: AtomicU64,
 }
 
 enum Out {
@@ -74,6 +163,7 @@ enum Out {
 struct Link {
     tx: mpsc::Sender<Out>,
     conn: Arc<Mutex<Option<quinn::Connection>>>,
+    created: Instant,
 }
 
 /// Peers whose traffic is dropped both ways, for partition tests.
@@ -111,6 +201,9 @@ pub struct Transport {
     pub faults: Arc<Faults>,
     pub stats: Arc<TransportStats>,
     stop: Cancel,
+    max_links: AtomicUsize,
+    /// Bytes of messages waiting in `inbox`.
+    inbox_bytes: Arc<AtomicUsize>,
 }
 
 impl Transport {
@@ -148,6 +241,8 @@ impl Transport {
             faults: Arc::new(Faults::default()),
             stats: Arc::new(TransportStats::default()),
             stop: Cancel::new(),
+            max_links: AtomicUsize::new(DEFAULT_MAX_LINKS),
+            inbox_bytes: Arc::new(AtomicUsize::new(0)),
         });
         tokio::spawn(accept_loop(t.clone()));
         Ok(t)
@@ -187,11 +282,105 @@ impl Transport {
             return;
         }
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if !links.contains_key(&peer) && links.len() >= self.max_links() {
+            self.stats.links_full.fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let link = links
             .entry(peer)
             .or_insert_with(|| self.clone().start_link(peer, None));
         if link.tx.try_send(out).is_err() {
             self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bounds the links to peers (each a task and a connection), and the connections at twice
+    /// that (both sides of a pair may dial at once): a new link beyond it is not made, and an
+    /// incoming connection beyond either is refused.
+    pub fn set_max_links(&self, max: usize) {
+        self.max_links.store(max.max(1), Ordering::Relaxed);
+    }
+
+    fn max_links(&self) -> usize {
+        self.max_links.load(Ordering::Relaxed)
+    }
+
+    /// Links to peers now.
+    pub fn link_count(&self) -> usize {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Closes the links that are older than `grace` and whose peer neither `keep_addr` (by
+    /// address) nor `keep_id` (by the node id of its certificate, for a peer whose source
+    /// address is not the one it advertises) keeps; returns how many. The grace lets a
+    /// joining peer's first messages make it a member before its link is judged.
+    pub fn retain(
+        &self,
+        keep_addr: impl Fn(SocketAddr) -> bool,
+        keep_id: impl Fn(&str) -> bool,
+        grace: Duration,
+    ) -> usize {
+        let now = Instant::now();
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<SocketAddr> = links
+            .iter()
+            .filter(|(addr, link)| {
+                if now.saturating_duration_since(link.created) < grace || keep_addr(**addr) {
+                    return false;
+                }
+                let conn = link.conn.lock().unwrap_or_else(|p| p.into_inner());
+                let id = conn.as_ref().and_then(tls::peer_node_id);
+                !id.is_some_and(|id| keep_id(&id))
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        for addr in &gone {
+            if let Some(link) = links.remove(addr) {
+                if let Some(c) = link.conn.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    c.close(0u32.into(), b"not a member");
+                }
+            }
+        }
+        self.stats
+            .links_pruned
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone.len()
+    }
+
+    /// Hands a received message to the mesh task, within [`INBOX_BYTES`].
+    fn deliver(&self, from: SocketAddr, peer_id: &Option<String>, kind: Kind, data: Bytes) {
+        if self.blocked(from) {
+            return;
+        }
+        let counter = match kind {
+            Kind::Swim => &self.stats.datagrams_in,
+            Kind::Repl => &self.stats.streams_in,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let bytes = data.len();
+        self.stats
+            .bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        let before = self.inbox_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let held = Held {
+            bytes,
+            total: self.inbox_bytes.clone(),
+        };
+        if before.saturating_add(bytes) > INBOX_BYTES {
+            self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let msg = Inbound {
+            from,
+            peer_id: peer_id.clone(),
+            kind,
+            data,
+            _held: held,
+        };
+        if self.inbox.try_send(msg).is_err() {
+            self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %from, "mesh inbox full; message dropped");
         }
     }
 
@@ -244,7 +433,11 @@ impl Transport {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let slot = Arc::new(Mutex::new(conn));
         tokio::spawn(link_task(self, peer, rx, slot.clone()));
-        Link { tx, conn: slot }
+        Link {
+            tx,
+            conn: slot,
+            created: Instant::now(),
+        }
     }
 
     /// Registers an accepted connection as the link to its peer, so replies reuse it.
@@ -259,11 +452,29 @@ impl Transport {
                 // other's, and closing would tear down both.
                 *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
             }
+            // The accept loop refuses connections beyond the bound; one may still slip in
+            // while another is handshaking. It is read but gets no link: replies go out on
+            // a link of their own when there is room.
+            None if links.len() >= self.max_links() => {
+                self.stats.links_full.fetch_add(1, Ordering::Relaxed);
+            }
             None => {
                 let link = self.clone().start_link(peer, Some(conn.clone()));
                 links.insert(peer, link);
             }
         }
+    }
+
+    /// Whether an incoming connection from `peer` is over the bounds.
+    fn over_bounds(&self, peer: SocketAddr) -> Option<&AtomicU64> {
+        if self.endpoint.open_connections() >= self.max_links().saturating_mul(2) {
+            return Some(&self.stats.connections_full);
+        }
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if !links.contains_key(&peer) && links.len() >= self.max_links() {
+            return Some(&self.stats.links_full);
+        }
+        None
     }
 }
 
@@ -302,6 +513,11 @@ async fn accept_loop(t: Arc<Transport>) {
                 incoming.ignore();
                 return;
             }
+            if let Some(counter) = t.over_bounds(from) {
+                counter.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                return;
+            }
             match incoming.await {
                 Ok(conn) => {
                     t.adopt(from, &conn);
@@ -322,6 +538,7 @@ async fn link_task(
     mut rx: mpsc::Receiver<Out>,
     slot: Arc<Mutex<Option<quinn::Connection>>>,
 ) {
+    let in_flight = Arc::new(Semaphore::new(STREAMS_OUT));
     while let Some(out) = rx.recv().await {
         if t.blocked(peer) {
             t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
@@ -362,9 +579,15 @@ async fn link_task(
             }
             Out::Stream(data) => {
                 // Streams go out on their own task so a slow peer's flow control never holds
-                // up the SWIM datagrams queued behind.
+                // up the SWIM datagrams queued behind; a bounded number of them.
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    t.stats.streams_out_full.fetch_add(1, Ordering::Relaxed);
+                    t.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let t = t.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let len = data.len() as u64;
                     let sent = async {
                         let mut s = conn.open_uni().await?;
@@ -430,44 +653,55 @@ fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
     }
 }
 
-/// Forwards what a connection receives to the mesh task until it closes.
+/// Forwards what a connection receives to the mesh task until it closes: datagrams here, each
+/// stream on a task of its own (at most [`MAX_STREAMS_IN`], QUIC's bound), read
+/// [`READERS_PER_CONN`] at a time.
 async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
     let from = conn.remote_address();
     let peer_id = tls::peer_node_id(&conn);
+    let readers = Arc::new(Semaphore::new(READERS_PER_CONN));
     loop {
-        let (kind, data) = tokio::select! {
+        tokio::select! {
             _ = t.stop.cancelled() => return,
             d = conn.read_datagram() => match d {
-                Ok(d) => (Kind::Swim, d),
+                Ok(d) => t.deliver(from, &peer_id, Kind::Swim, d),
                 Err(_) => return,
             },
             s = conn.accept_uni() => match s {
-                Ok(mut s) => match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(MAX_STREAM)).await {
-                    Ok(Ok(d)) => (Kind::Repl, Bytes::from(d)),
-                    _ => continue,
-                },
+                Ok(s) => {
+                    tokio::spawn(read_stream(t.clone(), s, from, peer_id.clone(), readers.clone()));
+                }
                 Err(_) => return,
             },
-        };
-        if t.blocked(from) {
-            continue;
         }
-        let counter = match kind {
-            Kind::Swim => &t.stats.datagrams_in,
-            Kind::Repl => &t.stats.streams_in,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        t.stats
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let msg = Inbound {
-            from,
-            peer_id: peer_id.clone(),
-            kind,
-            data,
-        };
-        if t.inbox.try_send(msg).is_err() {
-            tracing::debug!(peer = %from, "mesh inbox full; message dropped");
+    }
+}
+
+/// Reads one replication message, within [`MAX_STREAM`] and [`STREAM_DEADLINE`]; a stream
+/// over either is stopped (the peer learns why by the code) and counted.
+async fn read_stream(
+    t: Arc<Transport>,
+    mut s: quinn::RecvStream,
+    from: SocketAddr,
+    peer_id: Option<String>,
+    readers: Arc<Semaphore>,
+) {
+    let Ok(_reader) = readers.acquire_owned().await else {
+        return;
+    };
+    match tokio::time::timeout(STREAM_DEADLINE, s.read_to_end(MAX_STREAM)).await {
+        Ok(Ok(data)) => t.deliver(from, &peer_id, Kind::Repl, Bytes::from(data)),
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            t.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            let _ = s.stop(TOO_LARGE.into());
+            tracing::debug!(peer = %from, "mesh message over {MAX_STREAM} bytes; stream stopped");
+        }
+        // The peer reset it, or the connection went away.
+        Ok(Err(_)) => {}
+        Err(_) => {
+            t.stats.slow_streams.fetch_add(1, Ordering::Relaxed);
+            let _ = s.stop(TOO_SLOW.into());
+            tracing::debug!(peer = %from, "mesh message not whole after {STREAM_DEADLINE:?}; stream stopped");
         }
     }
 }

@@ -39,8 +39,5 @@ mod tests;
 pub use crate::identity::MESH_SERVER_NAME;
 pub use ca::{init_ca, issue_cert, CaPaths, CertPaths, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{FileKind, TlsError};
-pub use node::{
-    load, NodeTls, ALPN, DATAGRAM_RECEIVE_BUFFER, KEEP_ALIVE_INTERVAL, MAX_CONCURRENT_UNI_STREAMS,
-    MAX_IDLE_TIMEOUT,
-};
+pub use node::{load, NodeTls, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT};
 pub use verify::{peer_is, peer_node_id};

@@ -31,12 +31,6 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// failures on its own (faster); this only bounds how long a dead connection lingers.
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Receive buffer for unreliable datagrams (SWIM probes go there), in bytes.
-pub const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
-
-/// How many unidirectional streams a peer may have open at once (replication pushes).
-pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 256;
-
 /// A node's TLS identity, loaded and verified: its certificate chain and key, and the cluster
 /// CA it trusts. Cheap to clone.
 #[derive(Clone)]
@@ -223,8 +217,8 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         // 30 s in milliseconds always fits a VarInt, hence no fallible conversion.
         .max_idle_timeout(Some(
             quinn::VarInt::from_u32(MAX_IDLE_TIMEOUT.as_millis() as u32).into(),
-        ))
-        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS));
+        ));
+    // What a peer may make this node buffer: the transport's bounds.
+    crate::transport::limit(&mut transport);
     Arc::new(transport)
 }

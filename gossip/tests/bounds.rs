@@ -1,0 +1,346 @@
+//! What one peer holding a valid cluster certificate can make a node hold is bounded: a flood
+//! of made-up members stays under the member bound and none of them beyond it is ever dialed
+//! (nor the target of a ping-req), a message over the size limit is stopped unread, and a peer
+//! cannot open more streams at once than the bound. Everything on 127.0.0.1.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use foca::{Codec, Header, Member, Message};
+use prometheus_client::registry::Registry;
+use switchyard_geo::Region;
+use switchyard_gossip::codec::FocaCodec;
+use switchyard_gossip::tls::{self, NodeTls};
+use switchyard_gossip::transport::{Transport, MAX_STREAM, MAX_STREAMS_IN};
+use switchyard_gossip::{
+    Mesh, MeshConfig, MeshMetrics, NodeIdentity, Profile, Timings, MIN_MAX_MEMBERS,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A test CA and node certificates in a scratch directory, removed on drop.
+struct Certs(PathBuf);
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("sy-bounds-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tls::init_ca(&dir.join("ca"), "test").expect("test CA");
+        Certs(dir)
+    }
+
+    fn node(&self, id: &str) -> NodeTls {
+        tls::issue_cert(&self.0.join("ca"), id, &self.0).expect("node certificate");
+        let file = |ext: &str| self.0.join(format!("{id}.{ext}"));
+        tls::load(
+            &self.0.join("ca").join("ca.crt"),
+            &file("crt"),
+            &file("key"),
+        )
+        .expect("load node TLS")
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node with fast timings and `expected_size` 2, so its member bound is the floor.
+fn start_node(certs: &Certs, id: &str) -> (Mesh, Arc<Mutex<Registry>>) {
+    let mut timings = Timings::for_profile(Profile::Lan, 2);
+    timings.probe_period = Duration::from_millis(200);
+    timings.probe_rtt = Duration::from_millis(100);
+    timings.suspect_to_down_after = Duration::from_secs(1);
+    timings.announce_period = Duration::from_millis(300);
+    timings.anti_entropy_period = Duration::from_millis(300);
+    let cfg = MeshConfig {
+        node_id: id.into(),
+        region: Region::Weu,
+        cluster: "test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        seeds: Vec::new(),
+        profile: Profile::Lan,
+        expected_size: 2,
+        timings,
+        fingerprint: 0,
+    };
+    assert_eq!(cfg.max_members(), MIN_MAX_MEMBERS);
+    let metrics = MeshMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let mesh = Mesh::start(cfg, &certs.node(id), metrics).expect("mesh starts");
+    (mesh, Arc::new(Mutex::new(registry)))
+}
+
+/// The value of the metric line starting with `series` (e.g. `mesh_links`), 0 when absent.
+fn metric(registry: &Mutex<Registry>, series: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn bound_hits(registry: &Mutex<Registry>, bound: &str) -> u64 {
+    metric(
+        registry,
+        &format!("mesh_bound_hits_total{{bound=\"{bound}\"}}"),
+    )
+}
+
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not true within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A peer with a valid certificate that writes its own SWIM packets.
+struct Mallory {
+    transport: Arc<Transport>,
+    identity: NodeIdentity,
+    _inbox: tokio::sync::mpsc::Receiver<switchyard_gossip::transport::Inbound>,
+}
+
+impl Mallory {
+    fn new(certs: &Certs) -> Mallory {
+        let (tx, inbox) = tokio::sync::mpsc::channel(16);
+        let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), &certs.node("mallory"), tx)
+            .expect("mallory binds");
+        let identity = NodeIdentity {
+            id: "mallory".into(),
+            region: Region::Weu,
+            addr: transport.local_addr(),
+            cluster: "test".into(),
+            generation: 1,
+        };
+        Mallory {
+            transport,
+            identity,
+            _inbox: inbox,
+        }
+    }
+
+    /// A packet to `victim`: header, then the members, as foca lays them out.
+    fn packet(
+        &self,
+        victim: &NodeIdentity,
+        message: Message<NodeIdentity>,
+        members: &[Member<NodeIdentity>],
+    ) -> Bytes {
+        let header = Header {
+            src: self.identity.clone(),
+            src_incarnation: 0,
+            dst: victim.clone(),
+            message,
+        };
+        let mut buf = Vec::new();
+        FocaCodec.encode_header(&header, &mut buf).unwrap();
+        if !members.is_empty() {
+            buf.put_u16(members.len() as u16);
+            for m in members {
+                FocaCodec.encode_member(m, &mut buf).unwrap();
+            }
+        }
+        assert!(buf.len() <= switchyard_gossip::MAX_SWIM_PACKET);
+        Bytes::from(buf)
+    }
+
+    fn send(&self, to: SocketAddr, packet: Bytes) {
+        self.transport.send_datagram(to, packet);
+    }
+}
+
+fn fake(id: String, addr: SocketAddr) -> NodeIdentity {
+    NodeIdentity {
+        id,
+        region: Region::Weu,
+        addr,
+        cluster: "test".into(),
+        generation: 1,
+    }
+}
+
+/// Datagrams a UDP socket has received so far, without waiting.
+fn drain(socket: &std::net::UdpSocket) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while socket.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+fn sink() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_nonblocking(true).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_members_stays_under_the_bound_and_is_never_dialed() {
+    let certs = Certs::new("flood");
+    let (victim, registry) = start_node(&certs, "victim");
+    let me = victim.identity().clone();
+    let mallory = Mallory::new(&certs);
+    // Made-up members within the bound point at `admitted`, those past it at `refused`.
+    let admitted = sink();
+    let refused = sink();
+    let (admitted_addr, refused_addr) = (
+        admitted.local_addr().unwrap(),
+        refused.local_addr().unwrap(),
+    );
+
+    let per_packet = 10;
+    let mut probe = 0u8;
+    let mut next = 0usize;
+    let mut flood = |to: SocketAddr, packets: usize, next: &mut usize| {
+        for _ in 0..packets {
+            let members: Vec<_> = (0..per_packet)
+                .map(|k| Member::alive(fake(format!("fake-{}", *next + k), to)))
+                .collect();
+            *next += per_packet;
+            probe = probe.wrapping_add(1);
+            mallory.send(
+                victim.local_addr(),
+                mallory.packet(&me, Message::Ping(probe), &members),
+            );
+        }
+    };
+    // Fill the member table: mallory and made-up members up to the bound.
+    let state = victim.state();
+    flood(admitted_addr, MIN_MAX_MEMBERS / per_packet + 1, &mut next);
+    eventually("the member table fills up to the bound", || async {
+        // The local node is listed too.
+        state.borrow().members.len() == MIN_MAX_MEMBERS + 1
+    })
+    .await;
+    let refused_before = bound_hits(&registry, "members");
+    assert!(refused_before > 0);
+
+    // 1,500 more: none is admitted.
+    flood(refused_addr, 150, &mut next);
+    eventually("every update past the bound is counted", || async {
+        bound_hits(&registry, "members") >= refused_before + 1500
+    })
+    .await;
+    assert_eq!(state.borrow().members.len(), MIN_MAX_MEMBERS + 1);
+    assert!(!state
+        .borrow()
+        .members
+        .iter()
+        .any(|m| m.addr == refused_addr));
+
+    // A ping-req names its target, an identity of mallory's choosing: not dialed either.
+    let target = fake("fake-target".into(), refused_addr);
+    mallory.send(
+        victim.local_addr(),
+        mallory.packet(
+            &me,
+            Message::PingReq {
+                target,
+                probe_number: 1,
+            },
+            &[],
+        ),
+    );
+    eventually("the ping-req's target is not dialed", || async {
+        bound_hits(&registry, "dial") >= 1
+    })
+    .await;
+
+    // The node does probe the members it admitted (QUIC handshakes reach their address);
+    // by then the others would have been dialed too, had they been admitted.
+    let mut reached = 0;
+    eventually("admitted made-up members are probed", || {
+        reached += drain(&admitted);
+        let done = reached >= 5;
+        async move { done }
+    })
+    .await;
+    assert_eq!(drain(&refused), 0, "a member past the bound was dialed");
+    let links = metric(&registry, "mesh_links");
+    assert!(links <= (MIN_MAX_MEMBERS + 16) as u64, "{links} links");
+    victim.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_stopped_unread_and_counted() {
+    let certs = Certs::new("oversized");
+    let (victim, registry) = start_node(&certs, "victim");
+    let mallory = Mallory::new(&certs);
+    mallory
+        .transport
+        .send_stream(victim.local_addr(), Bytes::from(vec![1u8; MAX_STREAM + 1]));
+    eventually("the oversized stream is counted", || async {
+        bound_hits(&registry, "message_size") == 1
+    })
+    .await;
+    // It never reached the decoder; a message under the limit does.
+    assert_eq!(metric(&registry, "mesh_decode_errors_total"), 0);
+    mallory
+        .transport
+        .send_stream(victim.local_addr(), Bytes::from(vec![1u8; 1000]));
+    eventually("a message under the limit is read", || async {
+        metric(&registry, "mesh_decode_errors_total") == 1
+    })
+    .await;
+    assert_eq!(bound_hits(&registry, "message_size"), 1);
+    victim.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_open_more_streams_than_the_bound_and_slow_ones_are_stopped() {
+    let certs = Certs::new("streams");
+    let (victim, registry) = start_node(&certs, "victim");
+    let mallory = certs.node("mallory");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(mallory.client_config().unwrap());
+    let conn = endpoint
+        .connect(victim.local_addr(), tls::MESH_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("mallory connects");
+    // Streams opened and never finished: each holds a reader until its deadline.
+    let mut streams = Vec::new();
+    for _ in 0..MAX_STREAMS_IN {
+        let mut s = conn.open_uni().await.expect("within the bound");
+        s.write_all(b"partial").await.unwrap();
+        streams.push(s);
+    }
+    // The victim granted no more: opening one more waits (polled once, no credit).
+    let one_more = tokio::time::timeout(Duration::ZERO, conn.open_uni()).await;
+    assert!(one_more.is_err(), "a stream past the bound was opened");
+    // No bidirectional streams at all.
+    let bidi = tokio::time::timeout(Duration::ZERO, conn.open_bi()).await;
+    assert!(bidi.is_err(), "a bidirectional stream was opened");
+    eventually("slow streams are stopped at their deadline", || async {
+        bound_hits(&registry, "stream_deadline") >= 1
+    })
+    .await;
+    // A stopped stream frees credit for a new one.
+    let more = tokio::time::timeout(WAIT, conn.open_uni()).await;
+    assert!(more.is_ok(), "no stream credit after the deadline");
+    drop(streams);
+    conn.close(0u32.into(), b"done");
+    victim.leave().await;
+}
