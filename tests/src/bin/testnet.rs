@@ -614,10 +614,14 @@ impl Ctx {
         let deadline = Instant::now() + self.stop_timeout;
         while !pids.is_empty() {
             let now = Instant::now();
+            // One liveness check per process and round: one that exits between two checks
+            // would otherwise be dropped from the list with its pid file left behind.
+            let mut exited = Vec::new();
             for (name, pid, killed) in pids.iter_mut() {
                 if !wan::pid_alive(*pid) {
                     let _ = writeln!(out, "stopped {name} (pid {pid})");
                     let _ = std::fs::remove_file(pidfile(name));
+                    exited.push(*pid);
                 } else if now >= deadline && !*killed {
                     warn(&format!(
                         "{name} (pid {pid}) did not exit {}s after SIGTERM; sending SIGKILL",
@@ -627,7 +631,7 @@ impl Ctx {
                     *killed = true;
                 }
             }
-            pids.retain(|(_, pid, _)| wan::pid_alive(*pid));
+            pids.retain(|(_, pid, _)| !exited.contains(pid));
             if pids.is_empty() {
                 break;
             }
