@@ -39,6 +39,8 @@ pub struct Inbound {
     pub from: SocketAddr,
     /// The node id in the peer's certificate.
     pub peer_id: Option<String>,
+    /// The peer's certificate (DER), which the mesh keeps to check what the peer signs.
+    pub peer_cert: Option<Bytes>,
     pub kind: Kind,
     pub data: Bytes,
 }
@@ -434,6 +436,7 @@ fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
 async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
     let from = conn.remote_address();
     let peer_id = tls::peer_node_id(&conn);
+    let peer_cert = tls::peer_cert(&conn).map(Bytes::from);
     loop {
         let (kind, data) = tokio::select! {
             _ = t.stop.cancelled() => return,
@@ -463,6 +466,7 @@ async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
         let msg = Inbound {
             from,
             peer_id: peer_id.clone(),
+            peer_cert: peer_cert.clone(),
             kind,
             data,
         };
