@@ -352,5 +352,23 @@ mod tests {
         assert_eq!(new.addr(), old.addr());
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
+        // No generation above the last: renewing it fails instead of wrapping to 0.
+        assert!(id(u64::MAX).renew().is_none());
+    }
+
+    #[test]
+    fn two_signatures_of_one_identity_are_the_same_member() {
+        let mut a = id(5);
+        let mut b = id(5);
+        a.sig = vec![1; 70];
+        b.sig = vec![2; 71];
+        assert_eq!(a, b);
+        let hash = |x: &NodeIdentity| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(a.claim(), id(6).claim());
     }
 }

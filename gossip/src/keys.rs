@@ -186,3 +186,64 @@ impl SignIdentity for Keys {
         Seal::sign(self, claim)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{init_ca, issue_cert_in, load};
+
+    #[test]
+    fn claims_verify_only_for_their_node_and_its_region() {
+        let dir = std::env::temp_dir().join(format!("switchyard-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = init_ca(&dir.join("ca"), "prod").unwrap();
+        let tls = |id: &str, region| {
+            let p = issue_cert_in(&dir.join("ca"), id, region, &dir).unwrap();
+            load(&ca.cert, &p.cert, &p.key).unwrap()
+        };
+        let a = tls("edge-a", Some(Region::Weu));
+        let b = tls("edge-b", None);
+        let keys_a = Keys::new(&a);
+        let keys_b = Keys::new(&b);
+
+        let id = NodeIdentity::unsigned(
+            "edge-a",
+            Region::Weu,
+            "127.0.0.1:1".parse().unwrap(),
+            "prod",
+            7,
+        )
+        .signed_by(Arc::new(Keys::new(&a)));
+        // b has not heard of a yet.
+        assert_eq!(keys_b.check_identity(&id), Err(SealRefusal::UnknownSigner));
+        let der = keys_a.certs_of(&["edge-a".to_string()]).remove(0);
+        assert_eq!(keys_b.learn(&der, Source::Relayed).unwrap(), "edge-a");
+        assert_eq!(keys_b.check_identity(&id), Ok(()));
+
+        // Another generation with the old signature, another region, a signature by b.
+        let mut later = id.clone();
+        later.generation += 1;
+        assert_eq!(
+            keys_b.check_identity(&later),
+            Err(SealRefusal::BadSignature)
+        );
+        let elsewhere = NodeIdentity::unsigned("edge-a", Region::Enam, id.addr, "prod", 7)
+            .signed_by(Arc::new(Keys::new(&a)));
+        assert_eq!(
+            keys_b.check_identity(&elsewhere),
+            Err(SealRefusal::WrongRegion)
+        );
+        let by_b = NodeIdentity::unsigned("edge-a", Region::Weu, id.addr, "prod", 7)
+            .signed_by(Arc::new(Keys::new(&b)));
+        assert_eq!(keys_b.check_identity(&by_b), Err(SealRefusal::BadSignature));
+
+        // foca's renew signs the next generation with the node's key.
+        let renewed = foca::Identity::renew(&id).unwrap();
+        assert_eq!(renewed.generation, 8);
+        assert_eq!(keys_b.check_identity(&renewed), Ok(()));
+        let (made, verified) = keys_b.counts();
+        assert_eq!(made, 0);
+        assert!(verified >= 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
