@@ -34,6 +34,10 @@ pub struct Keys {
     tls: NodeTls,
     signer: Arc<CertSigner>,
     certs: Mutex<HashMap<String, PeerCert>>,
+    /// The identity last verified of each node: SWIM repeats a node's identity in every
+    /// packet it sends and every update about it, and checking the same bytes again would
+    /// spend a signature verification on each.
+    checked: Mutex<HashMap<String, NodeIdentity>>,
     made: AtomicU64,
     verified: AtomicU64,
 }
@@ -62,6 +66,7 @@ impl Keys {
             tls: tls.clone(),
             signer: tls.signer(),
             certs: Mutex::new(HashMap::new()),
+            checked: Mutex::new(HashMap::new()),
             made: AtomicU64::new(0),
             verified: AtomicU64::new(0),
         };
@@ -97,6 +102,10 @@ impl Keys {
         if source == Source::Relayed && certs.contains_key(&node) {
             return Ok(node);
         }
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node);
         if !certs.contains_key(&node) && certs.len() >= MAX_CERTS {
             // Full: make room by dropping some other node's certificate; it is fetched again
             // when needed.
@@ -152,7 +161,21 @@ impl Keys {
 
     /// Checks a SWIM identity: signed by its node, for a region its certificate allows.
     pub fn check_identity(&self, id: &NodeIdentity) -> Result<(), SealRefusal> {
-        self.check(&id.id, id.region, &id.claim(), &id.sig)
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked
+            .get(&id.id)
+            .is_some_and(|seen| seen == id && seen.sig == id.sig)
+        {
+            return Ok(());
+        }
+        drop(checked);
+        self.check(&id.id, id.region, &id.claim(), &id.sig)?;
+        checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.len() >= MAX_CERTS && !checked.contains_key(&id.id) {
+            checked.clear();
+        }
+        checked.insert(id.id.clone(), id.clone());
+        Ok(())
     }
 
     /// Signatures made and verified so far.
