@@ -1066,55 +1066,90 @@ async fn a_node_configured_for_another_region_than_its_certificate_does_not_star
     );
 }
 
-/// The honest case: rows and membership that reach a node only through a third node carry
-/// their writer's signature, which the relay cannot make but can pass on, and are taken.
+/// The honest case: rows that reach a node only through a third node carry their writer's
+/// seal, which the relay cannot make but can pass on, and are taken once the writer's
+/// certificate is known (here the relay hands it on, as a node asked for it does).
 #[tokio::test]
 async fn rows_relayed_by_a_third_node_are_verified_and_taken() {
     let scratch = Scratch::new("relay");
     let ca = scratch.ca("c", CLUSTER);
-    let hub = Node::start(&ca.node("edge-h"), vec![]);
-    let writer = Node::start(&ca.node("edge-w"), vec![hub.addr()]);
-    let reader = Node::start(&ca.node("edge-r"), vec![hub.addr()]);
-    // The writer and the reader never hear each other: whatever the reader learns of the
-    // writer comes through the hub.
-    writer.mesh.faults().block(reader.addr());
-    reader.mesh.faults().block(writer.addr());
-    converge(&hub, &writer).await;
-    converge(&hub, &reader).await;
-    writer.set_health(false);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let writer_key = ca.node("edge-w");
+    let relay_key = ca.node("edge-r");
+    let relay = RawPeer::connect(&relay_key, target.addr()).await;
+    let epoch = now_ms();
+    // edge-w's own rows, sealed by edge-w (it never talks to the target itself).
+    let rows = sealed_batch(&writer_key, "edge-w", Region::Weu, epoch, false);
+    let relayed = envelope(CLUSTER, "edge-r", Msg::Delta(vec![rows.clone()]));
+
+    // The target has never seen edge-w's certificate: it cannot check the seal yet.
+    relay.stream(&relayed).await;
     wait_until(
-        "the reader to hold the writer's row, relayed by the hub",
-        || reader.health_of("edge-w") == Some(false),
-        || {
-            format!(
-                "{}{}{}",
-                reader.describe(),
-                hub.describe(),
-                writer.describe()
-            )
-        },
+        "the target to set aside rows whose writer it cannot check yet",
+        || target.refused("unknown_signer") >= 1,
+        || target.describe(),
     )
     .await;
-    writer.set_health(true);
-    wait_until(
-        "the reader to take the writer's next change, relayed by the hub",
-        || reader.health_of("edge-w") == Some(true),
-        || {
-            format!(
-                "{}{}{}",
-                reader.describe(),
-                hub.describe(),
-                writer.describe()
-            )
-        },
+    assert!(!target.has_writer("edge-w"), "{}", target.describe());
+
+    // A certificate relayed for edge-w, then the same rows: taken.
+    let cert = writer_key.own_cert().unwrap().der().to_vec();
+    relay
+        .stream(&envelope(CLUSTER, "edge-r", Msg::Certs(vec![cert])))
+        .await;
+    wait_until_resending_async(
+        &relay,
+        &relayed,
+        || target.health_of("edge-w") == Some(false),
+        &target,
     )
     .await;
-    for reason in [
-        "bad_signature",
-        "wrong_region",
-        "future_epoch",
-        "future_generation",
-    ] {
-        assert_eq!(reader.refused(reason), 0, "{reason}\n{}", reader.describe());
+
+    // The relay altering them, as a newer version, is caught.
+    let mut altered = rows;
+    altered.rows[0].healthy = true;
+    altered.rows[0].seq += 1;
+    altered.seq += 1;
+    relay
+        .stream(&envelope(CLUSTER, "edge-r", Msg::Delta(vec![altered])))
+        .await;
+    wait_until(
+        "the target to refuse rows the relay altered",
+        || target.refused("bad_signature") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert_eq!(
+        target.health_of("edge-w"),
+        Some(false),
+        "{}",
+        target.describe()
+    );
+}
+
+/// Sends `data` on a stream every few polls until `cond` holds: the certificate and the
+/// rows travel on separate streams, which may arrive in either order.
+async fn wait_until_resending_async(
+    peer: &RawPeer,
+    data: &[u8],
+    mut cond: impl FnMut() -> bool,
+    node: &Node,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut polls = 0u32;
+    loop {
+        if polls % RESEND_EVERY == 0 {
+            peer.stream(data).await;
+        }
+        if cond() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for the target to take the relayed rows\n{}",
+            node.describe()
+        );
+        polls += 1;
+        tokio::time::sleep(POLL).await;
     }
 }
