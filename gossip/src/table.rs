@@ -1260,6 +1260,11 @@ mod tests {
         Instant::now()
     }
 
+    /// A table without signatures, for tests of the bounds alone.
+    fn unsealed(name: &str, epoch: u64) -> Table {
+        Table::new(name.into(), Region::Weu, epoch, 7)
+    }
+
     fn table(name: &str, epoch: u64) -> Table {
         Table::new(name.into(), Region::Weu, epoch, 7).with_seal(FakeSeal::of(name))
     }
@@ -1890,7 +1895,7 @@ mod tests {
     #[test]
     fn a_writer_growing_past_the_row_bound_is_refused_and_others_still_replicate() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         b.apply(rows_batch("x", 0..MAX_WRITER_ROWS, true, 0), now)
             .unwrap();
         // One more row would take x past the bound: the delta is refused whole.
@@ -1911,11 +1916,11 @@ mod tests {
 
         // Anti-entropy keeps working: another writer's rows arrive, and a newcomer gets x
         // whole, in one batch it accepts.
-        let mut a = table("a", 1);
+        let mut a = unsealed("a", 1);
         up(&mut a, "web", "o1", 1000, now);
         pull(&mut b, &a, now);
         assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
-        let mut c = table("c", 1);
+        let mut c = unsealed("c", 1);
         pull(&mut c, &b, now);
         assert_eq!(rows_of(&c, "x"), rows_of(&b, "x"));
         assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
@@ -1925,7 +1930,7 @@ mod tests {
     #[test]
     fn a_writer_growing_past_the_byte_bound_is_refused() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         // 1000 rows of about 1 KiB: under the row bound, over the byte bound.
         let big = rows_batch("x", 0..1000, true, MAX_REASON);
         assert!(big.rows.iter().map(row_cost).sum::<usize>() > MAX_WRITER_BYTES);
@@ -1952,13 +1957,13 @@ mod tests {
     #[test]
     fn an_empty_digest_gets_a_bounded_answer_and_the_rest_follows() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         let writers = MAX_ANSWER_BATCHES * 2 + 10;
         for i in 0..writers {
             b.apply(rows_batch(&format!("w{i}"), 0..3, true, 0), now)
                 .unwrap();
         }
-        let mut c = table("c", 1);
+        let mut c = unsealed("c", 1);
         let answer = b.answer(&c.digest(), 0).unwrap();
         assert_eq!(answer.batches.len(), MAX_ANSWER_BATCHES);
         assert!(answer.more);
@@ -1979,7 +1984,7 @@ mod tests {
         assert_eq!(c.digest().entries.len(), writers + 2);
 
         // Bytes bound it too: large writers come a few at a time, and always at least one.
-        let mut big = table("big", 1);
+        let mut big = unsealed("big", 1);
         for i in 0..10 {
             big.apply(rows_batch(&format!("w{i}"), 0..900, true, 1000), now)
                 .unwrap();
@@ -2003,7 +2008,7 @@ mod tests {
     #[test]
     fn digest_comparison_is_linear_and_a_huge_digest_is_refused() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         for i in 0..MAX_WRITERS {
             b.apply(rows_batch(&format!("w{i}"), 0..1, true, 0), now)
                 .unwrap();
@@ -2333,8 +2338,8 @@ mod tests {
             rows in prop::collection::vec((0usize..6, 0u64..8, any::<bool>()), 0..8),
         ) {
             let now = t0();
-            let mut t = table("b", 1);
-            let mut a = table("a", 1);
+            let mut t = unsealed("b", 1);
+            let mut a = unsealed("a", 1);
             up(&mut a, "web", "o1", 1000, now);
             t.apply(a.local_since(0), now).unwrap();
             let before = (visibles(&t), t.digest());
