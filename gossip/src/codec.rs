@@ -14,7 +14,8 @@ use crate::identity::NodeIdentity;
 /// Version of the wire format. Every message (and every foca packet) starts with it, so that
 /// nodes of two releases can run side by side during a rolling upgrade and refuse, with a clear
 /// error, what they cannot read instead of misreading it.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2: SWIM identities and health-row batches carry their writer's signature.
+pub const FORMAT_VERSION: u8 = 2;
 
 // Node has always found the fingerprint hash here.
 
@@ -171,13 +172,16 @@ mod tests {
     use switchyard_geo::Region;
 
     fn ident(id: &str, generation: u64) -> NodeIdentity {
-        NodeIdentity {
-            id: id.into(),
-            region: Region::Weu,
-            addr: "[2001:db8::1]:7946".parse().unwrap(),
-            cluster: "prod".into(),
+        let mut id = NodeIdentity::unsigned(
+            id,
+            Region::Weu,
+            "[2001:db8::1]:7946".parse().unwrap(),
+            "prod",
             generation,
-        }
+        );
+        // An ECDSA P-256 signature in DER is 70 to 72 bytes.
+        id.sig = vec![0x30; 72];
+        id
     }
 
     fn batch() -> Batch {
@@ -210,6 +214,7 @@ mod tests {
                     seq: 5,
                 },
             ],
+            sig: vec![0x30; 71],
         }
     }
 
@@ -255,14 +260,14 @@ mod tests {
         assert!(matches!(err, CodecError::UnknownVersion(7)));
         assert_eq!(
             err.to_string(),
-            "unknown format version 7 (this node speaks 1); upgrade it"
+            "unknown format version 7 (this node speaks 2); upgrade it"
         );
 
         let mut buf = Vec::new();
         FocaCodec.encode_header(&header(), &mut buf).unwrap();
-        buf[0] = 2;
+        buf[0] = 1;
         let err = FocaCodec.decode_header(&buf[..]).unwrap_err();
-        assert!(matches!(err, CodecError::UnknownVersion(2)));
+        assert!(matches!(err, CodecError::UnknownVersion(1)));
     }
 
     #[test]
@@ -365,13 +370,14 @@ mod tests {
 
     #[test]
     fn a_header_fits_a_quic_datagram_with_room_to_spare() {
-        // foca's max_packet_size will be ~1100 bytes; a header with three long identities must
-        // leave plenty of that for piggybacked members.
-        let long = |id: &str| NodeIdentity {
-            id: id.repeat(8),
-            cluster: "production-cluster".into(),
-            generation: u64::MAX,
-            ..ident("x", 0)
+        // foca's max_packet_size will be ~1100 bytes; a header with three identities of the
+        // longest ids, each with its signature (72 bytes), must still leave room for several
+        // piggybacked members (typical ids leave far more).
+        let long = |id: &str| {
+            let mut long = ident("x", u64::MAX);
+            long.id = id.repeat(8);
+            long.cluster = "production-cluster".into();
+            long
         };
         let header = Header {
             src: long("src-node"),
@@ -384,7 +390,7 @@ mod tests {
         };
         let mut buf = Vec::new();
         FocaCodec.encode_header(&header, &mut buf).unwrap();
-        assert!(buf.len() < 400, "{} bytes", buf.len());
+        assert!(buf.len() < 600, "{} bytes", buf.len());
 
         let mut tiny = Vec::new();
         let mut limited = (&mut tiny).limit(buf.len() - 1);
@@ -463,6 +469,7 @@ mod tests {
                         full,
                         fingerprint,
                         rows,
+                        sig: Vec::new(),
                     }
                 },
             )
@@ -478,12 +485,8 @@ mod tests {
             ".{0,16}",
             any::<u64>(),
         )
-            .prop_map(|(id, region, addr, cluster, generation)| NodeIdentity {
-                id,
-                region,
-                addr,
-                cluster,
-                generation,
+            .prop_map(|(id, region, addr, cluster, generation)| {
+                NodeIdentity::unsigned(id, region, addr, cluster, generation)
             })
     }
 

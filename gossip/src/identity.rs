@@ -3,10 +3,17 @@
 //! sees it: node id, region, the address its QUIC endpoint listens on, the cluster it belongs
 //! to, and a generation. Foca keys members by node id, so a restarted node (higher generation)
 //! replaces its old self instead of leaving a ghost beside it.
+//!
+//! A node signs its own identity with the key of its certificate ([`NodeIdentity::sig`]), so
+//! no other member can gossip a version of it that it never claimed (another region or
+//! address, a generation that can never be beaten). Peers check the signature against the
+//! node's certificate before foca sees the identity.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rustls::pki_types::DnsName;
 use serde::{Deserialize, Serialize};
@@ -18,6 +25,11 @@ use switchyard_geo::Region;
 /// it is known, so the handshake itself pins the node. Reserved: no node may take this id (the
 /// `.invalid` top-level domain can never be a real host, RFC 2606).
 pub const MESH_SERVER_NAME: &str = "mesh.switchyard.invalid";
+
+/// Names under this suffix are the mesh's own (the dialing name above, the region a
+/// certificate speaks for), never node ids, so a certificate's extra DNS names can never be
+/// taken for its node id.
+pub const RESERVED_SUFFIX: &str = ".switchyard.invalid";
 
 /// A valid node id: what `[node] id`, `switchyard cert issue --node` and a node certificate's
 /// DNS name all hold. Letters, digits, '-' and '_', in labels joined by '.', at most
@@ -65,6 +77,13 @@ impl NodeId {
         }
         if id.eq_ignore_ascii_case(MESH_SERVER_NAME) {
             return Some("it is reserved for dialing a peer by address");
+        }
+        if id.len() >= RESERVED_SUFFIX.len()
+            && id
+                .get(id.len() - RESERVED_SUFFIX.len()..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(RESERVED_SUFFIX))
+        {
+            return Some("names ending in \".switchyard.invalid\" are reserved for the mesh");
         }
         if id.len() > Self::MAX_LEN {
             return Some("it is longer than 63 characters");
@@ -129,8 +148,17 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// Signs a node's own identity (and nothing else): the node's certificate key, or a test's.
+pub trait SignIdentity: fmt::Debug + Send + Sync {
+    /// A signature over `claim` ([`NodeIdentity::claim`]); empty if signing failed.
+    fn sign_claim(&self, claim: &[u8]) -> Vec<u8>;
+}
+
 /// A member's identity in SWIM.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Equality and hashing ignore the signature: ECDSA signatures differ each time, and foca
+/// must see two signatures of one identity as the same member.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
     pub id: String,
     pub region: Region,
@@ -139,16 +167,115 @@ pub struct NodeIdentity {
     /// Bumped by `renew` (declared down, then rejoining) and set from the clock at boot, so a
     /// restart always wins over what the mesh remembers.
     pub generation: u64,
+    /// The node's signature over [`NodeIdentity::claim`], made with its certificate's key.
+    pub sig: Vec<u8>,
+    /// Present on this node's own identity only, so that foca's `renew` signs the new
+    /// generation too.
+    #[serde(skip)]
+    signer: Option<Arc<dyn SignIdentity>>,
+}
+
+impl NodeIdentity {
+    /// An identity without a signature (peers refuse it until it is signed).
+    pub fn unsigned(
+        id: impl Into<String>,
+        region: Region,
+        addr: SocketAddr,
+        cluster: impl Into<String>,
+        generation: u64,
+    ) -> NodeIdentity {
+        NodeIdentity {
+            id: id.into(),
+            region,
+            addr,
+            cluster: cluster.into(),
+            generation,
+            sig: Vec::new(),
+            signer: None,
+        }
+    }
+
+    /// Signs this identity with `signer`, which also signs every renewal of it.
+    pub fn signed_by(mut self, signer: Arc<dyn SignIdentity>) -> NodeIdentity {
+        self.sig = signer.sign_claim(&self.claim());
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The bytes a node signs: every field but the signature, each length-prefixed, behind a
+    /// domain tag so that no other signed message of the mesh can pass for one.
+    pub fn claim(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.id.len() + self.cluster.len());
+        put_field(&mut out, b"switchyard/identity/1");
+        put_field(&mut out, self.cluster.as_bytes());
+        put_field(&mut out, self.id.as_bytes());
+        put_field(&mut out, self.region.code().as_bytes());
+        // The address as it travels: serde keeps neither an IPv6 scope id nor a flow label.
+        match self.addr.ip() {
+            std::net::IpAddr::V4(ip) => put_field(&mut out, &ip.octets()),
+            std::net::IpAddr::V6(ip) => put_field(&mut out, &ip.octets()),
+        }
+        out.extend(self.addr.port().to_le_bytes());
+        out.extend(self.generation.to_le_bytes());
+        out
+    }
+}
+
+/// Appends `field` with its length in front, so that no two different field lists encode to
+/// the same bytes.
+pub(crate) fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend((field.len() as u64).to_le_bytes());
+    out.extend(field);
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("id", &self.id)
+            .field("region", &self.region)
+            .field("addr", &self.addr)
+            .field("cluster", &self.cluster)
+            .field("generation", &self.generation)
+            .field("signed", &!self.sig.is_empty())
+            .finish()
+    }
+}
+
+impl PartialEq for NodeIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.region == other.region
+            && self.addr == other.addr
+            && self.cluster == other.cluster
+            && self.generation == other.generation
+    }
+}
+
+impl Eq for NodeIdentity {}
+
+impl Hash for NodeIdentity {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.region.hash(state);
+        self.addr.hash(state);
+        self.cluster.hash(state);
+        self.generation.hash(state);
+    }
 }
 
 impl foca::Identity for NodeIdentity {
     type Addr = String;
 
     fn renew(&self) -> Option<Self> {
-        Some(NodeIdentity {
-            generation: self.generation + 1,
+        let mut next = NodeIdentity {
+            generation: self.generation.checked_add(1)?,
+            sig: Vec::new(),
             ..self.clone()
-        })
+        };
+        if let Some(signer) = &self.signer {
+            next.sig = signer.sign_claim(&next.claim());
+        }
+        Some(next)
     }
 
     fn addr(&self) -> String {
@@ -166,13 +293,13 @@ mod tests {
     use foca::Identity;
 
     fn id(generation: u64) -> NodeIdentity {
-        NodeIdentity {
-            id: "edge-weu".into(),
-            region: Region::Weu,
-            addr: "127.0.0.1:7946".parse().unwrap(),
-            cluster: "test".into(),
+        NodeIdentity::unsigned(
+            "edge-weu",
+            Region::Weu,
+            "127.0.0.1:7946".parse().unwrap(),
+            "test",
             generation,
-        }
+        )
     }
 
     #[test]
@@ -207,6 +334,8 @@ mod tests {
             "édge",
             MESH_SERVER_NAME,
             "Mesh.Switchyard.Invalid",
+            "weu.region.switchyard.invalid",
+            "x.SWITCHYARD.invalid",
             too_long.as_str(),
             dotted_too_long.as_str(),
         ] {
@@ -223,5 +352,23 @@ mod tests {
         assert_eq!(new.addr(), old.addr());
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
+        // No generation above the last: renewing it fails instead of wrapping to 0.
+        assert!(id(u64::MAX).renew().is_none());
+    }
+
+    #[test]
+    fn two_signatures_of_one_identity_are_the_same_member() {
+        let mut a = id(5);
+        let mut b = id(5);
+        a.sig = vec![1; 70];
+        b.sig = vec![2; 71];
+        assert_eq!(a, b);
+        let hash = |x: &NodeIdentity| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(a.claim(), id(6).claim());
     }
 }

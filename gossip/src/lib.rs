@@ -5,7 +5,8 @@
 //! owns foca and the table. The modules, bottom up: `identity` (node ids and SWIM members),
 //! `hash` (the fingerprint hash), `table` (the pure replication core), `wire` (replication messages), `codec` (the one place
 //! where wire messages become bytes), `config`, `state` and `metrics` (what the node hands the
-//! mesh and reads from it), `tls` (the cluster CA and node certificates), `transport` (the
+//! mesh and reads from it), `tls` (the cluster CA and node certificates), `keys` (who may sign what: this
+//! node's key and its peers' certificates), `transport` (the
 //! QUIC links), `task` (the mesh task) and `mesh` (its handle).
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ mod config;
 mod error;
 pub mod hash;
 pub mod identity;
+pub mod keys;
 mod mesh;
 mod metrics;
 mod state;

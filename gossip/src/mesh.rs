@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::MeshConfig;
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
+use crate::keys::Keys;
 use crate::metrics::MeshMetrics;
 use crate::state::{LocalRow, MeshState};
 use crate::task::{self, Cmd};
@@ -41,6 +42,23 @@ impl Mesh {
                 cfg.node_id
             )));
         }
+        match tls.region() {
+            Some(region) if region != cfg.region => {
+                return Err(GossipError::Identity(format!(
+                    "the node certificate of {:?} is for region {region} but [node] region is {}; \
+                     set [node] region = \"{region}\", or issue a certificate for this region with \
+                     `switchyard cert issue --node {} --region {}`",
+                    cfg.node_id, cfg.region, cfg.node_id, cfg.region
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                node = %cfg.node_id,
+                "the node certificate names no region, so peers accept this node's claims for \
+                 any region; reissue it with `switchyard cert issue --region {}`",
+                cfg.region
+            ),
+        }
         let (inbox_tx, inbox) = mpsc::channel(4096);
         let transport = Transport::bind(cfg.listen, tls, inbox_tx)?;
         let bound = transport.local_addr();
@@ -49,14 +67,23 @@ impl Mesh {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
-        let identity = NodeIdentity {
-            id: cfg.node_id.clone(),
-            region: cfg.region,
+        let keys = Arc::new(Keys::new(tls));
+        let identity = NodeIdentity::unsigned(
+            cfg.node_id.clone(),
+            cfg.region,
             addr,
-            cluster: cfg.cluster.clone(),
+            cfg.cluster.clone(),
             generation,
-        };
-        let (tx, state) = task::spawn(cfg, identity.clone(), transport.clone(), inbox, metrics);
+        )
+        .signed_by(keys.clone());
+        let (tx, state) = task::spawn(
+            cfg,
+            identity.clone(),
+            transport.clone(),
+            inbox,
+            metrics,
+            keys,
+        );
         Ok(Mesh {
             tx,
             state,

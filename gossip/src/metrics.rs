@@ -29,6 +29,11 @@ struct MsgLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct MeshMetrics {
     bytes_received: Counter,
     bound_hits: Family<BoundLabels, Counter>,
     links: Gauge,
+    signatures: Family<OpLabels, Counter>,
 }
 
 impl MeshMetrics {
@@ -81,7 +87,10 @@ impl MeshMetrics {
         );
         r.register(
             "refused",
-            "Peers or messages refused (wrong_ca, wrong_id, wrong_cluster)",
+            "Peers or messages refused (wrong_ca, wrong_id, wrong_cluster; bad_signature, \
+             unknown_signer, wrong_region: a claim not signed by the node it is about, or for a \
+             region its certificate does not name; future_epoch, future_generation: more than \
+             a day ahead of this node's clock; bad_certificate, pending_full)",
             self.refused.clone(),
         );
         r.register(
@@ -98,6 +107,11 @@ impl MeshMetrics {
             "bytes_sent",
             "Bytes sent to peers (QUIC payload)",
             self.bytes_sent.clone(),
+        );
+        r.register(
+            "signatures",
+            "Signatures this node made (op=made) and checked (op=verified)",
+            self.signatures.clone(),
         );
         r.register(
             "bytes_received",
@@ -169,6 +183,16 @@ impl MeshMetrics {
             .get_or_create(&ReasonLabels { reason: "wrong_ca" })
             .inner()
             .store(refused, Ordering::Relaxed);
+    }
+
+    /// Copies the signing counters, kept by the node's keys.
+    pub(crate) fn set_signatures(&self, made: u64, verified: u64) {
+        for (op, n) in [("made", made), ("verified", verified)] {
+            self.signatures
+                .get_or_create(&OpLabels { op })
+                .inner()
+                .store(n, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn set_oldest_row_age(&self, seconds: f64) {

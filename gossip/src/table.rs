@@ -13,12 +13,20 @@
 //! removal cannot be shipped as rows, so a writer remembers the seq of its latest removal
 //! (`removed_seq`) and anyone asked for changes since before it answers with a full batch.
 //!
-//! Invariant a holder keeps for each writer (epoch E, complete up to C): for every row the
-//! writer had at seq C, the holder holds that row or a newer version of it; any other row it
-//! holds is newer than C. Every rule in [`Table::apply`] preserves it, which is why one
-//! digest-delta round with the writer leaves the holder with exactly the writer's rows.
+//! Invariant a holder keeps for each writer (epoch E, complete up to C): it holds exactly the
+//! rows the writer had at seq C, with the writer's signature over that state (its *seal*).
+//! [`Table::apply`] builds the state a batch leads to (a full batch's rows, or a delta laid
+//! over the state held, which must reach back to the delta's base) and takes it only if the
+//! writer's seal in the batch is a valid signature over it ([`Seal`]). So a relay can hand on
+//! another writer's rows but cannot change, add or withhold a single one: it can only be late.
+//! A delta whose base is ahead of what is held cannot be checked and is ignored
+//! ([`Ignored::Gap`]); the holder asks for what it lacks instead. The writer signs its state
+//! once per seq it sends (batches, not rows), and holders keep the seal to relay.
 
+use std::cell::RefCell;
 use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +34,7 @@ use switchyard_geo::Region;
 use tokio::time::Instant;
 
 use crate::hash::{fnv1a, FNV_OFFSET};
+use crate::identity::put_field;
 
 /// Most rows one batch may carry.
 pub const MAX_ROWS: usize = 10_000;
@@ -108,6 +117,58 @@ pub struct Batch {
     /// Fingerprint of the writer's config, for drift detection.
     pub fingerprint: u64,
     pub rows: Vec<Row>,
+    /// The writer's seal: its signature over the state this batch leads to (see [`Seal`]).
+    pub sig: Vec<u8>,
+}
+
+/// Why a writer's seal was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealRefusal {
+    /// The writer's certificate is not known here yet: the batch is ignored, not refused.
+    UnknownSigner,
+    /// Not the writer's signature over the state the batch leads to.
+    BadSignature,
+    /// The writer's certificate names another region than the batch claims.
+    WrongRegion,
+}
+
+impl SealRefusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealRefusal::UnknownSigner => "unknown_signer",
+            SealRefusal::BadSignature => "bad_signature",
+            SealRefusal::WrongRegion => "wrong_region",
+        }
+    }
+}
+
+/// Signs the local writer's state and checks a peer writer's. In the mesh it is the node's
+/// key and the certificates of the cluster; [`Unsealed`] leaves replication alone for tests.
+pub trait Seal: fmt::Debug + Send + Sync {
+    /// This node's signature over `claim` (empty if it cannot sign).
+    fn sign(&self, claim: &[u8]) -> Vec<u8>;
+    /// Whether `sig` is `node`'s signature over `claim`, and `node` may speak for `region`.
+    fn verify(
+        &self,
+        node: &str,
+        region: Region,
+        claim: &[u8],
+        sig: &[u8],
+    ) -> Result<(), SealRefusal>;
+}
+
+/// Signs nothing and accepts everything: the table's rules without cryptography.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unsealed;
+
+impl Seal for Unsealed {
+    fn sign(&self, _claim: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn verify(&self, _: &str, _: Region, _: &[u8], _: &[u8]) -> Result<(), SealRefusal> {
+        Ok(())
+    }
 }
 
 /// What a node holds: per writer, its epoch and the highest seq up to which it has everything.
@@ -162,6 +223,11 @@ pub enum Ignored {
     OlderEpoch,
     /// Its writer was forgotten and has not restarted since.
     Forgotten,
+    /// A delta starting past what is held: the state it leads to, and so its seal, cannot be
+    /// checked. Ask its sender for what is missing.
+    Gap,
+    /// Its writer's certificate is not known here yet. Ask for it.
+    UnknownSigner,
 }
 
 /// What [`Table::apply`] did.
@@ -194,6 +260,10 @@ pub struct TableStats {
     /// Batches refused because they would grow a writer past [`MAX_WRITER_ROWS`] or
     /// [`MAX_WRITER_BYTES`].
     pub writer_too_large: u64,
+    /// Batches whose seal did not verify (not the writer's signature, or the wrong region).
+    pub bad_seal: u64,
+    /// Batches ignored as a gap or for an unknown signer.
+    pub unverifiable: u64,
 }
 
 /// Why a batch was refused; nothing of a refused batch is applied.
@@ -248,6 +318,8 @@ pub enum TableError {
     },
     #[error("digest of {0} entries is over the {MAX_DIGEST}-entry limit")]
     DigestTooLarge(usize),
+    #[error("batch from {node}: its seal does not hold ({})", .why.as_str())]
+    Seal { node: String, why: SealRefusal },
 }
 
 /// Read access to one writer's rows.
@@ -376,14 +448,15 @@ impl Visible {
 struct Writer {
     region: Region,
     fingerprint: u64,
-    /// Seq of the batch region and fingerprint came from, so an older batch cannot undo them.
-    meta_seq: u64,
     epoch: u64,
     /// Every change up to here is held (for the local writer: its current seq).
     seq: u64,
     /// At or above the writer's seq of its latest removal as of `seq`, and never above `seq`.
     removed_seq: u64,
     rows: Rows,
+    /// A peer writer's seal over exactly this state (unused for the local writer, whose seal
+    /// is made when a batch of it is sent).
+    sig: Vec<u8>,
 }
 
 impl Writer {
@@ -391,12 +464,48 @@ impl Writer {
         Writer {
             region,
             fingerprint,
-            meta_seq: 0,
             epoch,
             seq: 0,
             removed_seq: 0,
             rows: Rows::default(),
+            sig: Vec::new(),
         }
+    }
+
+    /// What the writer signs: everything a holder keeps of it, rows in (pool, origin) order,
+    /// each field length-prefixed behind a domain tag. Arrival times are the holder's own.
+    fn claim(&self, node: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + self.rows.len * 64);
+        put_field(&mut out, b"switchyard/rows/1");
+        put_field(&mut out, node.as_bytes());
+        put_field(&mut out, self.region.code().as_bytes());
+        for n in [self.epoch, self.seq, self.removed_seq, self.fingerprint] {
+            out.extend(n.to_le_bytes());
+        }
+        out.extend((self.rows.len as u64).to_le_bytes());
+        for s in self.rows.iter() {
+            let r = &s.row;
+            put_field(&mut out, r.pool.as_bytes());
+            put_field(&mut out, r.origin.as_bytes());
+            out.push(u8::from(r.healthy));
+            match r.rtt_us {
+                Some(us) => {
+                    out.push(1);
+                    out.extend(us.to_le_bytes());
+                }
+                None => out.push(0),
+            }
+            out.extend(r.last_change_ms.to_le_bytes());
+            match &r.reason {
+                Some(reason) => {
+                    out.push(1);
+                    put_field(&mut out, reason.as_bytes());
+                }
+                None => out.push(0),
+            }
+            out.extend(r.seq.to_le_bytes());
+        }
+        out
     }
 
     fn batch(&self, node: &str, base_seq: u64, full: bool, rows: Vec<Row>) -> Batch {
@@ -410,6 +519,7 @@ impl Writer {
             full,
             fingerprint: self.fingerprint,
             rows,
+            sig: self.sig.clone(),
         }
     }
 
@@ -487,9 +597,15 @@ pub struct Table {
     /// must not bring them back, but a restart (newer epoch) does.
     forgotten: BTreeMap<String, u64>,
     stats: TableStats,
+    seal: Arc<dyn Seal>,
+    /// The local writer's latest seal: (epoch, seq, signature). Made when a batch of that
+    /// state is first sent, so a burst of changes costs one signature.
+    local_seal: RefCell<Option<(u64, u64, Vec<u8>)>>,
 }
 
 impl Table {
+    /// A table without signatures ([`Unsealed`]); the mesh sets its seal with
+    /// [`Table::with_seal`].
     pub fn new(local: String, region: Region, epoch: u64, fingerprint: u64) -> Self {
         Table {
             local_name: local,
@@ -497,7 +613,33 @@ impl Table {
             peers: BTreeMap::new(),
             forgotten: BTreeMap::new(),
             stats: TableStats::default(),
+            seal: Arc::new(Unsealed),
+            local_seal: RefCell::new(None),
         }
+    }
+
+    /// Signs local batches and checks peers' with `seal`.
+    pub fn with_seal(mut self, seal: Arc<dyn Seal>) -> Self {
+        self.seal = seal;
+        self
+    }
+
+    /// Puts the local writer's seal on a batch of it.
+    fn sealed(&self, mut batch: Batch) -> Batch {
+        if batch.node != self.local_name {
+            return batch;
+        }
+        let mut cache = self.local_seal.borrow_mut();
+        let key = (self.local.epoch, self.local.seq);
+        match cache.as_ref() {
+            Some((epoch, seq, sig)) if (*epoch, *seq) == key => batch.sig = sig.clone(),
+            _ => {
+                let sig = self.seal.sign(&self.local.claim(&self.local_name));
+                batch.sig = sig.clone();
+                *cache = Some((key.0, key.1, sig));
+            }
+        }
+        batch
     }
 
     pub fn local_name(&self) -> &str {
@@ -528,7 +670,6 @@ impl Table {
         if self.local.fingerprint != fp {
             self.local.fingerprint = fp;
             self.local.seq += 1;
-            self.local.meta_seq = self.local.seq;
         }
     }
 
@@ -598,20 +739,22 @@ impl Table {
     /// It is a full batch instead when a row was removed after `since` (a delta cannot say
     /// so) or `since` is ahead of the local seq.
     pub fn local_since(&self, since: u64) -> Batch {
-        self.local.since(&self.local_name, since)
+        self.sealed(self.local.since(&self.local_name, since))
     }
 
     /// Applies a batch from a peer. Never lets a peer write the local node's rows (count and
     /// drop). A higher epoch of a writer replaces all its older-epoch rows; an older epoch is
-    /// ignored; same epoch: per row, higher seq wins. A full batch replaces the writer's rows
-    /// exactly. A malformed batch is refused whole.
+    /// ignored. The batch leads to a state (a full batch: its rows; a delta: laid over the
+    /// rows held, which must reach its base, else [`Ignored::Gap`]), taken whole only if the
+    /// writer's seal verifies over it, and only if it is not older than what is held. A
+    /// malformed or badly sealed batch is refused whole.
     pub fn apply(&mut self, batch: Batch, now: Instant) -> Result<Applied, TableError> {
         if let Err(e) = validate(&batch) {
             self.stats.malformed += 1;
             return Err(e);
         }
         if batch.node == self.local_name {
-            return Ok(self.own_rows(&batch));
+            return Ok(self.own_rows(&batch, now));
         }
         if let Some(&epoch) = self.forgotten.get(&batch.node) {
             if batch.epoch <= epoch {
@@ -625,12 +768,50 @@ impl Table {
         if !self.peers.contains_key(&batch.node) && self.peers.len() >= MAX_WRITERS {
             return Err(TableError::TooManyWriters { node: batch.node });
         }
-        let (rows, bytes) = match self.peers.get(&batch.node) {
-            Some(w) if batch.epoch == w.epoch => projected(w, &batch),
-            // Older: ignored below. Newer, or a new writer: it starts from nothing.
-            Some(w) if batch.epoch < w.epoch => (0, 0),
-            _ => projected(&Writer::empty(batch.region, batch.epoch, 0), &batch),
+
+        let held = self.peers.get(&batch.node);
+        let same_epoch = held.filter(|w| w.epoch == batch.epoch);
+        if held.is_some_and(|w| w.epoch > batch.epoch) {
+            self.stats.stale += 1;
+            return Ok(Applied {
+                ignored: Some(Ignored::OlderEpoch),
+                ..Applied::default()
+            });
+        }
+        let c = same_epoch.map_or(0, |w| w.seq);
+        if same_epoch.is_some() && batch.seq < c {
+            return Ok(Applied::default());
+        }
+        if !batch.full && batch.base_seq > c {
+            self.stats.unverifiable += 1;
+            return Ok(Applied {
+                ignored: Some(Ignored::Gap),
+                ..Applied::default()
+            });
+        }
+
+        let mut rows = match same_epoch {
+            Some(w) if !batch.full => w.rows.clone(),
+            _ => Rows::default(),
         };
+        for row in batch.rows {
+            match rows.get_mut(&row.pool, &row.origin) {
+                Some(held) if held.row.seq > row.seq => {}
+                Some(held) if held.row.seq == row.seq => held.at = now,
+                _ => rows.insert(Stored { row, at: now }),
+            }
+        }
+        let candidate = Writer {
+            region: batch.region,
+            fingerprint: batch.fingerprint,
+            epoch: batch.epoch,
+            seq: batch.seq,
+            removed_seq: batch.removed_seq,
+            rows,
+            sig: batch.sig,
+        };
+        // Bounded before the signature is checked: an oversized writer costs no verification.
+        let (rows, bytes) = (candidate.rows.len, candidate.rows.bytes);
         if rows > MAX_WRITER_ROWS || bytes > MAX_WRITER_BYTES {
             self.stats.writer_too_large += 1;
             return Err(TableError::WriterTooLarge {
@@ -639,49 +820,97 @@ impl Table {
                 bytes,
             });
         }
-        self.forgotten.remove(&batch.node);
+        let claim = candidate.claim(&batch.node);
+        match self
+            .seal
+            .verify(&batch.node, batch.region, &claim, &candidate.sig)
+        {
+            Ok(()) => {}
+            Err(SealRefusal::UnknownSigner) => {
+                self.stats.unverifiable += 1;
+                return Ok(Applied {
+                    ignored: Some(Ignored::UnknownSigner),
+                    ..Applied::default()
+                });
+            }
+            Err(why) => {
+                self.stats.bad_seal += 1;
+                return Err(TableError::Seal {
+                    node: batch.node,
+                    why,
+                });
+            }
+        }
 
+        self.forgotten.remove(&batch.node);
         let mut applied = Applied::default();
         let mut touched = Touched::default();
-        let writer = self.peers.entry(batch.node.clone()).or_insert_with(|| {
-            applied.meta_changed = true;
-            Writer::empty(batch.region, batch.epoch, batch.fingerprint)
-        });
-        if batch.epoch < writer.epoch {
-            self.stats.stale += 1;
-            applied.ignored = Some(Ignored::OlderEpoch);
-            return Ok(applied);
-        }
-        if batch.epoch > writer.epoch {
-            // A restart: whatever the old run said no longer holds.
-            for s in writer.rows.iter() {
-                touched.note(&s.row.pool, &s.row.origin, Some(s));
+        match self.peers.get(&batch.node) {
+            None => applied.meta_changed = true,
+            Some(old) => {
+                applied.meta_changed =
+                    old.region != candidate.region || old.fingerprint != candidate.fingerprint;
+                for s in old.rows.iter() {
+                    touched.note(&s.row.pool, &s.row.origin, Some(s));
+                }
             }
-            *writer = Writer::empty(writer.region, batch.epoch, writer.fingerprint);
         }
-        let node = batch.node.clone();
-        merge(writer, batch, now, &mut touched, &mut applied);
-        touched.report(&node, &writer.rows, &mut applied);
+        for s in candidate.rows.iter() {
+            touched.note(&s.row.pool, &s.row.origin, None);
+        }
+        touched.report(&batch.node, &candidate.rows, &mut applied);
+        self.peers.insert(batch.node, candidate);
         Ok(applied)
     }
 
     /// A peer sent rows of this node. They are never taken; but if they come from a run of
     /// this node the mesh ranks above the current one, the current one could never replace
-    /// them, so it moves to an epoch above theirs.
-    fn own_rows(&mut self, batch: &Batch) -> Applied {
+    /// them, so it moves to an epoch above theirs. A full batch must carry this node's own
+    /// seal; a delta cannot be checked, so only one of the current epoch (a reused epoch) is
+    /// believed, which at worst moves this node one epoch up.
+    fn own_rows(&mut self, batch: &Batch, now: Instant) -> Applied {
         self.stats.own_rows += 1;
         let mut applied = Applied {
             ignored: Some(Ignored::OwnRows),
             ..Applied::default()
         };
-        let local = &mut self.local;
+        let local = &self.local;
         let ahead =
             batch.epoch > local.epoch || (batch.epoch == local.epoch && batch.seq > local.seq);
-        if ahead {
-            if let Some(epoch) = batch.epoch.checked_add(1) {
-                local.epoch = epoch;
-                applied.local_epoch_bumped = Some(epoch);
+        if !ahead {
+            return applied;
+        }
+        let believed = if batch.full {
+            let mut rows = Rows::default();
+            for row in &batch.rows {
+                rows.insert(Stored {
+                    row: row.clone(),
+                    at: now,
+                });
             }
+            let theirs = Writer {
+                region: batch.region,
+                fingerprint: batch.fingerprint,
+                epoch: batch.epoch,
+                seq: batch.seq,
+                removed_seq: batch.removed_seq,
+                rows,
+                sig: Vec::new(),
+            };
+            let claim = theirs.claim(&batch.node);
+            self.seal
+                .verify(&batch.node, batch.region, &claim, &batch.sig)
+                .is_ok()
+        } else {
+            batch.epoch == local.epoch
+        };
+        if !believed {
+            self.stats.bad_seal += 1;
+            return applied;
+        }
+        if let Some(epoch) = batch.epoch.checked_add(1) {
+            self.local.epoch = epoch;
+            applied.local_epoch_bumped = Some(epoch);
         }
         applied
     }
@@ -705,6 +934,7 @@ impl Table {
         let known = index(theirs);
         self.all_writers()
             .filter_map(|(node, w)| lacking(&known, node, w))
+            .map(|b| self.sealed(b))
             .collect()
     }
 
@@ -741,7 +971,7 @@ impl Table {
             }
             if let Some(batch) = lacking(&known, node, w) {
                 bytes = bytes.saturating_add(batch.rows.iter().map(row_cost).sum::<usize>());
-                answer.batches.push(batch);
+                answer.batches.push(self.sealed(batch));
             }
         }
         Ok(answer)
@@ -782,7 +1012,9 @@ impl Table {
 
     /// Every writer as full batches (for a joining node).
     pub fn snapshot(&self) -> Vec<Batch> {
-        self.all_writers().map(|(node, w)| w.full(node)).collect()
+        self.all_writers()
+            .map(|(node, w)| self.sealed(w.full(node)))
+            .collect()
     }
 
     /// Every writer, the local one first, then peers by name.
@@ -868,104 +1100,6 @@ fn lacking(known: &HashMap<&str, (u64, u64)>, node: &str, w: &Writer) -> Option<
         Some(&(epoch, _)) if epoch < w.epoch => Some(w.full(node)),
         Some(&(epoch, seq)) if epoch == w.epoch && seq < w.seq => Some(w.since(node, seq)),
         Some(_) => None,
-    }
-}
-
-/// The row count and [`row_cost`] total writer `w` would have after merging `batch` (of its
-/// epoch), computed by the same rules as [`merge`] without changing anything.
-fn projected(w: &Writer, batch: &Batch) -> (usize, usize) {
-    let c = w.seq;
-    let s = batch.seq;
-    let replaces = batch.full && s > c;
-    let (mut rows, mut bytes) = (w.rows.len, w.rows.bytes);
-    if replaces {
-        let keep: HashSet<(&str, &str)> = batch
-            .rows
-            .iter()
-            .map(|r| (r.pool.as_str(), r.origin.as_str()))
-            .collect();
-        for st in w.rows.iter() {
-            if st.row.seq <= s && !keep.contains(&(st.row.pool.as_str(), st.row.origin.as_str())) {
-                rows -= 1;
-                bytes -= row_cost(&st.row);
-            }
-        }
-    }
-    for row in &batch.rows {
-        match w.rows.get(&row.pool, &row.origin) {
-            Some(held) if held.row.seq < row.seq && (row.seq > c || replaces) => {
-                bytes = bytes + row_cost(row) - row_cost(&held.row);
-            }
-            Some(_) => {}
-            None if row.seq > c || replaces => {
-                rows += 1;
-                bytes += row_cost(row);
-            }
-            None => {}
-        }
-    }
-    (rows, bytes)
-}
-
-/// Merges a validated batch of the writer's current epoch. With C the seq up to which the
-/// writer was complete: rows at or below C are already held in that version or newer (or were
-/// removed since), so only newer rows are taken, each only over an older version; a full batch
-/// newer than C also drops rows it lacks that are not newer than it; and C moves up to the
-/// batch's seq when the batch starts at or below C.
-fn merge(w: &mut Writer, batch: Batch, now: Instant, touched: &mut Touched, applied: &mut Applied) {
-    let c = w.seq;
-    let s = batch.seq;
-    let replaces = batch.full && s > c;
-
-    if replaces {
-        let keep: HashSet<(&str, &str)> = batch
-            .rows
-            .iter()
-            .map(|r| (r.pool.as_str(), r.origin.as_str()))
-            .collect();
-        let gone: Vec<(String, String)> = w
-            .rows
-            .iter()
-            .filter(|st| {
-                st.row.seq <= s && !keep.contains(&(st.row.pool.as_str(), st.row.origin.as_str()))
-            })
-            .map(|st| (st.row.pool.clone(), st.row.origin.clone()))
-            .collect();
-        for (pool, origin) in gone {
-            touched.note(&pool, &origin, w.rows.get(&pool, &origin));
-            w.rows.remove(&pool, &origin);
-        }
-    }
-
-    for row in batch.rows {
-        if let Some(held) = w.rows.get_mut(&row.pool, &row.origin) {
-            if held.row.seq == row.seq {
-                held.at = now;
-                continue;
-            }
-            if held.row.seq > row.seq {
-                continue;
-            }
-        }
-        if row.seq <= c && !replaces {
-            continue;
-        }
-        touched.note(&row.pool, &row.origin, w.rows.get(&row.pool, &row.origin));
-        w.rows.insert(Stored { row, at: now });
-    }
-
-    let advances = s > c && (batch.full || batch.base_seq <= c);
-    if advances {
-        w.seq = s;
-        w.removed_seq = w.removed_seq.max(batch.removed_seq);
-    }
-    if s >= w.meta_seq {
-        if w.region != batch.region || w.fingerprint != batch.fingerprint {
-            applied.meta_changed = true;
-        }
-        w.region = batch.region;
-        w.fingerprint = batch.fingerprint;
-        w.meta_seq = s;
     }
 }
 
@@ -1058,6 +1192,12 @@ fn validate(b: &Batch) -> Result<(), TableError> {
         if r.seq == 0 {
             return bad_seq(format!("row {}/{} has seq 0", r.pool, r.origin));
         }
+        if r.seq > b.seq {
+            return bad_seq(format!(
+                "row {}/{} has seq {}, above the batch's seq {}",
+                r.pool, r.origin, r.seq, b.seq
+            ));
+        }
         if !b.full && r.seq <= b.base_seq {
             return bad_seq(format!(
                 "row {}/{} has seq {}, not above the delta's base_seq {}",
@@ -1120,8 +1260,157 @@ mod tests {
         Instant::now()
     }
 
-    fn table(name: &str, epoch: u64) -> Table {
+    /// A table without signatures, for tests of the bounds alone.
+    fn unsealed(name: &str, epoch: u64) -> Table {
         Table::new(name.into(), Region::Weu, epoch, 7)
+    }
+
+    fn table(name: &str, epoch: u64) -> Table {
+        Table::new(name.into(), Region::Weu, epoch, 7).with_seal(FakeSeal::of(name))
+    }
+
+    /// Stands in for node keys: a node's "signature" is a hash of its name, a secret only
+    /// the tests know, and the claim. Enough to tell whether the table checks the writer's
+    /// seal over exactly the state it takes; the real keys are tested in `keys` and the
+    /// security tests. Writers named "unknown-*" have no certificate.
+    #[derive(Debug)]
+    struct FakeSeal(String);
+
+    impl FakeSeal {
+        fn of(name: &str) -> Arc<FakeSeal> {
+            Arc::new(FakeSeal(name.to_owned()))
+        }
+
+        fn sig(node: &str, claim: &[u8]) -> Vec<u8> {
+            let h = fnv1a(fnv1a(FNV_OFFSET, b"secret"), node.as_bytes());
+            fnv1a(h, claim).to_le_bytes().to_vec()
+        }
+    }
+
+    impl Seal for FakeSeal {
+        fn sign(&self, claim: &[u8]) -> Vec<u8> {
+            Self::sig(&self.0, claim)
+        }
+        fn verify(
+            &self,
+            node: &str,
+            _: Region,
+            claim: &[u8],
+            sig: &[u8],
+        ) -> Result<(), SealRefusal> {
+            if node.starts_with("unknown-") {
+                return Err(SealRefusal::UnknownSigner);
+            }
+            if Self::sig(node, claim) == sig {
+                Ok(())
+            } else {
+                Err(SealRefusal::BadSignature)
+            }
+        }
+    }
+
+    #[test]
+    fn a_relay_can_pass_rows_on_but_not_change_add_or_withhold_any() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut relay = table("r", 1);
+        for o in ["o1", "o2", "o3"] {
+            up(&mut a, "web", o, 1000, now);
+        }
+        relay.apply(a.local_since(0), now).unwrap();
+
+        type Forge = Box<dyn Fn(&mut Batch)>;
+        let forgeries: Vec<(&str, Forge)> = vec![
+            (
+                "a row's health changed",
+                Box::new(|b| b.rows[0].healthy = false),
+            ),
+            (
+                "a row's RTT changed",
+                Box::new(|b| b.rows[1].rtt_us = Some(9)),
+            ),
+            (
+                "a row withheld",
+                Box::new(|b| {
+                    b.rows.pop();
+                }),
+            ),
+            (
+                "a row moved to another origin",
+                Box::new(|b| b.rows[2].origin = "o9".into()),
+            ),
+            ("another region", Box::new(|b| b.region = Region::Enam)),
+            (
+                "the seal of another writer",
+                Box::new(|b| b.node = "r".into()),
+            ),
+            ("no seal", Box::new(|b| b.sig.clear())),
+        ];
+        for (what, forge) in &forgeries {
+            let mut b = table("b", 1);
+            let mut batch = relay
+                .snapshot()
+                .into_iter()
+                .find(|b| b.node == "a")
+                .unwrap();
+            forge(&mut batch);
+            let result = b.apply(batch, now);
+            assert!(
+                matches!(result, Err(TableError::Seal { .. })),
+                "{what}: {result:?}"
+            );
+            assert!(rows_of(&b, "a").is_empty(), "{what}");
+            assert!(rows_of(&b, "r").is_empty(), "{what}");
+        }
+
+        // The relay's honest snapshot and delta are taken.
+        let mut b = table("b", 1);
+        for batch in relay.snapshot() {
+            b.apply(batch, now).unwrap();
+        }
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        up(&mut a, "web", "o1", 50_000, now);
+        relay.apply(a.local_since(3), now).unwrap();
+        let delta = relay.delta(&b.digest());
+        assert_eq!(delta.len(), 1);
+        assert!(!delta[0].full);
+        b.apply(delta[0].clone(), now).unwrap();
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        assert_eq!(b.stats().bad_seal, 0);
+    }
+
+    #[test]
+    fn a_delta_forging_rows_over_a_held_state_is_refused() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        b.apply(a.local_since(0), now).unwrap();
+        let held = rows_of(&b, "a");
+        up(&mut a, "web", "o2", 1000, now);
+        let mut forged = a.local_since(1);
+        forged.rows[0].healthy = false;
+        let err = b.apply(forged, now).unwrap_err();
+        assert_eq!(
+            err,
+            TableError::Seal {
+                node: "a".into(),
+                why: SealRefusal::BadSignature
+            }
+        );
+        assert_eq!(rows_of(&b, "a"), held);
+        assert_eq!(b.stats().bad_seal, 1);
+    }
+
+    #[test]
+    fn a_writer_without_a_known_certificate_is_ignored_until_it_is() {
+        let now = t0();
+        let mut w = Table::new("unknown-w".into(), Region::Weu, 1, 0).with_seal(FakeSeal::of("x"));
+        up(&mut w, "web", "o1", 1000, now);
+        let mut b = table("b", 1);
+        let applied = b.apply(w.local_since(0), now).unwrap();
+        assert_eq!(applied.ignored, Some(Ignored::UnknownSigner));
+        assert!(rows_of(&b, "unknown-w").is_empty());
     }
 
     fn up(t: &mut Table, pool: &str, origin: &str, rtt: u32, now: Instant) -> Option<Change> {
@@ -1268,7 +1557,7 @@ mod tests {
     }
 
     #[test]
-    fn an_early_push_does_not_make_anti_entropy_skip_the_missed_ones() {
+    fn an_early_push_waits_for_the_missed_ones() {
         let now = t0();
         let mut a = table("a", 1);
         let mut b = table("b", 1);
@@ -1279,10 +1568,12 @@ mod tests {
         up(&mut a, "web", "o3", 1000, now);
         let p3 = a.local_since(2);
 
-        // p3 arrives first: its row is taken, but b has not got seqs 1 and 2.
-        b.apply(p3, now).unwrap();
-        assert_eq!(rows_of(&b, "a").len(), 1);
-        assert_eq!(seq_of(&b, "a"), Some((1, 0)));
+        // p3 arrives first: b lacks seqs 1 and 2, so the state p3 leads to, and so its seal,
+        // cannot be checked: it is ignored (the mesh then asks its sender for a delta).
+        let applied = b.apply(p3, now).unwrap();
+        assert_eq!(applied.ignored, Some(Ignored::Gap));
+        assert!(rows_of(&b, "a").is_empty());
+        assert_eq!(seq_of(&b, "a"), None);
         // p1 arrives; p2 is lost.
         b.apply(p1, now).unwrap();
         assert_eq!(seq_of(&b, "a"), Some((1, 1)));
@@ -1347,15 +1638,7 @@ mod tests {
         let mine = rows_of(&a, "a");
         let mut forged = a.local_since(0);
         forged.rows[0].healthy = false;
-        forged.rows.push(Row {
-            pool: "web".into(),
-            origin: "o2".into(),
-            healthy: false,
-            rtt_us: None,
-            last_change_ms: 0,
-            reason: None,
-            seq: 1_000,
-        });
+        forged.rows[0].reason = Some("forged".into());
         forged.seq = 1; // not ahead of a: an echo, not an older run of a
         let applied = a.apply(forged, now).unwrap();
         assert_eq!(applied.ignored, Some(Ignored::OwnRows));
@@ -1594,6 +1877,7 @@ mod tests {
             removed_seq: 0,
             full,
             fingerprint: 0,
+            sig: Vec::new(),
             rows: range
                 .map(|i| Row {
                     pool: "p".into(),
@@ -1611,7 +1895,7 @@ mod tests {
     #[test]
     fn a_writer_growing_past_the_row_bound_is_refused_and_others_still_replicate() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         b.apply(rows_batch("x", 0..MAX_WRITER_ROWS, true, 0), now)
             .unwrap();
         // One more row would take x past the bound: the delta is refused whole.
@@ -1632,11 +1916,11 @@ mod tests {
 
         // Anti-entropy keeps working: another writer's rows arrive, and a newcomer gets x
         // whole, in one batch it accepts.
-        let mut a = table("a", 1);
+        let mut a = unsealed("a", 1);
         up(&mut a, "web", "o1", 1000, now);
         pull(&mut b, &a, now);
         assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
-        let mut c = table("c", 1);
+        let mut c = unsealed("c", 1);
         pull(&mut c, &b, now);
         assert_eq!(rows_of(&c, "x"), rows_of(&b, "x"));
         assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
@@ -1646,7 +1930,7 @@ mod tests {
     #[test]
     fn a_writer_growing_past_the_byte_bound_is_refused() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         // 1000 rows of about 1 KiB: under the row bound, over the byte bound.
         let big = rows_batch("x", 0..1000, true, MAX_REASON);
         assert!(big.rows.iter().map(row_cost).sum::<usize>() > MAX_WRITER_BYTES);
@@ -1673,13 +1957,13 @@ mod tests {
     #[test]
     fn an_empty_digest_gets_a_bounded_answer_and_the_rest_follows() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         let writers = MAX_ANSWER_BATCHES * 2 + 10;
         for i in 0..writers {
             b.apply(rows_batch(&format!("w{i}"), 0..3, true, 0), now)
                 .unwrap();
         }
-        let mut c = table("c", 1);
+        let mut c = unsealed("c", 1);
         let answer = b.answer(&c.digest(), 0).unwrap();
         assert_eq!(answer.batches.len(), MAX_ANSWER_BATCHES);
         assert!(answer.more);
@@ -1700,7 +1984,7 @@ mod tests {
         assert_eq!(c.digest().entries.len(), writers + 2);
 
         // Bytes bound it too: large writers come a few at a time, and always at least one.
-        let mut big = table("big", 1);
+        let mut big = unsealed("big", 1);
         for i in 0..10 {
             big.apply(rows_batch(&format!("w{i}"), 0..900, true, 1000), now)
                 .unwrap();
@@ -1724,7 +2008,7 @@ mod tests {
     #[test]
     fn digest_comparison_is_linear_and_a_huge_digest_is_refused() {
         let now = t0();
-        let mut b = table("b", 1);
+        let mut b = unsealed("b", 1);
         for i in 0..MAX_WRITERS {
             b.apply(rows_batch(&format!("w{i}"), 0..1, true, 0), now)
                 .unwrap();
@@ -1912,7 +2196,9 @@ mod tests {
         let name = |i: usize| format!("node-{i}");
         let mut epochs: Vec<u64> = (0..n).map(|i| 100 + i as u64).collect();
         let mut tables: Vec<Table> = (0..n)
-            .map(|i| Table::new(name(i), Region::ALL[i], epochs[i], 0))
+            .map(|i| {
+                Table::new(name(i), Region::ALL[i], epochs[i], 0).with_seal(FakeSeal::of(&name(i)))
+            })
             .collect();
         let mut pushed = vec![0u64; n];
         let mut wire: Vec<(usize, Batch)> = Vec::new();
@@ -1985,7 +2271,8 @@ mod tests {
                 Op::Restart { node } => {
                     let node = node % n;
                     epochs[node] += 1000;
-                    tables[node] = Table::new(name(node), Region::ALL[node], epochs[node], 0);
+                    tables[node] = Table::new(name(node), Region::ALL[node], epochs[node], 0)
+                        .with_seal(FakeSeal::of(&name(node)));
                     pushed[node] = 0;
                 }
             }
@@ -2051,8 +2338,8 @@ mod tests {
             rows in prop::collection::vec((0usize..6, 0u64..8, any::<bool>()), 0..8),
         ) {
             let now = t0();
-            let mut t = table("b", 1);
-            let mut a = table("a", 1);
+            let mut t = unsealed("b", 1);
+            let mut a = unsealed("a", 1);
             up(&mut a, "web", "o1", 1000, now);
             t.apply(a.local_since(0), now).unwrap();
             let before = (visibles(&t), t.digest());
@@ -2074,6 +2361,7 @@ mod tests {
                     reason: None,
                     seq,
                 }).collect(),
+                sig: Vec::new(),
             };
             if t.apply(batch, now).is_err() {
                 prop_assert_eq!((visibles(&t), t.digest()), before);

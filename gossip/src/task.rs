@@ -5,6 +5,13 @@
 //! `MeshState` that the node builds its view from. The `Mesh` handle (`mesh`) talks to
 //! it through [`Cmd`]s.
 //!
+//! Nothing a peer relays is believed on the peer's word: every SWIM identity in a packet (the
+//! sender's, those its message names, every piggybacked member update) must carry the
+//! signature of the node it is about, and every health-row batch its writer's seal (`keys`,
+//! `table`). What fails is dropped and counted (`refused{reason}`); what names a node whose
+//! certificate is not known yet is dropped too, and the certificate is asked of the peer
+//! that sent it (member updates wait for it, a few hundred at most, and are then applied).
+//!
 //! It also keeps the per-peer bounds that need the membership: foca admits any member a
 //! packet mentions, so updates about members beyond [`MeshConfig::max_members`] are cut out
 //! of each SWIM packet before foca sees it; nothing is sent to an identity foca has not
@@ -16,10 +23,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, Timer};
+use bytes::{BufMut, Bytes};
+use foca::{AccumulatingRuntime, Foca, Member, NoCustomBroadcast, OwnedNotification, Timer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,11 +35,21 @@ use tokio::time::Instant;
 use crate::codec::{self, FocaCodec};
 use crate::config::MeshConfig;
 use crate::identity::NodeIdentity;
+use crate::keys::{Keys, Source, MAX_AHEAD_MS};
 use crate::metrics::{Dir, MeshMetrics, BOUNDS};
 use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
-use crate::table::{Batch, Change, Table, TableError};
+use crate::table::{Batch, Change, Ignored, SealRefusal, Table, TableError};
 use crate::transport::{Inbound, Kind, Transport};
-use crate::wire::{Envelope, Msg};
+use crate::wire::{Envelope, Msg, MAX_CERTS_PER_MESSAGE};
+
+/// Member updates held while the certificate of the node they are about is fetched.
+const MAX_PENDING: usize = 256;
+
+/// How often one node's certificate, or a catch-up from one peer, is asked for at most.
+const ASK_EVERY: Duration = Duration::from_millis(500);
+
+/// Most outstanding asks remembered (certificates by node, catch-ups by peer).
+const MAX_ASKS: usize = 4096;
 
 /// What the handle asks of the task.
 pub(crate) enum Cmd {
@@ -52,13 +69,15 @@ pub(crate) fn spawn(
     transport: Arc<Transport>,
     inbox: mpsc::Receiver<Inbound>,
     metrics: MeshMetrics,
+    keys: Arc<Keys>,
 ) -> (mpsc::Sender<Cmd>, watch::Receiver<Arc<MeshState>>) {
     let table = Table::new(
         cfg.node_id.clone(),
         cfg.region,
         identity.generation,
         cfg.fingerprint,
-    );
+    )
+    .with_seal(keys.clone());
     let foca = Foca::new(
         identity.clone(),
         cfg.timings.foca_config(cfg.profile, cfg.expected_size),
@@ -91,6 +110,10 @@ pub(crate) fn spawn(
         leaving: false,
         admitted: HashSet::new(),
         bound_logged: HashMap::new(),
+        keys,
+        pending: Vec::new(),
+        certs_asked: HashMap::new(),
+        catch_up_asked: HashMap::new(),
     };
     tokio::spawn(task.run(rx, inbox));
     (tx, state)
@@ -133,6 +156,39 @@ struct Task {
     admitted: HashSet<String>,
     /// Per bound, the count when it was last logged and when.
     bound_logged: HashMap<&'static str, (u64, Instant)>,
+    keys: Arc<Keys>,
+    /// Member updates waiting for the certificate of the node they are about.
+    pending: Vec<Member<NodeIdentity>>,
+    /// When each node's certificate was last asked for.
+    certs_asked: HashMap<String, Instant>,
+    /// When each peer was last asked for what a gap in its pushes left out.
+    catch_up_asked: HashMap<SocketAddr, Instant>,
+}
+
+/// This node's wall clock in unix ms, which epochs and generations are set from.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether an epoch or a generation (a start time in unix ms) is too far ahead of `now_ms`.
+pub(crate) fn too_far_ahead(stamp: u64, now_ms: u64) -> bool {
+    stamp > now_ms.saturating_add(MAX_AHEAD_MS)
+}
+
+/// The identities a SWIM message names besides its sender and receiver.
+fn named_in(message: &foca::Message<NodeIdentity>) -> Option<&NodeIdentity> {
+    match message {
+        foca::Message::PingReq { target, .. } | foca::Message::IndirectAck { target, .. } => {
+            Some(target)
+        }
+        foca::Message::IndirectPing { origin, .. } | foca::Message::ForwardedAck { origin, .. } => {
+            Some(origin)
+        }
+        _ => None,
+    }
 }
 
 impl Task {
@@ -199,6 +255,11 @@ impl Task {
                     if let Some(age) = self.table.oldest_row_age(Instant::now()) {
                         self.metrics.set_oldest_row_age(age.as_secs_f64());
                     }
+                    let (made, verified) = self.keys.counts();
+                    self.metrics.set_signatures(made, verified);
+                    let now = Instant::now();
+                    self.certs_asked.retain(|_, at| now.saturating_duration_since(*at) < ASK_EVERY);
+                    self.catch_up_asked.retain(|_, at| now.saturating_duration_since(*at) < ASK_EVERY);
                     // Foca reports ups and downs, not suspicions: look at the whole state.
                     self.sync_members();
                     self.suspicion_watchdog();
@@ -497,13 +558,13 @@ impl Task {
                 continue;
             }
             // A seed is known by address only; its identity arrives with its reply.
-            let placeholder = NodeIdentity {
-                id: String::new(),
-                region: self.cfg.region,
-                addr: seed,
-                cluster: self.cfg.cluster.clone(),
-                generation: 0,
-            };
+            let placeholder = NodeIdentity::unsigned(
+                String::new(),
+                self.cfg.region,
+                seed,
+                self.cfg.cluster.clone(),
+                0,
+            );
             if let Err(e) = self.foca.announce(placeholder, &mut self.rt) {
                 tracing::debug!("announce: {e}");
             }
@@ -516,52 +577,19 @@ impl Task {
             self.metrics.refuse("wrong_id");
             return;
         };
+        if let Some(der) = &msg.peer_cert {
+            if let Err(e) = self.keys.learn_from_handshake(&peer_id, der) {
+                // The handshake accepted it, so this is a certificate the mesh cannot use
+                // (one naming two regions, say).
+                self.metrics.refuse("bad_certificate");
+                tracing::warn!(peer = %peer_id, from = %msg.from, "peer certificate refused: {e}");
+                return;
+            }
+        }
         match msg.kind {
             Kind::Swim => {
                 self.metrics.msg(Dir::Received, "swim");
-                // Check the claim before foca sees anything: the sender must be the node its
-                // certificate names, in our cluster.
-                let header = {
-                    let mut buf: &[u8] = &msg.data;
-                    foca::Codec::decode_header(&mut FocaCodec, &mut buf)
-                };
-                let header = match header {
-                    Ok(h) => h,
-                    Err(_) => {
-                        self.metrics.decode_error();
-                        return;
-                    }
-                };
-                if header.src.cluster != self.cfg.cluster {
-                    self.metrics.refuse("wrong_cluster");
-                    return;
-                }
-                if header.src.id != peer_id {
-                    self.metrics.refuse("wrong_id");
-                    tracing::warn!(claimed = %header.src.id, certificate = %peer_id, from = %msg.from, "peer claims another node's id; dropped");
-                    return;
-                }
-                // An announce to a seed, which the sender knew by address only, names an
-                // empty id; it is for us, so address it to us as foca expects.
-                let mut data = msg.data.clone();
-                if header.message == foca::Message::Announce && header.dst.id.is_empty() {
-                    let mut fixed = header.clone();
-                    fixed.dst = self.foca.identity().clone();
-                    let mut buf = Vec::with_capacity(msg.data.len() + 64);
-                    if foca::Codec::encode_header(&mut FocaCodec, &fixed, &mut buf).is_err() {
-                        self.metrics.decode_error();
-                        return;
-                    }
-                    data = Bytes::from(buf);
-                }
-                let Some(data) = self.admitted_packet(&header, &data) else {
-                    return;
-                };
-                if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
-                    self.metrics.decode_error();
-                    tracing::debug!(from = %msg.from, "swim packet dropped: {e}");
-                }
-                self.drain();
+                self.swim(msg, &peer_id);
             }
             Kind::Repl => {
                 let env: Envelope = match codec::decode(&msg.data) {
@@ -585,6 +613,223 @@ impl Task {
         }
     }
 
+    /// Checks a SWIM packet and hands foca what holds of it: the sender must be the node its
+    /// certificate names, in our cluster, and every identity in the packet signed by its node.
+    fn swim(&mut self, msg: Inbound, peer_id: &str) {
+        let mut rest: &[u8] = &msg.data;
+        let header = match foca::Codec::decode_header(&mut FocaCodec, &mut rest) {
+            Ok(h) => h,
+            Err(_) => {
+                self.metrics.decode_error();
+                return;
+            }
+        };
+        if header.src.cluster != self.cfg.cluster {
+            self.metrics.refuse("wrong_cluster");
+            return;
+        }
+        if header.src.id != peer_id {
+            self.metrics.refuse("wrong_id");
+            tracing::warn!(claimed = %header.src.id, certificate = %peer_id, from = %msg.from, "peer claims another node's id; dropped");
+            return;
+        }
+        let now_ms = wall_ms();
+        // The sender and whoever its message names: any doubt drops the packet.
+        for id in std::iter::once(&header.src).chain(named_in(&header.message)) {
+            if let Err(why) = self.check_identity(id, now_ms) {
+                self.metrics.refuse(why);
+                if why == SealRefusal::UnknownSigner.as_str() {
+                    self.ask_certs(msg.from, vec![id.id.clone()]);
+                }
+                tracing::debug!(from = %msg.from, member = %id.id, "swim packet dropped: {why}");
+                return;
+            }
+        }
+
+        // Piggybacked member updates: each is checked alone, and only the bad ones dropped.
+        let mut kept: Vec<Member<NodeIdentity>> = Vec::new();
+        let mut dropped = false;
+        let mut unknown = Vec::new();
+        let has_updates = rest.len() >= 2 && header.message != foca::Message::Broadcast;
+        if has_updates {
+            let count = u16::from_be_bytes([rest[0], rest[1]]);
+            rest = &rest[2..];
+            for _ in 0..count {
+                let member: Member<NodeIdentity> =
+                    match foca::Codec::decode_member(&mut FocaCodec, &mut rest) {
+                        Ok(m) => m,
+                        Err(_) => {
+                            self.metrics.decode_error();
+                            return;
+                        }
+                    };
+                if member.id().id == self.cfg.node_id {
+                    // News about ourselves is ours to judge (foca refutes or renews); its
+                    // signature is ours, but a forged one must not make us renew.
+                    if let Err(why) = self.check_identity(member.id(), now_ms) {
+                        self.metrics.refuse(why);
+                        dropped = true;
+                        continue;
+                    }
+                    kept.push(member);
+                    continue;
+                }
+                match self.check_identity(member.id(), now_ms) {
+                    Ok(()) => kept.push(member),
+                    Err(why) => {
+                        self.metrics.refuse(why);
+                        dropped = true;
+                        if why == SealRefusal::UnknownSigner.as_str() {
+                            unknown.push(member.id().id.clone());
+                            self.hold(member);
+                        }
+                    }
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            self.ask_certs(msg.from, unknown);
+        }
+
+        // An announce to a seed, which the sender knew by address only, names an empty id;
+        // it is for us, so address it to us as foca expects.
+        let readdress = header.message == foca::Message::Announce && header.dst.id.is_empty();
+        let data = if readdress || dropped {
+            let mut fixed = header.clone();
+            if readdress {
+                fixed.dst = self.foca.identity().clone();
+            }
+            let mut buf = Vec::with_capacity(msg.data.len() + 64);
+            if foca::Codec::encode_header(&mut FocaCodec, &fixed, &mut buf).is_err() {
+                self.metrics.decode_error();
+                return;
+            }
+            if has_updates {
+                buf.put_u16(kept.len() as u16);
+                for m in &kept {
+                    if foca::Codec::encode_member(&mut FocaCodec, m, &mut buf).is_err() {
+                        self.metrics.decode_error();
+                        return;
+                    }
+                }
+            }
+            Bytes::from(buf)
+        } else {
+            msg.data.clone()
+        };
+        let Some(data) = self.admitted_packet(&header, &data) else {
+            return;
+        };
+        if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
+            self.metrics.decode_error();
+            tracing::debug!(from = %msg.from, "swim packet dropped: {e}");
+        }
+        self.drain();
+    }
+
+    /// Whether a SWIM identity holds: signed by its node, for a region its certificate
+    /// allows, of a generation not too far ahead. The refusal reason otherwise.
+    fn check_identity(&self, id: &NodeIdentity, now_ms: u64) -> Result<(), &'static str> {
+        if id.cluster != self.cfg.cluster {
+            return Err("wrong_cluster");
+        }
+        if too_far_ahead(id.generation, now_ms) {
+            return Err("future_generation");
+        }
+        self.keys.check_identity(id).map_err(SealRefusal::as_str)
+    }
+
+    /// Keeps a member update until its node's certificate arrives.
+    fn hold(&mut self, member: Member<NodeIdentity>) {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|m| m.id().id == member.id().id)
+        {
+            self.pending[i] = member;
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.metrics.refuse("pending_full");
+            self.pending.remove(0);
+        }
+        self.pending.push(member);
+    }
+
+    /// Asks `peer` for the certificates of `nodes` not asked for lately.
+    fn ask_certs(&mut self, peer: SocketAddr, mut nodes: Vec<String>) {
+        let now = Instant::now();
+        nodes.sort();
+        nodes.dedup();
+        nodes.retain(|n| {
+            !self.keys.knows(n)
+                && self
+                    .certs_asked
+                    .get(n)
+                    .is_none_or(|at| now.saturating_duration_since(*at) >= ASK_EVERY)
+        });
+        nodes.truncate(MAX_CERTS_PER_MESSAGE);
+        if nodes.is_empty() {
+            return;
+        }
+        if self.certs_asked.len() + nodes.len() > MAX_ASKS {
+            self.certs_asked.clear();
+        }
+        for n in &nodes {
+            self.certs_asked.insert(n.clone(), now);
+        }
+        self.send_to(peer, Msg::CertRequest(nodes), "cert_request");
+    }
+
+    /// Asks `peer` for what a gap in what it sent left out (its answer is a delta).
+    fn ask_catch_up(&mut self, peer: SocketAddr) {
+        let now = Instant::now();
+        if self
+            .catch_up_asked
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < ASK_EVERY)
+        {
+            return;
+        }
+        if self.catch_up_asked.len() >= MAX_ASKS {
+            self.catch_up_asked.clear();
+        }
+        self.catch_up_asked.insert(peer, now);
+        self.send_digest(peer, true);
+    }
+
+    /// Takes certificates a peer sent, then the member updates that waited for them.
+    fn learn_certs(&mut self, ders: Vec<Vec<u8>>) {
+        for der in ders.iter().take(MAX_CERTS_PER_MESSAGE) {
+            if let Err(e) = self.keys.learn(der, Source::Relayed) {
+                self.metrics.refuse("bad_certificate");
+                tracing::debug!("relayed certificate refused: {e}");
+            }
+        }
+        let now_ms = wall_ms();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|m| self.keys.knows(&m.id().id));
+        self.pending = waiting;
+        let good: Vec<_> = ready
+            .into_iter()
+            .filter(|m| match self.check_identity(m.id(), now_ms) {
+                Ok(()) => true,
+                Err(why) => {
+                    self.metrics.refuse(why);
+                    false
+                }
+            })
+            .collect();
+        if good.is_empty() {
+            return;
+        }
+        if let Err(e) = self.foca.apply_many(good.into_iter(), true, &mut self.rt) {
+            tracing::debug!("held member updates: {e}");
+        }
+        self.drain();
+    }
+
     fn replication(&mut self, env: Envelope, from: SocketAddr) {
         let now = Instant::now();
         let mut changed = false;
@@ -595,13 +840,24 @@ impl Task {
                     self.metrics.refuse("wrong_id");
                     return;
                 }
-                changed |= self.apply(batch, now);
+                changed |= self.apply(batch, now, from);
             }
             Msg::Delta(batches) => {
                 self.metrics.msg(Dir::Received, "delta");
                 for b in batches {
-                    changed |= self.apply(b, now);
+                    changed |= self.apply(b, now, from);
                 }
+            }
+            Msg::CertRequest(nodes) => {
+                self.metrics.msg(Dir::Received, "cert_request");
+                let certs = self.keys.certs_of(nodes.iter().take(MAX_CERTS_PER_MESSAGE));
+                if !certs.is_empty() {
+                    self.send_to(from, Msg::Certs(certs), "certs");
+                }
+            }
+            Msg::Certs(ders) => {
+                self.metrics.msg(Dir::Received, "certs");
+                self.learn_certs(ders);
             }
             Msg::Summary { fingerprint } => {
                 self.metrics.msg(Dir::Received, "summary");
@@ -648,9 +904,23 @@ impl Task {
         }
     }
 
-    fn apply(&mut self, batch: Batch, now: Instant) -> bool {
+    fn apply(&mut self, batch: Batch, now: Instant, from: SocketAddr) -> bool {
+        if too_far_ahead(batch.epoch, wall_ms()) {
+            self.metrics.refuse("future_epoch");
+            tracing::debug!(writer = %batch.node, epoch = batch.epoch, %from, "batch from the future dropped");
+            return false;
+        }
+        let node = batch.node.clone();
         match self.table.apply(batch, now) {
             Ok(applied) => {
+                match applied.ignored {
+                    Some(Ignored::Gap) => self.ask_catch_up(from),
+                    Some(Ignored::UnknownSigner) => {
+                        self.metrics.refuse("unknown_signer");
+                        self.ask_certs(from, vec![node]);
+                    }
+                    _ => {}
+                }
                 if let Some(epoch) = applied.local_epoch_bumped {
                     // The mesh remembered a newer run of this node id (a clock that went back,
                     // or two nodes sharing an id): our rows now carry a newer epoch; push all.
@@ -662,6 +932,11 @@ impl Task {
                     self.push_local();
                 }
                 applied.changed
+            }
+            Err(TableError::Seal { node, why }) => {
+                self.metrics.refuse(why.as_str());
+                tracing::debug!(writer = %node, %from, "batch refused: its seal does not hold ({})", why.as_str());
+                false
             }
             Err(e) => {
                 match e {

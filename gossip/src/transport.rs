@@ -92,6 +92,12 @@ const LINK_QUEUE: usize = 256;
 /// retransmits a lost handshake packet after about a second, so this allows several.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Who is at the other end of a connection, from its certificate.
+struct Peer {
+    id: Option<String>,
+    cert: Option<Bytes>,
+}
+
 /// What arrived from a peer.
 #[derive(Debug)]
 pub struct Inbound {
@@ -99,6 +105,8 @@ pub struct Inbound {
     pub from: SocketAddr,
     /// The node id in the peer's certificate.
     pub peer_id: Option<String>,
+    /// The peer's certificate (DER), which the mesh keeps to check what the peer signs.
+    pub peer_cert: Option<Bytes>,
     pub kind: Kind,
     pub data: Bytes,
     /// Gives `data`'s bytes back to [`INBOX_BYTES`] when the message is dropped.
@@ -349,7 +357,7 @@ impl Transport {
     }
 
     /// Hands a received message to the mesh task, within [`INBOX_BYTES`].
-    fn deliver(&self, from: SocketAddr, peer_id: &Option<String>, kind: Kind, data: Bytes) {
+    fn deliver(&self, from: SocketAddr, peer: &Peer, kind: Kind, data: Bytes) {
         if self.blocked(from) {
             return;
         }
@@ -373,7 +381,8 @@ impl Transport {
         }
         let msg = Inbound {
             from,
-            peer_id: peer_id.clone(),
+            peer_id: peer.id.clone(),
+            peer_cert: peer.cert.clone(),
             kind,
             data,
             _held: held,
@@ -658,18 +667,21 @@ fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
 /// [`READERS_PER_CONN`] at a time.
 async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
     let from = conn.remote_address();
-    let peer_id = tls::peer_node_id(&conn);
+    let peer = Arc::new(Peer {
+        id: tls::peer_node_id(&conn),
+        cert: tls::peer_cert(&conn).map(Bytes::from),
+    });
     let readers = Arc::new(Semaphore::new(READERS_PER_CONN));
     loop {
         tokio::select! {
             _ = t.stop.cancelled() => return,
             d = conn.read_datagram() => match d {
-                Ok(d) => t.deliver(from, &peer_id, Kind::Swim, d),
+                Ok(d) => t.deliver(from, &peer, Kind::Swim, d),
                 Err(_) => return,
             },
             s = conn.accept_uni() => match s {
                 Ok(s) => {
-                    tokio::spawn(read_stream(t.clone(), s, from, peer_id.clone(), readers.clone()));
+                    tokio::spawn(read_stream(t.clone(), s, from, peer.clone(), readers.clone()));
                 }
                 Err(_) => return,
             },
@@ -683,14 +695,14 @@ async fn read_stream(
     t: Arc<Transport>,
     mut s: quinn::RecvStream,
     from: SocketAddr,
-    peer_id: Option<String>,
+    peer: Arc<Peer>,
     readers: Arc<Semaphore>,
 ) {
     let Ok(_reader) = readers.acquire_owned().await else {
         return;
     };
     match tokio::time::timeout(STREAM_DEADLINE, s.read_to_end(MAX_STREAM)).await {
-        Ok(Ok(data)) => t.deliver(from, &peer_id, Kind::Repl, Bytes::from(data)),
+        Ok(Ok(data)) => t.deliver(from, &peer, Kind::Repl, Bytes::from(data)),
         Ok(Err(quinn::ReadToEndError::TooLong)) => {
             t.stats.oversized.fetch_add(1, Ordering::Relaxed);
             let _ = s.stop(TOO_LARGE.into());

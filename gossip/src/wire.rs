@@ -31,4 +31,12 @@ pub enum Msg {
     Summary {
         fingerprint: u64,
     },
+    /// "Send me the certificates of these nodes": the receiver relayed a claim of theirs that
+    /// the sender could not check yet. At most [`MAX_CERTS_PER_MESSAGE`] are answered.
+    CertRequest(Vec<String>),
+    /// Node certificates (DER), each checked against the cluster CA on arrival.
+    Certs(Vec<Vec<u8>>),
 }
+
+/// Most certificates asked for or sent in one message.
+pub const MAX_CERTS_PER_MESSAGE: usize = 64;

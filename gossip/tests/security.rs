@@ -18,13 +18,19 @@ use foca::Codec as _;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use switchyard_geo::Region;
+
+use bytes::BufMut;
 use switchyard_gossip::codec::{self, FocaCodec, FORMAT_VERSION};
-use switchyard_gossip::table::{Batch, Row};
+use switchyard_gossip::keys::Keys;
+use switchyard_gossip::table::{Batch, Table};
 use switchyard_gossip::tls::{self, NodeTls};
 use switchyard_gossip::wire::{Envelope, Msg};
 use switchyard_gossip::{
-    MemberState, Mesh, MeshConfig, MeshMetrics, NodeIdentity, Profile, Timings, MAX_SWIM_PACKET,
+    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, NodeIdentity, Profile, Timings,
+    MAX_SWIM_PACKET,
 };
 
 const CLUSTER: &str = "test";
@@ -96,6 +102,12 @@ impl Ca {
     /// A certificate for `node_id` from this CA, loaded as the node would.
     fn node(&self, node_id: &str) -> NodeTls {
         let paths = tls::issue_cert(&self.dir, node_id, &self.out).unwrap();
+        tls::load(&self.cert, &paths.cert, &paths.key).unwrap()
+    }
+
+    /// A certificate for `node_id` that names `region`.
+    fn node_in(&self, node_id: &str, region: Region) -> NodeTls {
+        let paths = tls::issue_cert_in(&self.dir, node_id, Some(region), &self.out).unwrap();
         tls::load(&self.cert, &paths.cert, &paths.key).unwrap()
     }
 
@@ -210,6 +222,26 @@ impl Node {
         self.writers().iter().any(|w| w == node)
     }
 
+    /// The health this node holds of `writer`'s first row.
+    fn health_of(&self, writer: &str) -> Option<bool> {
+        let state = self.mesh.state();
+        let state = state.borrow();
+        let w = state.writers.iter().find(|w| w.node == writer)?;
+        w.rows.first().map(|(row, _)| row.healthy)
+    }
+
+    /// Sets this node's one health row.
+    fn set_health(&self, healthy: bool) {
+        self.mesh.set_local(vec![LocalRow {
+            pool: "web".into(),
+            origin: "10.0.0.1:443".into(),
+            healthy,
+            rtt: Some(Duration::from_millis(1)),
+            last_change_ms: now_ms(),
+            reason: (!healthy).then(|| "connect refused".into()),
+        }]);
+    }
+
     /// What to print when a wait or an assertion fails.
     fn describe(&self) -> String {
         let mut out = format!(
@@ -310,14 +342,17 @@ impl RawPeer {
     }
 }
 
-fn identity(id: &str, cluster: &str, addr: SocketAddr) -> NodeIdentity {
-    NodeIdentity {
-        id: id.to_owned(),
-        region: Region::Weu,
-        addr,
-        cluster: cluster.to_owned(),
-        generation: 1,
-    }
+/// An identity signed with `key`: a peer can only ever sign with its own key.
+fn identity(key: &NodeTls, id: &str, cluster: &str, addr: SocketAddr) -> NodeIdentity {
+    NodeIdentity::unsigned(id, Region::Weu, addr, cluster, 1).signed_by(key.signer())
+}
+
+/// This machine's wall clock in unix ms, as epochs and generations are.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A SWIM packet header from `src` to `dst`, encoded as the mesh's foca codec does.
@@ -333,32 +368,45 @@ fn swim(src: NodeIdentity, dst: &NodeIdentity, message: foca::Message<NodeIdenti
     buf
 }
 
+/// A SWIM packet from `src` to `dst` piggybacking `updates`, as foca lays one out.
+fn swim_with(
+    src: NodeIdentity,
+    dst: &NodeIdentity,
+    message: foca::Message<NodeIdentity>,
+    updates: &[foca::Member<NodeIdentity>],
+) -> Vec<u8> {
+    let mut buf = swim(src, dst, message);
+    buf.put_u16(updates.len() as u16);
+    for m in updates {
+        FocaCodec.encode_member(m, &mut buf).unwrap();
+    }
+    buf
+}
+
 /// A SWIM announce from `src` to `dst`: a header alone.
 fn announce(src: NodeIdentity, dst: &NodeIdentity) -> Vec<u8> {
     swim(src, dst, foca::Message::Announce)
 }
 
-/// A full batch of `node`'s rows with one healthy origin.
-fn batch(node: &str) -> Batch {
-    Batch {
-        node: node.to_owned(),
-        region: Region::Weu,
-        epoch: 1,
-        base_seq: 0,
-        seq: 1,
-        removed_seq: 0,
-        full: true,
-        fingerprint: 0,
-        rows: vec![Row {
-            pool: "web".into(),
-            origin: "10.0.0.1:443".into(),
-            healthy: true,
-            rtt_us: Some(1000),
-            last_change_ms: 1,
-            reason: None,
-            seq: 1,
-        }],
-    }
+/// A batch of `node`'s rows with one origin, sealed with `key` (a real seal only when `key`
+/// is `node`'s own).
+fn sealed_batch(key: &NodeTls, node: &str, region: Region, epoch: u64, healthy: bool) -> Batch {
+    let mut t = Table::new(node.to_owned(), region, epoch, 0).with_seal(Arc::new(Keys::new(key)));
+    t.set_local(
+        "web",
+        "10.0.0.1:443",
+        healthy,
+        Some(1000),
+        1,
+        None,
+        tokio::time::Instant::now(),
+    );
+    t.local_since(0)
+}
+
+/// A batch of `node`'s rows with one healthy origin, sealed with `key`.
+fn batch(key: &NodeTls, node: &str) -> Batch {
+    sealed_batch(key, node, Region::Weu, 1, true)
 }
 
 fn envelope(cluster: &str, from: &str, msg: Msg) -> Vec<u8> {
@@ -484,10 +532,11 @@ async fn swim_packets_claiming_another_id_are_refused() {
     let scratch = Scratch::new("wrong-id-swim");
     let ca = scratch.ca("c", CLUSTER);
     let target = Node::start(&ca.node("edge-a"), vec![]);
-    let evil = RawPeer::connect(&ca.node("evil"), target.addr()).await;
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
     let dst = target.mesh.identity().clone();
 
-    let forged = announce(identity("victim", CLUSTER, evil.addr()), &dst);
+    let forged = announce(identity(&evil_key, "victim", CLUSTER, evil.addr()), &dst);
     wait_until_resending(
         "the target to refuse a SWIM packet claiming to be victim",
         || evil.datagram(&forged),
@@ -503,7 +552,7 @@ async fn swim_packets_claiming_another_id_are_refused() {
 
     // Control: the same packet under the sender's own id is taken, so the refusal above was
     // the id check and not a malformed packet.
-    let honest = announce(identity("evil", CLUSTER, evil.addr()), &dst);
+    let honest = announce(identity(&evil_key, "evil", CLUSTER, evil.addr()), &dst);
     wait_until_resending(
         "the target to take the same announce under the sender's own id",
         || evil.datagram(&honest),
@@ -520,11 +569,16 @@ async fn replication_claiming_another_writer_is_refused() {
     let scratch = Scratch::new("wrong-id-repl");
     let ca = scratch.ca("c", CLUSTER);
     let target = Node::start(&ca.node("edge-a"), vec![]);
-    let evil = RawPeer::connect(&ca.node("evil"), target.addr()).await;
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
 
     // Claiming to be victim in the envelope.
-    evil.stream(&envelope(CLUSTER, "victim", Msg::Push(batch("victim"))))
-        .await;
+    evil.stream(&envelope(
+        CLUSTER,
+        "victim",
+        Msg::Push(batch(&evil_key, "victim")),
+    ))
+    .await;
     wait_until(
         "the target to refuse an envelope from victim on evil's connection",
         || target.refused("wrong_id") >= 1,
@@ -538,8 +592,12 @@ async fn replication_claiming_another_writer_is_refused() {
     );
 
     // Honest envelope, but pushing someone else's rows as its own.
-    evil.stream(&envelope(CLUSTER, "evil", Msg::Push(batch("victim"))))
-        .await;
+    evil.stream(&envelope(
+        CLUSTER,
+        "evil",
+        Msg::Push(batch(&evil_key, "victim")),
+    ))
+    .await;
     wait_until(
         "the target to refuse evil pushing victim's rows",
         || target.refused("wrong_id") >= 2,
@@ -549,8 +607,12 @@ async fn replication_claiming_another_writer_is_refused() {
     assert!(!target.has_writer("victim"), "{}", target.describe());
 
     // Control: evil's own rows under its own name are taken.
-    evil.stream(&envelope(CLUSTER, "evil", Msg::Push(batch("evil"))))
-        .await;
+    evil.stream(&envelope(
+        CLUSTER,
+        "evil",
+        Msg::Push(batch(&evil_key, "evil")),
+    ))
+    .await;
     wait_until(
         "the target to take evil's own rows",
         || target.has_writer("evil"),
@@ -569,10 +631,11 @@ async fn messages_of_another_cluster_are_refused() {
     let scratch = Scratch::new("wrong-cluster");
     let ca = scratch.ca("c", CLUSTER);
     let target = Node::start(&ca.node("edge-a"), vec![]);
-    let peer = RawPeer::connect(&ca.node("edge-o"), target.addr()).await;
+    let key = ca.node("edge-o");
+    let peer = RawPeer::connect(&key, target.addr()).await;
     let dst = target.mesh.identity().clone();
 
-    let foreign = announce(identity("edge-o", "other", peer.addr()), &dst);
+    let foreign = announce(identity(&key, "edge-o", "other", peer.addr()), &dst);
     wait_until_resending(
         "the target to refuse a SWIM packet of cluster \"other\"",
         || peer.datagram(&foreign),
@@ -583,8 +646,12 @@ async fn messages_of_another_cluster_are_refused() {
     assert!(!target.knows("edge-o"), "{}", target.describe());
 
     let before = target.refused("wrong_cluster");
-    peer.stream(&envelope("other", "edge-o", Msg::Push(batch("edge-o"))))
-        .await;
+    peer.stream(&envelope(
+        "other",
+        "edge-o",
+        Msg::Push(batch(&key, "edge-o")),
+    ))
+    .await;
     wait_until(
         "the target to refuse an envelope of cluster \"other\"",
         || target.refused("wrong_cluster") > before,
@@ -595,15 +662,19 @@ async fn messages_of_another_cluster_are_refused() {
     assert_eq!(target.refused("wrong_id"), 0, "{}", target.describe());
 
     // Controls: the same messages in our cluster are taken.
-    peer.stream(&envelope(CLUSTER, "edge-o", Msg::Push(batch("edge-o"))))
-        .await;
+    peer.stream(&envelope(
+        CLUSTER,
+        "edge-o",
+        Msg::Push(batch(&key, "edge-o")),
+    ))
+    .await;
     wait_until(
         "the target to take the envelope in its own cluster",
         || target.has_writer("edge-o"),
         || target.describe(),
     )
     .await;
-    let ours = announce(identity("edge-o", CLUSTER, peer.addr()), &dst);
+    let ours = announce(identity(&key, "edge-o", CLUSTER, peer.addr()), &dst);
     wait_until_resending(
         "the target to take the announce in its own cluster",
         || peer.datagram(&ours),
@@ -621,7 +692,8 @@ async fn garbage_never_crashes_a_node() {
     let scratch = Scratch::new("garbage");
     let ca = scratch.ca("c", CLUSTER);
     let target = Node::start(&ca.node("edge-a"), vec![]);
-    let noise = RawPeer::connect(&ca.node("noise"), target.addr()).await;
+    let noise_key = ca.node("noise");
+    let noise = RawPeer::connect(&noise_key, target.addr()).await;
     let mut rng = StdRng::seed_from_u64(0x5eed_0bad_b17e_5eed);
     let max = noise
         .conn
@@ -652,7 +724,7 @@ async fn garbage_never_crashes_a_node() {
     for _ in 0..20 {
         // A valid ping, then garbage where the piggybacked member updates go.
         let mut d = swim(
-            identity("noise", CLUSTER, noise.addr()),
+            identity(&noise_key, "noise", CLUSTER, noise.addr()),
             &dst,
             foca::Message::Ping(rng.random()),
         );
@@ -755,4 +827,329 @@ async fn a_differing_summary_gets_the_digest() {
     )
     .await;
     assert_eq!(target.decode_errors(), 0, "{}", target.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Byzantine members: the attacker holds one valid cluster certificate, its own, and says
+// whatever it likes about others. Every claim is bound to the key of the node it is about.
+
+#[tokio::test]
+async fn a_delta_forging_another_writers_rows_is_dropped_and_the_real_rows_stay() {
+    let scratch = Scratch::new("forged-delta");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let victim = Node::start(&ca.node("edge-v"), vec![target.addr()]);
+    converge(&target, &victim).await;
+    victim.set_health(true);
+    wait_until(
+        "the target to hold edge-v's healthy row",
+        || target.health_of("edge-v") == Some(true),
+        || target.describe(),
+    )
+    .await;
+
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
+    // edge-v's rows as evil would have them: down, newer than anything edge-v sent, and
+    // sealed with the only key evil has, its own.
+    let epoch = victim.mesh.identity().generation;
+    let mut forged = sealed_batch(&evil_key, "edge-v", Region::Weu, epoch, false);
+    forged.seq = 1_000;
+    forged.rows[0].seq = 1_000;
+    evil.stream(&envelope(CLUSTER, "evil", Msg::Delta(vec![forged])))
+        .await;
+    wait_until(
+        "the target to refuse the forged delta",
+        || target.refused("bad_signature") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert_eq!(
+        target.health_of("edge-v"),
+        Some(true),
+        "{}",
+        target.describe()
+    );
+
+    // The same from the end of time, which edge-v's real rows could never replace.
+    let forever = sealed_batch(&evil_key, "edge-v", Region::Weu, u64::MAX, false);
+    evil.stream(&envelope(CLUSTER, "evil", Msg::Delta(vec![forever])))
+        .await;
+    wait_until(
+        "the target to refuse a batch from the far future",
+        || target.refused("future_epoch") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert_eq!(
+        target.health_of("edge-v"),
+        Some(true),
+        "{}",
+        target.describe()
+    );
+
+    // edge-v's own next change still lands.
+    victim.set_health(false);
+    wait_until(
+        "the target to take edge-v's real change",
+        || target.health_of("edge-v") == Some(false),
+        || format!("{}{}", target.describe(), victim.describe()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_piggybacked_down_at_the_maximum_generation_does_not_evict_a_node() {
+    let scratch = Scratch::new("forged-down");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let victim = Node::start(&ca.node("edge-v"), vec![target.addr()]);
+    converge(&target, &victim).await;
+
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
+    let dst = target.mesh.identity().clone();
+    // "edge-v is down at generation u64::MAX": edge-v could never come back above it.
+    let mut forever = victim.mesh.identity().clone();
+    forever.generation = u64::MAX;
+    // "edge-v is down at its next generation", signed by evil: edge-v never said so.
+    let next = NodeIdentity::unsigned(
+        "edge-v",
+        Region::Weu,
+        victim.addr(),
+        CLUSTER,
+        victim.mesh.identity().generation + 1,
+    )
+    .signed_by(evil_key.signer());
+    let packet = swim_with(
+        identity(&evil_key, "evil", CLUSTER, evil.addr()),
+        &dst,
+        foca::Message::Gossip,
+        &[
+            foca::Member::new(forever, 0, foca::State::Down),
+            foca::Member::new(next, 0, foca::State::Down),
+        ],
+    );
+    wait_until_resending(
+        "the target to drop both forged updates",
+        || evil.datagram(&packet),
+        || target.refused("future_generation") >= 1 && target.refused("bad_signature") >= 1,
+        || target.describe(),
+    )
+    .await;
+    // The packet itself was taken (its sender is who it says): only the updates were dropped.
+    assert!(target.knows("evil"), "{}", target.describe());
+    assert!(target.sees_alive("edge-v"), "{}", target.describe());
+    converge(&target, &victim).await;
+}
+
+#[tokio::test]
+async fn epochs_and_generations_far_ahead_of_the_clock_are_refused() {
+    let scratch = Scratch::new("future");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
+    let dst = target.mesh.identity().clone();
+
+    // Its own rows, properly sealed, but from the end of time or two days ahead.
+    let two_days = now_ms() + 2 * 24 * 3600 * 1000;
+    for (i, epoch) in [u64::MAX, two_days].into_iter().enumerate() {
+        let b = sealed_batch(&evil_key, "evil", Region::Weu, epoch, true);
+        evil.stream(&envelope(CLUSTER, "evil", Msg::Push(b))).await;
+        wait_until(
+            &format!("the target to refuse epoch {epoch}"),
+            || target.refused("future_epoch") > i as u64,
+            || target.describe(),
+        )
+        .await;
+    }
+    assert!(!target.has_writer("evil"), "{}", target.describe());
+
+    // Its own identity, properly signed, at a generation from the end of time.
+    let forever = NodeIdentity::unsigned("evil", Region::Weu, evil.addr(), CLUSTER, u64::MAX)
+        .signed_by(evil_key.signer());
+    let packet = announce(forever, &dst);
+    wait_until_resending(
+        "the target to refuse a generation from the far future",
+        || evil.datagram(&packet),
+        || target.refused("future_generation") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.knows("evil"), "{}", target.describe());
+
+    // Controls: the same at this clock's time are taken.
+    let b = sealed_batch(&evil_key, "evil", Region::Weu, now_ms(), true);
+    evil.stream(&envelope(CLUSTER, "evil", Msg::Push(b))).await;
+    wait_until(
+        "the target to take rows of the present",
+        || target.has_writer("evil"),
+        || target.describe(),
+    )
+    .await;
+    let present = NodeIdentity::unsigned("evil", Region::Weu, evil.addr(), CLUSTER, now_ms())
+        .signed_by(evil_key.signer());
+    let packet = announce(present, &dst);
+    wait_until_resending(
+        "the target to take an identity of the present",
+        || evil.datagram(&packet),
+        || target.knows("evil"),
+        || target.describe(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_member_speaking_for_a_region_its_certificate_does_not_name_is_dropped() {
+    let scratch = Scratch::new("region");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node_in("edge-a", Region::Weu), vec![]);
+    let evil_key = ca.node_in("evil", Region::Weu);
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
+    let dst = target.mesh.identity().clone();
+
+    // Signed by evil, but for ENAM: it would vote in ENAM's quorum.
+    let elsewhere = NodeIdentity::unsigned("evil", Region::Enam, evil.addr(), CLUSTER, 1)
+        .signed_by(evil_key.signer());
+    let packet = announce(elsewhere, &dst);
+    wait_until_resending(
+        "the target to refuse an identity for ENAM",
+        || evil.datagram(&packet),
+        || target.refused("wrong_region") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.knows("evil"), "{}", target.describe());
+    let b = sealed_batch(&evil_key, "evil", Region::Enam, 1, false);
+    evil.stream(&envelope(CLUSTER, "evil", Msg::Push(b))).await;
+    wait_until(
+        "the target to refuse rows for ENAM",
+        || target.refused("wrong_region") >= 2,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.has_writer("evil"), "{}", target.describe());
+
+    // Controls: the region its certificate names is taken.
+    let b = sealed_batch(&evil_key, "evil", Region::Weu, 1, false);
+    evil.stream(&envelope(CLUSTER, "evil", Msg::Push(b))).await;
+    wait_until(
+        "the target to take rows for WEU",
+        || target.has_writer("evil"),
+        || target.describe(),
+    )
+    .await;
+    let packet = announce(identity(&evil_key, "evil", CLUSTER, evil.addr()), &dst);
+    wait_until_resending(
+        "the target to take an identity for WEU",
+        || evil.datagram(&packet),
+        || target.knows("evil"),
+        || target.describe(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_configured_for_another_region_than_its_certificate_does_not_start() {
+    let scratch = Scratch::new("region-start");
+    let ca = scratch.ca("c", CLUSTER);
+    let tls = ca.node_in("edge-a", Region::Enam);
+    // config() says WEU.
+    let err = match Mesh::start(config("edge-a", vec![]), &tls, MeshMetrics::default()) {
+        Ok(_) => panic!("the mesh started in WEU with a certificate for ENAM"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("ENAM") && err.contains("WEU") && err.contains("--region"),
+        "the error must name both regions and the fix: {err}"
+    );
+}
+
+/// The honest case: rows that reach a node only through a third node carry their writer's
+/// seal, which the relay cannot make but can pass on, and are taken once the writer's
+/// certificate is known (here the relay hands it on, as a node asked for it does).
+#[tokio::test]
+async fn rows_relayed_by_a_third_node_are_verified_and_taken() {
+    let scratch = Scratch::new("relay");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    let writer_key = ca.node("edge-w");
+    let relay_key = ca.node("edge-r");
+    let relay = RawPeer::connect(&relay_key, target.addr()).await;
+    let epoch = now_ms();
+    // edge-w's own rows, sealed by edge-w (it never talks to the target itself).
+    let rows = sealed_batch(&writer_key, "edge-w", Region::Weu, epoch, false);
+    let relayed = envelope(CLUSTER, "edge-r", Msg::Delta(vec![rows.clone()]));
+
+    // The target has never seen edge-w's certificate: it cannot check the seal yet.
+    relay.stream(&relayed).await;
+    wait_until(
+        "the target to set aside rows whose writer it cannot check yet",
+        || target.refused("unknown_signer") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.has_writer("edge-w"), "{}", target.describe());
+
+    // A certificate relayed for edge-w, then the same rows: taken.
+    let cert = writer_key.own_cert().unwrap().der().to_vec();
+    relay
+        .stream(&envelope(CLUSTER, "edge-r", Msg::Certs(vec![cert])))
+        .await;
+    wait_until_resending_async(
+        &relay,
+        &relayed,
+        || target.health_of("edge-w") == Some(false),
+        &target,
+    )
+    .await;
+
+    // The relay altering them, as a newer version, is caught.
+    let mut altered = rows;
+    altered.rows[0].healthy = true;
+    altered.rows[0].seq += 1;
+    altered.seq += 1;
+    relay
+        .stream(&envelope(CLUSTER, "edge-r", Msg::Delta(vec![altered])))
+        .await;
+    wait_until(
+        "the target to refuse rows the relay altered",
+        || target.refused("bad_signature") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert_eq!(
+        target.health_of("edge-w"),
+        Some(false),
+        "{}",
+        target.describe()
+    );
+}
+
+/// Sends `data` on a stream every few polls until `cond` holds: the certificate and the
+/// rows travel on separate streams, which may arrive in either order.
+async fn wait_until_resending_async(
+    peer: &RawPeer,
+    data: &[u8],
+    mut cond: impl FnMut() -> bool,
+    node: &Node,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut polls = 0u32;
+    loop {
+        if polls % RESEND_EVERY == 0 {
+            peer.stream(data).await;
+        }
+        if cond() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for the target to take the relayed rows\n{}",
+            node.describe()
+        );
+        polls += 1;
+        tokio::time::sleep(POLL).await;
+    }
 }

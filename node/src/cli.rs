@@ -116,6 +116,11 @@ pub enum CertCommand {
         /// The node id, as in its [node] id.
         #[arg(long)]
         node: String,
+        /// The one region the node may speak for, as in its [node] region (e.g. WEU). Peers
+        /// drop its claims about any other, and it refuses to start configured for another.
+        /// Without it the node may speak for any region (older certificates are like that).
+        #[arg(long)]
+        region: Option<switchyard_geo::Region>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -165,11 +170,21 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e.into()),
         },
         Command::Cert {
-            command: CertCommand::Issue { ca, node, out },
-        } => match switchyard_gossip::tls::issue_cert(ca, node, out) {
+            command:
+                CertCommand::Issue {
+                    ca,
+                    node,
+                    region,
+                    out,
+                },
+        } => match switchyard_gossip::tls::issue_cert_in(ca, node, *region, out) {
             Ok(p) => {
+                let region = match region {
+                    Some(r) => format!(" in region {r}"),
+                    None => " (any region)".into(),
+                };
                 println!(
-                    "issued a certificate for node {node}: {} and {}",
+                    "issued a certificate for node {node}{region}: {} and {}",
                     p.cert.display(),
                     p.key.display()
                 );

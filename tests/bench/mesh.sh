@@ -9,6 +9,8 @@
 #   NODES="5 50"        node counts, in order (the last one is checked against the targets)
 #   FLIPS=20            health flips per run
 #   IDLE_SECS=10        idle traffic window
+#   RTT_SECS=10         steady RTT updates after it (every node moves every RTT once a
+#                       second): signatures made and verified per node, and CPU (0: skip)
 #   PROFILE=lan         SWIM timings profile (lan|wan)
 #   DEADLINE_SECS=120   bound on convergence, initial replication and each flip
 #   RUN_TIMEOUT=900     hard bound on one run, in seconds
@@ -27,6 +29,7 @@ cd "$root"
 NODES="${NODES:-5 50}"
 FLIPS="${FLIPS:-20}"
 IDLE_SECS="${IDLE_SECS:-10}"
+RTT_SECS="${RTT_SECS:-10}"
 PROFILE="${PROFILE:-lan}"
 DEADLINE_SECS="${DEADLINE_SECS:-120}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-900}"
@@ -74,7 +77,7 @@ declare -a ran=()
 : >"$tmp/mesh.json"
 for n in $NODES; do
     args=(--nodes "$n" --flips "$FLIPS" --idle-secs "$IDLE_SECS" --profile "$PROFILE"
-        --deadline-secs "$DEADLINE_SECS")
+        --deadline-secs "$DEADLINE_SECS" --rtt-secs "$RTT_SECS")
     echo "== mesh-bench --nodes $n" >&2
     if [[ "$netns" == 1 ]]; then
         timeout "$RUN_TIMEOUT" unshare -rn sh -c 'ip link set lo up && exec "$@"' mesh-bench \
@@ -141,6 +144,10 @@ summary_row "idle payload per node, max (kbit/s)" idle_kbit_per_sec_max 2 "< $TA
 summary_row "idle on the wire per node, mean (kbit/s)" idle_wire_bytes_per_sec_mean 2 "(all of it: IP/UDP/QUIC, ACKs, keep-alives)" kbit
 summary_row "idle packets per node, mean (/s)" idle_wire_packets_per_sec_mean 1 ""
 summary_row "process CPU while idle (% of a core)" idle_cpu_percent 1 ""
+summary_row "signatures verified per node while idle (/s)" idle_sigs_verified_per_node_sec 2 ""
+summary_row "signatures made per node, RTT updates (/s)" rtt_sigs_made_per_node_sec 2 ""
+summary_row "signatures verified per node, RTT updates (/s)" rtt_sigs_verified_per_node_sec 2 ""
+summary_row "process CPU, RTT updates (% of a core)" rtt_cpu_percent 1 ""
 summary_row "UDP receive drops at startup" udp_rcv_drops_startup 0 ""
 summary_row "nodes declared down and rejoined" rejoined_total 0 ""
 

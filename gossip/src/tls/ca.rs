@@ -12,9 +12,11 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, SanType, PKCS_ECDSA_P256_SHA256,
 };
 
+use switchyard_geo::Region;
+
 use super::error::{FileKind, TlsError};
 use super::files::{create_dir, pem_encode, read_certs, read_key, write_new_file, write_replacing};
-use super::verify::{parse_cert, verify_node_cert};
+use super::verify::{parse_cert, region_san, verify_node_cert};
 use crate::identity::{InvalidNodeId, NodeId};
 
 /// Name of the CA certificate file in a CA directory.
@@ -118,7 +120,22 @@ pub fn init_ca(out_dir: &Path, cluster: &str) -> Result<CaPaths, TlsError> {
 /// (mode 0600) into `out_dir` (created if missing). The certificate names the node by a DNS
 /// SAN equal to `node_id`, allows both server and client authentication (a node is both), and
 /// is valid about 2 years. Existing files for the node are replaced (renewal), each atomically.
+/// The certificate names no region: the node may speak for any (see [`issue_cert_in`]).
 pub fn issue_cert(ca_dir: &Path, node_id: &str, out_dir: &Path) -> Result<CertPaths, TlsError> {
+    issue_cert_in(ca_dir, node_id, None, out_dir)
+}
+
+/// As [`issue_cert`], and with `region` the certificate also names the one region the node
+/// may speak for, as a second DNS name `<region>.region.switchyard.invalid` (lower case). A
+/// DNS name survives every check a handshake makes and needs no custom extension; the
+/// `.switchyard.invalid` suffix can never be a node id. A node with such a certificate must
+/// be configured in that region, and peers drop its claims about any other.
+pub fn issue_cert_in(
+    ca_dir: &Path,
+    node_id: &str,
+    region: Option<Region>,
+    out_dir: &Path,
+) -> Result<CertPaths, TlsError> {
     let node_id = NodeId::new(node_id)?;
     let node_id = node_id.as_str();
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
@@ -172,6 +189,13 @@ pub fn issue_cert(ca_dir: &Path, node_id: &str, out_dir: &Path) -> Result<CertPa
     // uses the SAN alone.
     params.distinguished_name.push(DnType::CommonName, node_id);
     params.subject_alt_names = vec![SanType::DnsName(san)];
+    if let Some(region) = region {
+        let name = Ia5String::try_from(region_san(region)).map_err(|_| InvalidNodeId {
+            id: node_id.to_owned(),
+            reason: "its region name is not ASCII",
+        })?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -218,7 +242,7 @@ pub fn issue_cert(ca_dir: &Path, node_id: &str, out_dir: &Path) -> Result<CertPa
     // with a clear key/certificate mismatch, and the next attempt finds both new files.
     write_replacing(&paths.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_replacing(&paths.cert, chain.as_bytes(), 0o644)?;
-    tracing::info!(node = node_id, cert = %paths.cert.display(), "issued a node certificate");
+    tracing::info!(node = node_id, region = ?region, cert = %paths.cert.display(), "issued a node certificate");
     Ok(paths)
 }
 

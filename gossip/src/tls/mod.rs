@@ -11,6 +11,12 @@
 //! *some* cluster membership: the mesh must still check that a peer claiming id X in SWIM holds
 //! X's certificate, with [`peer_is`] (or by comparing with [`peer_node_id`]).
 //!
+//! A certificate may also name the region its node speaks for, as a second DNS name
+//! `<region>.region.switchyard.invalid` (`switchyard cert issue --region`); see
+//! [`issue_cert_in`]. The node's key also signs what the node claims in the mesh (its SWIM
+//! identity, its health rows): [`NodeTls::signer`], checked against the certificate with
+//! [`NodeTls::check_peer_cert`].
+//!
 //! Files, as written by [`init_ca`] and [`issue_cert`]:
 //!
 //! ```text
@@ -37,7 +43,7 @@ mod verify;
 mod tests;
 
 pub use crate::identity::MESH_SERVER_NAME;
-pub use ca::{init_ca, issue_cert, CaPaths, CertPaths, CA_CERT_FILE, CA_KEY_FILE};
+pub use ca::{init_ca, issue_cert, issue_cert_in, CaPaths, CertPaths, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{FileKind, TlsError};
-pub use node::{load, NodeTls, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT};
-pub use verify::{peer_is, peer_node_id};
+pub use node::{load, CertSigner, NodeTls, PeerCert, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT};
+pub use verify::{peer_cert, peer_is, peer_node_id};

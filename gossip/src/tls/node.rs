@@ -7,21 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::RootCertStore;
+use rustls::{RootCertStore, SignatureScheme};
+use switchyard_geo::Region;
 
 use super::error::{FileKind, TlsError};
 use super::files::{read_certs, read_key};
 use super::verify::{
-    describe_webpki_error, node_ids, parse_cert, verify_node_cert, ClusterServerVerifier,
+    cert_region, describe_webpki_error, node_ids, parse_cert, verify_node_cert,
+    ClusterServerVerifier,
 };
-use crate::identity::NodeId;
+use crate::identity::{NodeId, SignIdentity};
 
 /// ALPN protocol of the mesh; bump the version when the wire protocol changes incompatibly, so
 /// mixed-version nodes fail the handshake with a clear "no application protocol" error rather
 /// than misparsing each other.
-pub const ALPN: &[u8] = b"switchyard-mesh/1";
+/// Version 2: SWIM identities and health-row batches carry their writer's signature.
+pub const ALPN: &[u8] = b"switchyard-mesh/2";
 
 /// QUIC keep-alive interval: well under [`MAX_IDLE_TIMEOUT`] so an idle but healthy connection
 /// between two nodes never times out, and short enough to keep NAT/conntrack entries alive.
@@ -36,6 +40,8 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct NodeTls {
     node_id: NodeId,
+    region: Option<Region>,
+    signer: Arc<CertSigner>,
     pub(super) certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
@@ -46,6 +52,7 @@ impl fmt::Debug for NodeTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeTls")
             .field("node_id", &self.node_id)
+            .field("region", &self.region)
             .field("chain_len", &self.certified.cert.len())
             .field("trusted_cas", &self.roots.len())
             .finish_non_exhaustive()
@@ -131,12 +138,88 @@ pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError
         }
     };
 
+    let region = cert_region(&leaf).map_err(|reason| TlsError::BadCert {
+        what: FileKind::NodeCert,
+        path: cert.to_owned(),
+        reason,
+    })?;
+    let signer = certified
+        .key
+        .choose_scheme(SIGNATURE_SCHEMES)
+        .ok_or_else(|| TlsError::BadKey {
+            what: FileKind::NodeKey,
+            path: key.to_owned(),
+            reason: "its algorithm cannot sign mesh messages (use ECDSA P-256, as `switchyard \
+                     cert issue` does)"
+                .into(),
+        })?;
+
     Ok(NodeTls {
         node_id,
+        region,
+        signer: Arc::new(CertSigner(signer)),
         certified: Arc::new(certified),
         roots: Arc::new(roots),
         provider,
     })
+}
+
+/// The schemes a node key may sign mesh messages with, and peers verify them with.
+const SIGNATURE_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ED25519,
+];
+
+/// Signs with the node's certificate key: what a node claims about itself in the mesh.
+#[derive(Debug)]
+pub struct CertSigner(Box<dyn rustls::sign::Signer>);
+
+impl CertSigner {
+    /// A signature over `message`; empty if the key failed to sign (peers then refuse it).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.0.sign(message).unwrap_or_else(|e| {
+            tracing::error!("the node key failed to sign a mesh message: {e}");
+            Vec::new()
+        })
+    }
+}
+
+impl SignIdentity for CertSigner {
+    fn sign_claim(&self, claim: &[u8]) -> Vec<u8> {
+        self.sign(claim)
+    }
+}
+
+/// A peer's certificate, checked against the cluster CA: who it is and what it may claim.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    pub node_id: String,
+    /// The region it may speak for; `None`: any (a certificate issued without `--region`).
+    pub region: Option<Region>,
+    der: Arc<[u8]>,
+}
+
+impl PeerCert {
+    /// The certificate itself (DER), to hand on to peers that lack it.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Whether `sig` is this certificate's key's signature over `message`.
+    pub fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
+        let der = CertificateDer::from(&self.der[..]);
+        let Ok(leaf) = webpki::EndEntityCert::try_from(&der) else {
+            return false;
+        };
+        [
+            webpki::ring::ECDSA_P256_SHA256,
+            webpki::ring::ECDSA_P384_SHA384,
+            webpki::ring::ED25519,
+        ]
+        .into_iter()
+        .any(|alg| leaf.verify_signature(alg, message, sig).is_ok())
+    }
 }
 
 impl NodeTls {
@@ -152,6 +235,40 @@ impl NodeTls {
 
     pub fn node_id(&self) -> &str {
         self.node_id.as_str()
+    }
+
+    /// The region the certificate lets this node speak for (`None`: any).
+    pub fn region(&self) -> Option<Region> {
+        self.region
+    }
+
+    /// Signs with this node's key.
+    pub fn signer(&self) -> Arc<CertSigner> {
+        self.signer.clone()
+    }
+
+    /// This node's own certificate, as peers would check it.
+    pub fn own_cert(&self) -> Option<PeerCert> {
+        let der = self.certified.cert.first()?;
+        self.check_peer_cert(der).ok()
+    }
+
+    /// Checks a peer's certificate (DER) against the cluster CA as a handshake would, and
+    /// reads which node it names and the region it may speak for. The error says why not.
+    pub fn check_peer_cert(&self, der: &[u8]) -> Result<PeerCert, String> {
+        let cert = CertificateDer::from(der);
+        let leaf = webpki::EndEntityCert::try_from(&cert).map_err(|e| format!("{e:?}"))?;
+        verify_node_cert(&leaf, &self.roots.roots, &[]).map_err(|e| describe_webpki_error(&e))?;
+        let node_id = match <[NodeId; 1]>::try_from(node_ids(&leaf)) {
+            Ok([one]) => one,
+            Err(_) => return Err("it does not name exactly one node".into()),
+        };
+        let region = cert_region(&leaf)?;
+        Ok(PeerCert {
+            node_id: node_id.into(),
+            region,
+            der: der.into(),
+        })
     }
 
     /// QUIC server configuration: presents the node certificate and requires every client to

@@ -588,3 +588,43 @@ fn distinguished_names_round_trip() {
     let tls = load(&ca_dir.join(CA_CERT_FILE), &node.cert, &node.key).unwrap();
     assert_eq!(tls.node_id(), "edge-a");
 }
+
+#[test]
+fn a_certificate_can_name_the_region_its_node_speaks_for() {
+    use switchyard_geo::Region;
+    let dir = Scratch::new("region");
+    let ca_dir = dir.path().join("ca");
+    let ca = init_ca(&ca_dir, "prod").unwrap();
+    let out = dir.path().join("certs");
+    let weu = issue_cert_in(&ca_dir, "edge-weu-1", Some(Region::Weu), &out).unwrap();
+    let weu = load(&ca.cert, &weu.cert, &weu.key).unwrap();
+    // The region's DNS name is not taken for a second node id.
+    assert_eq!(weu.node_id(), "edge-weu-1");
+    assert_eq!(weu.region(), Some(Region::Weu));
+    let any = issue_cert(&ca_dir, "edge-any", &out).unwrap();
+    let any = load(&ca.cert, &any.cert, &any.key).unwrap();
+    assert_eq!(any.region(), None);
+
+    // What a peer reads of it, and a signature made with its key.
+    let der = weu.certified.cert[0].as_ref().to_vec();
+    let seen = any.check_peer_cert(&der).unwrap();
+    assert_eq!(
+        (seen.node_id.as_str(), seen.region),
+        ("edge-weu-1", Some(Region::Weu))
+    );
+    let sig = weu.signer().sign(b"claim");
+    assert!(seen.verifies(b"claim", &sig));
+    assert!(!seen.verifies(b"another claim", &sig));
+    let other = any.signer().sign(b"claim");
+    assert!(!seen.verifies(b"claim", &other));
+}
+
+#[test]
+fn a_certificate_of_another_ca_is_not_learned() {
+    let dir = Scratch::new("learn");
+    let ours = cluster(dir.path(), "ours", "prod", &["edge-a"]);
+    let theirs = cluster(dir.path(), "theirs", "prod", &["edge-x"]);
+    let der = theirs[0].certified.cert[0].as_ref().to_vec();
+    assert!(ours[0].check_peer_cert(&der).is_err());
+    assert!(ours[0].check_peer_cert(b"garbage").is_err());
+}

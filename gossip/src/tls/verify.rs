@@ -11,8 +11,44 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use switchyard_geo::Region;
+
 use super::error::{FileKind, TlsError};
-use crate::identity::{NodeId, MESH_SERVER_NAME};
+use crate::identity::{NodeId, MESH_SERVER_NAME, RESERVED_SUFFIX};
+
+/// The middle of a region's DNS name in a node certificate: `weu.region.switchyard.invalid`.
+const REGION_SUFFIX: &str = ".region";
+
+/// The DNS name by which a certificate names the region its node may speak for.
+pub(super) fn region_san(region: Region) -> String {
+    format!(
+        "{}{REGION_SUFFIX}{RESERVED_SUFFIX}",
+        region.code().to_ascii_lowercase()
+    )
+}
+
+/// The region a node certificate names (`None`: it names none, and its node may speak for
+/// any). A certificate naming an unknown region, or several, is refused.
+pub(crate) fn cert_region(leaf: &webpki::EndEntityCert<'_>) -> Result<Option<Region>, String> {
+    let suffix = format!("{REGION_SUFFIX}{RESERVED_SUFFIX}");
+    let mut found = None;
+    for name in leaf.valid_dns_names() {
+        let lower = name.to_ascii_lowercase();
+        let Some(code) = lower.strip_suffix(&suffix) else {
+            continue;
+        };
+        let region: Region = code
+            .parse()
+            .map_err(|_| format!("its DNS name {name:?} names no known region"))?;
+        match found {
+            Some(other) if other != region => {
+                return Err(format!("it names two regions, {other} and {region}"))
+            }
+            _ => found = Some(region),
+        }
+    }
+    Ok(found)
+}
 
 /// Verifies a server the way rustls' WebPKI verifier does (chain to the cluster CA, serverAuth,
 /// validity, name), except that the name check is skipped when dialing [`MESH_SERVER_NAME`].
@@ -128,6 +164,11 @@ pub fn peer_is(conn: &quinn::Connection, node_id: &str) -> bool {
     };
     leaf.verify_is_valid_for_subject_name(&name).is_ok()
         && leaf.valid_dns_names().any(|n| n == node_id)
+}
+
+/// The certificate (DER) the peer of an established connection presented.
+pub fn peer_cert(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    peer_chain(conn)?.first().map(|c| c.as_ref().to_vec())
 }
 
 fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {

@@ -79,6 +79,10 @@ struct Args {
     /// namespace, e.g. `unshare -rn`): report the bytes on the wire from /proc/net/dev too.
     #[arg(long)]
     lo_exclusive: bool,
+    /// Seconds of steady RTT updates after the idle window (every node moves every row's
+    /// RTT once a second), over which signatures made and verified are counted (0: skip).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    rtt_secs: u64,
     /// Milliseconds between two node starts (0: all at once).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     stagger_ms: u64,
@@ -142,6 +146,9 @@ impl Node {
 #[derive(Debug, Default, Clone)]
 struct Counters {
     bytes_sent: f64,
+    /// Signatures this node made and verified (copied once a second by its housekeeping).
+    sigs_made: f64,
+    sigs_verified: f64,
     /// Messages sent, by type (swim, push, summary, digest, delta).
     sent: BTreeMap<String, f64>,
     /// Refusals, decode errors and received messages, as "name value", for diagnostics.
@@ -168,6 +175,10 @@ impl Counters {
             }
             if name == "switchyard_mesh_bytes_sent_total" {
                 c.bytes_sent = v;
+            } else if name == "switchyard_mesh_signatures_total{op=\"made\"}" {
+                c.sigs_made = v;
+            } else if name == "switchyard_mesh_signatures_total{op=\"verified\"}" {
+                c.sigs_verified = v;
             } else if let Some(labels) = name.strip_prefix("switchyard_mesh_messages_total{") {
                 // The direction label is the enum variant's name ("Sent").
                 if labels.to_ascii_lowercase().contains("direction=\"sent\"") {
@@ -548,6 +559,24 @@ struct Report {
     /// UDP counters of the namespace, from the first start to convergence and over the run.
     udp_startup: Option<UdpSnmp>,
     udp_run: Option<UdpSnmp>,
+    /// Signatures made and verified per node per second while idle (mean over nodes).
+    idle_sigs: (f64, f64),
+    /// The same under steady RTT updates, with the process CPU then.
+    rtt_secs: u64,
+    rtt_sigs: (f64, f64),
+    rtt_cpu_percent: Option<f64>,
+}
+
+/// Signatures made and verified per node per second between two readings (mean over nodes).
+fn sigs_per_node_sec(before: &[Counters], after: &[Counters], secs: f64) -> (f64, f64) {
+    let n = before.len().max(1) as f64;
+    let (made, verified) = before.iter().zip(after).fold((0.0, 0.0), |(m, v), (b, a)| {
+        (
+            m + a.sigs_made - b.sigs_made,
+            v + a.sigs_verified - b.sigs_verified,
+        )
+    });
+    (made / secs / n, verified / secs / n)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -838,6 +867,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .min()
         .unwrap_or(0);
     let digest = nodes.first().and_then(digest_bytes);
+    let idle_sigs = sigs_per_node_sec(&before, &after, secs);
+
+    // ---- Steady RTT updates: what signing costs. ----
+    let (rtt_sigs, rtt_cpu_percent) = if args.rtt_secs > 0 {
+        eprintln!(
+            "mesh-bench: every node moves every RTT once a second for {} s",
+            args.rtt_secs
+        );
+        let before: Vec<Counters> = nodes.iter().map(Node::counters).collect();
+        let cpu0 = cpu_time();
+        let t_rtt = Instant::now();
+        for tick in 0..args.rtt_secs {
+            // 2 ms up, then back: above the 1 ms replication threshold every time.
+            let shift = if tick % 2 == 0 { 2_000 } else { 0 };
+            for nd in &nodes {
+                let rows: Vec<LocalRow> = nd
+                    .rows
+                    .iter()
+                    .map(|r| LocalRow {
+                        rtt: r.rtt.map(|d| d + Duration::from_micros(shift)),
+                        ..r.clone()
+                    })
+                    .collect();
+                nd.mesh.set_local(rows);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let elapsed = t_rtt.elapsed().as_secs_f64();
+        let after: Vec<Counters> = nodes.iter().map(Node::counters).collect();
+        let cpu = match (cpu0, cpu_time()) {
+            (Some(a), Some(b)) => Some((b - a).as_secs_f64() / elapsed * 100.0),
+            _ => None,
+        };
+        (
+            sigs_per_node_sec(&before, &after, args.rtt_secs as f64),
+            cpu,
+        )
+    } else {
+        ((f64::NAN, f64::NAN), None)
+    };
 
     let report = Report {
         nodes: n,
@@ -865,6 +934,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stagger_ms: args.stagger_ms,
         udp_startup: udp_startup.filter(|_| args.lo_exclusive),
         udp_run: udp_delta(udp0, udp_snmp()).filter(|_| args.lo_exclusive),
+        idle_sigs,
+        rtt_secs: args.rtt_secs,
+        rtt_sigs,
+        rtt_cpu_percent,
     };
     print_table(&report);
     println!("{}", json(&report));
@@ -1004,6 +1077,25 @@ fn print_table(r: &Report) {
         row("process CPU while idle", format!("{c:.1} % of one core"));
     }
     row(
+        "signatures per node while idle, made / verified",
+        format!("{:.2} / {:.2} per s", r.idle_sigs.0, r.idle_sigs.1),
+    );
+    if r.rtt_secs > 0 {
+        row(
+            "signatures per node, steady RTT updates",
+            format!(
+                "{:.2} made / {:.2} verified per s",
+                r.rtt_sigs.0, r.rtt_sigs.1
+            ),
+        );
+        if let Some(c) = r.rtt_cpu_percent {
+            row(
+                "process CPU, steady RTT updates",
+                format!("{c:.1} % of one core"),
+            );
+        }
+    }
+    row(
         "members alive after idle (min over nodes)",
         format!("{} of {}", r.alive_min_after, r.nodes),
     );
@@ -1081,6 +1173,17 @@ fn json(r: &Report) -> String {
             r.udp_run.map_or("null".into(), |u| u.in_errors.to_string()),
         ),
     ];
+    fields.extend([
+        ("idle_sigs_made_per_node_sec".into(), num(r.idle_sigs.0)),
+        ("idle_sigs_verified_per_node_sec".into(), num(r.idle_sigs.1)),
+        ("rtt_secs".into(), r.rtt_secs.to_string()),
+        ("rtt_sigs_made_per_node_sec".into(), num(r.rtt_sigs.0)),
+        ("rtt_sigs_verified_per_node_sec".into(), num(r.rtt_sigs.1)),
+        (
+            "rtt_cpu_percent".into(),
+            r.rtt_cpu_percent.map_or("null".into(), num),
+        ),
+    ]);
     for (t, v) in &r.idle_sent {
         fields.push((format!("idle_{t}_msgs_per_sec"), num(*v)));
     }
