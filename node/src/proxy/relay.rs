@@ -15,6 +15,7 @@
 //! through a pooled userspace buffer that is likewise held only while data
 //! moves.
 
+use crate::clock::Activity;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -28,7 +29,7 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::sleep_until;
 
 /// Which way bytes moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,31 +199,6 @@ impl<F: Fn(Direction, u64)> RelayState<'_, F> {
         total.fetch_add(n, Ordering::Relaxed);
         self.activity.touch();
         (self.on_bytes)(dir, n);
-    }
-}
-
-/// Time of the last byte moved, on tokio's clock, kept as an offset from the
-/// start so it fits an atomic.
-struct Activity {
-    start: Instant,
-    last_nanos: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_nanos.store(nanos, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed))
     }
 }
 
@@ -830,6 +806,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
+    use tokio::time::Instant;
 
     const ENGINES: &[Engine] = &[
         #[cfg(target_os = "linux")]

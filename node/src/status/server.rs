@@ -7,11 +7,12 @@
 //! client that stops reading a large `/metrics` answer), and past `max_connections` open
 //! ones a new connection is closed at once. Each is counted in a metric.
 
+use crate::clock::Activity;
 use std::convert::Infallible;
 use std::io;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
@@ -135,32 +136,6 @@ async fn idle(activity: &Activity, timeout: Duration) {
             return;
         }
         tokio::time::sleep_until(deadline).await;
-    }
-}
-
-/// Time of the last byte moved, on tokio's clock, as an offset from the start so that it
-/// fits an atomic.
-struct Activity {
-    start: Instant,
-    last_nanos: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_nanos.store(nanos, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        let offset = Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed));
-        self.start.checked_add(offset).unwrap_or(self.start)
     }
 }
 
