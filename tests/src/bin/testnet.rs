@@ -462,7 +462,8 @@ impl Ctx {
             .map(|l| format!("    {l}"))
             .collect();
         die!(
-            "{name} exited during startup; the end of {log}:\n{}",
+            "{name} exited during startup ({}); the end of {log}:\n{}",
+            exit_of(name),
             tail.join("\n")
         )
     }
@@ -1704,6 +1705,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// How NAME's process ended, if it was our child and has ended: so that a start-up failure
+/// that logged nothing still says whether the process exited, was killed, or still runs.
+fn exit_of(name: &str) -> String {
+    let Some(pid) = std::fs::read_to_string(pidfile(name))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return "no pid file".into();
+    };
+    let mut status = 0;
+    // SAFETY: waitpid writes only to `status`; WNOHANG never blocks.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match got {
+        0 => format!("pid {pid} still runs, but not as {name}"),
+        p if p == pid && libc::WIFEXITED(status) => {
+            format!("pid {pid} exited with status {}", libc::WEXITSTATUS(status))
+        }
+        p if p == pid && libc::WIFSIGNALED(status) => {
+            format!("pid {pid} was killed by signal {}", libc::WTERMSIG(status))
+        }
+        _ => format!("pid {pid} is gone"),
     }
 }
 
