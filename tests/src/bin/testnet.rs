@@ -451,8 +451,19 @@ impl Ctx {
 
     /// Fails with the log's tail when NAME's process has exited.
     fn check_alive(&self, name: &str) -> Result<()> {
-        if self.running_pid(name).is_some() {
-            return Ok(());
+        // A process just started may not show its own command line yet (`ip netns exec`
+        // between its fork and its exec): give it a moment before calling it gone.
+        for _ in 0..40 {
+            if self.running_pid(name).is_some() {
+                return Ok(());
+            }
+            let pid = std::fs::read_to_string(pidfile(name))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if !pid.is_some_and(wan::pid_alive) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let log = logfile(name);
         let text = std::fs::read_to_string(&log).unwrap_or_default();
