@@ -17,6 +17,16 @@ fn config(certs: &MeshCerts, id: &str, region: &str, seeds: &[SocketAddr], body:
 }
 
 fn pool(origin: SocketAddr, check_regions: &str) -> String {
+    pool_of(&[("o", origin)], check_regions)
+}
+
+/// Pool `p` of `origins` (name, address) under a fast TCP monitor, behind load balancer `lb`.
+fn pool_of(origins: &[(&str, SocketAddr)], check_regions: &str) -> String {
+    let origins: Vec<String> = origins
+        .iter()
+        .map(|(name, addr)| format!("{{ name = \"{name}\", address = \"{addr}\" }}"))
+        .collect();
+    let origins = origins.join(", ");
     format!(
         r#"
 [[monitor]]
@@ -30,7 +40,7 @@ retries = 0
 name = "p"
 monitor = "tcp"
 check_regions = [{check_regions}]
-origins = [{{ name = "o", address = "{origin}" }}]
+origins = [{origins}]
 
 [[load_balancer]]
 name = "lb"
@@ -410,32 +420,11 @@ async fn a_reload_that_removes_an_origin_retracts_its_row_on_peers() -> anyhow::
         certs.issue(id);
     }
     let body = |with_dead: bool| {
-        let dead_origin = if with_dead {
-            format!(", {{ name = \"dead\", address = \"{dead}\" }}")
-        } else {
-            String::new()
-        };
-        format!(
-            r#"
-[[monitor]]
-name = "tcp"
-type = "tcp"
-interval = "200ms"
-timeout = "150ms"
-retries = 0
-
-[[pool]]
-name = "p"
-monitor = "tcp"
-check_regions = ["WNAM"]
-origins = [{{ name = "o", address = "{}" }}{dead_origin}]
-
-[[load_balancer]]
-name = "lb"
-default_pools = ["p"]
-"#,
-            o.addr()
-        )
+        let mut origins = vec![("o", o.addr())];
+        if with_dead {
+            origins.push(("dead", dead));
+        }
+        pool_of(&origins, "\"WNAM\"")
     };
     let r1 = start(config(&certs, "r1", "WNAM", &[], &body(true))).await;
     let seed = mesh_addr(&r1);
