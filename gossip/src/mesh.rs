@@ -1,5 +1,6 @@
 //! The handle of a running mesh member ([`Mesh`]): starting it (certificate check, QUIC
-//! endpoint, the task), feeding it the node's health rows, reading the mesh state, leaving.
+//! endpoint, the task), feeding it the node's health rows, taking new certificates, CAs and
+//! revocation lists while it runs, reading the mesh state, leaving.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::MeshConfig;
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
-use crate::keys::Keys;
+use crate::keys::{Keys, Replaced};
 use crate::metrics::MeshMetrics;
 use crate::state::{LocalRow, MeshState};
 use crate::task::{self, Cmd};
@@ -34,6 +35,13 @@ impl Mesh {
         tls: &NodeTls,
         metrics: MeshMetrics,
     ) -> Result<Mesh, GossipError> {
+        if let Some(why) = tls.own_revocation() {
+            return Err(GossipError::Identity(format!(
+                "this node's certificate is revoked ({why}); issue it a new one with \
+                 `switchyard cert issue --node {}`",
+                cfg.node_id
+            )));
+        }
         if tls.node_id() != cfg.node_id {
             return Err(GossipError::Identity(format!(
                 "the node certificate is for {:?} but [node] id is {:?}; issue a certificate for this node with `switchyard cert issue --node {}`",
@@ -90,6 +98,52 @@ impl Mesh {
             transport,
             identity,
         })
+    }
+
+    /// Takes new TLS material while running (a reload): a new CA bundle, a rotated node
+    /// certificate and key, a new revocation list. It must be for this node (same id, and a
+    /// region it may speak for) and not revoked itself, else it is refused and the running
+    /// material stays. New handshakes use it at once; connections it no longer accepts are
+    /// closed, revoked members dropped, and after a rotation this node's identity and rows are
+    /// signed again with the new key. Returns what changed.
+    pub async fn reload_tls(&self, tls: &NodeTls) -> Result<Replaced, GossipError> {
+        if tls.node_id() != self.identity.id {
+            return Err(GossipError::Identity(format!(
+                "the new node certificate is for {:?} but this node is {:?}; a node keeps its \
+                 id: issue its certificate with `switchyard cert issue --node {}`",
+                tls.node_id(),
+                self.identity.id,
+                self.identity.id
+            )));
+        }
+        if let Some(region) = tls.region().filter(|r| *r != self.identity.region) {
+            return Err(GossipError::Identity(format!(
+                "the new node certificate of {:?} is for region {region} but this node runs in \
+                 {}; issue it with `switchyard cert issue --node {} --region {}`",
+                self.identity.id, self.identity.region, self.identity.id, self.identity.region
+            )));
+        }
+        if let Some(why) = tls.own_revocation() {
+            return Err(GossipError::Identity(format!(
+                "the new revocation list revokes this node's own certificate ({why}); issue it a \
+                 new one with `switchyard cert issue --node {}`",
+                self.identity.id
+            )));
+        }
+        let server = tls.server_config()?;
+        let client = tls.client_config()?;
+        self.transport.set_tls(server, client);
+        let (done, changed) = oneshot::channel();
+        if self
+            .tx
+            .send(Cmd::Tls(Box::new(tls.clone()), done))
+            .await
+            .is_err()
+        {
+            // The mesh has stopped (shutdown): nothing left to tell.
+            return Ok(Replaced::default());
+        }
+        Ok(changed.await.unwrap_or_default())
     }
 
     pub fn identity(&self) -> &NodeIdentity {
