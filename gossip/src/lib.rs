@@ -29,6 +29,7 @@ pub mod wire;
 pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET, MIN_MAX_MEMBERS};
 pub use error::GossipError;
 pub use identity::{NodeId, NodeIdentity};
-pub use mesh::Mesh;
+pub use keys::Replaced;
+pub use mesh::{Mesh, PreparedTls};
 pub use metrics::MeshMetrics;
 pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};

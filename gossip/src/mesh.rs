@@ -20,6 +20,29 @@ use crate::tls::NodeTls;
 use crate::transport::Faults;
 use crate::transport::Transport;
 
+/// New TLS material, checked against the running node ([`Mesh::prepare_tls`]) and ready to
+/// install.
+pub struct PreparedTls {
+    tls: NodeTls,
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+}
+
+impl PreparedTls {
+    /// The material to be installed.
+    pub fn tls(&self) -> &NodeTls {
+        &self.tls
+    }
+}
+
+impl std::fmt::Debug for PreparedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTls")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running mesh member.
 pub struct Mesh {
     tx: mpsc::Sender<Cmd>,
@@ -101,12 +124,17 @@ impl Mesh {
     }
 
     /// Takes new TLS material while running (a reload): a new CA bundle, a rotated node
-    /// certificate and key, a new revocation list. It must be for this node (same id, and a
-    /// region it may speak for) and not revoked itself, else it is refused and the running
-    /// material stays. New handshakes use it at once; connections it no longer accepts are
-    /// closed, revoked members dropped, and after a rotation this node's identity and rows are
-    /// signed again with the new key. Returns what changed.
+    /// certificate and key, a new revocation list. [`Mesh::prepare_tls`] then
+    /// [`Mesh::install_tls`]; returns what changed.
     pub async fn reload_tls(&self, tls: &NodeTls) -> Result<Replaced, GossipError> {
+        let prepared = self.prepare_tls(tls)?;
+        Ok(self.install_tls(prepared).await)
+    }
+
+    /// Checks new TLS material without changing anything: it must be for this node (same id,
+    /// and a region it may speak for) and not revoke this node, and its QUIC configurations
+    /// must build. A reload checks first and installs only once the rest of it has succeeded.
+    pub fn prepare_tls(&self, tls: &NodeTls) -> Result<PreparedTls, GossipError> {
         if tls.node_id() != self.identity.id {
             return Err(GossipError::Identity(format!(
                 "the new node certificate is for {:?} but this node is {:?}; a node keeps its \
@@ -130,22 +158,33 @@ impl Mesh {
                 self.identity.id
             )));
         }
-        let server = tls.server_config()?;
-        let client = tls.client_config()?;
-        self.transport.set_tls(server, client);
-        let (done, changed) = oneshot::channel();
-        if self
-            .tx
-            .send(Cmd::Tls(Box::new(tls.clone()), done))
-            .await
-            .is_err()
-        {
-            // The mesh has stopped (shutdown): nothing left to tell.
-            return Ok(Replaced::default());
-        }
-        Ok(changed.await.unwrap_or_default())
+        Ok(PreparedTls {
+            server: tls.server_config()?,
+            client: tls.client_config()?,
+            tls: tls.clone(),
+        })
     }
 
+    /// Installs material checked by [`Mesh::prepare_tls`]. New handshakes use it at once;
+    /// connections it no longer accepts are closed, revoked members dropped, and after a
+    /// rotation this node's identity and rows are signed again with the new key.
+    pub async fn install_tls(&self, prepared: PreparedTls) -> Replaced {
+        let PreparedTls {
+            tls,
+            server,
+            client,
+        } = prepared;
+        self.transport.set_tls(server, client);
+        let (done, changed) = oneshot::channel();
+        if self.tx.send(Cmd::Tls(Box::new(tls), done)).await.is_err() {
+            // The mesh has stopped (shutdown): nothing left to tell.
+            return Replaced::default();
+        }
+        changed.await.unwrap_or_default()
+    }
+
+    /// This node's identity as it started (`state().local` is the current one: a rotated
+    /// certificate renews it).
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
     }

@@ -54,5 +54,5 @@ pub use error::{FileKind, TlsError};
 pub use node::{
     load, load_with, CertSigner, NodeTls, PeerCert, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT,
 };
-pub use revoked::{serial_hex, Revoked};
+pub use revoked::{append as revoke, serial_hex, serial_of_file, Revocation, Revoked};
 pub use verify::{peer_cert, peer_is, peer_node_id, REVOKED_ALERT};

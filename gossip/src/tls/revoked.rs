@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::CertificateDer;
 
 use super::error::{FileKind, TlsError};
+use super::files::{read_certs, write_replacing};
 use crate::identity::NodeId;
 
 /// The entries of a revocation list, with the line each came from (for messages).
@@ -152,6 +153,67 @@ impl Revoked {
     }
 }
 
+/// What to revoke ([`append`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every certificate naming this node id.
+    Node(String),
+    /// One certificate, by its serial in hex.
+    Serial(String),
+    /// The certificate in this file (its first one, the node's), by its serial.
+    CertFile(PathBuf),
+}
+
+/// Appends `what` to the revocation list at `path` (created if missing), keeping the file
+/// whole for readers (a node reloading meanwhile reads the old or the new list). Refuses an
+/// entry that does not parse, and a list that does not parse as it is. Returns the line
+/// written, or `None` if the list already held it.
+pub fn append(path: &Path, what: &Revocation) -> Result<Option<String>, TlsError> {
+    let entry = match what {
+        Revocation::Node(id) => format!("node:{id}"),
+        Revocation::Serial(hex) => format!("serial:{hex}"),
+        Revocation::CertFile(cert) => format!("serial:{}", serial_of_file(cert)?),
+    };
+    let one = Revoked::parse(&entry, Path::new("the entry"))?;
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(TlsError::Read {
+                what: FileKind::RevocationList,
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let list = Revoked::parse(&old, path)?;
+    let held = one.nodes().all(|n| list.node(n))
+        && one.serials.keys().all(|s| list.serials.contains_key(s));
+    if held {
+        return Ok(None);
+    }
+    let mut text = old;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(text, "{entry}");
+    write_replacing(path, text.as_bytes(), 0o644)?;
+    Ok(Some(entry))
+}
+
+/// The serial (hex, as the list takes it) of the node certificate in the PEM file `path`.
+pub fn serial_of_file(path: &Path) -> Result<String, TlsError> {
+    let certs = read_certs(path, FileKind::NodeCert)?;
+    certs
+        .first()
+        .and_then(|der| serial_hex(der))
+        .ok_or_else(|| TlsError::BadCert {
+            what: FileKind::NodeCert,
+            path: path.to_owned(),
+            reason: "its serial number cannot be read".into(),
+        })
+}
+
 /// The serial number of a certificate (DER), without leading zero bytes.
 pub(crate) fn serial_of(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::{FromDer, X509Certificate};
@@ -235,6 +297,36 @@ mod tests {
         assert_eq!(parse_serial("a1b").unwrap(), vec![0x0a, 0x1b]);
         assert_eq!(parse_serial("00").unwrap(), vec![0]);
         assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn append_adds_each_entry_once_and_keeps_the_list_parseable() {
+        let dir = std::env::temp_dir().join(format!("switchyard-revoked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = dir.join("revoked.txt");
+        let node = Revocation::Node("edge-v".into());
+        assert_eq!(
+            append(&list, &node).unwrap().as_deref(),
+            Some("node:edge-v")
+        );
+        assert_eq!(append(&list, &node).unwrap(), None);
+        let serial = Revocation::Serial("0A:1B".into());
+        assert_eq!(
+            append(&list, &serial).unwrap().as_deref(),
+            Some("serial:0A:1B")
+        );
+        assert_eq!(
+            append(&list, &Revocation::Serial("a1b".into())).unwrap(),
+            None
+        );
+        let loaded = Revoked::load(&list).unwrap();
+        assert!(loaded.node("edge-v") && loaded.serial_listed("0a1b"));
+        let err = append(&list, &Revocation::Node("bad id".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid node id"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
