@@ -224,3 +224,82 @@ async fn a_reload_with_an_unreadable_certificate_is_refused_naming_it_and_the_me
     b.shutdown(Duration::ZERO).await;
     a.shutdown(Duration::ZERO).await;
 }
+
+/// `switchyard cert issue` prints the serial, `switchyard cert revoke` appends it to a list,
+/// and a node whose own certificate the list revokes refuses to start, naming the list.
+#[tokio::test]
+async fn a_node_whose_own_certificate_is_revoked_does_not_start() {
+    let dir = Scratch::new("own-revoked");
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let ca = dir.path("ca");
+    let (ok, issued) = run(&[
+        "cert",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--node",
+        "edge-a",
+        "--out",
+        dir.0.to_str().unwrap(),
+    ]);
+    assert!(ok, "{issued}");
+    let serial = switchyard_gossip::tls::serial_of_file(&dir.path("edge-a.crt")).unwrap();
+    assert!(issued.contains(&format!("serial {serial}")), "{issued}");
+
+    let list = dir.path("revoked.txt");
+    let cert = dir.path("edge-a.crt");
+    let (ok, added) = run(&[
+        "cert",
+        "revoke",
+        "--list",
+        list.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{added}");
+    assert_eq!(
+        fs::read_to_string(&list).unwrap(),
+        format!("serial:{serial}\n")
+    );
+    let (ok, again) = run(&[
+        "cert",
+        "revoke",
+        "--list",
+        list.to_str().unwrap(),
+        "--serial",
+        &serial.to_uppercase(),
+    ]);
+    assert!(ok && again.contains("already revokes it"), "{again}");
+    let (ok, bad) = run(&[
+        "cert",
+        "revoke",
+        "--list",
+        list.to_str().unwrap(),
+        "--serial",
+        "xyz",
+    ]);
+    assert!(!ok && bad.contains("not hex"), "{bad}");
+
+    let config = dir.config("edge-a", &[], &cert, Some(&list));
+    let err = match App::start(Config::load(&config).unwrap(), StartOptions::default()).await {
+        Ok(_) => panic!("a node started with a revoked certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("revoked") && err.contains(&format!("{}:1", list.display())),
+        "the error must say the certificate is revoked, and where: {err}"
+    );
+}
