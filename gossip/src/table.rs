@@ -42,6 +42,9 @@ pub const MAX_ROWS: usize = 10_000;
 pub const MAX_NAME: usize = 255;
 /// Longest reason, in bytes; longer local reasons are cut to fit.
 pub const MAX_REASON: usize = 1024;
+/// Longest reason a node puts in its own rows ([`Table::set_local`] cuts longer ones): short
+/// enough that what a node's config makes it gossip can be bounded ([`local_row_cost`]).
+pub const LOCAL_REASON: usize = 160;
 /// Most writers a table holds, so a confused peer inventing names cannot grow it unbounded.
 pub const MAX_WRITERS: usize = 4096;
 /// Most forgotten writers remembered (see [`Table::forget`]).
@@ -73,6 +76,12 @@ pub fn row_cost(row: &Row) -> usize {
     // pool, origin and reason: prefix and bytes; healthy 1; rtt 1 + 5; last change 9;
     // reason's tag 1; verdict 2; seq 9.
     row.pool.len() + row.origin.len() + row.reason.as_ref().map_or(0, String::len) + 9 + 28
+}
+
+/// The most a local row of `pool`/`origin` can cost in [`MAX_WRITER_BYTES`], its reason cut
+/// to [`LOCAL_REASON`]: what `switchyard check` adds up for a node's config.
+pub fn local_row_cost(pool: &str, origin: &str) -> usize {
+    pool.len() + origin.len() + LOCAL_REASON + 9 + 28
 }
 
 /// An RTT move of less than this fraction of the replicated value and also under
@@ -760,7 +769,7 @@ impl Table {
             self.stats.local_refused += 1;
             return None;
         }
-        let reason = obs.reason.map(|r| truncate(r, MAX_REASON));
+        let reason = obs.reason.map(|r| truncate(r, LOCAL_REASON));
         let change = match self.local.rows.get(pool, origin) {
             None => Change::Flip,
             Some(old) if old.row.healthy != obs.healthy || old.row.verdict != obs.verdict => {

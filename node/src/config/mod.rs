@@ -856,6 +856,44 @@ key = "node.key"
 "#;
 
     #[test]
+    fn more_health_rows_than_peers_accept_of_one_node_are_refused() {
+        let pool = |n: usize, check: &str| {
+            let origins: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "{{ name = \"o{i}\", address = \"10.0.{}.{}:80\" }}",
+                        i / 250,
+                        i % 250 + 1
+                    )
+                })
+                .collect();
+            format!(
+                "[[pool]]\nname = \"big\"\nmonitor = \"tcp\"\ncheck_regions = [{check}]\norigins = [{}]\n",
+                origins.join(", ")
+            )
+        };
+        let with = |p: String| {
+            GOOD.replace("[[load_balancer]]", &format!("{p}\n[[load_balancer]]")) + MESH
+        };
+        // About 200 bytes a row at most: 6,000 rows are more than 1 MiB.
+        let e = err(&with(pool(6_000, "")));
+        assert!(e.contains("would gossip 6002 health rows"), "{e}");
+        assert!(e.contains("check_regions"), "{e}");
+        // The same pool probed only from another region costs this node nothing.
+        Config::parse(&with(pool(6_000, "\"SEAS\"")), None).unwrap();
+        // Without a mesh nobody gossips.
+        Config::parse(
+            &(GOOD.replace(
+                "[[load_balancer]]",
+                &format!("{}\n[[load_balancer]]", pool(6_000, "")),
+            )),
+            None,
+        )
+        .unwrap();
+        Config::parse(&with(pool(1_000, "")), None).unwrap();
+    }
+
+    #[test]
     fn values_that_would_break_a_running_node_are_refused_with_their_location() {
         let mesh = |extra: &str| format!("{GOOD}{MESH}{extra}\n");
         let ttl = |value: &str| {

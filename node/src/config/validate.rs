@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchyard_gossip::NodeId;
+use switchyard_gossip::{table, NodeId};
 
 use super::{Config, Seg, SteeringPolicy};
 
@@ -518,6 +518,42 @@ impl Config {
                     "must be at least 1; leave it out for no limit".into(),
                 ));
             }
+        }
+        if self.mesh.is_some() {
+            self.rows_within_what_peers_accept()?;
+        }
+        Ok(())
+    }
+
+    /// The health rows this node would gossip (one per monitored origin of a pool probed from
+    /// its region) must fit what peers accept of one writer: beyond, they would refuse all of
+    /// them, and the node would speak for nothing.
+    fn rows_within_what_peers_accept(&self) -> Result<(), Finding> {
+        let region = self.node.region;
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        for p in self.pools.iter().filter(|p| {
+            p.monitor.is_some() && (p.check_regions.is_empty() || p.check_regions.contains(&region))
+        }) {
+            rows += p.origins.len();
+            bytes += p
+                .origins
+                .iter()
+                .map(|o| table::local_row_cost(&p.name, &o.name))
+                .sum::<usize>();
+        }
+        if rows > table::MAX_WRITER_ROWS || bytes > table::MAX_WRITER_BYTES {
+            return Err(Finding::new(
+                vec![key("pool")],
+                "[[pool]]".into(),
+                "origins",
+                format!(
+                    "this node would gossip {rows} health rows (up to {} KiB) but peers accept at most {} rows and {} KiB of one node; \
+                     monitor fewer origins from region {region} (a pool's check_regions) or split the pools over more nodes",
+                    bytes / 1024,
+                    table::MAX_WRITER_ROWS,
+                    table::MAX_WRITER_BYTES / 1024,
+                ),
+            ));
         }
         Ok(())
     }

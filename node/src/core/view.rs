@@ -41,6 +41,9 @@ pub struct OriginView {
     pub global: Option<bool>,
     /// This node's own verdict on the origin, while its probes find it down.
     pub verdict: Option<Verdict>,
+    /// This node's own probes find it down (and the node is not sick): whatever a region's
+    /// quorum says, a connection from here would not reach it.
+    pub down_here: bool,
 }
 
 impl OriginView {
@@ -55,13 +58,16 @@ impl OriginView {
             regional_rtt: [None; 13],
             global: None,
             verdict: None,
+            down_here: false,
         }
     }
 
     /// Health as seen from `region`: that region's judgement when it has observers, else
-    /// `node_region`'s, else global; an origin nobody observes is presumed up.
+    /// `node_region`'s, else global; an origin nobody observes is presumed up. An origin this
+    /// node's own probes find down is down from here whatever the region says: the
+    /// connection is made from this node.
     pub fn up_from(&self, region: Region, node_region: Region) -> bool {
-        if !self.enabled {
+        if !self.enabled || self.down_here {
             return false;
         }
         if !self.monitored {
@@ -274,7 +280,13 @@ impl View {
                     .get(&rt.key(pi, oi))
                     .filter(|r| r.checked && !r.healthy)
                     .and_then(|r| r.verdict);
+                o.down_here = o.verdict.is_some() && !sick;
+                if o.down_here {
+                    o.up = false;
+                }
             }
+            let up = pool.origins.iter().filter(|o| o.up).count();
+            pool.healthy = up >= rt.pools[pi].minimum_origins;
         }
     }
 }
@@ -405,6 +417,52 @@ mod tests {
         // Global health is a majority of observing regions: 1 of 2 is not.
         let split = [obs("a", Weu, true, 1), obs("b", Wnam, false, 1)];
         assert_eq!(judge(&split, Seas, Quorum::Majority).global, Some(false));
+    }
+
+    #[test]
+    fn an_origin_this_nodes_probes_find_down_is_not_used_from_here_unless_the_node_is_sick() {
+        use crate::core::compiled::fixture;
+        let rt = fixture::compile(fixture::ONE_POOL);
+        let key = rt.key(0, 0);
+        let mut report = Report::default();
+        let mut row = OriginHealth::unchecked(tokio::time::Instant::now());
+        row.checked = true;
+        row.healthy = false;
+        row.verdict = Some(Verdict::Path);
+        report.rows.insert(key.clone(), row);
+        // WNAM's node reaches it: seen from WNAM it is up.
+        let peer = RemoteReport {
+            node: "far".into(),
+            region: Region::Wnam,
+            live: true,
+            rows: HashMap::from([(key, obs("far", Region::Wnam, true, 80))]),
+        };
+        let mut view = View::build_mesh(
+            &rt,
+            &report,
+            std::slice::from_ref(&peer),
+            Quorum::Majority,
+            Duration::ZERO,
+        );
+        view.mark_own(&rt, &report, false);
+        let o = &view.pools[0].origins[0];
+        assert!(
+            !o.up_from(Region::Wnam, Region::Weu),
+            "unreachable from this node"
+        );
+        assert!(!view.pools[0].healthy);
+        // A sick node sets its own probes aside.
+        let mut view = View::build_mesh(
+            &rt,
+            &Report::default(),
+            &[peer],
+            Quorum::Majority,
+            Duration::ZERO,
+        );
+        view.mark_own(&rt, &report, true);
+        assert!(view.pools[0].origins[0].up_from(Region::Wnam, Region::Weu));
+        assert_eq!(view.pools[0].origins[0].verdict, Some(Verdict::Path));
+        assert!(view.pools[0].healthy);
     }
 
     #[test]
