@@ -378,9 +378,12 @@ impl Cluster {
         ));
         switchyard_gossip::tls::init_ca(&c.dir.join("ca"), "e2e-wan")
             .map_err(|e| anyhow!("init CA: {e}"))?;
-        for (_, id, _) in NODES {
-            switchyard_gossip::tls::issue_cert(&c.dir.join("ca"), id, &c.dir)
-                .map_err(|e| anyhow!("issue a certificate for {id}: {e}"))?;
+        // Each certificate names its node's region, as a deployment's should: peers then drop
+        // the node's claims about any other region.
+        for (region, id, _) in NODES {
+            let r: switchyard_geo::Region = region.parse()?;
+            switchyard_gossip::tls::issue_cert_in(&c.dir.join("ca"), id, Some(r), &c.dir)
+                .map_err(|e| anyhow!("issue a certificate for {id} in {region}: {e}"))?;
         }
         switchyard_geo::geoip::build(&c.topo.geo_rows().join("\n"), &c.dir.join("geo.mmdb"))
             .map_err(|e| anyhow!("build the GeoIP database: {e}"))?;
