@@ -1644,7 +1644,7 @@ async fn path_cut(c: &Cluster) -> Result<()> {
 
     // edge-wnam steers its own region's clients around the cut path (WNAM's view has weu
     // down); the other nodes keep serving weu, with both of its origins, to their own clients
-    // and to WNAM's.
+    // and to SEAS's.
     c.wait_for(
         &format!("a WNAM client via {me}'s failover app is served by wnam"),
         CONVERGE,
@@ -1672,10 +1672,23 @@ async fn path_cut(c: &Cluster) -> Result<()> {
             CONVERGE,
             || async {
                 watch(&c.docs().await?, t_cut);
-                let got = c.origin_for(from, via, app).await?;
-                if pool_of(&got) != CUT_POOL {
-                    return Err(format!("served by {got}"));
-                }
+                // Any client of these that weu does not serve is one the cut reached: it
+                // fails the scenario, even if the next one is served.
+                let got = match c.origin_for(from, via, app).await {
+                    Ok(got) if pool_of(&got) == CUT_POOL => got,
+                    other => {
+                        let why = format!(
+                            "a {from} client via {}'s {app} app: {other:?}",
+                            node_id(via)
+                        );
+                        c.note(format!(
+                            "  BROKEN {} after the cut: {why}",
+                            secs(t_cut.elapsed())
+                        ));
+                        broken.borrow_mut().get_or_insert(why.clone());
+                        return Err(why);
+                    }
+                };
                 served.borrow_mut().insert(got);
                 let missing: Vec<&String> = cut
                     .iter()
