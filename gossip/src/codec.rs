@@ -15,7 +15,7 @@ use crate::identity::NodeIdentity;
 /// nodes of two releases can run side by side during a rolling upgrade and refuse, with a clear
 /// error, what they cannot read instead of misreading it.
 /// Version 2: SWIM identities and health-row batches carry their writer's signature.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 // Node has always found the fingerprint hash here.
 
@@ -166,7 +166,7 @@ impl foca::Codec<NodeIdentity> for FocaCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Batch, Digest, Row};
+    use crate::table::{Batch, Digest, Row, Verdict};
     use foca::{Codec, Message, State};
     use proptest::prelude::*;
     use switchyard_geo::Region;
@@ -202,6 +202,7 @@ mod tests {
                     rtt_us: Some(1234),
                     last_change_ms: 1_700_000_000_123,
                     reason: None,
+                    verdict: None,
                     seq: 4,
                 },
                 Row {
@@ -211,6 +212,7 @@ mod tests {
                     rtt_us: None,
                     last_change_ms: 1_700_000_000_456,
                     reason: Some("connect refused".into()),
+                    verdict: Some(Verdict::Path),
                     seq: 5,
                 },
             ],
@@ -260,7 +262,7 @@ mod tests {
         assert!(matches!(err, CodecError::UnknownVersion(7)));
         assert_eq!(
             err.to_string(),
-            "unknown format version 7 (this node speaks 2); upgrade it"
+            "unknown format version 7 (this node speaks 3); upgrade it"
         );
 
         let mut buf = Vec::new();
@@ -444,6 +446,7 @@ mod tests {
                     rtt_us,
                     last_change_ms,
                     reason,
+                    verdict: (!healthy).then_some(Verdict::Origin),
                     seq,
                 },
             )

@@ -7,10 +7,12 @@
 //! where wire messages become bytes), `config`, `state` and `metrics` (what the node hands the
 //! mesh and reads from it), `tls` (the cluster CA and node certificates), `keys` (who may sign what: this
 //! node's key and its peers' certificates), `transport` (the
-//! QUIC links), `task` (the mesh task) and `mesh` (its handle).
+//! QUIC links), `asks` (peers asked to probe an origin now, and asks served), `task` (the
+//! mesh task) and `mesh` (its handle).
 
 #![forbid(unsafe_code)]
 
+mod asks;
 pub mod codec;
 mod config;
 mod error;
@@ -26,9 +28,12 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
+pub use asks::ProbeAsk;
 pub use config::{MeshConfig, Profile, Timings, MAX_SWIM_PACKET, MIN_MAX_MEMBERS};
 pub use error::GossipError;
 pub use identity::{NodeId, NodeIdentity};
 pub use mesh::Mesh;
 pub use metrics::MeshMetrics;
 pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
+pub use table::Verdict;
+pub use wire::ProbeOutcome;

@@ -2,11 +2,12 @@
 //! endpoint, the task), feeding it the node's health rows, reading the mesh state, leaving.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::asks::ProbeAsk;
 use crate::config::MeshConfig;
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
@@ -18,6 +19,7 @@ use crate::tls::NodeTls;
 #[cfg(feature = "test-util")]
 use crate::transport::Faults;
 use crate::transport::Transport;
+use crate::wire::ProbeOutcome;
 
 /// A running mesh member.
 pub struct Mesh {
@@ -25,7 +27,11 @@ pub struct Mesh {
     state: watch::Receiver<Arc<MeshState>>,
     transport: Arc<Transport>,
     identity: NodeIdentity,
+    asks: Mutex<Option<mpsc::Receiver<ProbeAsk>>>,
 }
+
+/// Most asks of peers queued for the node to serve; more are refused (a bound hit).
+const ASK_QUEUE: usize = 64;
 
 impl Mesh {
     /// Binds the QUIC endpoint, joins through the seeds, and starts the mesh task.
@@ -76,6 +82,7 @@ impl Mesh {
             generation,
         )
         .signed_by(keys.clone());
+        let (asks_tx, asks) = mpsc::channel(ASK_QUEUE);
         let (tx, state) = task::spawn(
             cfg,
             identity.clone(),
@@ -83,12 +90,14 @@ impl Mesh {
             inbox,
             metrics,
             keys,
+            asks_tx,
         );
         Ok(Mesh {
             tx,
             state,
             transport,
             identity,
+            asks: Mutex::new(Some(asks)),
         })
     }
 
@@ -110,6 +119,44 @@ impl Mesh {
 
     pub fn set_fingerprint(&self, fp: u64) {
         let _ = self.tx.try_send(Cmd::SetFingerprint(fp));
+    }
+
+    /// Asks `peers` (node ids; those not live members are skipped) to probe `pool`/`origin`
+    /// now, and waits for their answers until `within` has passed or all are in. Returns what
+    /// each peer answered, None for no answer.
+    pub async fn ask_probes(
+        &self,
+        peers: &[String],
+        pool: &str,
+        origin: &str,
+        within: Duration,
+    ) -> Vec<(String, Option<ProbeOutcome>)> {
+        let until = tokio::time::Instant::now() + within;
+        let (reply, mut answers) = mpsc::channel(peers.len().max(1));
+        let cmd = Cmd::AskProbes {
+            peers: peers.to_vec(),
+            pool: pool.to_string(),
+            origin: origin.to_string(),
+            reply,
+            until,
+        };
+        let mut out: Vec<(String, Option<ProbeOutcome>)> =
+            peers.iter().map(|p| (p.clone(), None)).collect();
+        if self.tx.send(cmd).await.is_err() {
+            return out;
+        }
+        while let Ok(Some((peer, outcome))) = tokio::time::timeout_at(until, answers.recv()).await {
+            if let Some(slot) = out.iter_mut().find(|(p, _)| *p == peer) {
+                slot.1 = Some(outcome);
+            }
+        }
+        out
+    }
+
+    /// The asks of peers to probe an origin now, for the node to probe and answer; once
+    /// (None after the first call). Asks not taken are refused when the queue is full.
+    pub fn probe_asks(&self) -> Option<mpsc::Receiver<ProbeAsk>> {
+        self.asks.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The latest mesh state, and changes to it.

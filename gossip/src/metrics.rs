@@ -59,6 +59,7 @@ pub(crate) const BOUNDS: &[(&str, &str)] = &[
     ("digest", "a digest over the entry limit was refused"),
     ("local_rows", "this node has more health rows than peers accept of one writer; peers refuse its rows (fewer origins, or fewer pools per origin)"),
     ("answer", "an answer to a digest was cut at its size limit; the rest follows in later rounds"),
+    ("probe_asks", "a peer asked this node to probe origins more often or more at once than the bound allows; asks were not served"),
 ];
 
 /// The mesh's metrics, registered in the node's one registry.

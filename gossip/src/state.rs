@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_geo::Region;
 
 use crate::identity::NodeIdentity;
-use crate::table::Row;
+use crate::table::{Row, Verdict};
 
 /// A member's liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,4 +68,6 @@ pub struct LocalRow {
     pub rtt: Option<Duration>,
     pub last_change_ms: u64,
     pub reason: Option<String>,
+    /// On a down row, whose fault the node found it to be (see [`Verdict`]).
+    pub verdict: Option<Verdict>,
 }

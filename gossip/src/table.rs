@@ -71,8 +71,8 @@ pub const MAX_ANSWER_BATCHES: usize = 128;
 /// for a name of up to [`MAX_NAME`] bytes, 9 for a u64), what [`MAX_WRITER_BYTES`] counts.
 pub fn row_cost(row: &Row) -> usize {
     // pool, origin and reason: prefix and bytes; healthy 1; rtt 1 + 5; last change 9;
-    // reason's tag 1; seq 9.
-    row.pool.len() + row.origin.len() + row.reason.as_ref().map_or(0, String::len) + 9 + 26
+    // reason's tag 1; verdict 2; seq 9.
+    row.pool.len() + row.origin.len() + row.reason.as_ref().map_or(0, String::len) + 9 + 28
 }
 
 /// An RTT move of less than this fraction of the replicated value and also under
@@ -92,8 +92,61 @@ pub struct Row {
     /// When health last changed, on the writer's wall clock (unix ms).
     pub last_change_ms: u64,
     pub reason: Option<String>,
+    /// On a down row, whose fault its writer found it to be after asking peers; None on an
+    /// up row, or when nobody could be asked.
+    pub verdict: Option<Verdict>,
     /// The writer's seq at this row's latest change.
     pub seq: u64,
+}
+
+/// Whose fault a down row is, as its writer found out by asking peers in other regions to
+/// probe the origin now (SWIM's ping-req, applied to origins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The writer has asked and waits for answers. Its own view uses the row; peers never
+    /// see it (the node publishes the row as it was until the answers are in).
+    Pending,
+    /// The peers asked fail too: the origin is down, and the row counts everywhere.
+    Origin,
+    /// The peers asked reach the origin: only the path from the writer is down. The row
+    /// counts in the writer's region and not in global health.
+    Path,
+    /// No peer answered in time: the row counts as if the origin were down.
+    Unconfirmed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "pending",
+            Verdict::Origin => "origin",
+            Verdict::Path => "path",
+            Verdict::Unconfirmed => "unconfirmed",
+        }
+    }
+
+    /// Its byte in a writer's signed claim; 0 is "none".
+    fn tag(v: Option<Verdict>) -> u8 {
+        match v {
+            None => 0,
+            Some(Verdict::Pending) => 1,
+            Some(Verdict::Origin) => 2,
+            Some(Verdict::Path) => 3,
+            Some(Verdict::Unconfirmed) => 4,
+        }
+    }
+}
+
+/// What a writer says of one of its origins ([`Table::set_local`]): a row without its names
+/// and seq.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation<'a> {
+    pub healthy: bool,
+    pub rtt_us: Option<u32>,
+    /// When health last changed, on the writer's wall clock (unix ms).
+    pub last_change_ms: u64,
+    pub reason: Option<&'a str>,
+    pub verdict: Option<Verdict>,
 }
 
 /// A writer's rows on the wire: a push, a delta for anti-entropy, or a full snapshot.
@@ -431,6 +484,7 @@ struct Visible {
     healthy: bool,
     rtt_us: Option<u32>,
     reason: Option<String>,
+    verdict: Option<Verdict>,
 }
 
 impl Visible {
@@ -439,6 +493,7 @@ impl Visible {
             healthy: row.healthy,
             rtt_us: row.rtt_us,
             reason: row.reason.clone(),
+            verdict: row.verdict,
         }
     }
 }
@@ -476,7 +531,7 @@ impl Writer {
     /// each field length-prefixed behind a domain tag. Arrival times are the holder's own.
     fn claim(&self, node: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.rows.len * 64);
-        put_field(&mut out, b"switchyard/rows/1");
+        put_field(&mut out, b"switchyard/rows/2");
         put_field(&mut out, node.as_bytes());
         put_field(&mut out, self.region.code().as_bytes());
         for n in [self.epoch, self.seq, self.removed_seq, self.fingerprint] {
@@ -503,6 +558,7 @@ impl Writer {
                 }
                 None => out.push(0),
             }
+            out.push(Verdict::tag(r.verdict));
             out.extend(r.seq.to_le_bytes());
         }
         out
@@ -683,27 +739,25 @@ impl Table {
     /// that is replicated; alone it changes nothing. A reason over [`MAX_REASON`] bytes is cut
     /// to fit; a row with an empty name or one over [`MAX_NAME`] bytes is refused (None,
     /// counted in [`TableStats::local_refused`]), since every peer would refuse it.
-    #[allow(clippy::too_many_arguments)]
     pub fn set_local(
         &mut self,
         pool: &str,
         origin: &str,
-        healthy: bool,
-        rtt_us: Option<u32>,
-        last_change_ms: u64,
-        reason: Option<&str>,
+        obs: Observation<'_>,
         now: Instant,
     ) -> Option<Change> {
         if !valid_name(pool) || !valid_name(origin) {
             self.stats.local_refused += 1;
             return None;
         }
-        let reason = reason.map(|r| truncate(r, MAX_REASON));
+        let reason = obs.reason.map(|r| truncate(r, MAX_REASON));
         let change = match self.local.rows.get(pool, origin) {
             None => Change::Flip,
-            Some(old) if old.row.healthy != healthy => Change::Flip,
+            Some(old) if old.row.healthy != obs.healthy || old.row.verdict != obs.verdict => {
+                Change::Flip
+            }
             Some(old) => {
-                if !rtt_moved(old.row.rtt_us, rtt_us) && old.row.reason.as_deref() == reason {
+                if !rtt_moved(old.row.rtt_us, obs.rtt_us) && old.row.reason.as_deref() == reason {
                     return None;
                 }
                 Change::Rtt
@@ -714,10 +768,11 @@ impl Table {
             row: Row {
                 pool: pool.to_string(),
                 origin: origin.to_string(),
-                healthy,
-                rtt_us,
-                last_change_ms,
+                healthy: obs.healthy,
+                rtt_us: obs.rtt_us,
+                last_change_ms: obs.last_change_ms,
                 reason: reason.map(str::to_string),
+                verdict: obs.verdict,
                 seq: self.local.seq,
             },
             at: now,
@@ -1103,12 +1158,12 @@ fn lacking(known: &HashMap<&str, (u64, u64)>, node: &str, w: &Writer) -> Option<
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME
 }
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -1413,12 +1468,27 @@ mod tests {
         assert!(rows_of(&b, "unknown-w").is_empty());
     }
 
+    fn obs(
+        healthy: bool,
+        rtt_us: Option<u32>,
+        last_change_ms: u64,
+        reason: Option<&str>,
+    ) -> Observation<'_> {
+        Observation {
+            healthy,
+            rtt_us,
+            last_change_ms,
+            reason,
+            verdict: None,
+        }
+    }
+
     fn up(t: &mut Table, pool: &str, origin: &str, rtt: u32, now: Instant) -> Option<Change> {
-        t.set_local(pool, origin, true, Some(rtt), 1, None, now)
+        t.set_local(pool, origin, obs(true, Some(rtt), 1, None), now)
     }
 
     fn down(t: &mut Table, pool: &str, origin: &str, why: &str, now: Instant) -> Option<Change> {
-        t.set_local(pool, origin, false, None, 2, Some(why), now)
+        t.set_local(pool, origin, obs(false, None, 2, Some(why)), now)
     }
 
     /// The rows `holder` has of `writer`, without receive times.
@@ -1482,7 +1552,7 @@ mod tests {
         assert_eq!(up(&mut t, "web", "o4", 0, now), Some(Change::Flip));
         assert_eq!(up(&mut t, "web", "o4", 0, now), None);
         assert_eq!(up(&mut t, "web", "o4", 1, now), Some(Change::Rtt));
-        let gone = t.set_local("web", "o4", true, None, 1, None, now);
+        let gone = t.set_local("web", "o4", obs(true, None, 1, None), now);
         assert_eq!(gone, Some(Change::Rtt));
         assert_eq!(t.local_seq(), 12);
         let rows = rows_of(&t, "a");
@@ -1499,7 +1569,7 @@ mod tests {
         assert_eq!(up(&mut a, "", "o", 1, now), None);
         assert_eq!(a.stats().local_refused, 2);
         let long = "é".repeat(600);
-        a.set_local("p", "o", false, None, 0, Some(&long), now);
+        a.set_local("p", "o", obs(false, None, 0, Some(&long)), now);
         let reason = rows_of(&a, "a")[0].reason.clone().unwrap();
         assert!(reason.len() <= MAX_REASON && long.starts_with(&reason));
         let mut b = table("b", 1);
@@ -1886,6 +1956,7 @@ mod tests {
                     rtt_us: None,
                     last_change_ms: 0,
                     reason: (reason > 0).then(|| "r".repeat(reason)),
+                    verdict: None,
                     seq: i as u64 + 1,
                 })
                 .collect(),
@@ -2218,10 +2289,7 @@ mod tests {
                     tables[node].set_local(
                         POOLS[key / 3],
                         ORIGINS[key % 3],
-                        healthy,
-                        rtt,
-                        step as u64,
-                        reason.as_deref(),
+                        obs(healthy, rtt, step as u64, reason.as_deref()),
                         now,
                     );
                 }
@@ -2359,6 +2427,7 @@ mod tests {
                     rtt_us: None,
                     last_change_ms: 0,
                     reason: None,
+                    verdict: None,
                     seq,
                 }).collect(),
                 sig: Vec::new(),

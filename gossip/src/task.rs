@@ -32,13 +32,16 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::asks::{Answer, Outstanding, ProbeAsk, Refusal, Reply, Serving};
 use crate::codec::{self, FocaCodec};
 use crate::config::MeshConfig;
 use crate::identity::NodeIdentity;
 use crate::keys::{Keys, Source, MAX_AHEAD_MS};
 use crate::metrics::{Dir, MeshMetrics, BOUNDS};
 use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
-use crate::table::{Batch, Change, Ignored, SealRefusal, Table, TableError};
+use crate::table::{
+    valid_name, Batch, Change, Ignored, Observation, SealRefusal, Table, TableError,
+};
 use crate::transport::{Inbound, Kind, Transport};
 use crate::wire::{Envelope, Msg, MAX_CERTS_PER_MESSAGE};
 
@@ -55,6 +58,14 @@ const MAX_ASKS: usize = 4096;
 pub(crate) enum Cmd {
     SetLocal(Vec<LocalRow>),
     SetFingerprint(u64),
+    /// Ask `peers` to probe `pool`/`origin` now; answers go to `reply` until `until`.
+    AskProbes {
+        peers: Vec<String>,
+        pool: String,
+        origin: String,
+        reply: mpsc::Sender<Answer>,
+        until: Instant,
+    },
     Leave(oneshot::Sender<()>),
     /// Ends the task at once, as a crash would.
     #[cfg(feature = "test-util")]
@@ -70,6 +81,7 @@ pub(crate) fn spawn(
     inbox: mpsc::Receiver<Inbound>,
     metrics: MeshMetrics,
     keys: Arc<Keys>,
+    asks_tx: mpsc::Sender<ProbeAsk>,
 ) -> (mpsc::Sender<Cmd>, watch::Receiver<Arc<MeshState>>) {
     let table = Table::new(
         cfg.node_id.clone(),
@@ -114,6 +126,9 @@ pub(crate) fn spawn(
         pending: Vec::new(),
         certs_asked: HashMap::new(),
         catch_up_asked: HashMap::new(),
+        outstanding: Outstanding::default(),
+        serving: Serving::default(),
+        asks_tx,
     };
     tokio::spawn(task.run(rx, inbox));
     (tx, state)
@@ -163,6 +178,12 @@ struct Task {
     certs_asked: HashMap<String, Instant>,
     /// When each peer was last asked for what a gap in its pushes left out.
     catch_up_asked: HashMap<SocketAddr, Instant>,
+    /// Probe asks this node made, waiting for answers.
+    outstanding: Outstanding,
+    /// Probe asks of peers being served, and their bounds.
+    serving: Serving,
+    /// Where asks of peers go for the node to probe.
+    asks_tx: mpsc::Sender<ProbeAsk>,
 }
 
 /// This node's wall clock in unix ms, which epochs and generations are set from.
@@ -207,6 +228,9 @@ impl Task {
                     Some(Cmd::SetFingerprint(fp)) => {
                         self.table.set_fingerprint(fp);
                         self.publish();
+                    }
+                    Some(Cmd::AskProbes { peers, pool, origin, reply, until }) => {
+                        self.ask_probes(peers, pool, origin, reply, until);
                     }
                     Some(Cmd::Leave(done)) => {
                         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
@@ -260,6 +284,7 @@ impl Task {
                     let now = Instant::now();
                     self.certs_asked.retain(|_, at| now.saturating_duration_since(*at) < ASK_EVERY);
                     self.catch_up_asked.retain(|_, at| now.saturating_duration_since(*at) < ASK_EVERY);
+                    self.outstanding.expire(now);
                     // Foca reports ups and downs, not suspicions: look at the whole state.
                     self.sync_members();
                     self.suspicion_watchdog();
@@ -859,6 +884,17 @@ impl Task {
                 self.metrics.msg(Dir::Received, "certs");
                 self.learn_certs(ders);
             }
+            Msg::ProbeAsk { id, pool, origin } => {
+                self.metrics.msg(Dir::Received, "probe_ask");
+                self.serve_ask(env.from, id, pool, origin, from);
+            }
+            Msg::ProbeAnswer { id, outcome } => {
+                self.metrics.msg(Dir::Received, "probe_answer");
+                if self.outstanding.answer(id, &env.from, outcome) == crate::asks::Taken::Unasked {
+                    // Late (the asker gave up), twice, or never asked.
+                    self.metrics.refuse("unasked_answer");
+                }
+            }
             Msg::Summary { fingerprint } => {
                 self.metrics.msg(Dir::Received, "summary");
                 if fingerprint != self.table.digest().fingerprint() {
@@ -977,15 +1013,14 @@ impl Task {
             let rtt_us = r
                 .rtt
                 .map(|d| d.as_micros().min(u128::from(u32::MAX)) as u32);
-            match self.table.set_local(
-                &r.pool,
-                &r.origin,
-                r.healthy,
+            let obs = Observation {
+                healthy: r.healthy,
                 rtt_us,
-                r.last_change_ms,
-                r.reason.as_deref(),
-                now,
-            ) {
+                last_change_ms: r.last_change_ms,
+                reason: r.reason.as_deref(),
+                verdict: r.verdict,
+            };
+            match self.table.set_local(&r.pool, &r.origin, obs, now) {
                 Some(Change::Flip) => flip = true,
                 Some(Change::Rtt) => rtt = true,
                 None => {}
@@ -1046,6 +1081,76 @@ impl Task {
     fn send_digest(&mut self, peer: SocketAddr, reply: bool) {
         let digest = self.table.digest();
         self.send_to(peer, Msg::Digest { digest, reply }, "digest");
+    }
+
+    /// Sends a probe ask to each of `peers` that is a live member, and waits for their
+    /// answers until `until`.
+    fn ask_probes(
+        &mut self,
+        peers: Vec<String>,
+        pool: String,
+        origin: String,
+        reply: mpsc::Sender<Answer>,
+        until: Instant,
+    ) {
+        let targets: Vec<(String, SocketAddr)> = peers
+            .into_iter()
+            .filter_map(|p| match self.members.get(&p) {
+                Some((id, state)) if *state != MemberState::Down => Some((p, id.addr)),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            // Dropping `reply` tells the asker nobody can be asked.
+            return;
+        }
+        let asked = targets.iter().map(|(p, _)| p.clone()).collect();
+        let id = self.outstanding.open(asked, reply, until);
+        for (_, addr) in targets {
+            let msg = Msg::ProbeAsk {
+                id,
+                pool: pool.clone(),
+                origin: origin.clone(),
+            };
+            self.send_to(addr, msg, "probe_ask");
+        }
+    }
+
+    /// Hands a peer's probe ask to the node, within the bounds: only a live member may ask,
+    /// only about valid names, and only so often and so many at once.
+    fn serve_ask(&mut self, from: String, id: u64, pool: String, origin: String, addr: SocketAddr) {
+        if !self
+            .members
+            .get(&from)
+            .is_some_and(|(_, s)| *s != MemberState::Down)
+        {
+            self.metrics.refuse("not_member");
+            return;
+        }
+        if !valid_name(&pool) || !valid_name(&origin) {
+            self.metrics.refuse("bad_name");
+            return;
+        }
+        let slot = match self.serving.admit(&from, Instant::now()) {
+            Ok(slot) => slot,
+            Err(Refusal::PeerBound | Refusal::Full) => {
+                self.metrics.bound_hit("probe_asks");
+                return;
+            }
+        };
+        let reply = Reply {
+            transport: self.transport.clone(),
+            peer: addr,
+            id,
+            cluster: self.cfg.cluster.clone(),
+            node_id: self.cfg.node_id.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let ask = ProbeAsk::new(from, pool, origin, slot, reply);
+        if self.asks_tx.try_send(ask).is_err() {
+            // Full: the node is behind on asks already. Closed: nobody serves them.
+            self.metrics.bound_hit("probe_asks");
+        }
     }
 
     fn send_to(&mut self, peer: SocketAddr, msg: Msg, kind: &'static str) {

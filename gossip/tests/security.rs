@@ -29,8 +29,8 @@ use switchyard_gossip::table::{Batch, Table};
 use switchyard_gossip::tls::{self, NodeTls};
 use switchyard_gossip::wire::{Envelope, Msg};
 use switchyard_gossip::{
-    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, NodeIdentity, Profile, Timings,
-    MAX_SWIM_PACKET,
+    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, NodeIdentity, ProbeOutcome, Profile,
+    Timings, MAX_SWIM_PACKET,
 };
 
 const CLUSTER: &str = "test";
@@ -239,6 +239,7 @@ impl Node {
             rtt: Some(Duration::from_millis(1)),
             last_change_ms: now_ms(),
             reason: (!healthy).then(|| "connect refused".into()),
+            verdict: (!healthy).then_some(switchyard_gossip::Verdict::Origin),
         }]);
     }
 
@@ -392,15 +393,14 @@ fn announce(src: NodeIdentity, dst: &NodeIdentity) -> Vec<u8> {
 /// is `node`'s own).
 fn sealed_batch(key: &NodeTls, node: &str, region: Region, epoch: u64, healthy: bool) -> Batch {
     let mut t = Table::new(node.to_owned(), region, epoch, 0).with_seal(Arc::new(Keys::new(key)));
-    t.set_local(
-        "web",
-        "10.0.0.1:443",
+    let obs = switchyard_gossip::table::Observation {
         healthy,
-        Some(1000),
-        1,
-        None,
-        tokio::time::Instant::now(),
-    );
+        rtt_us: Some(1000),
+        last_change_ms: 1,
+        reason: None,
+        verdict: None,
+    };
+    t.set_local("web", "10.0.0.1:443", obs, tokio::time::Instant::now());
     t.local_since(0)
 }
 
@@ -621,6 +621,139 @@ async fn replication_claiming_another_writer_is_refused() {
     .await;
     assert!(!target.has_writer("victim"), "{}", target.describe());
     assert_eq!(target.refused("wrong_id"), 2, "{}", target.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probe asks: "probe this origin now", asked of peers before blaming an origin.
+
+#[tokio::test]
+async fn a_member_asked_to_probe_answers_and_the_asker_hears_each_peer() {
+    let scratch = Scratch::new("asks");
+    let ca = scratch.ca("c", CLUSTER);
+    let a = Node::start(&ca.node("edge-a"), vec![]);
+    let b = Node::start(&ca.node("edge-b"), vec![a.addr()]);
+    converge(&a, &b).await;
+    let mut asks = b.mesh.probe_asks().expect("asks are taken once");
+    assert!(b.mesh.probe_asks().is_none());
+    tokio::spawn(async move {
+        while let Some(ask) = asks.recv().await {
+            let outcome = if ask.pool == "web" && ask.origin == "o1" && ask.from == "edge-a" {
+                ProbeOutcome::Up { rtt_us: 1500 }
+            } else {
+                ProbeOutcome::Unknown {
+                    why: "no such origin".into(),
+                }
+            };
+            ask.answer(outcome);
+        }
+    });
+    let peers = ["edge-b".to_string(), "nobody".to_string()];
+    let answers = a
+        .mesh
+        .ask_probes(&peers, "web", "o1", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        answers,
+        vec![
+            (
+                "edge-b".to_string(),
+                Some(ProbeOutcome::Up { rtt_us: 1500 })
+            ),
+            ("nobody".to_string(), None),
+        ]
+    );
+    let answers = a
+        .mesh
+        .ask_probes(&peers[..1], "web", "o9", Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(answers[0].1, Some(ProbeOutcome::Unknown { .. })),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn probe_asks_of_non_members_are_refused_and_a_members_are_bounded() {
+    let scratch = Scratch::new("asks-bound");
+    let ca = scratch.ca("c", CLUSTER);
+    let target = Node::start(&ca.node("edge-a"), vec![]);
+    // Taken, and never answered: every ask admitted stays open.
+    let mut asks = target.mesh.probe_asks().unwrap();
+    let evil_key = ca.node("evil");
+    let evil = RawPeer::connect(&evil_key, target.addr()).await;
+    let ask = |id| {
+        envelope(
+            CLUSTER,
+            "evil",
+            Msg::ProbeAsk {
+                id,
+                pool: "web".into(),
+                origin: "o1".into(),
+            },
+        )
+    };
+
+    // A holder of a valid certificate that is not a member may not ask.
+    evil.stream(&ask(1)).await;
+    wait_until(
+        "the target to refuse an ask of a non-member",
+        || target.refused("not_member") >= 1,
+        || target.describe(),
+    )
+    .await;
+    assert!(
+        asks.try_recv().is_err(),
+        "a non-member's ask reached the node"
+    );
+
+    // Once a member, a flood of asks: only a few are served at once, the rest counted.
+    let dst = target.mesh.identity().clone();
+    let hello = announce(identity(&evil_key, "evil", CLUSTER, evil.addr()), &dst);
+    wait_until_resending(
+        "the target to admit evil",
+        || evil.datagram(&hello),
+        || target.knows("evil"),
+        || target.describe(),
+    )
+    .await;
+    for id in 2..40 {
+        evil.stream(&ask(id)).await;
+    }
+    let bound_hits = "switchyard_mesh_bound_hits_total{bound=\"probe_asks\"}";
+    wait_until(
+        "the target to refuse asks over the per-peer bound",
+        || target.metric(bound_hits) >= 1,
+        || target.describe(),
+    )
+    .await;
+    let mut served = Vec::new();
+    while let Ok(ask) = asks.try_recv() {
+        served.push(ask);
+    }
+    assert!(
+        !served.is_empty() && served.len() <= 4,
+        "{} asks served at once",
+        served.len()
+    );
+
+    // An answer nobody asked for is dropped and counted.
+    evil.stream(&envelope(
+        CLUSTER,
+        "evil",
+        Msg::ProbeAnswer {
+            id: 7,
+            outcome: ProbeOutcome::Down {
+                reason: "lies".into(),
+            },
+        },
+    ))
+    .await;
+    wait_until(
+        "the target to drop an answer to an ask it never made",
+        || target.refused("unasked_answer") >= 1,
+        || target.describe(),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

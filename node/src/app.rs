@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,11 +19,13 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{Config, Listen};
 use crate::core::affinity::Affinity;
-use crate::core::compiled::CompiledConfig;
+use crate::core::compiled::{CompiledConfig, ProbeTarget};
+use crate::core::health::Attempt;
 use crate::error::Error;
 use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::{Metrics, ResultLabels};
+use crate::monitor::probe::Prober;
 use crate::monitor::MonitorSet;
 use crate::proxy::{self, AppSlot, DecisionCounters, ProxyContext};
 use crate::state::{AppInfo, NodeState};
@@ -79,8 +81,10 @@ impl App {
         let health = Arc::new(HealthHub::new(rt, quorum, metrics.clone()));
         tokio::spawn(crate::hub::measure_lag(Arc::downgrade(&health)));
         let clock = Clock::start();
+        let mut monitors = MonitorSet::default();
         if let Some(mesh) = &mesh {
-            crate::mesh::connect(mesh, &health, clock);
+            let probe_now = probe_now(monitors.prober(), Arc::downgrade(&health));
+            crate::mesh::connect(mesh, &health, clock, probe_now);
         }
         let affinity = Arc::new(Affinity::new(
             crate::core::affinity::DEFAULT_CAPACITY,
@@ -144,7 +148,7 @@ impl App {
             config_path: opts.config_path,
             running: tokio::sync::Mutex::new(Running {
                 listeners: HashMap::new(),
-                monitors: MonitorSet::default(),
+                monitors,
             }),
         };
         app.apply(config).await?;
@@ -389,4 +393,19 @@ impl App {
         tracing::info!(cut, "stopped");
         cut
     }
+}
+
+/// How this node answers a peer's ask to probe an origin now: one attempt, as its monitor
+/// makes them.
+fn probe_now(prober: Prober, health: Weak<HealthHub>) -> crate::mesh::ProbeNow {
+    Arc::new(move |target: ProbeTarget| {
+        let (prober, health) = (prober.clone(), health.clone());
+        Box::pin(async move {
+            let Some(health) = health.upgrade() else {
+                return Attempt::Inconclusive;
+            };
+            let spec = crate::monitor::spec_of(&target.monitor);
+            crate::monitor::probe_once(&prober, &spec, &target, &health).await
+        })
+    })
 }

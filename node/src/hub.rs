@@ -8,10 +8,12 @@
 //! fault come in here instead of counting against an origin, and `measure_lag` tells it
 //! whether the runtime keeps up. Status and `/ready` read it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Quorum;
@@ -19,8 +21,9 @@ use crate::core::book::HealthBook;
 use crate::core::compiled::{CompiledConfig, OriginKey};
 use crate::core::health::{Attempt, Next, OriginHealth};
 use crate::core::trouble::{self, LocalCause, LogLine, Trouble, TroubleLog};
+use crate::core::verdict::{self, ProbeOutcome, Verdict};
 use crate::core::view::{RemoteReport, Report, Snapshot, View};
-use crate::metrics::{LocalErrorLabels, Metrics, OriginLabels, ProbeLabels};
+use crate::metrics::{LocalErrorLabels, Metrics, OriginLabels, ProbeLabels, VerdictLabels};
 
 fn origin_labels(key: &OriginKey) -> OriginLabels {
     OriginLabels {
@@ -31,6 +34,24 @@ fn origin_labels(key: &OriginKey) -> OriginLabels {
 
 /// Receives this node's rows each time the view is published.
 pub type RowSink = Box<dyn Fn(&Report) + Send + Sync>;
+
+/// A down flip to ask peers about: the origin and when its down episode began.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictWanted {
+    pub key: OriginKey,
+    pub since: Instant,
+}
+
+/// What the peers asked about an origin answered.
+pub type Answers = Vec<(String, Option<ProbeOutcome>)>;
+
+/// Since when this node has been sick, and the counts that made it so.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sick {
+    pub since: Instant,
+    pub path_down: usize,
+    pub checked: usize,
+}
 
 /// Health in, snapshots out.
 pub struct HealthHub {
@@ -44,6 +65,11 @@ pub struct HealthHub {
     /// The node's own trouble; a lock of its own, so that a flood of local errors does not
     /// wait on the book.
     trouble: Mutex<TroubleLog>,
+    /// Where down flips go to be asked about (set once, by the mesh glue).
+    asker: OnceLock<mpsc::Sender<VerdictWanted>>,
+    /// The latest answers per origin, while it is down.
+    answers: Mutex<HashMap<OriginKey, Answers>>,
+    sick: Mutex<Option<Sick>>,
 }
 
 impl HealthHub {
@@ -58,7 +84,140 @@ impl HealthHub {
             metrics,
             sink: OnceLock::new(),
             trouble: Mutex::new(TroubleLog::default()),
+            asker: OnceLock::new(),
+            answers: Mutex::new(HashMap::new()),
+            sick: Mutex::new(None),
         }
+    }
+
+    /// Where down flips go from now on, for peers to be asked about them before they are
+    /// broadcast (set once, by the mesh glue). Without it nobody is asked.
+    pub fn ask_verdicts_to(&self, tx: mpsc::Sender<VerdictWanted>) {
+        let _ = self.asker.set(tx);
+    }
+
+    /// Takes in what the peers asked about `key`'s down episode since `since` answered, and
+    /// republishes with the verdict. Ignored when the origin came back up (or went down anew)
+    /// meanwhile.
+    pub fn set_verdict(&self, key: &OriginKey, since: Instant, answers: Answers) {
+        let verdict = verdict::decide(&answers);
+        let mut book = self.book();
+        let before = book.verdict(key);
+        if !book.set_verdict(key, since, verdict) {
+            return;
+        }
+        lock(&self.answers).insert(key.clone(), answers.clone());
+        if before == Some(verdict) {
+            // Asked again, same verdict: nothing anyone reads changed but the answers.
+            return;
+        }
+        self.metrics
+            .verdicts
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+            })
+            .inc();
+        let said: Vec<String> = answers
+            .iter()
+            .map(|(peer, a)| format!("{peer}: {}", verdict::describe(a)))
+            .collect();
+        tracing::warn!(
+            pool = %key.pool,
+            origin = %key.origin,
+            verdict = verdict.as_str(),
+            answers = %said.join(", "),
+            "origin down: {}",
+            verdict::meaning(verdict)
+        );
+        let rt = self.snapshot.load().rt.clone();
+        self.publish(&book, rt);
+    }
+
+    /// The origins down with a verdict that `which` selects, to ask about again. Their rows
+    /// keep their verdict meanwhile (they are broadcast already).
+    pub fn to_ask_again(&self, which: impl Fn(Verdict) -> bool) -> Vec<VerdictWanted> {
+        self.book()
+            .report()
+            .rows
+            .into_iter()
+            .filter(|(_, r)| {
+                r.checked
+                    && !r.healthy
+                    && r.verdict.is_some_and(|v| v != Verdict::Pending && which(v))
+            })
+            .map(|(key, r)| VerdictWanted {
+                key,
+                since: r.last_change,
+            })
+            .collect()
+    }
+
+    /// What the peers asked about `key` answered, while it is down.
+    pub fn answers(&self, key: &OriginKey) -> Option<Answers> {
+        lock(&self.answers).get(key).cloned()
+    }
+
+    /// Whether this node is sick now (see `core::verdict`).
+    pub fn sick(&self) -> Option<Sick> {
+        *lock(&self.sick)
+    }
+
+    /// After a flip: a down one is held back from the mesh (`Verdict::Pending`) while peers
+    /// are asked; an up one forgets the answers.
+    fn after_flip(&self, book: &mut HealthBook, key: &OriginKey, row: &OriginHealth) {
+        if row.healthy {
+            lock(&self.answers).remove(key);
+            return;
+        }
+        let Some(tx) = self.asker.get() else { return };
+        let since = row.last_change;
+        if book.set_verdict(key, since, Verdict::Pending) {
+            let wanted = VerdictWanted {
+                key: key.clone(),
+                since,
+            };
+            if tx.try_send(wanted).is_err() {
+                // The asker is behind (a flood of flips) or gone: say so instead of waiting.
+                book.set_verdict(key, since, Verdict::Unconfirmed);
+            }
+        }
+    }
+
+    /// Whether the node is sick with `book` as it is, logging and counting a change.
+    fn update_sick(&self, book: &HealthBook) -> bool {
+        let (path_down, checked) = book.path_down();
+        let now_sick = verdict::is_sick(path_down, checked);
+        let mut sick = lock(&self.sick);
+        match (*sick, now_sick) {
+            (None, true) => {
+                tracing::error!(
+                    path_down,
+                    checked,
+                    "this node is sick: peers reach {path_down} of the {checked} origins its probes find down; \
+                     its health rows are withdrawn from the mesh and it steers with the mesh's view until it agrees again \
+                     (check this node's network, DNS and firewall)"
+                );
+                *sick = Some(Sick {
+                    since: Instant::now(),
+                    path_down,
+                    checked,
+                });
+            }
+            (Some(s), true) => {
+                *sick = Some(Sick {
+                    path_down,
+                    checked,
+                    ..s
+                })
+            }
+            (Some(_), false) => {
+                tracing::info!("this node agrees with the mesh again: its health rows count again");
+                *sick = None;
+            }
+            (None, false) => {}
+        }
+        self.metrics.sick.set(i64::from(now_sick));
+        now_sick
     }
 
     /// Where this node's rows go from now on (set once, by the mesh glue).
@@ -87,7 +246,7 @@ impl HealthHub {
     fn book(&self) -> MutexGuard<'_, HealthBook> {
         // A panic while holding the lock leaves the book consistent (every update is one
         // insert), so a poisoned lock is still usable.
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.book)
     }
 
     /// Switches to a new compiled config (start and reload): origins whose probe target did
@@ -96,6 +255,9 @@ impl HealthHub {
         let prev = self.snapshot.load().rt.clone();
         let mut book = self.book();
         book.rebuild(&prev, &rt, Instant::now());
+        // Answers about origins whose target changed (or that left) no longer apply.
+        let report = book.report();
+        lock(&self.answers).retain(|k, _| report.rows.get(k).is_some_and(|r| r.verdict.is_some()));
         self.publish(&book, rt);
     }
 
@@ -109,19 +271,21 @@ impl HealthHub {
 
     /// Rebuilds the view from the book and the mesh, publishes it with `rt`, and hands the
     /// local rows on.
+    /// A sick node's own rows count nowhere: not in its view, and withdrawn from the mesh.
     fn publish(&self, book: &HealthBook, rt: Arc<CompiledConfig>) {
         let report = book.report();
+        let sick = self.update_sick(book);
+        let none = Report::default();
+        let counted = if sick { &none } else { &report };
         let remote = self.remote.load();
-        let view = Arc::new(View::build_mesh(
-            &rt,
-            &report,
-            &remote,
-            self.quorum,
-            Duration::ZERO,
-        ));
-        self.snapshot.store(Arc::new(Snapshot { rt, view }));
+        let mut view = View::build_mesh(&rt, counted, &remote, self.quorum, Duration::ZERO);
+        view.mark_own(&rt, &report, sick);
+        self.snapshot.store(Arc::new(Snapshot {
+            rt,
+            view: Arc::new(view),
+        }));
         if let Some(sink) = self.sink.get() {
-            sink(&report);
+            sink(counted);
         }
     }
 
@@ -171,6 +335,7 @@ impl HealthHub {
                 .set(i64::from(out.row.healthy));
             if changed {
                 self.on_flip(key, &labels, &out.row, "");
+                self.after_flip(&mut book, key, &out.row);
             }
             let rt = self.snapshot.load().rt.clone();
             self.publish(&book, rt);
@@ -187,6 +352,7 @@ impl HealthHub {
         if let Some(row) = book.on_passive_failure(key, reason, Instant::now()) {
             self.metrics.origin_healthy.get_or_create(&labels).set(0);
             self.on_flip(key, &labels, &row, " (passive)");
+            self.after_flip(&mut book, key, &row);
             let rt = self.snapshot.load().rt.clone();
             self.publish(&book, rt);
         }
@@ -194,7 +360,7 @@ impl HealthHub {
 
     fn trouble_log(&self) -> MutexGuard<'_, TroubleLog> {
         // Every update leaves the log consistent; a poisoned lock is still usable.
-        self.trouble.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.trouble)
     }
 
     /// A failure that was this node's own (out of descriptors, buffers or ports; overloaded),
@@ -259,6 +425,12 @@ impl HealthHub {
             tracing::warn!(pool = %key.pool, origin = %key.origin, %reason, "origin down{how}");
         }
     }
+}
+
+/// Locks a mutex whose every update leaves its data consistent, so a poisoned lock is still
+/// usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn log_trouble(line: LogLine, cause: LocalCause, source: &'static str, detail: &str) {
@@ -391,6 +563,7 @@ mod tests {
                     healthy: false,
                     rtt: None,
                     age: Duration::ZERO,
+                    verdict: Some(crate::core::verdict::Verdict::Origin),
                 },
             )]
             .into(),
@@ -399,6 +572,102 @@ mod tests {
         assert!(!up(&hub), "the only observer says down");
         hub.set_remote(vec![peer(false)]);
         assert!(up(&hub), "a dead node's rows do not count");
+    }
+
+    fn up_answer(peer: &str) -> (String, Option<ProbeOutcome>) {
+        (peer.into(), Some(ProbeOutcome::Up { rtt_us: 900 }))
+    }
+
+    #[test]
+    fn a_down_flip_is_held_back_until_peers_are_asked() {
+        let (hub, rt) = hub();
+        let key = rt.key(0, 0);
+        let (tx, mut asked) = mpsc::channel(4);
+        hub.ask_verdicts_to(tx);
+        hub.on_attempt(&key, Attempt::Failed("refused".into()));
+        let w = asked.try_recv().expect("peers are to be asked");
+        assert_eq!(w.key, key);
+        let row = &hub.report().rows[&key];
+        assert_eq!(row.verdict, Some(Verdict::Pending));
+        assert!(!up(&hub), "this node stops using it at once");
+        assert_eq!(
+            hub.snapshot().view.pools[0].origins[0].verdict,
+            Some(Verdict::Pending)
+        );
+        // The answers: the peers reach it. Only the path is down.
+        hub.set_verdict(&key, w.since, vec![up_answer("a"), ("b".into(), None)]);
+        assert_eq!(hub.report().rows[&key].verdict, Some(Verdict::Path));
+        assert_eq!(hub.answers(&key).unwrap().len(), 2);
+        let text = hub.metrics.encode();
+        assert!(text.contains("verdict=\"path\"} 1"), "{text}");
+        // Answers to an episode that is over are dropped: up, then down anew.
+        hub.on_attempt(&key, Attempt::Ok(Duration::from_millis(1)));
+        assert_eq!(hub.report().rows[&key].verdict, None);
+        assert!(hub.answers(&key).is_none(), "answers go with the episode");
+        hub.set_verdict(&key, w.since, vec![up_answer("a")]);
+        assert_eq!(hub.report().rows[&key].verdict, None);
+        // Nobody to ask: unconfirmed, and asked again when asked for.
+        hub.on_attempt(&key, Attempt::Failed("refused".into()));
+        let w = asked.try_recv().unwrap();
+        hub.set_verdict(&key, w.since, vec![]);
+        assert_eq!(hub.report().rows[&key].verdict, Some(Verdict::Unconfirmed));
+        let again = hub.to_ask_again(|v| v == Verdict::Unconfirmed);
+        assert_eq!(again, vec![w]);
+    }
+
+    #[test]
+    fn without_a_mesh_nobody_is_asked() {
+        let (hub, rt) = hub();
+        hub.on_attempt(&rt.key(0, 0), Attempt::Failed("refused".into()));
+        assert_eq!(hub.report().rows[&rt.key(0, 0)].verdict, None);
+    }
+
+    #[test]
+    fn a_node_down_by_its_path_on_most_origins_is_sick_and_withdraws_its_rows() {
+        let rt = Arc::new(fixture::one_pool_of(&[
+            ("a", "127.0.0.1:1"),
+            ("b", "127.0.0.1:2"),
+        ]));
+        let hub = Arc::new(HealthHub::new(
+            rt.clone(),
+            Quorum::Majority,
+            Arc::new(Metrics::new()),
+        ));
+        hub.apply(rt.clone());
+        let seen: Arc<StdMutex<Vec<Report>>> = Arc::default();
+        let s = seen.clone();
+        hub.publish_rows_to(Box::new(move |r| s.lock().unwrap().push(r.clone())));
+        let (tx, mut asked) = mpsc::channel(4);
+        hub.ask_verdicts_to(tx);
+        for oi in 0..2 {
+            hub.on_attempt(&rt.key(0, oi), Attempt::Failed("refused".into()));
+        }
+        assert!(hub.sick().is_none(), "pending is not a verdict yet");
+        let first = asked.try_recv().unwrap();
+        hub.set_verdict(&first.key, first.since, vec![up_answer("x")]);
+        assert!(
+            hub.sick().is_none(),
+            "one origin down by the path is not sick"
+        );
+        let second = asked.try_recv().unwrap();
+        hub.set_verdict(&second.key, second.since, vec![up_answer("x")]);
+        let sick = hub.sick().expect("sick");
+        assert_eq!((sick.path_down, sick.checked), (2, 2));
+        assert!(
+            seen.lock().unwrap().last().unwrap().rows.is_empty(),
+            "rows withdrawn"
+        );
+        let view = hub.snapshot().view.clone();
+        assert!(view.sick);
+        assert!(
+            view.pools[0].origins.iter().all(|o| o.up),
+            "its own rows set aside: nobody else says down"
+        );
+        assert!(hub.metrics.encode().contains("switchyard_node_sick 1"));
+        // One origin comes back: agreeing again.
+        hub.on_attempt(&rt.key(0, 0), Attempt::Ok(Duration::from_millis(1)));
+        assert!(hub.sick().is_none());
+        assert_eq!(seen.lock().unwrap().last().unwrap().rows.len(), 2);
     }
 
     #[test]

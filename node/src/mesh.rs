@@ -1,18 +1,29 @@
 //! The glue between the node and the mesh: starts the mesh from `[mesh]`, hands this node's
 //! health rows to it, and turns what it delivers (other nodes' rows) into the `RemoteReport`s
-//! the health view weighs.
+//! the health view weighs. It also carries blame asked of peers (`core::verdict`) both ways:
+//! this node's down flips are asked about before they are broadcast, and peers' asks are
+//! probed and answered.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use switchyard_gossip::{LocalRow, Mesh, MeshConfig, MeshMetrics, MeshState};
+use switchyard_geo::Region;
+use switchyard_gossip::{
+    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, ProbeAsk, ProbeOutcome,
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::{Config, MeshSection};
-use crate::core::compiled::OriginKey;
+use crate::core::compiled::{OriginKey, ProbeTarget};
+use crate::core::health::Attempt;
+use crate::core::verdict::{self, Verdict};
 use crate::core::view::{Obs, RemoteReport, Report};
 use crate::error::Error;
-use crate::hub::HealthHub;
+use crate::hub::{HealthHub, VerdictWanted};
 use crate::metrics::Metrics;
 
 /// A certificate closer than this to its expiry is warned about at start.
@@ -53,9 +64,31 @@ pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<
     Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
 }
 
+/// Probes one origin once, as its monitor would (the monitor shell provides it): how this node
+/// answers a peer's ask.
+pub type ProbeNow =
+    Arc<dyn Fn(ProbeTarget) -> Pin<Box<dyn Future<Output = Attempt> + Send>> + Send + Sync>;
+
+/// Most down flips waiting to be asked about; beyond, a flip is unconfirmed at once.
+const VERDICT_QUEUE: usize = 256;
+
+/// How long the peers asked have to answer: their one probe's timeout, and a margin for the
+/// round trip to them.
+fn ask_window(target: Option<&ProbeTarget>) -> Duration {
+    let timeout = target.map_or(Duration::from_secs(5), |t| t.monitor.timeout);
+    (timeout + Duration::from_secs(2)).clamp(Duration::from_secs(2), Duration::from_secs(30))
+}
+
 /// Connects the hub and the mesh both ways: this node's rows go out on every publish, and
-/// every new mesh state comes back in as remote reports. Ends when the hub is dropped.
-pub fn connect(mesh: &Arc<Mesh>, hub: &Arc<HealthHub>, clock: Clock) {
+/// every new mesh state comes back in as remote reports; down flips are asked about, and
+/// peers' asks answered with `probe_now`. Ends when the hub is dropped.
+pub fn connect(mesh: &Arc<Mesh>, hub: &Arc<HealthHub>, clock: Clock, probe_now: ProbeNow) {
+    let (tx, wanted) = mpsc::channel(VERDICT_QUEUE);
+    hub.ask_verdicts_to(tx);
+    tokio::spawn(ask_peers(mesh.clone(), Arc::downgrade(hub), wanted));
+    if let Some(asks) = mesh.probe_asks() {
+        tokio::spawn(serve_asks(asks, Arc::downgrade(hub), probe_now));
+    }
     let out = mesh.clone();
     hub.publish_rows_to(Box::new(move |report| {
         out.set_local(local_rows(report, &clock))
@@ -71,19 +104,152 @@ pub fn connect(mesh: &Arc<Mesh>, hub: &Arc<HealthHub>, clock: Clock) {
     });
 }
 
-/// The rows this node gossips: those of origins it has checked at least once.
+/// Asks peers about each down flip and hands the answers to the hub. A verdict nobody could
+/// give (no peer to ask, or none answered) is asked again as soon as a new peer is alive, and
+/// every verdict again every [`REASK_EVERY`] while the origin stays down, so that it follows
+/// what the peers see now.
+async fn ask_peers(
+    mesh: Arc<Mesh>,
+    hub: Weak<HealthHub>,
+    mut wanted: mpsc::Receiver<VerdictWanted>,
+) {
+    let mut states = mesh.state();
+    let mut alive = 0;
+    let mut reask = tokio::time::interval(REASK_EVERY);
+    reask.tick().await;
+    loop {
+        let again: Vec<VerdictWanted> = tokio::select! {
+            w = wanted.recv() => match w {
+                Some(w) => vec![w],
+                None => return,
+            },
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = alive_peers(&states.borrow_and_update()).len();
+                let more = now > alive;
+                alive = now;
+                match hub.upgrade() {
+                    Some(h) if more => h.to_ask_again(|v| v == Verdict::Unconfirmed),
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+            _ = reask.tick() => match hub.upgrade() {
+                Some(h) => h.to_ask_again(|_| true),
+                None => return,
+            },
+        };
+        for w in again {
+            ask(&mesh, &hub, w);
+        }
+    }
+}
+
+/// How often the verdict on an origin that stays down is asked again.
+const REASK_EVERY: Duration = Duration::from_secs(30);
+
+/// Live peers and their regions.
+fn alive_peers(state: &MeshState) -> Vec<(String, Region)> {
+    state
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Alive && m.id != state.local.id)
+        .map(|m| (m.id.clone(), m.region))
+        .collect()
+}
+
+/// Asks a few live peers about `w` in a task of its own, and hands the answers to the hub.
+fn ask(mesh: &Arc<Mesh>, hub: &Weak<HealthHub>, w: VerdictWanted) {
+    let Some(h) = hub.upgrade() else { return };
+    let within = ask_window(h.snapshot().rt.probe_target(&w.key).as_ref());
+    drop(h);
+    let state = mesh.state().borrow().clone();
+    let helpers = verdict::pick_helpers(
+        &alive_peers(&state),
+        state.local.region,
+        verdict::HELPERS,
+        rand::random(),
+    );
+    let span = tracing::info_span!("ask", pool = %w.key.pool, origin = %w.key.origin);
+    let (mesh, hub) = (mesh.clone(), hub.clone());
+    tokio::spawn(
+        async move {
+            let answers = if helpers.is_empty() {
+                Vec::new()
+            } else {
+                mesh.ask_probes(&helpers, &w.key.pool, &w.key.origin, within)
+                    .await
+            };
+            if let Some(h) = hub.upgrade() {
+                h.set_verdict(&w.key, w.since, answers);
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Probes what peers ask about, once each, and answers. The mesh bounds how many asks of a
+/// peer are open at once and how often it may ask; only origins of this node's own config
+/// are probed (asks name them, never an address).
+async fn serve_asks(mut asks: mpsc::Receiver<ProbeAsk>, hub: Weak<HealthHub>, probe_now: ProbeNow) {
+    while let Some(ask) = asks.recv().await {
+        let Some(h) = hub.upgrade() else { return };
+        let key = OriginKey {
+            pool: ask.pool.as_str().into(),
+            origin: ask.origin.as_str().into(),
+        };
+        let target = h.snapshot().rt.ask_target(&key);
+        drop(h);
+        let span =
+            tracing::debug_span!("asked", from = %ask.from, pool = %ask.pool, origin = %ask.origin);
+        let probe_now = probe_now.clone();
+        tokio::spawn(
+            async move {
+                let outcome = match target {
+                    None => ProbeOutcome::Unknown {
+                        why: format!(
+                            "{}/{} is not a monitored origin in this node's config",
+                            ask.pool, ask.origin
+                        ),
+                    },
+                    Some(t) => match probe_now(t).await {
+                        Attempt::Ok(rtt) => ProbeOutcome::Up {
+                            rtt_us: rtt.as_micros().min(u128::from(u32::MAX)) as u32,
+                        },
+                        Attempt::Failed(reason) => ProbeOutcome::Down { reason },
+                        Attempt::Inconclusive => ProbeOutcome::Unknown {
+                            why: "this node's own trouble spoiled the probe".into(),
+                        },
+                    },
+                };
+                ask.answer(outcome);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The rows this node gossips: those of origins it has checked at least once. A down row
+/// whose peers are still being asked goes out as it was before the flip, up: blame is asked
+/// before it is broadcast.
 fn local_rows(report: &Report, clock: &Clock) -> Vec<LocalRow> {
     report
         .rows
         .iter()
         .filter(|(_, r)| r.checked)
-        .map(|(k, r)| LocalRow {
-            pool: k.pool.to_string(),
-            origin: k.origin.to_string(),
-            healthy: r.healthy,
-            rtt: r.rtt,
-            last_change_ms: clock.wall_ms(r.last_change),
-            reason: r.reason.clone(),
+        .map(|(k, r)| {
+            let pending = r.verdict == Some(Verdict::Pending);
+            LocalRow {
+                pool: k.pool.to_string(),
+                origin: k.origin.to_string(),
+                healthy: r.healthy || pending,
+                rtt: r.rtt,
+                last_change_ms: clock.wall_ms(r.last_change),
+                reason: if pending { None } else { r.reason.clone() },
+                verdict: if pending { None } else { r.verdict },
+            }
         })
         .collect()
 }
@@ -115,6 +281,7 @@ fn remote_reports(state: &MeshState) -> Vec<RemoteReport> {
                                 healthy: row.healthy,
                                 rtt: row.rtt_us.map(|us| Duration::from_micros(u64::from(us))),
                                 age: *age,
+                                verdict: row.verdict,
                             },
                         )
                     })
@@ -122,4 +289,42 @@ fn remote_reports(state: &MeshState) -> Vec<RemoteReport> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::health::OriginHealth;
+
+    #[test]
+    fn a_down_row_whose_peers_are_being_asked_goes_out_as_it_was() {
+        let clock = Clock::start();
+        let now = tokio::time::Instant::now();
+        let key = |o: &str| OriginKey {
+            pool: "p".into(),
+            origin: o.into(),
+        };
+        let down = |verdict| OriginHealth {
+            healthy: false,
+            checked: true,
+            reason: Some("refused".into()),
+            verdict,
+            ..OriginHealth::unchecked(now)
+        };
+        let report = Report {
+            rows: [
+                (key("pending"), down(Some(Verdict::Pending))),
+                (key("path"), down(Some(Verdict::Path))),
+                (key("unchecked"), OriginHealth::unchecked(now)),
+            ]
+            .into(),
+        };
+        let mut rows = local_rows(&report, &clock);
+        rows.sort_by(|a, b| a.origin.cmp(&b.origin));
+        assert_eq!(rows.len(), 2, "unchecked rows are not gossiped");
+        assert_eq!(rows[0].origin, "path");
+        assert!(!rows[0].healthy && rows[0].verdict == Some(Verdict::Path));
+        assert_eq!(rows[1].origin, "pending");
+        assert!(rows[1].healthy && rows[1].verdict.is_none() && rows[1].reason.is_none());
+    }
 }

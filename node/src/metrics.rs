@@ -100,6 +100,14 @@ pub struct Metrics {
     pub local_errors: Family<LocalErrorLabels, Counter>,
     pub local_trouble: Gauge,
     pub runtime_lag: Gauge<f64, AtomicU64>,
+    /// Verdicts on this node's down flips, by verdict (`origin`, `path`, `unconfirmed`).
+    pub verdicts: Family<VerdictLabels, Counter>,
+    pub sick: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
 }
 
 impl Metrics {
@@ -126,6 +134,8 @@ impl Metrics {
             local_errors: Family::default(),
             local_trouble: Gauge::default(),
             runtime_lag: Gauge::default(),
+            verdicts: Family::default(),
+            sick: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +218,16 @@ impl Metrics {
             "local_trouble",
             "1 while the node is in trouble of its own (a local error within 30s, or overloaded); /ready says 503",
             m.local_trouble.clone(),
+        );
+        registry.register(
+            "origin_verdicts",
+            "Verdicts on this node's origins gone down, after asking peers to probe them: origin (they fail too), path (they reach it), unconfirmed (no answer)",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "node_sick",
+            "1 while this node disagrees with the mesh about most origins it checks: its rows are withdrawn and /ready says 503",
+            m.sick.clone(),
         );
         registry.register(
             "runtime_lag_seconds",

@@ -460,3 +460,160 @@ async fn a_reload_that_removes_an_origin_retracts_its_row_on_peers() -> anyhow::
     }
     Ok(())
 }
+
+/// Node `app`'s status row for origin `name` of the first pool.
+fn origin_status(app: &App, name: &str) -> status::OriginStatus {
+    status::document(app.state()).pools[0]
+        .origins
+        .iter()
+        .find(|o| o.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no origin {name} in the status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_path_to_an_origin_is_cut_blames_the_path_and_the_others_keep_serving_it(
+) -> anyhow::Result<()> {
+    let certs = MeshCerts::new("verdict-path");
+    let o = origin("o").await;
+    // v1's way to `o` is cut: its config has `o` at a port nothing listens on, so it is
+    // refused from there, while the others reach it. Asks name the origin, never an address,
+    // so the peers probe `o` where they know it to be.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let ids = [("v1", "WNAM"), ("v2", "WEU"), ("v3", "SEAS")];
+    for (id, _) in ids {
+        certs.issue(id);
+    }
+    let app = "\n[[app]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nload_balancer = \"lb\"\n";
+    let cut = pool_of(&[("o", dead)], "") + app;
+    let v1 = start(config(&certs, "v1", "WNAM", &[], &cut)).await;
+    let seed = mesh_addr(&v1);
+    let body = pool_of(&[("o", o.addr())], "") + app;
+    let v2 = start(config(&certs, "v2", "WEU", &[seed], &body)).await;
+    let v3 = start(config(&certs, "v3", "SEAS", &[seed], &body)).await;
+    for app in [&v1, &v2, &v3] {
+        eventually("every node sees 3 alive members", WAIT, || async {
+            alive_count(app) == 3
+        })
+        .await?;
+    }
+    eventually("v1's verdict on o is: the path", WAIT, || async {
+        origin_status(&v1, "o").verdict.as_deref() == Some("path")
+    })
+    .await?;
+    let mine = origin_status(&v1, "o");
+    assert!(!mine.healthy, "v1 cannot reach o: it must not use it");
+    // Whoever was a member when v1's probe first failed was asked (v3 may have joined
+    // after), and every one of them reached o.
+    assert!(
+        !mine.asked.is_empty() && mine.asked.values().all(|said| said.starts_with("up ")),
+        "{mine:?}"
+    );
+    let s = status::document(v1.state());
+    assert!(s.node.sick.is_none(), "one origin is not a sick node");
+    // The others take v1's row as regional: WNAM's view is down, global health up, and
+    // they keep serving o.
+    for app in [&v2, &v3] {
+        eventually("v1's path row reaches the peer", WAIT, || async {
+            origin_status(app, "o")
+                .observers
+                .get("v1")
+                .is_some_and(|x| x.verdict.as_deref() == Some("path"))
+        })
+        .await?;
+        let row = origin_status(app, "o");
+        assert!(row.healthy, "{row:?}");
+        assert_eq!(row.global_health, Some(true), "{row:?}");
+        assert_eq!(row.region_health.get("WNAM"), Some(&false), "{row:?}");
+        let served = switchyard_tests::harness::name_via(
+            switchyard_tests::harness::app_addr(app, "a").await,
+        )
+        .await;
+        assert_eq!(served, "o");
+    }
+    // The explanation says why v1 passes o over.
+    let e = v1
+        .state()
+        .explain("lb", "127.0.0.1".parse()?)
+        .map_err(anyhow::Error::msg)?;
+    let why = e.steps.join("\n");
+    assert!(why.contains("verdict path"), "{why}");
+
+    // The path heals (v1's config is fixed): the row comes up and the verdict goes.
+    v1.reload(config(&certs, "v1", "WNAM", &[], &body)).await?;
+    eventually("v1 sees o up again, without a verdict", WAIT, || async {
+        let row = origin_status(&v1, "o");
+        row.healthy && row.verdict.is_none() && row.asked.is_empty()
+    })
+    .await?;
+    for app in [&v1, &v2, &v3] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_disagrees_with_the_mesh_about_most_origins_is_sick_and_stops_voting(
+) -> anyhow::Result<()> {
+    let certs = MeshCerts::new("verdict-sick");
+    let (a, b) = (origin("a").await, origin("b").await);
+    let dead: Vec<SocketAddr> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+        .collect::<Result<_, _>>()?;
+    for id in ["s1", "s2", "s3"] {
+        certs.issue(id);
+    }
+    // s1 reaches neither origin; s2 and s3 reach both.
+    let broken = pool_of(&[("a", dead[0]), ("b", dead[1])], "");
+    let good = pool_of(&[("a", a.addr()), ("b", b.addr())], "");
+    let s1 = start(config(&certs, "s1", "WNAM", &[], &broken)).await;
+    let seed = mesh_addr(&s1);
+    let s2 = start(config(&certs, "s2", "WEU", &[seed], &good)).await;
+    let s3 = start(config(&certs, "s3", "SEAS", &[seed], &good)).await;
+    eventually("s1 finds itself sick", WAIT, || async {
+        status::document(s1.state()).node.sick.is_some()
+    })
+    .await?;
+    let s = status::document(s1.state());
+    let sick = s.node.sick.clone().unwrap();
+    assert_eq!((sick.path_down, sick.checked), (2, 2), "{sick:?}");
+    // It steers with the mesh's view: both origins up, its own rows set aside.
+    for name in ["a", "b"] {
+        let row = origin_status(&s1, name);
+        assert!(row.healthy, "{row:?}");
+        assert_eq!(row.verdict.as_deref(), Some("path"));
+        assert!(!row.observers.contains_key("s1"), "{row:?}");
+    }
+    let (code, body) = status::http_get(s1.status_addr(), "/ready").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("sick"), "{body}");
+    // It stops voting: its rows are withdrawn from the others' views.
+    for app in [&s2, &s3] {
+        eventually("s1's rows are withdrawn from the peer", WAIT, || async {
+            ["a", "b"]
+                .iter()
+                .all(|n| !origin_status(app, n).observers.contains_key("s1"))
+                && alive_count(app) == 3
+        })
+        .await?;
+    }
+    // Fixed, it agrees with the mesh again: well, ready, and voting.
+    s1.reload(config(&certs, "s1", "WNAM", &[], &good)).await?;
+    eventually("s1 is well again", WAIT, || async {
+        status::document(s1.state()).node.sick.is_none()
+    })
+    .await?;
+    eventually("s1's rows count again on s2", WAIT, || async {
+        origin_status(&s2, "a")
+            .observers
+            .get("s1")
+            .is_some_and(|x| x.healthy)
+    })
+    .await?;
+    let (code, body) = status::http_get(s1.status_addr(), "/ready").await?;
+    assert_eq!(code, 200, "{body}");
+    for app in [&s1, &s2, &s3] {
+        app.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}

@@ -25,7 +25,8 @@ use crate::identity::{NodeId, SignIdentity};
 /// mixed-version nodes fail the handshake with a clear "no application protocol" error rather
 /// than misparsing each other.
 /// Version 2: SWIM identities and health-row batches carry their writer's signature.
-pub const ALPN: &[u8] = b"switchyard-mesh/2";
+/// Version 3: rows carry their writer's verdict; peers ask each other to probe an origin.
+pub const ALPN: &[u8] = b"switchyard-mesh/3";
 
 /// QUIC keep-alive interval: well under [`MAX_IDLE_TIMEOUT`] so an idle but healthy connection
 /// between two nodes never times out, and short enough to keep NAT/conntrack entries alive.

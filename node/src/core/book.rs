@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::core::compiled::{CompiledConfig, OriginKey};
 use crate::core::health::{Attempt, HealthPolicy, HealthState, Next, OriginHealth};
+use crate::core::verdict::Verdict;
 use crate::core::view::Report;
 
 /// The state machines of every origin this node probes.
@@ -77,6 +78,32 @@ impl HealthBook {
         state
             .on_passive_failure(policy, reason, now)
             .then(|| state.row().clone())
+    }
+
+    /// Records the verdict on `key`'s down episode that began at `since` (see
+    /// `HealthState::set_verdict`); false when it no longer applies.
+    pub fn set_verdict(&mut self, key: &OriginKey, since: Instant, verdict: Verdict) -> bool {
+        self.states
+            .get_mut(key)
+            .is_some_and(|(s, _)| s.set_verdict(since, verdict))
+    }
+
+    /// This node's verdict on `key`, while it is down.
+    pub fn verdict(&self, key: &OriginKey) -> Option<Verdict> {
+        self.states.get(key).and_then(|(s, _)| s.row().verdict)
+    }
+
+    /// How many checked origins are down by this node's path alone, and how many it has
+    /// checked: what `verdict::is_sick` weighs.
+    pub fn path_down(&self) -> (usize, usize) {
+        let checked = self.states.values().filter(|(s, _)| s.row().checked);
+        checked.fold((0, 0), |(path, all), (s, _)| {
+            let r = s.row();
+            (
+                path + usize::from(!r.healthy && r.verdict == Some(Verdict::Path)),
+                all + 1,
+            )
+        })
     }
 
     /// This node's rows.

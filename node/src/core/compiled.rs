@@ -220,11 +220,19 @@ impl CompiledConfig {
 
     /// The probe target of an origin, if this node probes its pool.
     pub fn probe_target(&self, key: &OriginKey) -> Option<ProbeTarget> {
-        let (pi, oi) = self.origin_index(&key.pool, &key.origin)?;
-        let pool = &self.pools[pi];
-        if !pool.probed_from(self.region) {
+        let (pi, _) = self.origin_index(&key.pool, &key.origin)?;
+        if !self.pools[pi].probed_from(self.region) {
             return None;
         }
+        self.ask_target(key)
+    }
+
+    /// What a peer's ask to probe `key` now probes: its monitor's target, even where the
+    /// pool's `check_regions` leave this node out (a one-off probe, asked for a second
+    /// opinion). None when the origin is not in this config or its pool has no monitor.
+    pub fn ask_target(&self, key: &OriginKey) -> Option<ProbeTarget> {
+        let (pi, oi) = self.origin_index(&key.pool, &key.origin)?;
+        let pool = &self.pools[pi];
         let monitor = self.config.monitor(pool.monitor.as_deref()?)?.clone();
         Some(ProbeTarget {
             addr: pool.origins[oi].addr.clone(),
@@ -267,5 +275,18 @@ default_pools = ["p"]
 
     pub fn compile(text: &str) -> CompiledConfig {
         CompiledConfig::compile(Arc::new(Config::parse(text, None).unwrap()), None)
+    }
+
+    /// [`ONE_POOL`] with other origins: (name, address).
+    pub fn one_pool_of(origins: &[(&str, &str)]) -> CompiledConfig {
+        let list: Vec<String> = origins
+            .iter()
+            .map(|(n, a)| format!("{{ name = \"{n}\", address = \"{a}\" }}"))
+            .collect();
+        let text = ONE_POOL.replace(
+            r#"[{ name = "o", address = "127.0.0.1:1" }]"#,
+            &format!("[{}]", list.join(", ")),
+        );
+        compile(&text)
     }
 }

@@ -10,6 +10,7 @@ use crate::config::OriginSteering;
 use crate::core::client::Located;
 use crate::core::compiled::CompiledConfig;
 use crate::core::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
+use crate::core::verdict;
 use crate::core::view::View;
 
 /// A decision and its reasons.
@@ -54,7 +55,14 @@ pub fn explain(
     let mut steps: Vec<Step> = Vec::new();
     let decision = steering::decide(rt, view, lb, req, &mut steps);
     let from = located.geo.region.unwrap_or(rt.region);
-    let lines = steps.iter().map(|s| describe(rt, view, from, s)).collect();
+    let mut lines: Vec<String> = Vec::new();
+    if view.sick {
+        lines.push(
+            "this node is sick (peers reach most origins its probes find down): its own probes are set aside, health is the mesh's view"
+                .into(),
+        );
+    }
+    lines.extend(steps.iter().map(|s| describe(rt, view, from, s)));
     let (pool, pool_reason, origin, origin_address, origin_reason) = match decision {
         Some(d) => {
             let p = &rt.pools[d.pool];
@@ -96,9 +104,10 @@ fn describe(rt: &CompiledConfig, view: &View, from: switchyard_geo::Region, s: &
         Step::HealthFrom { region } => format!("health as seen from {region}"),
         Step::List { source } => format!("pools listed by {}", list(*source)),
         Step::PoolUnhealthy { pool, up, minimum } => format!(
-            "pool {} passed over: unhealthy ({up} of {} origins up, {minimum} needed)",
+            "pool {} passed over: unhealthy ({up} of {} origins up, {minimum} needed){}",
             name(*pool),
-            view.pools[*pool].origins.len()
+            view.pools[*pool].origins.len(),
+            verdicts(rt, view, *pool)
         ),
         Step::PoolRtt { pool, rtt } => match rtt {
             Some(r) => format!("pool {} healthy, RTT {} from {from}", name(*pool), ms(*r)),
@@ -112,6 +121,22 @@ fn describe(rt: &CompiledConfig, view: &View, from: switchyard_geo::Region, s: &
         Step::StickyExpired => "session affinity expired".into(),
         Step::StickyOriginDown => "session affinity origin is down; steering afresh".into(),
     }
+}
+
+/// This node's verdicts on the pool's origins its probes find down, as "; o1: path (...)".
+fn verdicts(rt: &CompiledConfig, view: &View, pool: usize) -> String {
+    let mut out = String::new();
+    for (o, seen) in rt.pools[pool].origins.iter().zip(&view.pools[pool].origins) {
+        if let Some(v) = seen.verdict {
+            out.push_str(&format!(
+                "; {} down from this node, verdict {}: {}",
+                o.name,
+                v.as_str(),
+                verdict::meaning(v)
+            ));
+        }
+    }
+    out
 }
 
 fn list(source: ListSource) -> &'static str {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::core::verdict::Verdict;
+
 /// How a monitor turns attempts into up and down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
@@ -59,6 +61,9 @@ pub struct OriginHealth {
     pub last_change: Instant,
     /// Why it is down (`connect refused`, `timeout`, `status 503`, ...); None while up.
     pub reason: Option<String>,
+    /// While down: whose fault it is, as peers asked to probe it found (`core::verdict`);
+    /// None while up, or when nobody was asked (no mesh).
+    pub verdict: Option<Verdict>,
 }
 
 impl OriginHealth {
@@ -70,6 +75,7 @@ impl OriginHealth {
             rtt: None,
             last_change: now,
             reason: None,
+            verdict: None,
         }
     }
 }
@@ -120,6 +126,16 @@ impl HealthState {
 
     pub fn row(&self) -> &OriginHealth {
         &self.row
+    }
+
+    /// Records the verdict on the down episode that began at `since`; false (nothing set) when
+    /// the origin is up again or went down anew since.
+    pub fn set_verdict(&mut self, since: Instant, verdict: Verdict) -> bool {
+        if self.row.healthy || self.row.last_change != since {
+            return false;
+        }
+        self.row.verdict = Some(verdict);
+        true
     }
 
     /// Feeds one attempt of the current round.
@@ -209,6 +225,7 @@ impl HealthState {
         if self.ok_rounds >= policy.consecutive_up {
             self.row.healthy = true;
             self.row.reason = None;
+            self.row.verdict = None;
             self.row.last_change = now;
             return true;
         }

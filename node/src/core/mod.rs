@@ -11,6 +11,7 @@
 //! - `steering`: which pool and origin serve a connection.
 //! - `explain`: a steering decision in words.
 //! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
+//! - `verdict`: blame asked of peers (origin down, path down, or this node sick).
 
 pub mod affinity;
 pub mod book;
@@ -20,4 +21,5 @@ pub mod explain;
 pub mod health;
 pub mod steering;
 pub mod trouble;
+pub mod verdict;
 pub mod view;

@@ -14,6 +14,7 @@ use switchyard_geo::Region;
 use crate::config::Quorum;
 use crate::core::compiled::{CompiledConfig, OriginKey};
 use crate::core::health::OriginHealth;
+use crate::core::verdict::Verdict;
 
 /// A node's health observations, one row per probed origin.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,8 @@ pub struct OriginView {
     pub regional_rtt: [Option<Duration>; 13],
     /// A majority of observing regions see it up; None without observers.
     pub global: Option<bool>,
+    /// This node's own verdict on the origin, while its probes find it down.
+    pub verdict: Option<Verdict>,
 }
 
 impl OriginView {
@@ -51,6 +54,7 @@ impl OriginView {
             regional: [None; 13],
             regional_rtt: [None; 13],
             global: None,
+            verdict: None,
         }
     }
 
@@ -85,6 +89,9 @@ pub struct PoolView {
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
     pub pools: Vec<PoolView>,
+    /// This node is sick (`verdict::is_sick`): its own rows were set aside and the view is
+    /// the mesh's.
+    pub sick: bool,
 }
 
 /// One node's latest row for one origin, as the view weighs it.
@@ -96,6 +103,16 @@ pub struct Obs {
     pub rtt: Option<Duration>,
     /// Time since the row was written (local) or last received (remote).
     pub age: Duration,
+    /// On a down row, whose fault its writer found it to be. A row down by the writer's path
+    /// alone counts in its region and not in global health.
+    pub verdict: Option<Verdict>,
+}
+
+impl Obs {
+    /// Down, and only the writer's path is to blame.
+    fn path_only(&self) -> bool {
+        !self.healthy && self.verdict == Some(Verdict::Path)
+    }
 }
 
 /// Another node's rows, as the mesh delivered them.
@@ -124,28 +141,43 @@ pub struct Judgement {
 }
 
 /// Weighs the observations of one origin, as Cloudflare's regional health does: first the
-/// health as seen from `region`, then global health.
+/// health as seen from `region`, then global health. A row down by its writer's path alone
+/// (`Verdict::Path`) counts in its region's quorum but not towards global health: a region
+/// whose only down votes are such rows votes with its other observers, or not at all.
 pub fn judge(obs: &[Obs], region: Region, quorum: Quorum) -> Judgement {
-    let mut regions: Vec<(Region, usize, usize)> = Vec::new();
+    // Per region: up and total votes, then the same without path-only rows.
+    let mut tally: Vec<(Region, [usize; 4])> = Vec::new();
     for o in obs {
-        match regions.iter_mut().find(|(r, _, _)| *r == o.region) {
-            Some((_, up, total)) => {
-                *up += usize::from(o.healthy);
-                *total += 1;
+        let i = match tally.iter().position(|(r, _)| *r == o.region) {
+            Some(i) => i,
+            None => {
+                tally.push((o.region, [0; 4]));
+                tally.len() - 1
             }
-            None => regions.push((o.region, usize::from(o.healthy), 1)),
+        };
+        let t = &mut tally[i].1;
+        t[0] += usize::from(o.healthy);
+        t[1] += 1;
+        if !o.path_only() {
+            t[2] += usize::from(o.healthy);
+            t[3] += 1;
         }
     }
-    regions.sort_by_key(|(r, _, _)| *r);
-    let regions: Vec<(Region, bool)> = regions
-        .into_iter()
-        .map(|(r, up, total)| (r, quorum.met(up, total)))
+    tally.sort_by_key(|(r, _)| *r);
+    let regions: Vec<(Region, bool)> = tally
+        .iter()
+        .map(|(r, t)| (*r, quorum.met(t[0], t[1])))
         .collect();
-    let global = if regions.is_empty() {
+    let voting: Vec<bool> = tally
+        .iter()
+        .filter(|(_, t)| t[3] > 0)
+        .map(|(_, t)| quorum.met(t[2], t[3]))
+        .collect();
+    let global = if voting.is_empty() {
         None
     } else {
-        let up = regions.iter().filter(|(_, h)| *h).count();
-        Some(up * 2 > regions.len())
+        let up = voting.iter().filter(|h| **h).count();
+        Some(up * 2 > voting.len())
     };
     let local = regions.iter().find(|(r, _)| *r == region).map(|(_, h)| *h);
     let mean = |it: &mut dyn Iterator<Item = Duration>| {
@@ -228,7 +260,22 @@ impl View {
                 }
             })
             .collect();
-        View { pools }
+        View { pools, sick: false }
+    }
+
+    /// Marks each origin with this node's own verdict from `report`, and the view as built
+    /// without this node's rows when `sick`.
+    pub fn mark_own(&mut self, rt: &CompiledConfig, report: &Report, sick: bool) {
+        self.sick = sick;
+        for (pi, pool) in self.pools.iter_mut().enumerate() {
+            for (oi, o) in pool.origins.iter_mut().enumerate() {
+                o.verdict = report
+                    .rows
+                    .get(&rt.key(pi, oi))
+                    .filter(|r| r.checked && !r.healthy)
+                    .and_then(|r| r.verdict);
+            }
+        }
     }
 }
 
@@ -250,6 +297,7 @@ pub fn observations(
             healthy: row.healthy,
             rtt: row.rtt,
             age: local_age,
+            verdict: row.verdict,
         });
     }
     for r in remote.iter().filter(|r| r.live && r.node != rt.node_id) {
@@ -277,7 +325,43 @@ mod tests {
             healthy,
             rtt: Some(Duration::from_millis(rtt_ms)),
             age: Duration::ZERO,
+            verdict: (!healthy).then_some(Verdict::Origin),
         }
+    }
+
+    #[test]
+    fn a_row_down_by_its_path_alone_counts_in_its_region_not_globally() {
+        use Region::*;
+        let path = |node: &str, region| Obs {
+            verdict: Some(Verdict::Path),
+            ..obs(node, region, false, 0)
+        };
+        // WNAM's only observer cannot reach it; WEU and SEAS can.
+        let o = [
+            path("n1", Wnam),
+            obs("w1", Weu, true, 10),
+            obs("s1", Seas, true, 10),
+        ];
+        let j = judge(&o, Wnam, Quorum::Majority);
+        assert_eq!(j.regions, vec![(Wnam, false), (Weu, true), (Seas, true)]);
+        assert_eq!(j.healthy, Some(false), "down from WNAM: its path is cut");
+        assert_eq!(j.global, Some(true));
+        assert_eq!(judge(&o, Weu, Quorum::Majority).healthy, Some(true));
+        // Two regions' paths are cut and one reaches it: globally up all the same, where
+        // origin verdicts would have made it down.
+        let o = [path("n1", Wnam), path("e1", Enam), obs("w1", Weu, true, 10)];
+        assert_eq!(judge(&o, Neas, Quorum::Majority).global, Some(true));
+        let o = [
+            obs("n1", Wnam, false, 0),
+            obs("e1", Enam, false, 0),
+            obs("w1", Weu, true, 10),
+        ];
+        assert_eq!(judge(&o, Neas, Quorum::Majority).global, Some(false));
+        // Path rows alone: no global vote at all.
+        assert_eq!(
+            judge(&[path("n1", Wnam)], Neas, Quorum::Majority).global,
+            None
+        );
     }
 
     #[test]

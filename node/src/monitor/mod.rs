@@ -35,7 +35,7 @@ pub struct MonitorSet {
 impl MonitorSet {
     /// Makes the running tasks match the compiled config's monitored origins.
     pub fn sync(&mut self, rt: &CompiledConfig, health: &Arc<HealthHub>) {
-        let prober = self.prober.get_or_insert_with(Prober::new).clone();
+        let prober = self.prober();
         let mut wanted = HashMap::new();
         for (pi, pool) in rt.pools.iter().enumerate() {
             for oi in 0..pool.origins.len() {
@@ -70,6 +70,11 @@ impl MonitorSet {
             );
             self.tasks.insert(key, (target, stop));
         }
+    }
+
+    /// The prober the monitors share, for one-off probes (peers' asks).
+    pub fn prober(&mut self) -> Prober {
+        self.prober.get_or_insert_with(Prober::new).clone()
     }
 
     pub fn stop_all(&mut self) {
@@ -128,41 +133,7 @@ async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
         loop {
-            let attempt = match resolve(&target).await {
-                Ok(addr) => {
-                    let span = tracing::debug_span!("probe", %addr);
-                    match prober
-                        .probe(&spec, addr, &target.addr.host)
-                        .instrument(span)
-                        .await
-                    {
-                        Ok(rtt) => Attempt::Ok(rtt),
-                        Err(ProbeError::Local(cause, detail)) => {
-                            health.on_local_error(
-                                cause,
-                                "probe",
-                                format!("probing {addr}: {detail}"),
-                            );
-                            Attempt::Inconclusive
-                        }
-                        Err(ProbeError::Timeout) => {
-                            match blame_timeout(health.overloaded()) {
-                                Blame::Local(cause) => {
-                                    health.on_local_error(
-                                    cause,
-                                    "probe",
-                                    format!("probe of {addr} timed out while this node was overloaded"),
-                                );
-                                    Attempt::Inconclusive
-                                }
-                                Blame::Origin => Attempt::Failed(ProbeError::Timeout.to_string()),
-                            }
-                        }
-                        Err(e) => Attempt::Failed(e.to_string()),
-                    }
-                }
-                Err(e) => Attempt::Failed(e),
-            };
+            let attempt = probe_once(&prober, &spec, &target, &health).await;
             if stop.is_cancelled() {
                 return;
             }
@@ -176,6 +147,44 @@ async fn run(
         }
         // Up to 10% early, never late, so that detection stays within interval x (retries + 1).
         delay = interval - jitter(interval / 10, 1.0);
+    }
+}
+
+/// One probe attempt of `target`, with whose fault a failure is: this node's own trouble is
+/// reported to the hub and makes the attempt inconclusive.
+pub async fn probe_once(
+    prober: &Prober,
+    spec: &ProbeSpec,
+    target: &ProbeTarget,
+    health: &HealthHub,
+) -> Attempt {
+    let addr = match resolve(target).await {
+        Ok(addr) => addr,
+        Err(e) => return Attempt::Failed(e),
+    };
+    let span = tracing::debug_span!("probe", %addr);
+    match prober
+        .probe(spec, addr, &target.addr.host)
+        .instrument(span)
+        .await
+    {
+        Ok(rtt) => Attempt::Ok(rtt),
+        Err(ProbeError::Local(cause, detail)) => {
+            health.on_local_error(cause, "probe", format!("probing {addr}: {detail}"));
+            Attempt::Inconclusive
+        }
+        Err(ProbeError::Timeout) => match blame_timeout(health.overloaded()) {
+            Blame::Local(cause) => {
+                health.on_local_error(
+                    cause,
+                    "probe",
+                    format!("probe of {addr} timed out while this node was overloaded"),
+                );
+                Attempt::Inconclusive
+            }
+            Blame::Origin => Attempt::Failed(ProbeError::Timeout.to_string()),
+        },
+        Err(e) => Attempt::Failed(e.to_string()),
     }
 }
 

@@ -76,6 +76,13 @@ pub fn render(s: &Status) -> String {
             t.kind, t.detail, t.count, t.since, t.advice
         );
     }
+    if let Some(sick) = &s.node.sick {
+        let _ = writeln!(
+            out,
+            "SICK since {}: peers reach {} of the {} origins this node's probes find down; its rows count nowhere; {}",
+            sick.since, sick.path_down, sick.checked, sick.advice
+        );
+    }
     if let Some(g) = &s.geo {
         match &g.database {
             Some(db) => {
@@ -166,7 +173,10 @@ pub fn render(s: &Status) -> String {
                     .map(|r| format!("{r:.2}ms"))
                     .unwrap_or_else(|| "-".into()),
                 o.last_change.clone().unwrap_or_else(|| "-".into()),
-                o.reason.clone().unwrap_or_default(),
+                match (&o.reason, &o.verdict) {
+                    (Some(r), Some(v)) => format!("{r} (verdict: {v})"),
+                    (r, _) => r.clone().unwrap_or_default(),
+                },
             ]);
         }
     }

@@ -46,6 +46,10 @@ pub struct ObserverStatus {
     pub healthy: bool,
     pub rtt_ms: Option<f64>,
     pub age_ms: u64,
+    /// On a down row, whose fault its node found it to be: `origin`, `path` (counts in its
+    /// region only) or `unconfirmed`.
+    #[serde(default)]
+    pub verdict: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +62,22 @@ pub struct NodeStatus {
     /// While it is not, `/ready` says 503, and the failures it causes count against no origin.
     #[serde(default)]
     pub trouble: Vec<TroubleStatus>,
+    /// Set while the node disagrees with the mesh about most origins it checks: its rows
+    /// count nowhere, it steers with the mesh's view, and `/ready` says 503.
+    #[serde(default)]
+    pub sick: Option<SickStatus>,
+}
+
+/// Why the node is sick.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SickStatus {
+    /// RFC 3339 time it became sick.
+    pub since: String,
+    /// Origins its probes find down that the peers asked reach...
+    pub path_down: usize,
+    /// ...of the origins it has checked.
+    pub checked: usize,
+    pub advice: String,
 }
 
 /// One kind of trouble the node has: what it ran out of, the latest error, and what to do.
@@ -116,6 +136,13 @@ pub struct OriginStatus {
     /// A majority of observing regions see it up; null when nobody observes it.
     #[serde(default)]
     pub global_health: Option<bool>,
+    /// While this node's probes find it down: whose fault it is, after asking peers to probe
+    /// it (`pending` while they are asked, then `origin`, `path` or `unconfirmed`).
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// What each peer asked answered (`up 12.3 ms`, `down: connect refused`, `no answer`).
+    #[serde(default)]
+    pub asked: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SessionAffinity;
 use crate::core::client::ClientGeo;
 use crate::core::steering::{self, Request as SteerRequest, TYPICAL_DRAW};
-use crate::core::view::{judge, observations};
+use crate::core::verdict;
+use crate::core::view::{judge, observations, Report};
 use crate::metrics::ReasonLabels;
 use crate::state::NodeState;
 use crate::status::document::*;
@@ -264,6 +265,15 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
                     "text/plain",
                     "draining\n".into(),
                 )
+            } else if let Some(sick) = state.health.sick() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "sick: peers reach {} of the {} origins this node's probes find down; {SICK_ADVICE}\n",
+                        sick.path_down, sick.checked
+                    ),
+                )
             } else if !trouble.is_empty() {
                 // Load balancers in front steer away from a node that cannot serve well.
                 let body: String = trouble
@@ -291,11 +301,21 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
+/// What to do about a sick node.
+const SICK_ADVICE: &str = "check this node's network, DNS and firewall towards the origins; its own rows count nowhere until it agrees with the mesh again";
+
 /// Builds the status document from the published snapshot.
 pub fn document(state: &NodeState) -> Status {
     let snap = state.health.snapshot();
     let rt = &snap.rt;
+    let sick = state.health.sick();
     let report = state.health.report();
+    // A sick node's own rows count nowhere: its observers are the mesh's.
+    let counted = if sick.is_some() {
+        Report::default()
+    } else {
+        report.clone()
+    };
     let remote = state.health.remote();
     let mut obs = Vec::new();
     let apps = state
@@ -332,7 +352,7 @@ pub fn document(state: &NodeState) -> Status {
                     let key = rt.key(pi, oi);
                     let row = report.rows.get(&key);
                     let seen = &snap.view.pools[pi].origins[oi];
-                    observations(rt, &key, &report, &remote, Duration::ZERO, &mut obs);
+                    observations(rt, &key, &counted, &remote, Duration::ZERO, &mut obs);
                     let judged = judge(&obs, rt.region, state.health.quorum());
                     let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
                     OriginStatus {
@@ -358,6 +378,7 @@ pub fn document(state: &NodeState) -> Status {
                                         healthy: o.healthy,
                                         rtt_ms: o.rtt.map(ms),
                                         age_ms: o.age.as_millis() as u64,
+                                        verdict: o.verdict.map(|v| v.as_str().into()),
                                     },
                                 )
                             })
@@ -368,6 +389,14 @@ pub fn document(state: &NodeState) -> Status {
                             .map(|(r, h)| (r.to_string(), *h))
                             .collect(),
                         global_health: judged.global,
+                        verdict: seen.verdict.map(|v| v.as_str().into()),
+                        asked: state
+                            .health
+                            .answers(&key)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|(peer, a)| (peer.clone(), verdict::describe(a)))
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -457,6 +486,12 @@ pub fn document(state: &NodeState) -> Status {
                     advice: t.cause.advice().into(),
                 })
                 .collect(),
+            sick: sick.map(|s| SickStatus {
+                since: rfc3339_ms(state.clock.wall_ms(s.since)),
+                path_down: s.path_down,
+                checked: s.checked,
+                advice: SICK_ADVICE.into(),
+            }),
         },
         apps,
         pools,

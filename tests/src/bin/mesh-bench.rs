@@ -531,8 +531,38 @@ fn make_certs(dir: &Path, ids: &[String]) -> anyhow::Result<Vec<tls::NodeTls>> {
         .collect()
 }
 
+/// The share of one core a node spends signing and verifying under steady RTT updates.
+fn signing_share(r: &Report) -> f64 {
+    let (made, verified) = r.rtt_sigs;
+    let (sign, verify) = r.sig_cost_us;
+    (made * sign + verified * verify) / 1e6 * 100.0
+}
+
+/// What one signature costs here, in microseconds of CPU: (sign, verify), measured over
+/// `n` of each with a node's real key and certificate, on a claim of the size a batch of the
+/// bench's rows makes.
+fn signature_cost(node: &tls::NodeTls, n: u32) -> (f64, f64) {
+    let signer = node.signer();
+    let cert = node.own_cert().expect("a node certificate");
+    let claim = vec![0x5a_u8; 1024];
+    let sig = signer.sign(&claim);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(signer.sign(std::hint::black_box(&claim)));
+    }
+    let sign_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        assert!(cert.verifies(std::hint::black_box(&claim), &sig));
+    }
+    let verify_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    (sign_us, verify_us)
+}
+
 struct Report {
     nodes: usize,
+    /// Microseconds per signature made and verified (see [`signature_cost`]).
+    sig_cost_us: (f64, f64),
     profile: &'static str,
     threads: usize,
     convergence_ms: f64,
@@ -611,6 +641,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir.0);
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i:03}")).collect();
     let certs = make_certs(&dir.0, &ids)?;
+    let sig_cost_us = signature_cost(&certs[0], 2000);
 
     // ---- Start every node, seeds = the first node's address. ----
     let timings = Timings::for_profile(profile, args.nodes);
@@ -652,6 +683,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rtt: Some(Duration::from_micros(1000 + 100 * o as u64)),
                 last_change_ms: unix_ms(),
                 reason: None,
+                verdict: None,
             })
             .collect();
         nodes.push(Node {
@@ -938,6 +970,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rtt_secs: args.rtt_secs,
         rtt_sigs,
         rtt_cpu_percent,
+        sig_cost_us,
     };
     print_table(&report);
     println!("{}", json(&report));
@@ -1094,6 +1127,15 @@ fn print_table(r: &Report) {
                 format!("{c:.1} % of one core"),
             );
         }
+        let (sign, verify) = r.sig_cost_us;
+        row(
+            "one signature made / verified (CPU)",
+            format!("{sign:.0} / {verify:.0} us"),
+        );
+        row(
+            "signing's share per node, steady RTT updates",
+            format!("{:.2} % of one core", signing_share(r)),
+        );
     }
     row(
         "members alive after idle (min over nodes)",
@@ -1183,6 +1225,9 @@ fn json(r: &Report) -> String {
             "rtt_cpu_percent".into(),
             r.rtt_cpu_percent.map_or("null".into(), num),
         ),
+        ("sign_us".into(), num(r.sig_cost_us.0)),
+        ("verify_us".into(), num(r.sig_cost_us.1)),
+        ("rtt_signing_percent_per_node".into(), num(signing_share(r))),
     ]);
     for (t, v) in &r.idle_sent {
         fields.push((format!("idle_{t}_msgs_per_sec"), num(*v)));

@@ -824,6 +824,7 @@ origins = [{ name = "seas-1", address = "127.0.0.1:3" }]
                     healthy: *healthy,
                     rtt: Some(Duration::from_millis(*rtt)),
                     age: Duration::ZERO,
+                    verdict: None,
                 };
                 match reports.iter_mut().find(|r| &*r.node == *node) {
                     Some(r) => {
