@@ -481,8 +481,8 @@ async fn a_node_whose_path_to_an_origin_is_cut_blames_the_path_and_the_others_ke
     // so the peers probe `o` where they know it to be.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let ids = [("v1", "WNAM"), ("v2", "WEU"), ("v3", "SEAS")];
-    for (id, _) in ids {
-        certs.issue(id);
+    for (id, region) in ids {
+        certs.issue(id, region);
     }
     let app = "\n[[app]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nload_balancer = \"lb\"\n";
     let cut = pool_of(&[("o", dead)], "") + app;
@@ -560,8 +560,8 @@ async fn a_node_that_disagrees_with_the_mesh_about_most_origins_is_sick_and_stop
     let dead: Vec<SocketAddr> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
         .collect::<Result<_, _>>()?;
-    for id in ["s1", "s2", "s3"] {
-        certs.issue(id);
+    for (id, region) in [("s1", "WNAM"), ("s2", "WEU"), ("s3", "SEAS")] {
+        certs.issue(id, region);
     }
     // s1 reaches neither origin; s2 and s3 reach both.
     let broken = pool_of(&[("a", dead[0]), ("b", dead[1])], "");
