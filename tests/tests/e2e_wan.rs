@@ -1523,7 +1523,38 @@ async fn path_cut(c: &Cluster) -> Result<()> {
     // The first invariant broken while the path is cut, if any: checked on every poll of every
     // wait below, reported at the end (after the heal, to show how it ended).
     let broken: RefCell<Option<String>> = RefCell::new(None);
+    // edge-wnam's verdict on each cut origin, as each node last showed it (its own on
+    // edge-wnam, the gossiped one elsewhere): each change goes on the timeline, from every poll.
+    let verdicts: RefCell<BTreeMap<String, Option<String>>> = RefCell::new(BTreeMap::new());
+    let verdict_seen = |region: &str, v: &Value, o: &str| {
+        if region == CUT_FROM {
+            own_verdict(v, CUT_POOL, o)
+        } else {
+            observer_verdict(v, CUT_POOL, o, me)
+        }
+    };
+    let track = |docs: &[(&str, Status, Value)], since: Instant, what: &str| {
+        for (region, _, v) in docs {
+            for o in &cut {
+                // A document without the field is reported by the waits that need it.
+                let Ok(got) = verdict_seen(region, v, o) else {
+                    continue;
+                };
+                let key = format!("{}/{o}", node_id(region));
+                let last = verdicts.borrow_mut().insert(key, got.clone());
+                // Changes only: not the first look at a node that has no verdict yet.
+                if last.as_ref() != Some(&got) && (last.is_some() || got.is_some()) {
+                    c.note(format!(
+                        "  {}: {me}'s verdict on {o}: {got:?} ({} after the {what})",
+                        node_id(region),
+                        secs(since.elapsed())
+                    ));
+                }
+            }
+        }
+    };
     let watch = |docs: &[(&str, Status, Value)], t: Instant| {
+        track(docs, t, "cut");
         if broken.borrow().is_none() {
             if let Some(why) = cut_invariant(docs, &cut) {
                 c.note(format!(
@@ -1720,7 +1751,6 @@ async fn path_cut(c: &Cluster) -> Result<()> {
 
     // The verdict: edge-wnam asked peers in other regions, they reach weu, so the path is to
     // blame; the other nodes learn it with the row.
-    let verdicts: RefCell<BTreeMap<String, Option<String>>> = RefCell::new(BTreeMap::new());
     let took = c
         .wait_for(
             &format!("{me}'s verdict on {cut:?} is \"path\", as every node sees it"),
@@ -1730,23 +1760,10 @@ async fn path_cut(c: &Cluster) -> Result<()> {
                 watch(&docs, t_cut);
                 let mut pending = Vec::new();
                 for (region, _, v) in &docs {
-                    let id = node_id(region);
                     for o in &cut {
-                        let got = if *region == CUT_FROM {
-                            own_verdict(v, CUT_POOL, o)?
-                        } else {
-                            observer_verdict(v, CUT_POOL, o, me)?
-                        };
-                        let key = format!("{id}/{o}");
-                        let last = verdicts.borrow_mut().insert(key.clone(), got.clone());
-                        if last.as_ref() != Some(&got) {
-                            c.note(format!(
-                                "  {id}: {me}'s verdict on {o}: {got:?} ({} after the cut)",
-                                secs(t_cut.elapsed())
-                            ));
-                        }
+                        let got = verdict_seen(region, v, o)?;
                         if got.as_deref() != Some("path") {
-                            pending.push(format!("{key}: {got:?}"));
+                            pending.push(format!("{}/{o}: {got:?}", node_id(region)));
                         }
                     }
                 }
@@ -1836,16 +1853,13 @@ async fn path_cut(c: &Cluster) -> Result<()> {
             CONVERGE,
             || async {
                 let docs = c.docs().await?;
+                track(&docs, t_heal, "heal");
                 let mut pending = Vec::new();
                 for (region, s, v) in &docs {
                     let id = node_id(region);
                     for o in &cut {
                         let up = observer_up(s, o, me);
-                        let verdict = if *region == CUT_FROM {
-                            own_verdict(v, CUT_POOL, o)?
-                        } else {
-                            observer_verdict(v, CUT_POOL, o, me)?
-                        };
+                        let verdict = verdict_seen(region, v, o)?;
                         if up != Some(true) || verdict.is_some() {
                             pending.push(format!(
                                 "{id}: {me}'s row for {o} up={up:?} verdict={verdict:?}"
