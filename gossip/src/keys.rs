@@ -9,11 +9,17 @@
 //! that relayed a claim we could not check yet ([`crate::wire::Msg::CertRequest`]). One
 //! learned from a handshake replaces what was held; one relayed only fills a gap, so a peer
 //! cannot swap a node's current certificate for an old one. At most [`MAX_CERTS`] are kept.
+//!
+//! The node's TLS material can change while it runs ([`Keys::replace_tls`], on a reload): its
+//! own key (a rotated certificate: what it signs from then on), the CAs it trusts and the
+//! revocation list. A held certificate that no longer verifies is forgotten; a node whose
+//! certificate is revoked (by its id, or by the serial of the certificate held of it) is
+//! refused ([`SealRefusal::Revoked`]) until a certificate of it that is not revoked arrives.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchyard_geo::Region;
 
@@ -31,9 +37,13 @@ pub const MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// This node's signing key and the certificates it knows.
 pub struct Keys {
-    tls: NodeTls,
-    signer: Arc<CertSigner>,
+    /// This node's TLS material: its own certificate, the CAs and the revocation list.
+    tls: Mutex<NodeTls>,
+    signer: Mutex<Arc<CertSigner>>,
     certs: Mutex<HashMap<String, PeerCert>>,
+    /// Nodes whose certificate held here was revoked by its serial, with that serial: refused
+    /// until a certificate of theirs that is not revoked arrives.
+    revoked: Mutex<HashMap<String, String>>,
     /// The identity last verified of each node: SWIM repeats a node's identity in every
     /// packet it sends and every update about it, and checking the same bytes again would
     /// spend a signature verification on each.
@@ -45,10 +55,23 @@ pub struct Keys {
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keys")
-            .field("node", &self.tls.node_id())
+            .field("node", &self.tls().node_id())
             .field("certs", &self.lock().len())
             .finish_non_exhaustive()
     }
+}
+
+/// What changed with new TLS material ([`Keys::replace_tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replaced {
+    /// This node's own certificate changed: it signs with the new key from now on.
+    pub rotated: bool,
+    /// Nodes now revoked (listed by id, or the certificate held of them by serial), whose
+    /// certificates were forgotten: the mesh drops them.
+    pub revoked: Vec<String>,
+    /// Nodes whose certificate held here no longer verifies (its CA is no longer trusted):
+    /// forgotten, to be learned again from a certificate that does.
+    pub untrusted: Vec<String>,
 }
 
 /// Where a certificate came from, which decides whether it may replace the one held.
@@ -63,9 +86,10 @@ pub enum Source {
 impl Keys {
     pub fn new(tls: &NodeTls) -> Keys {
         let keys = Keys {
-            tls: tls.clone(),
-            signer: tls.signer(),
+            tls: Mutex::new(tls.clone()),
+            signer: Mutex::new(tls.signer()),
             certs: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
             made: AtomicU64::new(0),
             verified: AtomicU64::new(0),
@@ -76,8 +100,88 @@ impl Keys {
         keys
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerCert>> {
-        self.certs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, PeerCert>> {
+        guard(&self.certs)
+    }
+
+    /// This node's TLS material now.
+    pub fn tls(&self) -> NodeTls {
+        guard(&self.tls).clone()
+    }
+
+    /// Takes new TLS material (a reload): signs with its key from now on, checks what it
+    /// trusts against it and forgets certificates that no longer verify. Says what changed,
+    /// for the mesh to act on (close connections, drop revoked members, re-sign).
+    pub fn replace_tls(&self, tls: &NodeTls) -> Replaced {
+        let old = std::mem::replace(&mut *guard(&self.tls), tls.clone());
+        *guard(&self.signer) = tls.signer();
+        let mut out = Replaced {
+            rotated: old.cert_der() != tls.cert_der(),
+            ..Replaced::default()
+        };
+        let own = tls.node_id().to_owned();
+        let mut certs = self.lock();
+        let mut revoked = guard(&self.revoked);
+        // A serial no longer listed is no reason to refuse its node any more.
+        revoked.retain(|_, serial| tls.revoked().serial_listed(serial));
+        certs.retain(|node, cert| {
+            if *node == own {
+                return false;
+            }
+            match tls.check_peer_cert(cert.der()) {
+                Ok(_) => true,
+                Err(_) if tls.revoked().refuses(cert.der()).is_some() => {
+                    if !tls.revoked().node(node) {
+                        if let Some(serial) = crate::tls::serial_hex(cert.der()) {
+                            revoked.insert(node.clone(), serial);
+                        }
+                    }
+                    out.revoked.push(node.clone());
+                    false
+                }
+                Err(_) => {
+                    out.untrusted.push(node.clone());
+                    false
+                }
+            }
+        });
+        if let Some(cert) = tls.own_cert() {
+            certs.insert(own.clone(), cert);
+        }
+        for node in tls.revoked().nodes() {
+            if node != own && !out.revoked.iter().any(|n| n == node) {
+                out.revoked.push(node.to_owned());
+            }
+        }
+        drop((certs, revoked));
+        let mut checked = guard(&self.checked);
+        for node in out.revoked.iter().chain(&out.untrusted) {
+            checked.remove(node);
+        }
+        // Our own identity was checked against the old certificate.
+        checked.remove(&own);
+        out.revoked.sort();
+        out.untrusted.sort();
+        out
+    }
+
+    /// Whether `node` is revoked: listed by id, or the certificate last held of it by serial.
+    pub fn is_revoked(&self, node: &str) -> bool {
+        guard(&self.tls).revoked().node(node) || guard(&self.revoked).contains_key(node)
+    }
+
+    /// Why a peer presenting `der` as `node` is refused as revoked, if it is.
+    pub fn revocation(&self, node: &str, der: Option<&[u8]>) -> Option<String> {
+        let tls = self.tls();
+        if let Some(why) = der.and_then(|der| tls.revoked().refuses(der)) {
+            return Some(why);
+        }
+        if tls.revoked().node(node) {
+            return Some(format!("node id {node} is revoked"));
+        }
+        guard(&self.revoked)
+            .get(node)
+            .map(|serial| format!("its certificate (serial {serial}) is revoked"))
     }
 
     /// Keeps the certificate a peer presented in its handshake, unless it is the one held
@@ -92,9 +196,10 @@ impl Keys {
     /// Checks `der` against the cluster CA and keeps it as its node's certificate. Returns
     /// the node id, or why the certificate was refused.
     pub fn learn(&self, der: &[u8], source: Source) -> Result<String, String> {
-        let cert = self.tls.check_peer_cert(der)?;
+        let tls = self.tls();
+        let cert = tls.check_peer_cert(der)?;
         let node = cert.node_id.clone();
-        if node == self.tls.node_id() {
+        if node == tls.node_id() {
             // Our own certificate is the one we hold the key of.
             return Ok(node);
         }
@@ -102,6 +207,9 @@ impl Keys {
         if source == Source::Relayed && certs.contains_key(&node) {
             return Ok(node);
         }
+        // A certificate of it that is not revoked (check_peer_cert said so): its node is
+        // believed again.
+        guard(&self.revoked).remove(&node);
         self.checked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -109,10 +217,7 @@ impl Keys {
         if !certs.contains_key(&node) && certs.len() >= MAX_CERTS {
             // Full: make room by dropping some other node's certificate; it is fetched again
             // when needed.
-            let victim = certs
-                .keys()
-                .find(|k| k.as_str() != self.tls.node_id())
-                .cloned();
+            let victim = certs.keys().find(|k| k.as_str() != tls.node_id()).cloned();
             if let Some(victim) = victim {
                 certs.remove(&victim);
             }
@@ -143,6 +248,9 @@ impl Keys {
         message: &[u8],
         sig: &[u8],
     ) -> Result<(), SealRefusal> {
+        if self.is_revoked(node) {
+            return Err(SealRefusal::Revoked);
+        }
         let cert = self
             .lock()
             .get(node)
@@ -161,6 +269,10 @@ impl Keys {
 
     /// Checks a SWIM identity: signed by its node, for a region its certificate allows.
     pub fn check_identity(&self, id: &NodeIdentity) -> Result<(), SealRefusal> {
+        // Before the cache: an identity verified before its node was revoked is not believed.
+        if self.is_revoked(&id.id) {
+            return Err(SealRefusal::Revoked);
+        }
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         if checked
             .get(&id.id)
@@ -190,7 +302,8 @@ impl Keys {
 impl Seal for Keys {
     fn sign(&self, claim: &[u8]) -> Vec<u8> {
         self.made.fetch_add(1, Ordering::Relaxed);
-        self.signer.sign(claim)
+        let signer = guard(&self.signer).clone();
+        signer.sign(claim)
     }
 
     fn verify(
@@ -208,6 +321,11 @@ impl SignIdentity for Keys {
     fn sign_claim(&self, claim: &[u8]) -> Vec<u8> {
         Seal::sign(self, claim)
     }
+}
+
+/// Locks `m`, taking the data of a poisoned lock: every update here leaves it consistent.
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The handle of a running mesh member ([`Mesh`]): starting it (certificate check, QUIC
-//! endpoint, the task), feeding it the node's health rows, reading the mesh state, leaving.
+//! endpoint, the task), feeding it the node's health rows, taking new certificates, CAs and
+//! revocation lists while it runs, reading the mesh state, leaving.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use crate::asks::ProbeAsk;
 use crate::config::MeshConfig;
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
-use crate::keys::Keys;
+use crate::keys::{Keys, Replaced};
 use crate::metrics::MeshMetrics;
 use crate::state::{LocalRow, MeshState};
 use crate::task::{self, Cmd};
@@ -20,6 +21,29 @@ use crate::tls::NodeTls;
 use crate::transport::Faults;
 use crate::transport::Transport;
 use crate::wire::ProbeOutcome;
+
+/// New TLS material, checked against the running node ([`Mesh::prepare_tls`]) and ready to
+/// install.
+pub struct PreparedTls {
+    tls: NodeTls,
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+}
+
+impl PreparedTls {
+    /// The material to be installed.
+    pub fn tls(&self) -> &NodeTls {
+        &self.tls
+    }
+}
+
+impl std::fmt::Debug for PreparedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTls")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A running mesh member.
 pub struct Mesh {
@@ -40,6 +64,13 @@ impl Mesh {
         tls: &NodeTls,
         metrics: MeshMetrics,
     ) -> Result<Mesh, GossipError> {
+        if let Some(why) = tls.own_revocation() {
+            return Err(GossipError::Identity(format!(
+                "this node's certificate is revoked ({why}); issue it a new one with \
+                 `switchyard cert issue --node {}`",
+                cfg.node_id
+            )));
+        }
         if tls.node_id() != cfg.node_id {
             return Err(GossipError::Identity(format!(
                 "the node certificate is for {:?} but [node] id is {:?}; issue a certificate for this node with `switchyard cert issue --node {}`",
@@ -101,6 +132,68 @@ impl Mesh {
         })
     }
 
+    /// Takes new TLS material while running (a reload): a new CA bundle, a rotated node
+    /// certificate and key, a new revocation list. [`Mesh::prepare_tls`] then
+    /// [`Mesh::install_tls`]; returns what changed.
+    pub async fn reload_tls(&self, tls: &NodeTls) -> Result<Replaced, GossipError> {
+        let prepared = self.prepare_tls(tls)?;
+        Ok(self.install_tls(prepared).await)
+    }
+
+    /// Checks new TLS material without changing anything: it must be for this node (same id,
+    /// and a region it may speak for) and not revoke this node, and its QUIC configurations
+    /// must build. A reload checks first and installs only once the rest of it has succeeded.
+    pub fn prepare_tls(&self, tls: &NodeTls) -> Result<PreparedTls, GossipError> {
+        if tls.node_id() != self.identity.id {
+            return Err(GossipError::Identity(format!(
+                "the new node certificate is for {:?} but this node is {:?}; a node keeps its \
+                 id: issue its certificate with `switchyard cert issue --node {}`",
+                tls.node_id(),
+                self.identity.id,
+                self.identity.id
+            )));
+        }
+        if let Some(region) = tls.region().filter(|r| *r != self.identity.region) {
+            return Err(GossipError::Identity(format!(
+                "the new node certificate of {:?} is for region {region} but this node runs in \
+                 {}; issue it with `switchyard cert issue --node {} --region {}`",
+                self.identity.id, self.identity.region, self.identity.id, self.identity.region
+            )));
+        }
+        if let Some(why) = tls.own_revocation() {
+            return Err(GossipError::Identity(format!(
+                "the new revocation list revokes this node's own certificate ({why}); issue it a \
+                 new one with `switchyard cert issue --node {}`",
+                self.identity.id
+            )));
+        }
+        Ok(PreparedTls {
+            server: tls.server_config()?,
+            client: tls.client_config()?,
+            tls: tls.clone(),
+        })
+    }
+
+    /// Installs material checked by [`Mesh::prepare_tls`]. New handshakes use it at once;
+    /// connections it no longer accepts are closed, revoked members dropped, and after a
+    /// rotation this node's identity and rows are signed again with the new key.
+    pub async fn install_tls(&self, prepared: PreparedTls) -> Replaced {
+        let PreparedTls {
+            tls,
+            server,
+            client,
+        } = prepared;
+        self.transport.set_tls(server, client);
+        let (done, changed) = oneshot::channel();
+        if self.tx.send(Cmd::Tls(Box::new(tls), done)).await.is_err() {
+            // The mesh has stopped (shutdown): nothing left to tell.
+            return Replaced::default();
+        }
+        changed.await.unwrap_or_default()
+    }
+
+    /// This node's identity as it started (`state().local` is the current one: a rotated
+    /// certificate renews it).
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
     }

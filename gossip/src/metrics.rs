@@ -75,6 +75,10 @@ pub struct MeshMetrics {
     bound_hits: Family<BoundLabels, Counter>,
     links: Gauge,
     signatures: Family<OpLabels, Counter>,
+    /// The transport's count of handshakes refused as revoked, as last copied: the counter
+    /// `refused{reason="revoked"}` also counts what the mesh task refuses, so it takes the
+    /// transport's count as increments.
+    revoked_handshakes: std::sync::Arc<AtomicU64>,
 }
 
 impl MeshMetrics {
@@ -91,7 +95,8 @@ impl MeshMetrics {
             "Peers or messages refused (wrong_ca, wrong_id, wrong_cluster; bad_signature, \
              unknown_signer, wrong_region: a claim not signed by the node it is about, or for a \
              region its certificate does not name; future_epoch, future_generation: more than \
-             a day ahead of this node's clock; bad_certificate, pending_full)",
+             a day ahead of this node's clock; revoked: a handshake, message or claim of a node \
+             whose certificate is revoked; bad_certificate, pending_full)",
             self.refused.clone(),
         );
         r.register(
@@ -184,6 +189,17 @@ impl MeshMetrics {
             .get_or_create(&ReasonLabels { reason: "wrong_ca" })
             .inner()
             .store(refused, Ordering::Relaxed);
+    }
+
+    /// Adds the handshakes the transport refused as revoked since the last call (`total` is
+    /// its running count) to `refused{reason="revoked"}`.
+    pub(crate) fn set_revoked_handshakes(&self, total: u64) {
+        let before = self.revoked_handshakes.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.refused
+                .get_or_create(&ReasonLabels { reason: "revoked" })
+                .inc_by(total - before);
+        }
     }
 
     /// Copies the signing counters, kept by the node's keys.

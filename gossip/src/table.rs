@@ -183,6 +183,8 @@ pub enum SealRefusal {
     BadSignature,
     /// The writer's certificate names another region than the batch claims.
     WrongRegion,
+    /// The writer's certificate is revoked (`tls::Revoked`).
+    Revoked,
 }
 
 impl SealRefusal {
@@ -192,6 +194,7 @@ impl SealRefusal {
             SealRefusal::UnknownSigner => "unknown_signer",
             SealRefusal::BadSignature => "bad_signature",
             SealRefusal::WrongRegion => "wrong_region",
+            SealRefusal::Revoked => "revoked",
         }
     }
 }
@@ -696,6 +699,13 @@ impl Table {
             }
         }
         batch
+    }
+
+    /// The local writer's key changed (a rotated certificate): the next batch takes a new seq,
+    /// so that it carries a seal made with the new key instead of the one peers hold.
+    pub fn reseal(&mut self) {
+        self.local.seq += 1;
+        *self.local_seal.borrow_mut() = None;
     }
 
     pub fn local_name(&self) -> &str {

@@ -36,12 +36,13 @@ use crate::asks::{Answer, Outstanding, ProbeAsk, Refusal, Reply, Serving};
 use crate::codec::{self, FocaCodec};
 use crate::config::MeshConfig;
 use crate::identity::NodeIdentity;
-use crate::keys::{Keys, Source, MAX_AHEAD_MS};
+use crate::keys::{Keys, Replaced, Source, MAX_AHEAD_MS};
 use crate::metrics::{Dir, MeshMetrics, BOUNDS};
 use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
 use crate::table::{
     valid_name, Batch, Change, Ignored, Observation, SealRefusal, Table, TableError,
 };
+use crate::tls::NodeTls;
 use crate::transport::{Inbound, Kind, Transport};
 use crate::wire::{Envelope, Msg, MAX_CERTS_PER_MESSAGE};
 
@@ -66,6 +67,8 @@ pub(crate) enum Cmd {
         reply: mpsc::Sender<Answer>,
         until: Instant,
     },
+    /// New TLS material from a reload (`Mesh::reload_tls`); answers what changed.
+    Tls(Box<NodeTls>, oneshot::Sender<Replaced>),
     Leave(oneshot::Sender<()>),
     /// Ends the task at once, as a crash would.
     #[cfg(feature = "test-util")]
@@ -232,6 +235,9 @@ impl Task {
                     Some(Cmd::AskProbes { peers, pool, origin, reply, until }) => {
                         self.ask_probes(peers, pool, origin, reply, until);
                     }
+                    Some(Cmd::Tls(tls, done)) => {
+                        let _ = done.send(self.new_tls(&tls));
+                    }
                     Some(Cmd::Leave(done)) => {
                         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
                             tracing::debug!("leave: {e}");
@@ -261,11 +267,13 @@ impl Task {
                 }
                 _ = housekeeping.tick() => {
                     let s = &self.transport.stats;
+                    let revoked = s.revoked.load(Ordering::Relaxed);
                     self.metrics.set_transport_totals(
                         s.bytes_out.load(Ordering::Relaxed),
                         s.bytes_in.load(Ordering::Relaxed),
-                        s.refused.load(Ordering::Relaxed),
+                        s.refused.load(Ordering::Relaxed).saturating_sub(revoked),
                     );
+                    self.metrics.set_revoked_handshakes(revoked);
                     for (bound, counter) in [
                         ("links", &s.links_full),
                         ("connections", &s.connections_full),
@@ -602,6 +610,12 @@ impl Task {
             self.metrics.refuse("wrong_id");
             return;
         };
+        if let Some(why) = self.keys.revocation(&peer_id, msg.peer_cert.as_deref()) {
+            // A connection opened before the revocation, not closed yet.
+            self.metrics.refuse("revoked");
+            tracing::debug!(peer = %peer_id, from = %msg.from, "message of a revoked node dropped: {why}");
+            return;
+        }
         if let Some(der) = &msg.peer_cert {
             if let Err(e) = self.keys.learn_from_handshake(&peer_id, der) {
                 // The handshake accepted it, so this is a certificate the mesh cannot use
@@ -827,7 +841,12 @@ impl Task {
     fn learn_certs(&mut self, ders: Vec<Vec<u8>>) {
         for der in ders.iter().take(MAX_CERTS_PER_MESSAGE) {
             if let Err(e) = self.keys.learn(der, Source::Relayed) {
-                self.metrics.refuse("bad_certificate");
+                let revoked = self.keys.tls().revoked().refuses(der).is_some();
+                self.metrics.refuse(if revoked {
+                    "revoked"
+                } else {
+                    "bad_certificate"
+                });
                 tracing::debug!("relayed certificate refused: {e}");
             }
         }
@@ -941,6 +960,11 @@ impl Task {
     }
 
     fn apply(&mut self, batch: Batch, now: Instant, from: SocketAddr) -> bool {
+        if self.keys.is_revoked(&batch.node) {
+            self.metrics.refuse("revoked");
+            tracing::debug!(writer = %batch.node, %from, "rows of a revoked node dropped");
+            return false;
+        }
         if too_far_ahead(batch.epoch, wall_ms()) {
             self.metrics.refuse("future_epoch");
             tracing::debug!(writer = %batch.node, epoch = batch.epoch, %from, "batch from the future dropped");
@@ -1225,6 +1249,85 @@ impl Task {
             members,
             writers,
         }));
+    }
+}
+
+/// Certificate rotation and revocation, while running.
+impl Task {
+    /// Takes new TLS material (a reload; the transport already handshakes with it): drops
+    /// the members it revokes, closes connections it no longer accepts, and when this node's
+    /// own certificate changed, re-signs what it claims with the new key.
+    fn new_tls(&mut self, tls: &NodeTls) -> Replaced {
+        let change = self.keys.replace_tls(tls);
+        // Connections opened under the old material whose peer the new one refuses (revoked,
+        // or its CA no longer trusted): closed now rather than when they idle out.
+        let closed = self.transport.close_where(
+            |der| !der.is_empty() && tls.check_peer_cert(der).is_err(),
+            b"certificate no longer accepted",
+        );
+        if closed > 0 {
+            tracing::info!(
+                closed,
+                "closed mesh connections whose peer certificate is no longer accepted"
+            );
+        }
+        for node in &change.revoked {
+            self.drop_revoked(node);
+        }
+        if change.rotated {
+            self.rotated();
+        }
+        self.sync_members();
+        self.publish();
+        change
+    }
+
+    /// Drops a revoked node: its rows, its member updates waiting for a certificate, its link,
+    /// and its SWIM membership (declared down, which foca spreads).
+    fn drop_revoked(&mut self, node: &str) {
+        self.table.forget(node);
+        self.pending.retain(|m| m.id().id != node);
+        let downs: Vec<Member<NodeIdentity>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().id == node && m.state() != foca::State::Down)
+            .map(|m| Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .collect();
+        for m in &downs {
+            tracing::warn!(member = %node, addr = %m.id().addr, "certificate revoked; member dropped from the mesh");
+            self.transport.forget(m.id().addr);
+        }
+        if !downs.is_empty() {
+            if let Err(e) = self.foca.apply_many(downs.into_iter(), true, &mut self.rt) {
+                tracing::debug!("revoked member: {e}");
+            }
+            self.drain();
+        }
+    }
+
+    /// This node's certificate changed (same id and region, new key): its peers must learn
+    /// the new certificate before anything signed with the new key reaches them, so every
+    /// connection is closed (the next message dials anew, handshaking with the new
+    /// certificate); then its rows take a new seal and its SWIM identity a new generation,
+    /// both signed with the new key.
+    fn rotated(&mut self) {
+        let closed = self.transport.close_where(|_| true, b"certificate rotated");
+        tracing::info!(
+            closed,
+            "node certificate rotated; re-signing this node's identity and rows"
+        );
+        self.table.reseal();
+        self.push_local();
+        // renew signs with the keys, which sign with the new key now.
+        match foca::Identity::renew(self.foca.identity()) {
+            Some(next) => {
+                if let Err(e) = self.foca.change_identity(next, &mut self.rt) {
+                    tracing::warn!("cannot re-sign this node's identity: {e}");
+                }
+            }
+            None => tracing::warn!("cannot re-sign this node's identity: no generation left"),
+        }
+        self.drain();
     }
 }
 

@@ -13,6 +13,10 @@
 //! ([`Transport::set_max_links`], twice as many connections), the streams in flight to one
 //! peer ([`STREAMS_OUT`]), and the bytes waiting for the mesh task ([`INBOX_BYTES`]). So one
 //! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 12 MiB.
+//!
+//! New TLS material (a reload) is taken without a restart ([`Transport::set_tls`]): new
+//! handshakes, both ways, use it, and [`Transport::close_where`] closes the open connections
+//! whose peer it no longer accepts (or all of them, when this node's own certificate changed).
 
 use std::collections::HashMap;
 #[cfg(feature = "test-util")]
@@ -147,6 +151,8 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Connections refused: no certificate from the cluster CA (handshake failures).
     pub refused: AtomicU64,
+    /// Of those, the handshakes refused because a certificate is revoked (either side's).
+    pub revoked: AtomicU64,
     /// Incoming streams stopped for going over [`MAX_STREAM`].
     pub oversized: AtomicU64,
     /// Incoming streams stopped for taking longer than [`STREAM_DEADLINE`].
@@ -203,6 +209,11 @@ impl Faults {
 /// The node's QUIC endpoint and its links to peers.
 pub struct Transport {
     endpoint: quinn::Endpoint,
+    /// What this node dials with; replaced by [`Transport::set_tls`].
+    client: Mutex<quinn::ClientConfig>,
+    /// Every open connection, both ways, by quinn's stable id: what
+    /// [`Transport::close_where`] looks through (a link holds only its newest).
+    conns: Mutex<HashMap<usize, quinn::Connection>>,
     links: Mutex<HashMap<SocketAddr, Link>>,
     inbox: mpsc::Sender<Inbound>,
     #[cfg(feature = "test-util")]
@@ -233,16 +244,17 @@ impl Transport {
                 "no async runtime for the QUIC endpoint",
             ))
         })?;
-        let mut endpoint = quinn::Endpoint::new(
+        let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
             runtime,
         )
         .map_err(bind_err)?;
-        endpoint.set_default_client_config(client);
         let t = Arc::new(Transport {
             endpoint,
+            client: Mutex::new(client),
+            conns: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             inbox,
             #[cfg(feature = "test-util")]
@@ -262,6 +274,35 @@ impl Transport {
             // practice, and a placeholder address is better than a panic.
             SocketAddr::from(([0, 0, 0, 0], 0))
         })
+    }
+
+    /// Takes new TLS configurations (a reload): every handshake from now on, accepted or
+    /// dialed, uses them. Open connections are left alone; see [`Transport::close_where`].
+    pub fn set_tls(&self, server: quinn::ServerConfig, client: quinn::ClientConfig) {
+        self.endpoint.set_server_config(Some(server));
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// Closes every open connection whose peer certificate (DER; empty if none) `close`
+    /// picks, with `reason`; returns how many. A link whose connection is closed dials again
+    /// on its next message, with the current TLS configuration.
+    pub fn close_where(&self, close: impl Fn(&[u8]) -> bool, reason: &'static [u8]) -> usize {
+        let conns: Vec<quinn::Connection> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut closed = 0;
+        for conn in conns {
+            let der = tls::peer_cert(&conn).unwrap_or_default();
+            if close(&der) {
+                conn.close(0u32.into(), reason);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Queues a SWIM packet to `peer`; never waits.
@@ -534,6 +575,9 @@ async fn accept_loop(t: Arc<Transport>) {
                 }
                 Err(e) => {
                     t.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if is_revocation(&e) {
+                        t.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(peer = %from, "mesh connection refused: {e}");
                 }
             }
@@ -620,7 +664,8 @@ async fn link_task(
 }
 
 async fn connect(t: &Transport, peer: SocketAddr) -> Option<quinn::Connection> {
-    let connecting = match t.endpoint.connect(peer, tls::MESH_SERVER_NAME) {
+    let client = t.client.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let connecting = match t.endpoint.connect_with(client, peer, tls::MESH_SERVER_NAME) {
         Ok(c) => c,
         Err(e) => {
             t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -636,6 +681,9 @@ async fn connect(t: &Transport, peer: SocketAddr) -> Option<quinn::Connection> {
                 // Our side or theirs refused the other's certificate: a peer of another CA,
                 // or a misconfigured seed. Worth a warning, unlike an unreachable peer.
                 t.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if is_revocation(&e) {
+                    t.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(%peer, "mesh handshake refused: {e}; is this peer's certificate from this cluster's CA?");
             } else {
                 tracing::debug!(%peer, "connect failed: {e}");
@@ -662,11 +710,47 @@ fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
     }
 }
 
+/// Whether a failed handshake was refused for a revoked certificate (the
+/// `certificate_revoked` alert, whichever side raised it).
+fn is_revocation(e: &quinn::ConnectionError) -> bool {
+    let revoked =
+        |code: quinn::TransportErrorCode| u64::from(code) == 0x100 + u64::from(tls::REVOKED_ALERT);
+    match e {
+        quinn::ConnectionError::TransportError(t) => revoked(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => revoked(c.error_code),
+        _ => false,
+    }
+}
+
+/// Removes a connection from [`Transport::conns`] when its reader ends, however it ends.
+struct Registered<'a> {
+    t: &'a Transport,
+    id: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.t
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Forwards what a connection receives to the mesh task until it closes: datagrams here, each
 /// stream on a task of its own (at most [`MAX_STREAMS_IN`], QUIC's bound), read
 /// [`READERS_PER_CONN`] at a time.
 async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
     let from = conn.remote_address();
+    t.conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(conn.stable_id(), conn.clone());
+    let _registered = Registered {
+        t: &t,
+        id: conn.stable_id(),
+    };
     let peer = Arc::new(Peer {
         id: tls::peer_node_id(&conn),
         cert: tls::peer_cert(&conn).map(Bytes::from),

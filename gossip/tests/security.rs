@@ -1286,3 +1286,277 @@ async fn wait_until_resending_async(
         tokio::time::sleep(POLL).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Revocation and rotation while running: new TLS material reaches a running mesh through
+// `Mesh::reload_tls`, as a node's reload (SIGHUP) hands it over.
+
+impl Ca {
+    /// Issues (or reissues: a new key, the same id) `node_id`'s certificate from this CA.
+    fn issue(&self, node_id: &str) -> tls::CertPaths {
+        tls::issue_cert(&self.dir, node_id, &self.out).unwrap()
+    }
+}
+
+/// `paths` loaded trusting the CA bundle `ca`, refusing what the list `revoked` names.
+fn load(ca: &Path, paths: &tls::CertPaths, revoked: Option<&Path>) -> NodeTls {
+    tls::load_with(ca, &paths.cert, &paths.key, revoked).unwrap()
+}
+
+/// The member's generation as `node` sees it.
+fn generation_of(node: &Node, id: &str) -> Option<u64> {
+    let state = node.mesh.state();
+    let state = state.borrow();
+    state
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.generation)
+}
+
+/// A Byzantine member: a node whose certificate is revoked while it runs is dropped (its SWIM
+/// membership, its rows), and its claims that others relay later are refused and counted.
+#[tokio::test]
+async fn a_revoked_node_is_dropped_and_its_relayed_claims_are_refused() {
+    let scratch = Scratch::new("revoked");
+    let ca = scratch.ca("c", CLUSTER);
+    let target_paths = ca.issue("edge-a");
+    let target = Node::start(&load(&ca.cert, &target_paths, None), vec![]);
+    let victim_key = ca.node("edge-v");
+    let victim = Node::start(&victim_key, vec![target.addr()]);
+    converge(&target, &victim).await;
+    victim.set_health(true);
+    wait_until(
+        "the target to hold edge-v's row",
+        || target.health_of("edge-v") == Some(true),
+        || target.describe(),
+    )
+    .await;
+
+    // edge-v is revoked by id; the target reloads its TLS material.
+    let list = scratch.0.join("revoked.txt");
+    fs::write(&list, "# edge-v's key leaked\nnode:edge-v\n").unwrap();
+    let changed = target
+        .mesh
+        .reload_tls(&load(&ca.cert, &target_paths, Some(&list)))
+        .await
+        .unwrap();
+    assert_eq!(changed.revoked, vec!["edge-v".to_string()], "{changed:?}");
+    assert!(!changed.rotated, "{changed:?}");
+    wait_until(
+        "the target to drop edge-v: down, without rows",
+        || !target.sees_alive("edge-v") && !target.has_writer("edge-v"),
+        || format!("{}{}", target.describe(), victim.describe()),
+    )
+    .await;
+    // edge-v stops talking (it keeps trying while it runs; its handshakes are refused).
+    victim.mesh.leave().await;
+
+    // A third node, honest or not, relays edge-v's rows, newer than any the target had, sealed
+    // by edge-v's own key...
+    let relay_key = ca.node("edge-r");
+    let relay = RawPeer::connect(&relay_key, target.addr()).await;
+    let before = target.refused("revoked");
+    let rows = sealed_batch(&victim_key, "edge-v", Region::Weu, now_ms(), false);
+    relay
+        .stream(&envelope(CLUSTER, "edge-r", Msg::Delta(vec![rows])))
+        .await;
+    wait_until(
+        "the target to refuse edge-v's relayed rows",
+        || target.refused("revoked") > before,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.has_writer("edge-v"), "{}", target.describe());
+
+    // ...and edge-v's own signed identity, alive at a newer generation, piggybacked.
+    let before = target.refused("revoked");
+    let back = NodeIdentity::unsigned("edge-v", Region::Weu, victim.addr(), CLUSTER, now_ms())
+        .signed_by(victim_key.signer());
+    let packet = swim_with(
+        identity(&relay_key, "edge-r", CLUSTER, relay.addr()),
+        &target.mesh.state().borrow().local,
+        foca::Message::Gossip,
+        &[foca::Member::new(back, 5, foca::State::Alive)],
+    );
+    wait_until_resending(
+        "the target to refuse edge-v's relayed identity",
+        || relay.datagram(&packet),
+        || target.refused("revoked") > before,
+        || target.describe(),
+    )
+    .await;
+    assert!(!target.sees_alive("edge-v"), "{}", target.describe());
+}
+
+/// A node revoked by the serial of its certificate cannot join, and neither can it dial in;
+/// the same node with a new certificate (a new serial) can.
+#[tokio::test]
+async fn a_revoked_node_cannot_rejoin_until_it_has_a_new_certificate() {
+    let scratch = Scratch::new("revoked-rejoin");
+    let ca = scratch.ca("c", CLUSTER);
+    let victim_paths = ca.issue("edge-v");
+    let victim_tls = load(&ca.cert, &victim_paths, None);
+    let list = scratch.0.join("revoked.txt");
+    let serial = victim_tls.serial().unwrap();
+    // openssl's spelling of the serial: upper case, colon-separated.
+    let spelled: Vec<String> = (0..serial.len())
+        .step_by(2)
+        .map(|i| serial[i..i + 2].to_uppercase())
+        .collect();
+    fs::write(&list, format!("serial:{}\n", spelled.join(":"))).unwrap();
+
+    let target = Node::start(&load(&ca.cert, &ca.issue("edge-a"), Some(&list)), vec![]);
+    let victim = Node::start(&victim_tls, vec![target.addr()]);
+    wait_until(
+        "the target to refuse edge-v's handshakes",
+        || target.refused("revoked") >= 1,
+        || format!("{}{}", target.describe(), victim.describe()),
+    )
+    .await;
+    assert!(!target.knows("edge-v"), "{}", target.describe());
+    assert!(!victim.knows("edge-a"), "{}", victim.describe());
+    victim.mesh.leave().await;
+
+    // A node refuses to start with a revoked certificate of its own, naming the list.
+    let err = tls::load_with(&ca.cert, &victim_paths.cert, &victim_paths.key, Some(&list))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("revoked") && err.contains(&list.display().to_string()),
+        "the error must say the certificate is revoked, and by which list: {err}"
+    );
+
+    // Reissued: a new key and serial, the same id.
+    let renewed = load(&ca.cert, &ca.issue("edge-v"), None);
+    assert_ne!(renewed.serial(), Some(serial));
+    let victim = Node::start(&renewed, vec![target.addr()]);
+    converge(&target, &victim).await;
+}
+
+/// A node's certificate is rotated (a new key, the same id) without a restart: it stays in the
+/// mesh, and what it signs with the new key verifies at its peers.
+#[tokio::test]
+async fn a_rotated_node_certificate_keeps_the_node_in_the_mesh() {
+    let scratch = Scratch::new("rotate");
+    let ca = scratch.ca("c", CLUSTER);
+    let a = Node::start(&ca.node("edge-a"), vec![]);
+    let b_tls = load(&ca.cert, &ca.issue("edge-b"), None);
+    let b = Node::start(&b_tls, vec![a.addr()]);
+    converge(&a, &b).await;
+    b.set_health(true);
+    wait_until(
+        "edge-a to hold edge-b's healthy row",
+        || a.health_of("edge-b") == Some(true),
+        || a.describe(),
+    )
+    .await;
+    let generation = generation_of(&a, "edge-b").unwrap();
+
+    let rotated = load(&ca.cert, &ca.issue("edge-b"), None);
+    assert_ne!(rotated.serial(), b_tls.serial());
+    let changed = b.mesh.reload_tls(&rotated).await.unwrap();
+    assert!(changed.rotated, "{changed:?}");
+
+    // Its identity, signed again with the new key, replaces the old at edge-a.
+    wait_until(
+        "edge-a to see edge-b alive under its re-signed identity",
+        || a.sees_alive("edge-b") && generation_of(&a, "edge-b") > Some(generation),
+        || format!("{}{}", a.describe(), b.describe()),
+    )
+    .await;
+    // Its rows, sealed with the new key, are taken.
+    b.set_health(false);
+    wait_until(
+        "edge-a to take edge-b's row sealed with the new key",
+        || a.health_of("edge-b") == Some(false),
+        || format!("{}{}", a.describe(), b.describe()),
+    )
+    .await;
+    converge(&a, &b).await;
+}
+
+/// A CA rotation: every node trusts a bundle of the old and the new CA during the overlap; a
+/// node issued from the new CA joins, and a node re-issued from it stays.
+#[tokio::test]
+async fn a_ca_rotation_lets_nodes_of_the_new_ca_join() {
+    let scratch = Scratch::new("ca-rotate");
+    let old = scratch.ca("old", CLUSTER);
+    let new = scratch.ca("new", CLUSTER);
+    let bundle = scratch.0.join("bundle.crt");
+    let pem = |p: &Path| fs::read_to_string(p).unwrap();
+    fs::write(&bundle, pem(&old.cert) + &pem(&new.cert)).unwrap();
+
+    let a_paths = old.issue("edge-a");
+    let b_paths = old.issue("edge-b");
+    let a = Node::start(&load(&old.cert, &a_paths, None), vec![]);
+    let b = Node::start(&load(&old.cert, &b_paths, None), vec![a.addr()]);
+    converge(&a, &b).await;
+
+    // Step 1: every node trusts both CAs (a reload that changes no certificate).
+    for (node, paths) in [(&a, &a_paths), (&b, &b_paths)] {
+        let changed = node
+            .mesh
+            .reload_tls(&load(&bundle, paths, None))
+            .await
+            .unwrap();
+        assert!(
+            !changed.rotated && changed.untrusted.is_empty(),
+            "{changed:?}"
+        );
+    }
+
+    // Step 2: a node of the new CA joins.
+    let c = Node::start(&load(&bundle, &new.issue("edge-c"), None), vec![a.addr()]);
+    converge(&a, &c).await;
+    converge(&b, &c).await;
+
+    // Step 3: the old nodes are re-issued from the new CA, in place.
+    b.set_health(true);
+    let changed = b
+        .mesh
+        .reload_tls(&load(&bundle, &new.issue("edge-b"), None))
+        .await
+        .unwrap();
+    assert!(changed.rotated, "{changed:?}");
+    b.set_health(false);
+    for peer in [&a, &c] {
+        wait_until(
+            &format!(
+                "{} to take edge-b's rows under its new CA's certificate",
+                peer.id()
+            ),
+            || peer.sees_alive("edge-b") && peer.health_of("edge-b") == Some(false),
+            || format!("{}{}", peer.describe(), b.describe()),
+        )
+        .await;
+    }
+}
+
+/// A reload that would break the node is refused and changes nothing: a certificate of
+/// another node, or a revocation list naming this node.
+#[tokio::test]
+async fn tls_material_for_another_node_or_revoking_this_one_is_refused_on_reload() {
+    let scratch = Scratch::new("reload-refused");
+    let ca = scratch.ca("c", CLUSTER);
+    let a_paths = ca.issue("edge-a");
+    let a = Node::start(&load(&ca.cert, &a_paths, None), vec![]);
+    let b = Node::start(&ca.node("edge-b"), vec![a.addr()]);
+    converge(&a, &b).await;
+
+    let err = a
+        .mesh
+        .reload_tls(&ca.node("edge-x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("edge-x") && err.contains("edge-a"), "{err}");
+
+    let list = scratch.0.join("revoked.txt");
+    fs::write(&list, "node:edge-a\n").unwrap();
+    let err = tls::load_with(&ca.cert, &a_paths.cert, &a_paths.key, Some(&list))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("revoked.txt:1"), "{err}");
+    converge(&a, &b).await;
+}

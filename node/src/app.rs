@@ -204,14 +204,29 @@ impl App {
                 old.node.id, old.node.region
             )));
         }
+        // The mesh's TLS files (CA bundle, certificate and key, revocation list) are read
+        // again on every reload, and checked against the running node before anything
+        // changes: a bad one refuses the whole reload, naming the file, and the running
+        // material stays. Installed only once the rest has been applied.
+        let tls = match (&self.state.mesh, &config.mesh) {
+            (Some(mesh), Some(m)) => {
+                let tls = crate::mesh::load_tls(m)?;
+                Some((mesh.prepare_tls(&tls)?, m.clone()))
+            }
+            _ => None,
+        };
         // Reading a GeoIP database can take a while; off the runtime's threads, so that a
         // node on one CPU (a current-thread runtime) keeps proxying meanwhile.
         let (locator, geo) = (self.state.locator.clone(), config.geo.clone());
         tokio::task::spawn_blocking(move || locator.reload(geo.as_ref()))
             .await
             .map_err(|e| Error::Reload(format!("the GeoIP reload did not finish: {e}")))??;
-        if config.mesh != old.mesh {
-            tracing::warn!("[mesh] changed; it takes effect on restart");
+        let restart_only = |c: &Config| c.mesh.as_ref().map(|m| m.without_tls_files());
+        if restart_only(&config) != restart_only(&old) {
+            tracing::warn!(
+                "[mesh] changed; it takes effect on restart (its ca, cert, key and revoked files \
+                 are read again on every reload)"
+            );
         }
         if let Some(mesh) = &self.state.mesh {
             mesh.set_fingerprint(config.fingerprint());
@@ -222,7 +237,11 @@ impl App {
                 config.node.status_listen
             );
         }
-        self.apply(Arc::new(config)).await
+        self.apply(Arc::new(config)).await?;
+        if let (Some(mesh), Some((prepared, m))) = (&self.state.mesh, tls) {
+            crate::mesh::install_tls(mesh, prepared, &m, &self.state.metrics).await;
+        }
+        Ok(())
     }
 
     /// Reads the config file again and reloads it (SIGHUP).

@@ -1,5 +1,5 @@
-//! The command line: `run`, `check`, `status`, `explain`, `geoip lookup|build`, `ca init` and
-//! `cert issue`. Parsing and printing only; the work is in `App`, the status client, the
+//! The command line: `run`, `check`, `status`, `explain`, `geoip lookup|build`, `ca init`,
+//! `cert issue` and `cert revoke`. Parsing and printing only; the work is in `App`, the status client, the
 //! locator and gossip's certificate code.
 
 use std::net::SocketAddr;
@@ -124,6 +124,23 @@ pub enum CertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Adds a node id or a certificate to a revocation list ([mesh] revoked), creating it if
+    /// missing. Nodes refuse what it lists once they reload (SIGHUP).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["node", "serial", "cert"])))]
+    Revoke {
+        /// The revocation list file.
+        #[arg(long)]
+        list: PathBuf,
+        /// Revoke every certificate naming this node id.
+        #[arg(long)]
+        node: Option<String>,
+        /// Revoke one certificate by its serial, in hex (as `cert issue` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Revoke the certificate in this file, by its serial.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -183,8 +200,12 @@ pub fn main() -> ExitCode {
                     Some(r) => format!(" in region {r}"),
                     None => " (any region)".into(),
                 };
+                // The serial is what a revocation list names to revoke this one certificate.
+                let serial = switchyard_gossip::tls::serial_of_file(&p.cert)
+                    .map(|s| format!(", serial {s}"))
+                    .unwrap_or_default();
                 println!(
-                    "issued a certificate for node {node}{region}: {} and {}",
+                    "issued a certificate for node {node}{region}{serial}: {} and {}",
                     p.cert.display(),
                     p.key.display()
                 );
@@ -192,6 +213,38 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e.into()),
         },
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    list,
+                    node,
+                    serial,
+                    cert,
+                },
+        } => {
+            use switchyard_gossip::tls::Revocation;
+            let what = match (node, serial, cert) {
+                (Some(n), _, _) => Revocation::Node(n.clone()),
+                (_, Some(s), _) => Revocation::Serial(s.clone()),
+                (_, _, Some(c)) => Revocation::CertFile(c.clone()),
+                // clap requires one of the three.
+                _ => return fail_msg("say what to revoke: --node ID, --serial HEX or --cert FILE"),
+            };
+            match switchyard_gossip::tls::revoke(list, &what) {
+                Ok(Some(entry)) => {
+                    println!(
+                        "added {entry} to {}; nodes refuse it once they reload (SIGHUP)",
+                        list.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("{} already revokes it", list.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
         Command::Geoip {
             command: GeoipCommand::Lookup { ip, db },
         } => {

@@ -1,8 +1,9 @@
 //! The glue between the node and the mesh: starts the mesh from `[mesh]`, hands this node's
-//! health rows to it, and turns what it delivers (other nodes' rows) into the `RemoteReport`s
-//! the health view weighs. It also carries blame asked of peers (`core::verdict`) both ways:
-//! this node's down flips are asked about before they are broadcast, and peers' asks are
-//! probed and answered.
+//! health rows to it, turns what it delivers (other nodes' rows) into the `RemoteReport`s
+//! the health view weighs, and on a reload hands it the certificates, CA bundle and
+//! revocation list read again ([`load_tls`], [`reload_tls`]). It also carries blame asked of
+//! peers (`core::verdict`) both ways: this node's down flips are asked about before they are
+//! broadcast, and peers' asks are probed and answered.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +11,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use switchyard_geo::Region;
+use switchyard_gossip::tls::NodeTls;
 use switchyard_gossip::{
-    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, ProbeAsk, ProbeOutcome,
+    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, PreparedTls, ProbeAsk,
+    ProbeOutcome,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -26,24 +29,50 @@ use crate::error::Error;
 use crate::hub::{HealthHub, VerdictWanted};
 use crate::metrics::Metrics;
 
-/// A certificate closer than this to its expiry is warned about at start.
+/// A certificate closer than this to its expiry is warned about, at start and on reload.
 const CERT_WARN_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
+/// Reads and checks the mesh's TLS files: the CA bundle, this node's certificate and key,
+/// and the revocation list. Each error names the file at fault.
+pub fn load_tls(m: &MeshSection) -> Result<NodeTls, Error> {
+    Ok(switchyard_gossip::tls::load_with(
+        &m.ca,
+        &m.cert,
+        &m.key,
+        m.revoked.as_deref(),
+    )?)
+}
+
+/// Warns when the certificate expires within [`CERT_WARN_BEFORE`].
+fn warn_if_expiring(tls: &NodeTls, m: &MeshSection) {
+    let Some(not_after) = tls.not_after() else {
+        return;
+    };
+    let left = not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    if left < CERT_WARN_BEFORE {
+        tracing::warn!(
+            cert = %m.cert.display(),
+            days_left = left.as_secs() / 86_400,
+            "the mesh certificate expires soon: issue a new one with `switchyard cert issue` and reload the node (SIGHUP)"
+        );
+    }
+}
 
 /// Loads the mesh's certificates and joins the mesh.
 pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<Mesh, Error> {
-    let tls = switchyard_gossip::tls::load(&m.ca, &m.cert, &m.key)?;
+    let tls = load_tls(m)?;
     if let Some(not_after) = tls.not_after() {
         metrics.set_certificate_expiry(not_after);
-        let left = not_after
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        if left < CERT_WARN_BEFORE {
-            tracing::warn!(
-                cert = %m.cert.display(),
-                days_left = left.as_secs() / 86_400,
-                "the mesh certificate expires soon: issue a new one with `switchyard cert issue` and restart the node"
-            );
-        }
+    }
+    warn_if_expiring(&tls, m);
+    if !tls.revoked().is_empty() {
+        tracing::info!(
+            list = %m.revoked.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+            entries = tls.revoked().len(),
+            "mesh revocation list loaded"
+        );
     }
     let mesh_metrics = MeshMetrics::default();
     mesh_metrics.register(metrics.registry_mut());
@@ -62,6 +91,28 @@ pub fn start(config: &Config, m: &MeshSection, metrics: &mut Metrics) -> Result<
         fingerprint: config.fingerprint(),
     };
     Ok(Mesh::start(cfg, &tls, mesh_metrics)?)
+}
+
+/// Hands the running mesh TLS material read by [`load_tls`] and checked by
+/// `Mesh::prepare_tls` (a reload): it handshakes with it from now on, drops what it revokes
+/// and, if this node's certificate changed, re-signs with the new key.
+pub async fn install_tls(mesh: &Mesh, prepared: PreparedTls, m: &MeshSection, metrics: &Metrics) {
+    let tls = prepared.tls().clone();
+    let tls = &tls;
+    let changed = mesh.install_tls(prepared).await;
+    if let Some(not_after) = tls.not_after() {
+        metrics.update_certificate_expiry(not_after);
+    }
+    warn_if_expiring(tls, m);
+    if changed.rotated {
+        tracing::info!(cert = %m.cert.display(), serial = tls.serial().unwrap_or_default(), "mesh certificate rotated");
+    }
+    for node in &changed.revoked {
+        tracing::warn!(member = %node, "revoked: refused and dropped from the mesh");
+    }
+    for node in &changed.untrusted {
+        tracing::warn!(member = %node, "its certificate is no longer trusted (CA removed from the bundle?)");
+    }
 }
 
 /// Probes one origin once, as its monitor would (the monitor shell provides it): how this node

@@ -251,6 +251,17 @@ impl Metrics {
         }
     }
 
+    /// A certificate loaded by a reload: the days left count from its expiry from now on.
+    /// Only once [`Metrics::set_certificate_expiry`] has exported the metric (at start).
+    pub fn update_certificate_expiry(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs > 0 && self.certificate_not_after.load(Ordering::Relaxed) != 0 {
+            self.certificate_not_after.store(secs, Ordering::Relaxed);
+        }
+    }
+
     /// For components (the mesh) that register their own metrics in the one registry.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry

@@ -19,6 +19,7 @@ pub enum FileKind {
     CaKey,
     NodeCert,
     NodeKey,
+    RevocationList,
 }
 
 impl FileKind {
@@ -33,6 +34,10 @@ impl FileKind {
                  --out DIR`"
             }
             FileKind::NodeCert | FileKind::NodeKey => ISSUE_HINT,
+            FileKind::RevocationList => {
+                "fix [mesh] revoked, or create the file (it may be empty; `switchyard cert \
+                 revoke --list FILE` appends to it)"
+            }
         }
     }
 }
@@ -44,6 +49,7 @@ impl fmt::Display for FileKind {
             FileKind::CaKey => "cluster CA key",
             FileKind::NodeCert => "node certificate",
             FileKind::NodeKey => "node key",
+            FileKind::RevocationList => "revocation list",
         })
     }
 }
@@ -169,6 +175,23 @@ pub enum TlsError {
 
     #[error("the system clock is unusable for certificate validity: {reason}")]
     Clock { reason: &'static str },
+
+    #[error(
+        "{path}:{line}: {reason}; an entry is `node:ID` or `serial:HEX`, one a line, and `#` \
+         starts a comment"
+    )]
+    BadRevocation {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    #[error(
+        "this node's certificate {cert} is revoked: {why}. Issue it a new certificate with \
+         `switchyard cert issue` (a new serial; a node id that is listed needs a new id), or \
+         remove the entry from the list"
+    )]
+    OwnCertRevoked { cert: PathBuf, why: String },
 
     #[error("cannot build the QUIC {side} configuration of node {node}: {reason}")]
     Config {

@@ -26,9 +26,14 @@
 //! <out dir>/<node id>.key  node key, 0600
 //! ```
 //!
+//! Revocation and rotation: a revocation list ([`Revoked`], `[mesh] revoked`) names node ids
+//! and certificate serials that are refused at both ends of a handshake and wherever their
+//! claims arrive from ([`load_with`]). A node reloads its CA bundle, certificate, key and list
+//! by making a new [`NodeTls`] and handing it to the running mesh (`Mesh::reload_tls`).
+//!
 //! Bottom up: `error`, `files` (reading and writing the PEM files), `verify` (certificate
-//! checks), then `ca` (the CA and node certificates, made and read with rcgen) and `node` (a
-//! node's identity and its QUIC configurations).
+//! checks), `revoked` (the revocation list), then `ca` (the CA and node certificates, made and
+//! read with rcgen) and `node` (a node's identity and its QUIC configurations).
 //!
 //! Only the *ring* crypto provider is used, and always explicitly: nothing here depends on a
 //! process-wide default provider being installed.
@@ -37,6 +42,7 @@ mod ca;
 mod error;
 mod files;
 mod node;
+mod revoked;
 mod verify;
 
 #[cfg(test)]
@@ -45,5 +51,8 @@ mod tests;
 pub use crate::identity::MESH_SERVER_NAME;
 pub use ca::{init_ca, issue_cert, issue_cert_in, CaPaths, CertPaths, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{FileKind, TlsError};
-pub use node::{load, CertSigner, NodeTls, PeerCert, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT};
-pub use verify::{peer_cert, peer_is, peer_node_id};
+pub use node::{
+    load, load_with, CertSigner, NodeTls, PeerCert, ALPN, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT,
+};
+pub use revoked::{append as revoke, serial_hex, serial_of_file, Revocation, Revoked};
+pub use verify::{peer_cert, peer_is, peer_node_id, REVOKED_ALERT};

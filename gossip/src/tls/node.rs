@@ -15,9 +15,10 @@ use switchyard_geo::Region;
 
 use super::error::{FileKind, TlsError};
 use super::files::{read_certs, read_key};
+use super::revoked::{serial_hex, Revoked};
 use super::verify::{
     cert_region, describe_webpki_error, node_ids, parse_cert, verify_node_cert,
-    ClusterServerVerifier,
+    ClusterServerVerifier, RevokingClientVerifier,
 };
 use crate::identity::{NodeId, SignIdentity};
 
@@ -36,8 +37,9 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// failures on its own (faster); this only bounds how long a dead connection lingers.
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A node's TLS identity, loaded and verified: its certificate chain and key, and the cluster
-/// CA it trusts. Cheap to clone.
+/// A node's TLS identity, loaded and verified: its certificate chain and key, the cluster
+/// CA(s) it trusts and the certificates it refuses (the revocation list). Cheap to clone. A
+/// reload makes a new one; the mesh takes it with `Mesh::reload_tls`.
 #[derive(Clone)]
 pub struct NodeTls {
     node_id: NodeId,
@@ -46,6 +48,7 @@ pub struct NodeTls {
     pub(super) certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    revoked: Arc<Revoked>,
 }
 
 impl fmt::Debug for NodeTls {
@@ -56,6 +59,7 @@ impl fmt::Debug for NodeTls {
             .field("region", &self.region)
             .field("chain_len", &self.certified.cert.len())
             .field("trusted_cas", &self.roots.len())
+            .field("revoked", &self.revoked.len())
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +71,40 @@ impl fmt::Debug for NodeTls {
 /// node), so that a misconfigured node fails at start rather than at its first handshake.
 ///
 /// Every certificate in `ca_cert` is trusted, so a CA rotation can run with both CAs in it.
+/// Nothing is revoked; see [`load_with`].
 pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError> {
+    load_inner(ca_cert, cert, key, Revoked::none())
+}
+
+/// As [`load`], and with `revoked` (a revocation list, see [`Revoked`]) the certificates it
+/// lists are refused: peers at the handshake and wherever their claims arrive from, and this
+/// node's own certificate at once ([`TlsError::OwnCertRevoked`]).
+pub fn load_with(
+    ca_cert: &Path,
+    cert: &Path,
+    key: &Path,
+    revoked: Option<&Path>,
+) -> Result<NodeTls, TlsError> {
+    let list = match revoked {
+        Some(path) => Revoked::load(path)?,
+        None => Revoked::none(),
+    };
+    let tls = load_inner(ca_cert, cert, key, list)?;
+    if let Some(why) = tls.own_revocation() {
+        return Err(TlsError::OwnCertRevoked {
+            cert: cert.to_owned(),
+            why,
+        });
+    }
+    Ok(tls)
+}
+
+fn load_inner(
+    ca_cert: &Path,
+    cert: &Path,
+    key: &Path,
+    revoked: Revoked,
+) -> Result<NodeTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let ca_certs = read_certs(ca_cert, FileKind::CaCert)?;
@@ -162,6 +199,7 @@ pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<NodeTls, TlsError
         certified: Arc::new(certified),
         roots: Arc::new(roots),
         provider,
+        revoked: Arc::new(revoked),
     })
 }
 
@@ -224,7 +262,6 @@ impl PeerCert {
 }
 
 impl NodeTls {
-    /// The node id this identity proves: the DNS SAN of the node's certificate.
     /// When this node's certificate expires; None if its date cannot be read.
     pub fn not_after(&self) -> Option<std::time::SystemTime> {
         use x509_parser::prelude::{FromDer, X509Certificate};
@@ -234,8 +271,29 @@ impl NodeTls {
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     }
 
+    /// The node id this identity proves: the DNS SAN of the node's certificate.
     pub fn node_id(&self) -> &str {
         self.node_id.as_str()
+    }
+
+    /// This node's certificate (DER): what peers see in the handshake.
+    pub fn cert_der(&self) -> &[u8] {
+        self.certified.cert.first().map_or(&[], |c| c.as_ref())
+    }
+
+    /// The serial number of this node's certificate, in hex as the revocation list takes it.
+    pub fn serial(&self) -> Option<String> {
+        serial_hex(self.cert_der())
+    }
+
+    /// The certificates this node refuses.
+    pub fn revoked(&self) -> &Revoked {
+        &self.revoked
+    }
+
+    /// Why this node's own certificate is revoked, if the list names it.
+    pub fn own_revocation(&self) -> Option<String> {
+        self.revoked.refuses(self.cert_der())
     }
 
     /// The region the certificate lets this node speak for (`None`: any).
@@ -260,6 +318,9 @@ impl NodeTls {
         let cert = CertificateDer::from(der);
         let leaf = webpki::EndEntityCert::try_from(&cert).map_err(|e| format!("{e:?}"))?;
         verify_node_cert(&leaf, &self.roots.roots, &[]).map_err(|e| describe_webpki_error(&e))?;
+        if let Some(why) = self.revoked.refuses(der) {
+            return Err(format!("it is revoked: {why}"));
+        }
         let node_id = match <[NodeId; 1]>::try_from(node_ids(&leaf)) {
             Ok([one]) => one,
             Err(_) => return Err("it does not name exactly one node".into()),
@@ -273,7 +334,8 @@ impl NodeTls {
     }
 
     /// QUIC server configuration: presents the node certificate and requires every client to
-    /// present a certificate chained to the cluster CA (and nothing else: no public roots).
+    /// present a certificate chained to the cluster CA (and nothing else: no public roots)
+    /// that the revocation list does not name.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
         let fail = |reason: String| TlsError::Config {
             side: "server",
@@ -284,6 +346,10 @@ impl NodeTls {
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .build()
                 .map_err(|e| fail(e.to_string()))?;
+        let verifier = Arc::new(RevokingClientVerifier {
+            inner: verifier,
+            revoked: self.revoked.clone(),
+        });
         let mut tls = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| fail(e.to_string()))?
@@ -298,8 +364,8 @@ impl NodeTls {
         Ok(config)
     }
 
-    /// QUIC client configuration: trusts only the cluster CA and authenticates with the node
-    /// certificate. Dial a peer with its node id as the server name, or with
+    /// QUIC client configuration: trusts only the cluster CA, refuses a server whose
+    /// certificate the revocation list names, and authenticates with the node certificate. Dial a peer with its node id as the server name, or with
     /// [`MESH_SERVER_NAME`](crate::identity::MESH_SERVER_NAME) when only its address is known. Build it once and reuse it (e.g.
     /// `Endpoint::set_default_client_config`): it carries the session cache that makes
     /// reconnections cheaper.
@@ -316,6 +382,7 @@ impl NodeTls {
             .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier {
                 roots: self.roots.clone(),
                 provider: self.provider.clone(),
+                revoked: self.revoked.clone(),
             }))
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(self.certified.clone())));
         tls.alpn_protocols = vec![ALPN.to_vec()];

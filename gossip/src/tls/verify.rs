@@ -1,6 +1,6 @@
 //! Certificate checks: a node certificate against the cluster CA, the server check that lets a
-//! peer be dialed by address ([`MESH_SERVER_NAME`]), and which node the peer of a connection
-//! is.
+//! peer be dialed by address ([`MESH_SERVER_NAME`]), the revocation list at both ends of a
+//! handshake, and which node the peer of a connection is.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,12 +8,14 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use switchyard_geo::Region;
 
 use super::error::{FileKind, TlsError};
+use super::revoked::Revoked;
 use crate::identity::{NodeId, MESH_SERVER_NAME, RESERVED_SUFFIX};
 
 /// The middle of a region's DNS name in a node certificate: `weu.region.switchyard.invalid`.
@@ -54,10 +56,83 @@ pub(crate) fn cert_region(leaf: &webpki::EndEntityCert<'_>) -> Result<Option<Reg
 /// validity, name), except that the name check is skipped when dialing [`MESH_SERVER_NAME`].
 /// Written out with rustls' own verification functions rather than by filtering the errors of
 /// `WebPkiServerVerifier`, so the chain is verified whatever order that verifier checks in.
+/// Also refuses a server whose certificate the revocation list names.
 #[derive(Debug)]
 pub(super) struct ClusterServerVerifier {
     pub(super) roots: Arc<RootCertStore>,
     pub(super) provider: Arc<CryptoProvider>,
+    pub(super) revoked: Arc<Revoked>,
+}
+
+/// The error a handshake fails with for a revoked certificate: TLS sends the peer the
+/// `certificate_revoked` alert ([`REVOKED_ALERT`]), so both sides can tell it from other
+/// refusals.
+fn refuse_revoked(side: &str, why: &str) -> rustls::Error {
+    tracing::warn!("mesh handshake refused: the {side}'s certificate is revoked ({why})");
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+}
+
+/// The TLS alert code of `certificate_revoked` (RFC 8446); QUIC carries it as the transport
+/// error code 0x100 + this.
+pub const REVOKED_ALERT: u8 = 44;
+
+/// The server's check of a client: rustls' WebPKI client verifier (chain to the cluster CA,
+/// clientAuth, validity), then the revocation list.
+#[derive(Debug)]
+pub(super) struct RevokingClientVerifier {
+    pub(super) inner: Arc<dyn ClientCertVerifier>,
+    pub(super) revoked: Arc<Revoked>,
+}
+
+impl ClientCertVerifier for RevokingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(why) = self.revoked.refuses(end_entity) {
+            return Err(refuse_revoked("client", &why));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl ServerCertVerifier for ClusterServerVerifier {
@@ -83,6 +158,9 @@ impl ServerCertVerifier for ClusterServerVerifier {
         );
         if !by_address {
             rustls::client::verify_server_name(&cert, server_name)?;
+        }
+        if let Some(why) = self.revoked.refuses(end_entity) {
+            return Err(refuse_revoked("server", &why));
         }
         Ok(ServerCertVerified::assertion())
     }

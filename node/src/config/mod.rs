@@ -77,10 +77,16 @@ pub struct MeshSection {
     pub seeds: Vec<SocketAddr>,
     #[serde(default = "default_profile")]
     pub profile: Profile,
-    /// Cluster CA certificate, this node's certificate and its private key (PEM).
+    /// Cluster CA certificate(s), this node's certificate and its private key (PEM). `ca`
+    /// may hold several CA certificates (during a CA rotation, the old and the new).
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The revocation list: node ids and certificate serials refused (see
+    /// `switchyard_gossip::tls::Revoked` for the format). Re-read, with the three above, on
+    /// every reload.
+    #[serde(default)]
+    pub revoked: Option<PathBuf>,
     /// How many of a region's live observers must see an origin up for the region to
     /// count it up: "any", "majority" (default), "all", or a fraction such as 0.66.
     #[serde(default)]
@@ -104,6 +110,18 @@ pub struct MeshSection {
 }
 
 impl MeshSection {
+    /// This section without its TLS files (`ca`, `cert`, `key`, `revoked`): what a reload
+    /// cannot change without a restart. The files are read again on every reload.
+    pub fn without_tls_files(&self) -> MeshSection {
+        MeshSection {
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            revoked: None,
+            ..self.clone()
+        }
+    }
+
     /// SWIM and replication timings: the profile's, with this section's overrides.
     pub fn timings(&self) -> Timings {
         let mut t = Timings::for_profile(self.profile, self.expected_size);
