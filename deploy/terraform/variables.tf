@@ -15,7 +15,7 @@ variable "aws_regions" {
 }
 
 variable "node_ids" {
-  description = "The [node] id of each node; each needs a certificate issued for that id (switchyard cert issue --node ID)."
+  description = "The [node] id of each node; each needs a certificate issued for that id and its region (switchyard cert issue --node ID --region WNAM|WEU|SEAS)."
   type = object({
     wnam = string
     weu  = string
@@ -187,7 +187,7 @@ variable "shared_config_file" {
 }
 
 variable "certs_dir" {
-  description = "Where `switchyard ca init --out DIR/ca` and `switchyard cert issue --ca DIR/ca --out DIR` wrote: DIR/ca/ca.crt and DIR/NODE_ID.crt, DIR/NODE_ID.key. Relative paths are from the working directory. Not read for what ca_cert_pem, node_cert_pems and node_key_pems give."
+  description = "Where `switchyard ca init --out DIR/ca` and `switchyard cert issue --ca DIR/ca --region REGION --out DIR` wrote: DIR/ca/ca.crt and DIR/NODE_ID.crt, DIR/NODE_ID.key. Relative paths are from the working directory. Not read for what ca_cert_pem, node_cert_pems and node_key_pems give."
   type        = string
   default     = "certs"
 }

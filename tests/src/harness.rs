@@ -107,9 +107,14 @@ impl MeshCerts {
         MeshCerts { dir }
     }
 
-    /// Issues `{dir}/{id}.crt` and `{dir}/{id}.key`.
-    pub fn issue(&self, id: &str) {
-        switchyard_gossip::tls::issue_cert(&self.dir.join("ca"), id, &self.dir)
+    /// Issues `{dir}/{id}.crt` and `{dir}/{id}.key` for a node in `region` (a region code,
+    /// e.g. `WEU`), which the certificate names, as `switchyard cert issue --region` does: the
+    /// node must then be configured in that region, and peers drop its claims about others.
+    pub fn issue(&self, id: &str, region: &str) {
+        let region: switchyard_geo::Region = region
+            .parse()
+            .unwrap_or_else(|e| panic!("a certificate for {id}: {e}"));
+        switchyard_gossip::tls::issue_cert_in(&self.dir.join("ca"), id, Some(region), &self.dir)
             .expect("node certificate");
     }
 

@@ -317,6 +317,26 @@ impl Testbed {
         Ok(self.in_netns(region, tokio::net::TcpSocket::new_v4)??)
     }
 
+    /// Adds `iptables` rules inside a region's namespace (each inserted at the head of its
+    /// chain) and returns a guard that deletes them when dropped, also while unwinding from a
+    /// failed assertion. For what the emulator cannot do: it cuts a whole pair of regions,
+    /// while a rule can cut one node's path to some hosts and leave the rest of the link up.
+    /// Fails with a clear message when `iptables` is not installed (see [`iptables_check`]).
+    pub fn firewall(&self, region: &str, rules: &[Rule]) -> Result<Firewall> {
+        iptables_check()?;
+        let mut fw = Firewall {
+            netns: self.netns(region)?.to_string(),
+            rules: Vec::new(),
+        };
+        for rule in rules {
+            fw.iptables("-I", rule)
+                .with_context(|| format!("add an iptables rule in {region}"))?;
+            // Recorded only once added: deleting a rule that is not there fails.
+            fw.rules.push(rule.clone());
+        }
+        Ok(fw)
+    }
+
     /// Sets the round-trip time between two regions (each direction gets half).
     pub fn set_latency(&self, a: &str, b: &str, rtt: Duration) -> Result<()> {
         self.control(&format!("set {a} {b} {}us", rtt.as_micros()))?;
@@ -417,6 +437,127 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+/// Checks that `iptables` can run, for tests that cut paths with it: fails with what to
+/// install when it cannot. CI installs it (`.ci/run`).
+pub fn iptables_check() -> Result<()> {
+    match Command::new("iptables")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => bail!(
+            "iptables --version failed ({}): {}; this test cuts one node's path with iptables \
+             rules inside a testbed namespace",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "iptables is not installed (apt-get install iptables): this test cuts one node's \
+             path with iptables rules inside a testbed namespace"
+        ),
+        Err(e) => Err(anyhow!(e).context("run iptables --version")),
+    }
+}
+
+/// One iptables rule: its chain and the match and target after it, e.g. chain `OUTPUT`,
+/// spec `-s 10.250.1.1 -d 10.250.2.11 -p tcp -j DROP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    pub spec: Vec<String>,
+}
+
+impl Rule {
+    /// A rule of `chain` from its spec's words, split on whitespace.
+    pub fn new(chain: &str, spec: &str) -> Rule {
+        Rule {
+            chain: chain.to_string(),
+            spec: spec.split_whitespace().map(str::to_string).collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.chain, self.spec.join(" "))
+    }
+}
+
+/// Rules added by [`Testbed::firewall`]; dropping it deletes them. The namespace's own
+/// deletion would remove them too, but a test that heals mid-way, or a testbed whose
+/// teardown failed, must not keep a cut that nothing shows.
+#[derive(Debug)]
+pub struct Firewall {
+    netns: String,
+    rules: Vec<Rule>,
+}
+
+impl Firewall {
+    /// The rules in force, in the order they were added.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Deletes the rules now, and says which could not be deleted.
+    pub fn remove(mut self) -> Result<()> {
+        self.remove_all()
+    }
+
+    fn remove_all(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        // Newest first, so that each delete matches the rule this guard added.
+        while let Some(rule) = self.rules.pop() {
+            if let Err(e) = self.iptables("-D", &rule) {
+                failed.push(format!("{rule}: {e:#}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "could not delete iptables rules in {}: {}",
+                self.netns,
+                failed.join("; ")
+            )
+        }
+    }
+
+    /// Runs `ip netns exec <netns> iptables -w <op> <chain> <spec...>`.
+    fn iptables(&self, op: &str, rule: &Rule) -> Result<()> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "iptables",
+                "-w",
+                op,
+                &rule.chain,
+            ])
+            .args(&rule.spec)
+            .stdin(Stdio::null())
+            .output()
+            .context("run ip netns exec ... iptables")?;
+        if !out.status.success() {
+            bail!(
+                "iptables {op} {rule} in {}: {}",
+                self.netns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_all() {
             eprintln!("{e:#}");
         }
     }

@@ -488,7 +488,7 @@ fn every_edge_value_in_every_field_is_refused_or_runs() {
     count_panics();
     let rt = runtime();
     let certs = MeshCerts::new("edges");
-    certs.issue("prop-1");
+    certs.issue("prop-1", "WEU");
     let live: TestOrigin = rt.block_on(origin("live-edges"));
     type Set = fn(&mut Generated, &'static str);
     let durations: [(&str, Set); 13] = [
@@ -574,7 +574,7 @@ fn every_config_check_accepts_runs_without_a_panic() {
     count_panics();
     let rt = runtime();
     let certs = MeshCerts::new("props");
-    certs.issue("prop-1");
+    certs.issue("prop-1", "WEU");
     let live: TestOrigin = rt.block_on(origin("live"));
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 128,

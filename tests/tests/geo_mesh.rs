@@ -226,8 +226,8 @@ fn node_config(
 async fn mesh(tag: &str, scratch: &Scratch, body: &str) -> anyhow::Result<Vec<App>> {
     switchyard_tests::harness::init_logs();
     let ids: Vec<String> = (1..=3).map(|i| format!("{tag}{i}")).collect();
-    for id in &ids {
-        scratch.certs.issue(id);
+    for (id, region) in ids.iter().zip(REGIONS) {
+        scratch.certs.issue(id, region);
     }
     let mut apps: Vec<App> = Vec::new();
     for (id, region) in ids.iter().zip(REGIONS) {

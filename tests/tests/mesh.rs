@@ -100,8 +100,8 @@ async fn five_nodes_converge_and_see_what_one_monitor_sees() -> anyhow::Result<(
         ("n4", "SEAS"),
         ("n5", "SEAS"),
     ];
-    for (id, _) in ids {
-        certs.issue(id);
+    for (id, region) in ids {
+        certs.issue(id, region);
     }
     let first = start(config(&certs, "n1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&first);
@@ -154,8 +154,8 @@ async fn a_killed_node_is_marked_down_and_rejoins_under_a_new_generation() -> an
     let certs = MeshCerts::new("kill");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
-    for id in ["k1", "k2", "k3"] {
-        certs.issue(id);
+    for (id, region) in [("k1", "WNAM"), ("k2", "WEU"), ("k3", "SEAS")] {
+        certs.issue(id, region);
     }
     let k1 = start(config(&certs, "k1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&k1);
@@ -213,8 +213,8 @@ async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
     let certs = MeshCerts::new("part");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
-    for id in ["p1", "p2", "p3"] {
-        certs.issue(id);
+    for (id, region) in [("p1", "WNAM"), ("p2", "WEU"), ("p3", "SEAS")] {
+        certs.issue(id, region);
     }
     let p1 = start(config(&certs, "p1", "WNAM", &[], &body)).await;
     let seed = mesh_addr(&p1);
@@ -276,8 +276,8 @@ async fn a_partition_heals_by_itself() -> anyhow::Result<()> {
 async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     let certs = MeshCerts::new("drift");
     let o = origin("o").await;
-    for id in ["d1", "d2"] {
-        certs.issue(id);
+    for (id, region) in [("d1", "WNAM"), ("d2", "WEU")] {
+        certs.issue(id, region);
     }
     let body = pool(o.addr(), "");
     // d2 probes more often: a different monitor, so a different fingerprint.
@@ -293,7 +293,7 @@ async fn status_shows_nodes_whose_config_drifted() -> anyhow::Result<()> {
     // The same config everywhere: no drift.
     d2.shutdown(Duration::from_secs(1)).await;
     let d3 = {
-        certs.issue("d3");
+        certs.issue("d3", "SEAS");
         start(config(&certs, "d3", "SEAS", &[seed], &body)).await
     };
     eventually("d3 joins", WAIT, || async {
@@ -318,9 +318,8 @@ async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -
     let certs = MeshCerts::new("defaults");
     let o = origin("o").await;
     let body = pool(o.addr(), "");
-    let ids = ["t1", "t2", "t3"];
-    for id in ids {
-        certs.issue(id);
+    for (id, region) in [("t1", "WNAM"), ("t2", "WEU"), ("t3", "SEAS")] {
+        certs.issue(id, region);
     }
     // The default [mesh] timings: strip the fast overrides.
     let slow = |id: &str, region: &str, seeds: &[SocketAddr]| {
@@ -391,7 +390,7 @@ async fn default_timings_detect_a_crash_in_about_10s_and_tolerate_a_2s_stall() -
 #[tokio::test]
 async fn the_certificate_expiry_is_a_metric() -> anyhow::Result<()> {
     let certs = MeshCerts::new("expiry");
-    certs.issue("n1");
+    certs.issue("n1", "WNAM");
     let o = origin("o").await;
     let app = start(config(&certs, "n1", "WNAM", &[], &pool(o.addr(), ""))).await;
     let text = app.state().metrics.encode();
@@ -416,8 +415,8 @@ async fn a_reload_that_removes_an_origin_retracts_its_row_on_peers() -> anyhow::
     let o = origin("o").await;
     // A port nothing listens on: the origin there is refused, so down.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    for id in ["r1", "r2"] {
-        certs.issue(id);
+    for (id, region) in [("r1", "WNAM"), ("r2", "WEU")] {
+        certs.issue(id, region);
     }
     let body = |with_dead: bool| {
         let mut origins = vec![("o", o.addr())];
@@ -482,8 +481,8 @@ async fn a_node_whose_path_to_an_origin_is_cut_blames_the_path_and_the_others_ke
     // so the peers probe `o` where they know it to be.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let ids = [("v1", "WNAM"), ("v2", "WEU"), ("v3", "SEAS")];
-    for (id, _) in ids {
-        certs.issue(id);
+    for (id, region) in ids {
+        certs.issue(id, region);
     }
     let app = "\n[[app]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nload_balancer = \"lb\"\n";
     let cut = pool_of(&[("o", dead)], "") + app;
@@ -561,8 +560,8 @@ async fn a_node_that_disagrees_with_the_mesh_about_most_origins_is_sick_and_stop
     let dead: Vec<SocketAddr> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
         .collect::<Result<_, _>>()?;
-    for id in ["s1", "s2", "s3"] {
-        certs.issue(id);
+    for (id, region) in [("s1", "WNAM"), ("s2", "WEU"), ("s3", "SEAS")] {
+        certs.issue(id, region);
     }
     // s1 reaches neither origin; s2 and s3 reach both.
     let broken = pool_of(&[("a", dead[0]), ("b", dead[1])], "");

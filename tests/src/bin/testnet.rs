@@ -785,9 +785,17 @@ fn write_atomic(path: &str, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("rename {tmp} to {path}"))
 }
 
+/// The region that node certificate `crt` (with its key, checked against the CA `ca_crt` as
+/// the node will) lets its node speak for: None when it names none; Err when it does not load.
+fn cert_region(ca_crt: &Path, crt: &Path, key: &Path) -> Result<Option<String>, String> {
+    let tls = switchyard_gossip::tls::load(ca_crt, crt, key).map_err(|e| e.to_string())?;
+    Ok(tls.region().map(|r| r.code().to_string()))
+}
+
 impl Ctx {
-    /// Creates the cluster CA unless it exists, and a certificate for each ID that has none,
-    /// or one older than the CA (so from another CA).
+    /// Creates the cluster CA unless it exists, and a certificate naming the node's region for
+    /// each ID that has none, one older than the CA (so from another CA), or one that does not
+    /// name the node's region (issued before certificates named regions, or for another).
     fn ensure_certs(&self, ids: &[String]) -> Result<()> {
         let certs = Path::new(CERTS);
         let ca = certs.join("ca");
@@ -809,22 +817,35 @@ impl Ctx {
             say!("  {out}");
         }
         for id in ids {
+            let region = match self.topo.node(id) {
+                Some(n) => n.region.clone(),
+                None => die!("no node {id} in the testnet's topology"),
+            };
             let (crt, key) = (
                 certs.join(format!("{id}.crt")),
                 certs.join(format!("{id}.key")),
             );
-            if !non_empty(&crt) || !non_empty(&key) || older(&crt, &ca_crt) {
-                let (ok, out) = capture(
-                    Command::new(&sy)
-                        .args(["cert", "issue", "--ca"])
-                        .arg(&ca)
-                        .args(["--node", id, "--out", CERTS]),
-                )?;
-                if !ok {
-                    die!("cannot issue a certificate for {id}: {out}");
+            let fresh = non_empty(&crt) && non_empty(&key) && !older(&crt, &ca_crt);
+            if fresh {
+                match cert_region(&ca_crt, &crt, &key) {
+                    Ok(Some(r)) if r == region => continue,
+                    Ok(Some(r)) => say!("  {id}'s certificate is for {r}: reissuing for {region}"),
+                    Ok(None) => {
+                        say!("  {id}'s certificate names no region: reissuing for {region}")
+                    }
+                    Err(e) => say!("  {id}'s certificate does not load ({e}): reissuing"),
                 }
-                say!("  {out}");
             }
+            let (ok, out) = capture(
+                Command::new(&sy)
+                    .args(["cert", "issue", "--ca"])
+                    .arg(&ca)
+                    .args(["--node", id, "--region", &region, "--out", CERTS]),
+            )?;
+            if !ok {
+                die!("cannot issue a certificate for {id} in {region}: {out}");
+            }
+            say!("  {out}");
         }
         Ok(())
     }
