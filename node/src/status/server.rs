@@ -311,11 +311,8 @@ pub fn document(state: &NodeState) -> Status {
     let sick = state.health.sick();
     let report = state.health.report();
     // A sick node's own rows count nowhere: its observers are the mesh's.
-    let counted = if sick.is_some() {
-        Report::default()
-    } else {
-        report.clone()
-    };
+    let none = Report::default();
+    let counted = if sick.is_some() { &none } else { &report };
     let remote = state.health.remote();
     let mut obs = Vec::new();
     let apps = state
@@ -352,7 +349,7 @@ pub fn document(state: &NodeState) -> Status {
                     let key = rt.key(pi, oi);
                     let row = report.rows.get(&key);
                     let seen = &snap.view.pools[pi].origins[oi];
-                    observations(rt, &key, &counted, &remote, Duration::ZERO, &mut obs);
+                    observations(rt, &key, counted, &remote, Duration::ZERO, &mut obs);
                     let judged = judge(&obs, rt.region, state.health.quorum());
                     let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
                     OriginStatus {
