@@ -78,6 +78,39 @@ pub fn row_cost(row: &Row) -> usize {
     row.pool.len() + row.origin.len() + row.reason.as_ref().map_or(0, String::len) + 9 + 28
 }
 
+/// An upper bound of a batch's encoded size: its rows ([`row_cost`]), its writer's name, its
+/// seal, and 64 bytes for the rest.
+pub fn batch_cost(b: &Batch) -> usize {
+    b.node.len() + b.sig.len() + 64 + b.rows.iter().map(row_cost).sum::<usize>()
+}
+
+/// Most bytes of batches ([`batch_cost`]) packed into one delta message by [`pack`]: half a
+/// stream message (`transport::MAX_STREAM`), so envelope and estimate errors always fit.
+pub const MAX_DELTA_BYTES: usize = 1 << 20;
+
+/// Packs `batches`, in order, into as few delta messages as fit [`MAX_DELTA_BYTES`] each; a
+/// batch over it on its own goes alone (a writer's rows always fit one stream message).
+/// One message per batch made a 50-node mesh's join send hundreds of messages a node, more
+/// than a peer's send queue holds.
+pub fn pack(batches: Vec<Batch>) -> Vec<Vec<Batch>> {
+    let mut out: Vec<Vec<Batch>> = Vec::new();
+    let mut bytes = 0;
+    for b in batches {
+        let cost = batch_cost(&b);
+        match out.last_mut() {
+            Some(last) if bytes + cost <= MAX_DELTA_BYTES => {
+                bytes += cost;
+                last.push(b);
+            }
+            _ => {
+                bytes = cost;
+                out.push(vec![b]);
+            }
+        }
+    }
+    out
+}
+
 /// The most a local row of `pool`/`origin` can cost in [`MAX_WRITER_BYTES`], its reason cut
 /// to [`LOCAL_REASON`]: what `switchyard check` adds up for a node's config.
 pub fn local_row_cost(pool: &str, origin: &str) -> usize {
@@ -329,6 +362,9 @@ pub struct TableStats {
     pub bad_seal: u64,
     /// Batches ignored as a gap or for an unknown signer.
     pub unverifiable: u64,
+    /// Batches carrying the very claim already held (same version, same seal), taken
+    /// without verifying the signature again.
+    pub duplicates: u64,
 }
 
 /// Why a batch was refused; nothing of a refused batch is applied.
@@ -895,10 +931,18 @@ impl Table {
             });
         }
         let claim = candidate.claim(&batch.node);
-        match self
-            .seal
-            .verify(&batch.node, batch.region, &claim, &candidate.sig)
-        {
+        // The same signed claim as the one held (a batch that came by several peers at once,
+        // as when nodes join) was verified when it was taken: checking it again buys nothing.
+        let held_already = same_epoch.is_some_and(|w| {
+            w.seq == batch.seq && w.sig == candidate.sig && w.claim(&batch.node) == claim
+        });
+        match if held_already {
+            self.stats.duplicates += 1;
+            Ok(())
+        } else {
+            self.seal
+                .verify(&batch.node, batch.region, &claim, &candidate.sig)
+        } {
             Ok(()) => {}
             Err(SealRefusal::UnknownSigner) => {
                 self.stats.unverifiable += 1;
@@ -1451,6 +1495,110 @@ mod tests {
         b.apply(delta[0].clone(), now).unwrap();
         assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
         assert_eq!(b.stats().bad_seal, 0);
+    }
+
+    /// Counts the signatures it is asked to verify.
+    #[derive(Debug)]
+    struct Counting(FakeSeal, std::sync::atomic::AtomicU64);
+
+    impl Seal for Counting {
+        fn sign(&self, claim: &[u8]) -> Vec<u8> {
+            self.0.sign(claim)
+        }
+        fn verify(
+            &self,
+            node: &str,
+            r: Region,
+            claim: &[u8],
+            sig: &[u8],
+        ) -> Result<(), SealRefusal> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.verify(node, r, claim, sig)
+        }
+    }
+
+    #[test]
+    fn a_claim_held_already_is_not_verified_again_but_a_changed_one_is() {
+        // When nodes join, one writer's batch reaches a node from many peers at once;
+        // verifying each copy made joining a 50-node mesh CPU-bound (mesh benchmark).
+        let now = t0();
+        let mut a = table("a", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        let seal = Arc::new(Counting(FakeSeal("b".into()), Default::default()));
+        let mut b = Table::new("b".into(), Region::Weu, 1, 7).with_seal(seal.clone());
+        let batch = a.local_since(0);
+        b.apply(batch.clone(), now).unwrap();
+        b.apply(batch.clone(), now).unwrap();
+        b.apply(batch.clone(), now).unwrap();
+        assert_eq!(seal.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(b.stats().duplicates, 2);
+
+        // Same version and seal, a row changed: a row at a seq already held is not taken.
+        let mut forged = batch.clone();
+        forged.rows[0].healthy = false;
+        b.apply(forged, now).unwrap();
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+        // Same version and seal, another claim: verified, and refused.
+        let mut forged = batch;
+        forged.region = Region::Enam;
+        let err = b.apply(forged, now).unwrap_err();
+        assert!(matches!(err, TableError::Seal { .. }), "{err:?}");
+        assert_eq!(seal.1.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(rows_of(&b, "a"), rows_of(&a, "a"));
+    }
+
+    #[test]
+    fn pack_fills_messages_in_order_and_sends_a_large_batch_alone() {
+        let batch = |node: &str, rows: usize, origin_len: usize| Batch {
+            node: node.into(),
+            region: Region::Weu,
+            epoch: 1,
+            base_seq: 0,
+            seq: rows as u64,
+            removed_seq: 0,
+            full: true,
+            fingerprint: 7,
+            rows: (0..rows)
+                .map(|i| Row {
+                    pool: "web".into(),
+                    origin: format!("{i:0origin_len$}"),
+                    healthy: true,
+                    rtt_us: None,
+                    last_change_ms: 0,
+                    reason: None,
+                    verdict: None,
+                    seq: i as u64 + 1,
+                })
+                .collect(),
+            sig: vec![0; 64],
+        };
+        assert!(pack(Vec::new()).is_empty());
+        // Fifty small writers (a join): one message.
+        let small: Vec<Batch> = (0..50).map(|i| batch(&format!("n{i}"), 3, 4)).collect();
+        let packed = pack(small.clone());
+        assert_eq!(packed.len(), 1);
+        assert_eq!(packed[0], small);
+        // Writers of about 0.6 MiB each: one a message, in order.
+        let big: Vec<Batch> = (0..3).map(|i| batch(&format!("b{i}"), 2000, 300)).collect();
+        assert!(batch_cost(&big[0]) > MAX_DELTA_BYTES / 2);
+        let packed = pack(vec![
+            small[0].clone(),
+            big[0].clone(),
+            big[1].clone(),
+            small[1].clone(),
+        ]);
+        let names: Vec<Vec<&str>> = packed
+            .iter()
+            .map(|m| m.iter().map(|b| b.node.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["n0", "b0"], vec!["b1", "n1"]]);
+        for m in &packed {
+            assert!(m.iter().map(batch_cost).sum::<usize>() <= MAX_DELTA_BYTES);
+        }
+        // A batch over the budget on its own still goes.
+        let huge = batch("h", 5000, 300);
+        assert!(batch_cost(&huge) > MAX_DELTA_BYTES);
+        assert_eq!(pack(vec![small[0].clone(), huge.clone()]).len(), 2);
     }
 
     #[test]

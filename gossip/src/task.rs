@@ -937,9 +937,9 @@ impl Task {
                 if answer.more {
                     self.metrics.bound_hit("answer");
                 }
-                // One batch a message keeps each under the size limit however large the mesh.
-                for batch in answer.batches {
-                    self.send_to(from, Msg::Delta(vec![batch]), "delta");
+                // Packed: few messages, each under the stream size limit.
+                for batches in crate::table::pack(answer.batches) {
+                    self.send_to(from, Msg::Delta(batches), "delta");
                 }
                 if !reply && cmp.they_have_newer {
                     let ours = self.table.digest();
