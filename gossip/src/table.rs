@@ -1152,6 +1152,14 @@ impl Table {
             .max()
     }
 
+    /// Drops a writer's rows without remembering its epoch, unlike [`Table::forget`]: its
+    /// rows are taken again when they come back. For a revoked node, whose claims the caller
+    /// refuses while it stays revoked: once taken back (the list emptied, or a certificate
+    /// with another serial), its rows must count again without waiting for a restart.
+    pub fn drop_writer(&mut self, node: &str) {
+        self.peers.remove(node);
+    }
+
     /// Forget a writer entirely (e.g. removed from the cluster). Until it restarts (newer
     /// epoch), batches of it are ignored, so a peer that has not forgotten it yet cannot bring
     /// it back. The local node cannot be forgotten.
@@ -1599,6 +1607,29 @@ mod tests {
         let huge = batch("h", 5000, 300);
         assert!(batch_cost(&huge) > MAX_DELTA_BYTES);
         assert_eq!(pack(vec![small[0].clone(), huge.clone()]).len(), 2);
+    }
+
+    #[test]
+    fn a_dropped_writer_is_taken_back_at_the_same_epoch_a_forgotten_one_is_not() {
+        let now = t0();
+        let mut a = table("a", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        for (drop, taken_back) in [(true, true), (false, false)] {
+            let mut b = table("b", 1);
+            b.apply(a.local_since(0), now).unwrap();
+            if drop {
+                b.drop_writer("a");
+            } else {
+                b.forget("a");
+            }
+            assert!(rows_of(&b, "a").is_empty());
+            b.apply(a.local_since(0), now).unwrap();
+            assert_eq!(
+                !rows_of(&b, "a").is_empty(),
+                taken_back,
+                "drop_writer: {drop}"
+            );
+        }
     }
 
     #[test]

@@ -1285,7 +1285,7 @@ impl Task {
     /// Drops a revoked node: its rows, its member updates waiting for a certificate, its link,
     /// and its SWIM membership (declared down, which foca spreads).
     fn drop_revoked(&mut self, node: &str) {
-        self.table.forget(node);
+        self.table.drop_writer(node);
         self.pending.retain(|m| m.id().id != node);
         let downs: Vec<Member<NodeIdentity>> = self
             .foca

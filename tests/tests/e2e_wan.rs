@@ -21,6 +21,10 @@
 //!    (it asked peers in other regions, who reach them), it steers its own clients around
 //!    them, and the other nodes keep them up and keep serving the weu pool; after healing its
 //!    rows come back up and the verdict clears. Needs `iptables` (CI installs it).
+//! 7. A revoked node: `switchyard cert revoke` lists edge-seas, the two other nodes reload
+//!    (SIGHUP) with that list. They drop edge-seas from the mesh and its rows from their views,
+//!    refuse it (counted as `revoked`), and keep serving every pool from their own probes;
+//!    edge-seas, cut off, declares them down. Emptying the list and reloading lets it back.
 //!
 //! Each scenario prints a timeline (run with `--nocapture` to see it): what changed when, and
 //! what each node saw. On failure it also prints the tail of every node's log and the
@@ -1905,5 +1909,214 @@ async fn path_cut(c: &Cluster) -> Result<()> {
         bail!("while {me}'s path to {cut:?} was cut: {why}");
     }
     stranded.with_context(|| format!("while {me}'s path to {cut:?} was cut"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A revoked node.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_revoked_node_is_cut_off() -> Result<()> {
+    if skip_without_root("e2e_revoked_node_is_cut_off") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::up("revoke").await?;
+    let res = revoke(&c).await;
+    c.finish(res)
+}
+
+/// The region of the node that is revoked, and the regions that revoke it.
+const REVOKED: &str = "SEAS";
+const REVOKERS: [&str; 2] = ["WNAM", "WEU"];
+
+impl Cluster {
+    /// Rewrites the region's node config with `[mesh] revoked = list` and sends it SIGHUP.
+    fn reload_with_revocations(&self, region: &str, list: &Path) -> Result<()> {
+        let id = node_id(region);
+        let path = self.config_path(id);
+        let text = std::fs::read_to_string(&path)?;
+        let files = NodeFiles::under(&self.dir, id, &self.dir.join("geo.mmdb"));
+        let key_line = format!("key = {:?}", files.key.display().to_string());
+        if !text.contains(&key_line) {
+            bail!(
+                "{}: no line {key_line:?} to put the revocation list after",
+                path.display()
+            );
+        }
+        let text = if text.contains("\nrevoked = ") {
+            text
+        } else {
+            text.replace(
+                &key_line,
+                &format!("{key_line}\nrevoked = {:?}", list.display().to_string()),
+            )
+        };
+        std::fs::write(&path, text)?;
+        let pid = self
+            .nodes
+            .get(region)
+            .ok_or_else(|| anyhow!("no node running in {region}"))?
+            .id();
+        let pid = i32::try_from(pid).context("pid")?;
+        // SAFETY: sends a signal to our own child, which is still running (not reaped).
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP {id}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The region's node's count of claims and handshakes refused as revoked.
+    async fn revoked_refusals(&self, region: &str) -> Result<f64, String> {
+        let text = self
+            .http_get(region, "/metrics")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.starts_with("switchyard_mesh_refused_total{") && l.contains("reason=\"revoked\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+async fn revoke(c: &Cluster) -> Result<()> {
+    let gone = node_id(REVOKED);
+    let list = c.dir.join("revoked.txt");
+    // The operator's way: the CLI appends the entry.
+    let out = std::process::Command::new(&c.switchyard)
+        .args(["cert", "revoke", "--list"])
+        .arg(&list)
+        .args(["--node", gone])
+        .output()
+        .context("run switchyard cert revoke")?;
+    if !out.status.success() {
+        bail!(
+            "switchyard cert revoke --node {gone}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    c.note(format!(
+        "revocation list: {:?}",
+        std::fs::read_to_string(&list)?.trim()
+    ));
+    for region in REVOKERS {
+        c.reload_with_revocations(region, &list)?;
+    }
+    let t = Instant::now();
+    c.note(format!(
+        "edge-wnam and edge-weu reloaded with {gone} revoked"
+    ));
+
+    // The revokers drop it: not alive, none of its rows in their views, refusals counted.
+    c.wait_for(
+        &format!("edge-wnam and edge-weu drop {gone}: not alive, no rows of it, refusals counted"),
+        DETECT,
+        || async {
+            for region in REVOKERS {
+                let id = node_id(region);
+                let s = c.status(region).await.map_err(|e| format!("{id}: {e:#}"))?;
+                let state = member_state(&s, gone).unwrap_or("absent");
+                if state == "alive" || state == "suspect" {
+                    return Err(format!("{id} lists {gone} {state}"));
+                }
+                if let Some(o) = (s.pools.iter().flat_map(|p| &p.origins))
+                    .find(|o| o.observers.contains_key(gone))
+                {
+                    return Err(format!("{id} still holds {gone}'s row of {}", o.name));
+                }
+                if c.revoked_refusals(region).await? == 0.0 {
+                    return Err(format!("{id} counted no refusal for revocation yet"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    c.note(format!(
+        "edge-wnam and edge-weu dropped {gone} ({} after the reload)",
+        secs(t.elapsed())
+    ));
+    c.snapshot("revoked").await;
+
+    // They keep serving every region's clients, SEAS's from their own probes of its origins.
+    for (via, from, pool) in [
+        ("WNAM", "SEAS", "seas"),
+        ("WEU", "WEU", "weu"),
+        ("WEU", "SEAS", "seas"),
+    ] {
+        let got = c.client(from, via, APP_GEO).await?;
+        c.note(format!("a {from} client via {}: {got}", node_id(via)));
+        assert_eq!(
+            pool_of(&got),
+            pool,
+            "a {from} client via {}: {got}",
+            node_id(via)
+        );
+    }
+    for region in REVOKERS {
+        let s = c.status(region).await?;
+        let a = alive(&s);
+        assert!(
+            a.len() == 2 && !a.contains(&gone),
+            "{} lists alive {a:?}",
+            node_id(region)
+        );
+    }
+
+    // The revoked node is cut off: its handshakes are refused, so it declares the others down.
+    c.wait_for(
+        &format!("{gone} declares edge-wnam and edge-weu down"),
+        DETECT,
+        || async {
+            let s = c
+                .status(REVOKED)
+                .await
+                .map_err(|e| format!("{gone}: {e:#}"))?;
+            for region in REVOKERS {
+                let state = member_state(&s, node_id(region)).unwrap_or("absent");
+                if state == "alive" || state == "suspect" {
+                    return Err(format!("{gone} lists {} {state}", node_id(region)));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    c.note(format!(
+        "{gone} lists the others down ({} after the reload)",
+        secs(t.elapsed())
+    ));
+
+    // A mistaken revocation is undone the same way: empty the list and reload.
+    std::fs::write(&list, "# nothing revoked\n")?;
+    for region in REVOKERS {
+        c.reload_with_revocations(region, &list)?;
+    }
+    let t = Instant::now();
+    c.note("the list emptied; edge-wnam and edge-weu reloaded");
+    c.wait_for(
+        &format!("{gone} back: every node lists all 3 alive, every origin observed by all 3"),
+        CONVERGE,
+        || async {
+            for (id, s) in c.statuses().await? {
+                let a = alive(&s);
+                if a.len() != 3 {
+                    return Err(format!("{id} sees alive: {a:?}"));
+                }
+            }
+            c.views_agree().await
+        },
+    )
+    .await?;
+    c.note(format!(
+        "{gone} is back ({} after the reload)",
+        secs(t.elapsed())
+    ));
+    let got = c.client("SEAS", "SEAS", APP_GEO).await?;
+    c.note(format!("a SEAS client via {gone}: {got}"));
+    assert_eq!(pool_of(&got), "seas", "a SEAS client via {gone}: {got}");
     Ok(())
 }
