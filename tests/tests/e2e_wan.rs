@@ -25,6 +25,13 @@
 //!    (SIGHUP) with that list. They drop edge-seas from the mesh and its rows from their views,
 //!    refuse it (counted as `revoked`), and keep serving every pool from their own probes;
 //!    edge-seas, cut off, declares them down. Emptying the list and reloading lets it back.
+//! 8. A lying member: `mesh-liar`, holding a valid certificate of the cluster (for WEU), joins
+//!    from WEU's client address and tells edge-wnam, across the WAN, that edge-weu's origins
+//!    are down (a forged delta, and one from the far future), that edge-weu is down (SWIM
+//!    updates at the maximum and the next generation), about 300 made-up members, and speaks
+//!    for a region its certificate does not name. Each is refused and counted by its reason;
+//!    edge-weu stays alive under its generation on every node, its rows stay up, no made-up
+//!    member is listed anywhere, and every region's clients are served as before.
 //!
 //! Each scenario prints a timeline (run with `--nocapture` to see it): what changed when, and
 //! what each node saw. On failure it also prints the tail of every node's log and the
@@ -59,6 +66,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
 const WAN_EMU: &str = env!("CARGO_BIN_EXE_wan-emu");
+const MESH_LIAR: &str = env!("CARGO_BIN_EXE_mesh-liar");
 const TEST_ORIGIN: &str = env!("CARGO_BIN_EXE_test-origin");
 
 /// One node per region, as the testnet has them: (region, node id, the region's pool).
@@ -767,6 +775,27 @@ impl Cluster {
     }
 }
 
+/// Runs one scenario: skipped (saying so) without root; `needs`, if any, checked before
+/// anything starts; then one at a time, on a fresh cluster, its outcome recorded (the logs
+/// printed on failure).
+async fn scenario(
+    test: &'static str,
+    label: &'static str,
+    needs: Option<fn() -> Result<()>>,
+    body: impl AsyncFnOnce(&mut Cluster) -> Result<()>,
+) -> Result<()> {
+    if skip_without_root(test) {
+        return Ok(());
+    }
+    if let Some(check) = needs {
+        check()?;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::up(label).await?;
+    let res = body(&mut c).await;
+    c.finish(res)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.ok || std::thread::panicking() || std::env::var_os("E2E_WAN_LOGS").is_some() {
@@ -796,13 +825,13 @@ fn tail(path: &Path, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_dynamic_steering_follows_wan_latency() -> Result<()> {
-    if skip_without_root("e2e_dynamic_steering_follows_wan_latency") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let c = Cluster::up("dynamic").await?;
-    let res = dynamic(&c).await;
-    c.finish(res)
+    scenario(
+        "e2e_dynamic_steering_follows_wan_latency",
+        "dynamic",
+        None,
+        async |c| dynamic(c).await,
+    )
+    .await
 }
 
 /// The RTT averages (ms) that WNAM's node measured to weu and seas, as `s`'s node sees them.
@@ -925,13 +954,10 @@ async fn dynamic(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_geo_steering_across_nodes() -> Result<()> {
-    if skip_without_root("e2e_geo_steering_across_nodes") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let c = Cluster::up("geo").await?;
-    let res = geo(&c).await;
-    c.finish(res)
+    scenario("e2e_geo_steering_across_nodes", "geo", None, async |c| {
+        geo(c).await
+    })
+    .await
 }
 
 async fn geo(c: &Cluster) -> Result<()> {
@@ -973,13 +999,10 @@ async fn geo(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_failover_across_regions() -> Result<()> {
-    if skip_without_root("e2e_failover_across_regions") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let mut c = Cluster::up("failover").await?;
-    let res = failover(&mut c).await;
-    c.finish(res)
+    scenario("e2e_failover_across_regions", "failover", None, async |c| {
+        failover(c).await
+    })
+    .await
 }
 
 /// Waits until, on every node, a WEU client on the failover app is served by `pool` and the
@@ -1093,13 +1116,10 @@ async fn failover(c: &mut Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_partition_and_heal() -> Result<()> {
-    if skip_without_root("e2e_partition_and_heal") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let c = Cluster::up("partition").await?;
-    let res = partition(&c).await;
-    c.finish(res)
+    scenario("e2e_partition_and_heal", "partition", None, async |c| {
+        partition(c).await
+    })
+    .await
 }
 
 /// Waits until every node in `observers` lists `id` as `state`; notes when each did.
@@ -1253,13 +1273,10 @@ async fn partition(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_node_loss_and_rejoin() -> Result<()> {
-    if skip_without_root("e2e_node_loss_and_rejoin") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let mut c = Cluster::up("node-loss").await?;
-    let res = node_loss(&mut c).await;
-    c.finish(res)
+    scenario("e2e_node_loss_and_rejoin", "node-loss", None, async |c| {
+        node_loss(c).await
+    })
+    .await
 }
 
 async fn node_loss(c: &mut Cluster) -> Result<()> {
@@ -1376,15 +1393,13 @@ async fn node_loss(c: &mut Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_path_cut_is_blamed_on_the_path() -> Result<()> {
-    if skip_without_root("e2e_path_cut_is_blamed_on_the_path") {
-        return Ok(());
-    }
-    // Before anything starts: without iptables there is nothing to cut with.
-    switchyard_tests::wan::iptables_check()?;
-    let _serial = SERIAL.lock().await;
-    let c = Cluster::up("path-cut").await?;
-    let res = path_cut(&c).await;
-    c.finish(res)
+    scenario(
+        "e2e_path_cut_is_blamed_on_the_path",
+        "path-cut",
+        Some(switchyard_tests::wan::iptables_check),
+        async |c| path_cut(c).await,
+    )
+    .await
 }
 
 /// The region whose node loses its path, and the pool it loses it to.
@@ -1917,13 +1932,10 @@ async fn path_cut(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_revoked_node_is_cut_off() -> Result<()> {
-    if skip_without_root("e2e_revoked_node_is_cut_off") {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().await;
-    let c = Cluster::up("revoke").await?;
-    let res = revoke(&c).await;
-    c.finish(res)
+    scenario("e2e_revoked_node_is_cut_off", "revoke", None, async |c| {
+        revoke(c).await
+    })
+    .await
 }
 
 /// The region of the node that is revoked, and the regions that revoke it.
@@ -2118,5 +2130,188 @@ async fn revoke(c: &Cluster) -> Result<()> {
     let got = c.client("SEAS", "SEAS", APP_GEO).await?;
     c.note(format!("a SEAS client via {gone}: {got}"));
     assert_eq!(pool_of(&got), "seas", "a SEAS client via {gone}: {got}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A lying member.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_lying_member_changes_nothing() -> Result<()> {
+    scenario(
+        "e2e_a_lying_member_changes_nothing",
+        "liar",
+        None,
+        async |c| liar(c).await,
+    )
+    .await
+}
+
+/// Where the liar runs, whom it lies to, and about whom.
+const LIAR_REGION: &str = "WEU";
+const LIED_TO: &str = "WNAM";
+const LIED_ABOUT: &str = "WEU";
+
+impl Cluster {
+    /// The region's node's count of refusals by reason, from its metrics.
+    async fn refusals(&self, region: &str) -> Result<BTreeMap<String, f64>, String> {
+        let text = self
+            .http_get(region, "/metrics")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let mut out = BTreeMap::new();
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("switchyard_mesh_refused_total{"))
+        {
+            let (Some(reason), Some(v)) = (
+                l.split("reason=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next()),
+                l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            *out.entry(reason.to_string()).or_default() += v;
+        }
+        Ok(out)
+    }
+}
+
+async fn liar(c: &Cluster) -> Result<()> {
+    let victim = node_id(LIED_ABOUT);
+    let target = node_id(LIED_TO);
+    let before = c.statuses().await.map_err(anyhow::Error::msg)?;
+    let generation = |s: &Status| member_generation(s, victim);
+    let victim_gen =
+        generation(&before[0].1).ok_or_else(|| anyhow!("no generation of {victim}"))?;
+    let refused_before = c.refusals(LIED_TO).await.map_err(anyhow::Error::msg)?;
+
+    let ca = c.dir.join("ca");
+    let liar_region: switchyard_geo::Region = LIAR_REGION.parse()?;
+    let paths = switchyard_gossip::tls::issue_cert_in(&ca, "liar", Some(liar_region), &c.dir)
+        .map_err(|e| anyhow!("issue the liar's certificate: {e}"))?;
+    let victim_node = c.node(LIED_ABOUT);
+    let origins: Vec<String> = (c.topo.origins.iter())
+        .filter(|o| o.pool == pool_of_region(LIED_ABOUT))
+        .map(|o| o.name.clone())
+        .collect();
+    let out = c
+        .tb()
+        .command(LIAR_REGION, MESH_LIAR)?
+        .arg("--ca")
+        .arg(ca.join(switchyard_gossip::tls::CA_CERT_FILE))
+        .arg("--cert")
+        .arg(&paths.cert)
+        .arg("--key")
+        .arg(&paths.key)
+        .args(["--cluster", &c.topo.cluster])
+        .args(["--region", LIAR_REGION, "--other-region", "SEAS"])
+        .args([
+            "--bind",
+            &SocketAddr::new(c.client_ip(LIAR_REGION), 0).to_string(),
+        ])
+        .args([
+            "--target",
+            &c.node(LIED_TO).mesh.to_string(),
+            "--target-id",
+            target,
+        ])
+        .args(["--victim", victim, "--victim-region", LIED_ABOUT])
+        .args(["--victim-addr", &victim_node.mesh.to_string()])
+        .args(["--victim-generation", &victim_gen.to_string()])
+        .args([
+            "--pool",
+            pool_of_region(LIED_ABOUT),
+            "--origins",
+            &origins.join(","),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("run mesh-liar")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        c.note(format!("  liar: {line}"));
+    }
+    if !out.status.success() {
+        bail!("mesh-liar failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let t = Instant::now();
+
+    // Every lie arrived and was refused for what it is.
+    let wanted = [
+        "bad_signature",
+        "future_epoch",
+        "future_generation",
+        "wrong_region",
+    ];
+    c.wait_for(
+        &format!("{target} refuses each lie, counted by its reason"),
+        CONVERGE,
+        || async {
+            let now = c.refusals(LIED_TO).await?;
+            let grew = |r: &str| {
+                now.get(r).copied().unwrap_or(0.0) > refused_before.get(r).copied().unwrap_or(0.0)
+            };
+            match wanted.iter().find(|r| !grew(r)) {
+                Some(r) => Err(format!("no new {r} refusal yet; refusals {now:?}")),
+                None => Ok(()),
+            }
+        },
+    )
+    .await?;
+    let now = c.refusals(LIED_TO).await.map_err(anyhow::Error::msg)?;
+    let count = |m: &BTreeMap<String, f64>, r: &str| m.get(r).copied().unwrap_or(0.0);
+    // Each made-up member refused: no certificate of its id exists to check it against.
+    assert!(
+        count(&now, "unknown_signer") - count(&refused_before, "unknown_signer") >= 300.0,
+        "made-up members refused: {now:?} (before: {refused_before:?})"
+    );
+    c.note(format!(
+        "{target}'s refusals: {now:?} ({} after the liar finished)",
+        secs(t.elapsed())
+    ));
+
+    // Nothing it said took: edge-weu alive under its own generation, its rows up, no made-up
+    // member, on every node; the views agree (the liar itself, a member for a while, aside).
+    for (id, s) in c.statuses().await.map_err(anyhow::Error::msg)? {
+        assert_eq!(
+            member_state(&s, victim),
+            Some("alive"),
+            "{id}: {}",
+            describe(&s)
+        );
+        assert_eq!(generation(&s), Some(victim_gen), "{id}: {}", describe(&s));
+        let made_up: Vec<&str> = (s.members.iter())
+            .filter(|m| m.id.starts_with("made-up-"))
+            .map(|m| m.id.as_str())
+            .collect();
+        assert!(made_up.is_empty(), "{id} lists made-up members {made_up:?}");
+        assert!(
+            s.members.len() <= 4,
+            "{id} lists {} members: {}",
+            s.members.len(),
+            describe(&s)
+        );
+        for o in &origins {
+            assert_eq!(
+                observer_up(&s, o, victim),
+                Some(true),
+                "{id}: {victim}'s row of {o}: {}",
+                describe(&s)
+            );
+        }
+    }
+    c.views_agree().await.map_err(anyhow::Error::msg)?;
+    c.snapshot("after the lies").await;
+    for (via, from) in [("WNAM", "WEU"), ("WNAM", "WNAM"), ("WEU", "WEU")] {
+        let got = c.client(from, via, APP_GEO).await?;
+        c.note(format!("a {from} client via {}: {got}", node_id(via)));
+        assert_eq!(
+            pool_of(&got),
+            pool_of_region(from),
+            "a {from} client via {}: {got}",
+            node_id(via)
+        );
+    }
     Ok(())
 }
