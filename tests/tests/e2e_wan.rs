@@ -697,6 +697,20 @@ impl Cluster {
         Ok(line.trim_end().to_string())
     }
 
+    /// A client of region `from` via the node of `via`, on the geo app, is served by its own
+    /// region's pool.
+    async fn served_by_own_region(&self, from: &str, via: &str) -> Result<()> {
+        let got = self.client(from, via, APP_GEO).await?;
+        self.note(format!("a {from} client via {}: {got}", node_id(via)));
+        assert_eq!(
+            pool_of(&got),
+            pool_of_region(from),
+            "a {from} client via {}: {got}",
+            node_id(via)
+        );
+        Ok(())
+    }
+
     /// Like `client`, as an error string for waits.
     async fn origin_for(&self, from: &str, via: &str, app: &str) -> Result<String, String> {
         self.client(from, via, app)
@@ -981,14 +995,7 @@ async fn geo(c: &Cluster) -> Result<()> {
     // And every region's client on every node.
     for (from, ..) in NODES {
         for (via, ..) in NODES {
-            let got = c.client(from, via, APP_GEO).await?;
-            c.note(format!("a {from} client via {}: {got}", node_id(via)));
-            assert_eq!(
-                pool_of(&got),
-                pool_of_region(from),
-                "a {from} client via {}: {got}",
-                node_id(via)
-            );
+            c.served_by_own_region(from, via).await?;
         }
     }
     Ok(())
@@ -2054,19 +2061,8 @@ async fn revoke(c: &Cluster) -> Result<()> {
     c.snapshot("revoked").await;
 
     // They keep serving every region's clients, SEAS's from their own probes of its origins.
-    for (via, from, pool) in [
-        ("WNAM", "SEAS", "seas"),
-        ("WEU", "WEU", "weu"),
-        ("WEU", "SEAS", "seas"),
-    ] {
-        let got = c.client(from, via, APP_GEO).await?;
-        c.note(format!("a {from} client via {}: {got}", node_id(via)));
-        assert_eq!(
-            pool_of(&got),
-            pool,
-            "a {from} client via {}: {got}",
-            node_id(via)
-        );
+    for (via, from) in [("WNAM", "SEAS"), ("WEU", "WEU"), ("WEU", "SEAS")] {
+        c.served_by_own_region(from, via).await?;
     }
     for region in REVOKERS {
         let s = c.status(region).await?;
@@ -2127,10 +2123,7 @@ async fn revoke(c: &Cluster) -> Result<()> {
         "{gone} is back ({} after the reload)",
         secs(t.elapsed())
     ));
-    let got = c.client("SEAS", "SEAS", APP_GEO).await?;
-    c.note(format!("a SEAS client via {gone}: {got}"));
-    assert_eq!(pool_of(&got), "seas", "a SEAS client via {gone}: {got}");
-    Ok(())
+    c.served_by_own_region("SEAS", REVOKED).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2304,14 +2297,7 @@ async fn liar(c: &Cluster) -> Result<()> {
     c.views_agree().await.map_err(anyhow::Error::msg)?;
     c.snapshot("after the lies").await;
     for (via, from) in [("WNAM", "WEU"), ("WNAM", "WNAM"), ("WEU", "WEU")] {
-        let got = c.client(from, via, APP_GEO).await?;
-        c.note(format!("a {from} client via {}: {got}", node_id(via)));
-        assert_eq!(
-            pool_of(&got),
-            pool_of_region(from),
-            "a {from} client via {}: {got}",
-            node_id(via)
-        );
+        c.served_by_own_region(from, via).await?;
     }
     Ok(())
 }
