@@ -44,7 +44,7 @@ http_code() {
 # ---- Mesh checks over `switchyard status --json` ----------------------------------------------
 
 NODES=(edge-wnam edge-weu edge-seas)
-declare -A STATUS_ADDR=([edge-wnam]=127.0.0.1:9901 [edge-weu]=127.0.0.1:9902 [edge-seas]=127.0.0.1:9903)
+declare -A STATUS_ADDR=([edge-wnam]=127.0.21.1:9900 [edge-weu]=127.0.22.1:9900 [edge-seas]=127.0.23.1:9900)
 LAST=
 
 # status_json NODE: NODE's status document on one line, without whitespace (empty: no answer).
@@ -97,7 +97,7 @@ observed_down() { # NODE ORIGIN OBSERVER: NODE's status has ORIGIN unhealthy as 
     [[ $h == false ]]
 }
 
-# Connects through edge-wnam's failover app (127.0.0.1:10001); prints the origin, or nothing.
+# Connects through edge-wnam's failover app (127.0.21.1:10001); prints the origin, or nothing.
 through_wnam() {
     "$TESTNET" client --node edge-wnam --app failover --timeout 2s 2>/dev/null || true
 }
@@ -110,10 +110,10 @@ expect_origin() {
         tries=$((tries + 1))
         # shellcheck disable=SC2053 # PATTERN is a glob
         if [[ $got == $pattern ]]; then
-            pass "127.0.0.1:10001 reached $got (after $tries connection(s))"
+            pass "127.0.21.1:10001 reached $got (after $tries connection(s))"
             return 0
         fi
-        ((SECONDS < deadline)) || fail "no $pattern origin through 127.0.0.1:10001 within $2s (last: '${got:-no answer}')"
+        ((SECONDS < deadline)) || fail "no $pattern origin through 127.0.21.1:10001 within $2s (last: '${got:-no answer}')"
         sleep 0.2
     done
 }
@@ -201,8 +201,8 @@ step "manifest"
 [[ -f $STATE/manifest.json ]] || fail "$STATE/manifest.json is missing"
 nodes=$(grep -o '"id": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((nodes == 3)) || fail "the manifest lists $nodes nodes, not 3"
-grep -q '"id": *"edge-wnam".*"failover": *"127.0.0.1:10001"' "$STATE/manifest.json" ||
-    fail "the manifest does not put edge-wnam's failover app at 127.0.0.1:10001"
+grep -q '"id": *"edge-wnam".*"failover": *"127.0.21.1:10001"' "$STATE/manifest.json" ||
+    fail "the manifest does not put edge-wnam's failover app at 127.0.21.1:10001"
 origins=$(grep -o '"name": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 pass "$STATE/manifest.json lists 3 nodes and 6 origins"
@@ -222,7 +222,7 @@ pass "edge-wnam lists edge-weu at generation $weu_generation"
 step "connect through edge-wnam's failover app"
 got=$(through_wnam)
 [[ $got == wnam-* ]] || fail "expected a wnam-* origin, got '${got:-no answer}'"
-pass "127.0.0.1:10001 reached $got"
+pass "127.0.21.1:10001 reached $got"
 
 # All origins run here: every pool is healthy, so steering alone decides.
 step "geo steering: each region's clients reach their region's pool through every node"
@@ -258,17 +258,17 @@ for node in "${NODES[@]}"; do
     pass "${region^^} client on $node's dynamic app reached $LAST"
 done
 
-step "switchyard explain --lb geo --client 127.0.2.1 --addr 127.0.0.1:9901"
-explained=$("$(switchyard_bin)" explain --lb geo --client 127.0.2.1 --addr 127.0.0.1:9901 2>&1) ||
+step "switchyard explain --lb geo --client 127.0.2.1 --addr 127.0.21.1:9900"
+explained=$("$(switchyard_bin)" explain --lb geo --client 127.0.2.1 --addr 127.0.21.1:9900 2>&1) ||
     fail "switchyard explain exited non-zero: $explained"
 printf '%s\n' "$explained" | sed 's/^/    | /'
 [[ $explained == *WEU* ]] || fail "the explanation does not mention the client's region WEU"
 [[ $explained =~ weu-[0-9] ]] || fail "the explanation names no weu origin"
 pass "explain exits 0 and names region WEU and origin ${BASH_REMATCH[0]}"
 
-step "switchyard status --addr 127.0.0.1:9901 shows the GeoIP database"
+step "switchyard status --addr 127.0.21.1:9900 shows the GeoIP database"
 geo_db=$ROOT/$STATE/geo.mmdb
-node_status=$("$(switchyard_bin)" status --addr 127.0.0.1:9901 2>&1) ||
+node_status=$("$(switchyard_bin)" status --addr 127.0.21.1:9900 2>&1) ||
     fail "switchyard status exited non-zero: $node_status"
 [[ $node_status == *"$geo_db"* ]] ||
     fail "edge-wnam's status does not mention $geo_db: $(head -n 3 <<<"$node_status")"
@@ -294,8 +294,8 @@ expect_origin 'wnam-*' 15
 
 step "node down edge-weu"
 "$TESTNET" node down edge-weu || fail "node down edge-weu failed"
-expect_ready 127.0.0.1:9902 000 10
-pass "edge-weu's status endpoint 127.0.0.1:9902 no longer answers"
+expect_ready 127.0.22.1:9900 000 10
+pass "edge-weu's status endpoint 127.0.22.1:9900 no longer answers"
 started=$SECONDS
 within 10 "edge-wnam did not see edge-weu leave the mesh" gone edge-wnam edge-weu
 pass "$LAST (within $((SECONDS - started + 1))s)"
@@ -303,7 +303,7 @@ pass "$LAST (within $((SECONDS - started + 1))s)"
 step "node up edge-weu"
 "$TESTNET" node up edge-weu || fail "node up edge-weu failed"
 record_run
-expect_ready 127.0.0.1:9902 200 10
+expect_ready 127.0.22.1:9900 200 10
 pass "edge-weu's GET /ready answers 200 again"
 started=$SECONDS
 within 15 "edge-wnam did not see edge-weu rejoin with a generation above $weu_generation" \

@@ -7,11 +7,11 @@
 //! built as [`toml::Table`]s (the node's config types only deserialize) and checked by parsing
 //! them into [`switchyard_node::Config`]; the manifest is serialized with `serde_json`.
 //!
-//! Loopback layout: node i (0 edge-wnam, 1 edge-weu, 2 edge-seas) has its status endpoint on
-//! 127.0.0.1:9901+i, its mesh on 127.0.0.1:7946+i and app k of [`APPS`] on port 10001+10k+i;
-//! region r (1 WNAM, 2 WEU, 3 SEAS) has its origins on 127.0.1r.1 and .2 and its client on
-//! 127.0.r.1. WAN layout: region r owns 10.250.r.0/24, its node at .1 (status :9900, mesh
-//! :7946, apps on the loopback ports), its origins at .11 and .12, its client at .100.
+//! Every node has a public address of its own, and every node listens on the same ports, as
+//! in a real deployment: status :9900, mesh :7946, app k of [`APPS`] on :10001+10k.
+//! Loopback layout: region r (1 WNAM, 2 WEU, 3 SEAS) has its node on 127.0.2r.1, its origins
+//! on 127.0.1r.1 and .2 and its client on 127.0.r.1. WAN layout: region r owns
+//! 10.250.r.0/24, its node at .1, its origins at .11 and .12, its client at .100.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,6 +27,16 @@ pub const CLUSTER: &str = "testnet";
 pub const ORIGIN_PORT: u16 = 7000;
 /// Every origin's HTTP health port, so that one monitor `port` fits all.
 pub const HEALTH_PORT: u16 = 7080;
+/// Every node's status endpoint port (on its own address).
+pub const STATUS_PORT: u16 = 9900;
+/// Every node's mesh port.
+pub const MESH_PORT: u16 = 7946;
+
+/// The port of app number `k` of [`APPS`], the same on every node.
+pub fn app_port(k: usize) -> u16 {
+    10001 + 10 * k as u16
+}
+
 /// How long a node drains open connections on SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -266,13 +276,12 @@ impl Topology {
         let index = |r: &str| region(r).expect("a known region").index;
         let nodes = NODES
             .iter()
-            .enumerate()
-            .map(|(i, (id, r))| {
-                let i = i as u16;
-                let (ip, status, mesh) = match mode {
-                    Mode::Loopback => (v4(127, 0, 0, 1), 9901 + i, 7946 + i),
-                    Mode::Wan => (v4(10, 250, index(r), 1), 9900, 7946),
+            .map(|(id, r)| {
+                let ip = match mode {
+                    Mode::Loopback => v4(127, 0, 20 + index(r), 1),
+                    Mode::Wan => v4(10, 250, index(r), 1),
                 };
+                let (status, mesh) = (STATUS_PORT, MESH_PORT);
                 Node {
                     id: id.to_string(),
                     region: r.to_string(),
@@ -281,12 +290,7 @@ impl Topology {
                     apps: APPS
                         .iter()
                         .enumerate()
-                        .map(|(k, app)| {
-                            (
-                                app.to_string(),
-                                SocketAddr::new(ip, 10001 + 10 * k as u16 + i),
-                            )
-                        })
+                        .map(|(k, app)| (app.to_string(), SocketAddr::new(ip, app_port(k))))
                         .collect(),
                 }
             })
@@ -620,6 +624,7 @@ impl Topology {
                 .map(|n| ManifestNode {
                     id: &n.id,
                     region: &n.region,
+                    public: n.status.ip().to_string(),
                     status: n.status.to_string(),
                     mesh: n.mesh.to_string(),
                     apps: Pairs(
@@ -696,6 +701,8 @@ struct Manifest<'a> {
 struct ManifestNode<'a> {
     id: &'a str,
     region: &'a str,
+    /// The node's public address: where its clients (and anycast, and DNS answers) reach it.
+    public: String,
     status: String,
     mesh: String,
     apps: Pairs,
@@ -838,10 +845,11 @@ mod tests {
         assert_eq!(lines[1], "  \"nodes\": [");
         assert_eq!(
             lines[2],
-            "    {\"id\": \"edge-wnam\", \"region\": \"WNAM\", \"status\": \"127.0.0.1:9901\", \
-             \"mesh\": \"127.0.0.1:7946\", \"apps\": {\"failover\": \"127.0.0.1:10001\", \
-             \"geo\": \"127.0.0.1:10011\", \"dynamic\": \"127.0.0.1:10021\", \"proximity\": \
-             \"127.0.0.1:10031\", \"hash\": \"127.0.0.1:10041\"}},"
+            "    {\"id\": \"edge-wnam\", \"region\": \"WNAM\", \"public\": \"127.0.21.1\", \
+             \"status\": \"127.0.21.1:9900\", \"mesh\": \"127.0.21.1:7946\", \"apps\": \
+             {\"failover\": \"127.0.21.1:10001\", \"geo\": \"127.0.21.1:10011\", \"dynamic\": \
+             \"127.0.21.1:10021\", \"proximity\": \"127.0.21.1:10031\", \"hash\": \
+             \"127.0.21.1:10041\"}},"
         );
         assert_eq!(lines[5], "  ],");
         assert_eq!(lines[6], "  \"origins\": [");
@@ -859,7 +867,7 @@ mod tests {
     }
 
     #[test]
-    fn manifest_lists_every_app_of_every_node_at_its_port() {
+    fn manifest_lists_every_app_of_every_node_at_one_port_on_its_own_address() {
         for mode in [Mode::Loopback, Mode::Wan] {
             let t = Topology::new(mode);
             let m = t.manifest(&[]);
@@ -870,8 +878,11 @@ mod tests {
                     .find(|l| l.contains(&format!("\"id\": \"{id}\"")))
                     .unwrap_or_else(|| panic!("{id} is not in the manifest"));
                 let ip = t.nodes[i].status.ip();
+                assert!(line.contains(&format!("\"public\": \"{ip}\"")), "{line}");
+                let others = t.nodes.iter().filter(|n| n.status.ip() == ip).count();
+                assert_eq!(others, 1, "{mode:?}: {ip} is not {id}'s own");
                 for (k, app) in APPS.iter().enumerate() {
-                    let want = format!("\"{app}\": \"{ip}:{}\"", 10001 + 10 * k + i);
+                    let want = format!("\"{app}\": \"{ip}:{}\"", app_port(k));
                     assert!(line.contains(&want), "{mode:?}: {id} lacks {want}: {line}");
                 }
             }
