@@ -31,6 +31,11 @@ pub const HEALTH_PORT: u16 = 7080;
 pub const STATUS_PORT: u16 = 9900;
 /// Every node's mesh port.
 pub const MESH_PORT: u16 = 7946;
+/// Every node's DNS port (UDP and TCP), unprivileged so the loopback testnet runs as anyone.
+pub const DNS_PORT: u16 = 5300;
+/// The zone every node answers for: each app is `<app>.<zone>` (`.test` is reserved for
+/// testing, RFC 6761).
+pub const DNS_ZONE: &str = "sy.test";
 
 /// The port of app number `k` of [`APPS`], the same on every node.
 pub fn app_port(k: usize) -> u16 {
@@ -189,11 +194,18 @@ pub struct Node {
     pub region: String,
     pub status: SocketAddr,
     pub mesh: SocketAddr,
+    /// Its DNS server, on its public address.
+    pub dns: SocketAddr,
     /// (app name, listen address), in [`APPS`] order.
     pub apps: Vec<(String, SocketAddr)>,
 }
 
 impl Node {
+    /// The node's public address: where clients reach its apps, and what DNS answers with.
+    pub fn public(&self) -> IpAddr {
+        self.status.ip()
+    }
+
     /// Where app `name` listens.
     pub fn app(&self, name: &str) -> Option<SocketAddr> {
         self.apps.iter().find(|a| a.0 == name).map(|a| a.1)
@@ -287,6 +299,7 @@ impl Topology {
                     region: r.to_string(),
                     status: SocketAddr::new(ip, status),
                     mesh: SocketAddr::new(ip, mesh),
+                    dns: SocketAddr::new(ip, DNS_PORT),
                     apps: APPS
                         .iter()
                         .enumerate()
@@ -477,7 +490,16 @@ impl Topology {
         n.insert("region".into(), node.region.clone().into());
         n.insert("status_listen".into(), node.status.to_string().into());
         n.insert("drain_timeout".into(), duration(self.drain_timeout));
+        n.insert(
+            "public_addresses".into(),
+            str_array(&[node.public().to_string()]),
+        );
         doc.insert("node".into(), n.into());
+
+        let mut dns = Table::new();
+        dns.insert("listen".into(), node.dns.to_string().into());
+        dns.insert("zone".into(), DNS_ZONE.into());
+        doc.insert("dns".into(), dns.into());
 
         let mut geo = Table::new();
         geo.insert("database".into(), path(&files.geo_db));
@@ -544,6 +566,7 @@ impl Topology {
                 t.insert("name".into(), name.clone().into());
                 t.insert("listen".into(), addr.to_string().into());
                 t.insert("load_balancer".into(), name.clone().into());
+                t.insert("hostname".into(), name.clone().into());
                 Value::Table(t)
             })
             .collect();
@@ -583,6 +606,7 @@ impl Topology {
         for key in [
             "node",
             "geo",
+            "dns",
             "monitor",
             "pool",
             "load_balancer",
@@ -624,9 +648,10 @@ impl Topology {
                 .map(|n| ManifestNode {
                     id: &n.id,
                     region: &n.region,
-                    public: n.status.ip().to_string(),
+                    public: n.public().to_string(),
                     status: n.status.to_string(),
                     mesh: n.mesh.to_string(),
+                    dns: n.dns.to_string(),
                     apps: Pairs(
                         n.apps
                             .iter()
@@ -651,6 +676,21 @@ impl Topology {
                     .map(|c| (c.region.name.to_string(), c.ip.to_string()))
                     .collect(),
             ),
+            dns: ManifestDns {
+                zone: DNS_ZONE,
+                names: Pairs(
+                    APPS.iter()
+                        .enumerate()
+                        .map(|(k, app)| {
+                            let name = ManifestName {
+                                name: format!("{app}.{DNS_ZONE}"),
+                                port: app_port(k),
+                            };
+                            (app.to_string(), name)
+                        })
+                        .collect(),
+                ),
+            },
         };
         let mut out = Vec::new();
         let mut ser =
@@ -695,6 +735,20 @@ struct Manifest<'a> {
     nodes: Vec<ManifestNode<'a>>,
     origins: Vec<ManifestOrigin<'a>>,
     clients: Pairs,
+    /// The zone, and each app's name in it with the port its nodes take connections on.
+    dns: ManifestDns,
+}
+
+#[derive(serde::Serialize)]
+struct ManifestDns {
+    zone: &'static str,
+    names: Pairs<ManifestName>,
+}
+
+#[derive(serde::Serialize)]
+struct ManifestName {
+    name: String,
+    port: u16,
 }
 
 #[derive(serde::Serialize)]
@@ -705,6 +759,7 @@ struct ManifestNode<'a> {
     public: String,
     status: String,
     mesh: String,
+    dns: String,
     apps: Pairs,
 }
 
@@ -717,9 +772,9 @@ struct ManifestOrigin<'a> {
 }
 
 /// A JSON object whose keys keep their order (regions, apps), unlike a map.
-struct Pairs(Vec<(String, String)>);
+struct Pairs<V = String>(Vec<(String, V)>);
 
-impl Serialize for Pairs {
+impl<V: Serialize> Serialize for Pairs<V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for (k, v) in &self.0 {
@@ -833,6 +888,14 @@ mod tests {
                 assert_eq!(cfg.apps.len(), APPS.len());
                 assert_eq!(cfg.pools.len(), 6);
                 assert_eq!(cfg.mesh.as_ref().map(|m| m.seeds.len()), Some(3));
+                // Each node answers DNS on its own address, with that address, for every app.
+                let node = t.node(id).unwrap();
+                assert_eq!(cfg.node.public_addresses, vec![node.public()]);
+                let dns = cfg.dns.as_ref().expect("a [dns] section");
+                assert_eq!((dns.listen, dns.zone_name().as_str()), (node.dns, DNS_ZONE));
+                for app in &cfg.apps {
+                    assert_eq!(app.hostname.as_deref(), Some(app.name.as_str()));
+                }
             }
         }
     }
@@ -846,7 +909,8 @@ mod tests {
         assert_eq!(
             lines[2],
             "    {\"id\": \"edge-wnam\", \"region\": \"WNAM\", \"public\": \"127.0.21.1\", \
-             \"status\": \"127.0.21.1:9900\", \"mesh\": \"127.0.21.1:7946\", \"apps\": \
+             \"status\": \"127.0.21.1:9900\", \"mesh\": \"127.0.21.1:7946\", \"dns\": \
+             \"127.0.21.1:5300\", \"apps\": \
              {\"failover\": \"127.0.21.1:10001\", \"geo\": \"127.0.21.1:10011\", \"dynamic\": \
              \"127.0.21.1:10021\", \"proximity\": \"127.0.21.1:10031\", \"hash\": \
              \"127.0.21.1:10041\"}},"
@@ -859,10 +923,18 @@ mod tests {
         );
         assert_eq!(
             lines[14],
-            "  \"clients\": {\"WNAM\": \"127.0.1.1\", \"WEU\": \"127.0.2.1\", \"SEAS\": \"127.0.3.1\"}"
+            "  \"clients\": {\"WNAM\": \"127.0.1.1\", \"WEU\": \"127.0.2.1\", \"SEAS\": \"127.0.3.1\"},"
         );
-        assert_eq!(lines[15], "}");
-        assert_eq!(lines.len(), 16);
+        assert_eq!(
+            lines[15],
+            "  \"dns\": {\"zone\": \"sy.test\", \"names\": {\"failover\": {\"name\": \
+             \"failover.sy.test\", \"port\": 10001}, \"geo\": {\"name\": \"geo.sy.test\", \
+             \"port\": 10011}, \"dynamic\": {\"name\": \"dynamic.sy.test\", \"port\": 10021}, \
+             \"proximity\": {\"name\": \"proximity.sy.test\", \"port\": 10031}, \"hash\": \
+             {\"name\": \"hash.sy.test\", \"port\": 10041}}}"
+        );
+        assert_eq!(lines[16], "}");
+        assert_eq!(lines.len(), 17);
         serde_json::from_str::<serde_json::Value>(&m).unwrap();
     }
 
@@ -879,6 +951,8 @@ mod tests {
                     .unwrap_or_else(|| panic!("{id} is not in the manifest"));
                 let ip = t.nodes[i].status.ip();
                 assert!(line.contains(&format!("\"public\": \"{ip}\"")), "{line}");
+                let dns = format!("\"dns\": \"{ip}:{DNS_PORT}\"");
+                assert!(line.contains(&dns), "{line}");
                 let others = t.nodes.iter().filter(|n| n.status.ip() == ip).count();
                 assert_eq!(others, 1, "{mode:?}: {ip} is not {id}'s own");
                 for (k, app) in APPS.iter().enumerate() {
