@@ -999,9 +999,14 @@ impl Ctx {
         let failover = wnam.app("failover").expect("the failover app");
         let weu_client = t.client("WEU").expect("a WEU client").ip;
         let status = wnam.status;
+        let dns = wnam.dns;
+        let zone = topology::DNS_ZONE;
         say!(
             "try:
   {b}/sy-client {failover}          # prints the origin's name
+  dig @{dns_ip} -p {dns_port} failover.{zone}        # every node answers DNS: the nodes to connect to
+  dig @{dns_ip} -p {dns_port} geo.{zone} +subnet={weu_client}/32   # for a WEU client: edge-weu first
+  {b}/switchyard explain --dns geo.{zone} --client {weu_client} --addr {status}   # why those nodes
   ./testnet.sh client --from WEU --node edge-weu
   ./testnet.sh client --from WEU --app geo --node edge-wnam        # WEU client, WNAM node: a weu origin
   ./testnet.sh client --from SEAS --app proximity --node edge-weu  # the nearest pool's: a seas origin
@@ -1015,7 +1020,9 @@ impl Ctx {
   {b}/switchyard status --addr {status}   # edge-weu is down in the member list
   ./testnet.sh node up edge-weu                   # it rejoins, with a new generation
   ./testnet.sh status
-  ./testnet.sh down"
+  ./testnet.sh down",
+            dns_ip = dns.ip(),
+            dns_port = dns.port(),
         );
     }
 
@@ -1038,7 +1045,9 @@ impl Ctx {
             }
         }
         let ns_wnam = self.netns_of("WNAM");
-        let status = self.topo.node("edge-wnam").expect("edge-wnam").status;
+        let wnam = self.topo.node("edge-wnam").expect("edge-wnam");
+        let (status, dns) = (wnam.status, wnam.dns);
+        let zone = topology::DNS_ZONE;
         let weu_client = self.topo.client("WEU").expect("a WEU client").ip;
         say!(
             "
@@ -1052,10 +1061,13 @@ try:
   ./testnet.sh wan cut WNAM WEU                   # and: ./testnet.sh wan heal WNAM WEU
   ip netns exec {ns_wnam} {b}/switchyard status --addr {status}   # members and RTTs
   ip netns exec {ns_wnam} {b}/switchyard explain --lb geo --client {weu_client} --addr {status}
+  ip netns exec {ns_wnam} dig @{dns_ip} -p {dns_port} geo.{zone} +subnet={weu_client}/32   # edge-weu first
   ./testnet.sh origin down wnam-1                 # and wnam-2: edge-wnam fails over to weu
   ./testnet.sh node down edge-weu                 # and: ./testnet.sh node up edge-weu
   ./testnet.sh status
-  ./testnet.sh down                               # also removes the namespaces"
+  ./testnet.sh down                               # also removes the namespaces",
+            dns_ip = dns.ip(),
+            dns_port = dns.port(),
         );
     }
 }
