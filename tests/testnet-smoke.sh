@@ -3,9 +3,11 @@
 # testnet up and checks that its three nodes form one mesh; that geo and proximity steering send
 # each region's client (placed by the testnet's GeoIP database) to its region's pool through
 # every node, and hash origin steering to one origin on every node; that `switchyard explain`
-# and `switchyard status` show the client's region and the database. Then fails edge-wnam's
+# and `switchyard status` show the client's region and the database; that every node answers
+# DNS for the zone (dig), a WEU client's subnet getting edge-weu first. Then fails edge-wnam's
 # failover app over from the wnam pool to weu and back (and checks that another node sees
-# edge-wnam's view of the origin), restarts a node and watches it leave and rejoin the mesh,
+# edge-wnam's view of the origin), restarts a node and watches it leave and rejoin the mesh
+# (and leave and rejoin the DNS answers),
 # and tears everything down, also on failure. Bounded: every wait polls with a deadline.
 #
 # Status JSON is read with bash alone: see tests/smoke-lib.sh. Where every app of every node
@@ -95,6 +97,37 @@ observed_down() { # NODE ORIGIN OBSERVER: NODE's status has ORIGIN unhealthy as 
     h=$(observer "$(status_json "$1")" "$2" "$3")
     LAST="$1: $2 as $3 sees it: ${h:-(no such observer)}"
     [[ $h == false ]]
+}
+
+# ---- DNS checks with dig ----------------------------------------------------------------------
+
+declare -A PUBLIC=([edge-wnam]=127.0.21.1 [edge-weu]=127.0.22.1 [edge-seas]=127.0.23.1)
+DNS_PORT=5300
+ZONE=sy.test
+
+# answers NODE NAME [CLIENT]: the A records NODE answers for NAME (for a client in CLIENT's
+# subnet when given), one a line, in the answer's order.
+answers() {
+    local subnet=()
+    [[ -n ${3:-} ]] && subnet=(+subnet="$3/32")
+    dig @"${PUBLIC[$1]}" -p "$DNS_PORT" +short +tries=1 +time=1 "${subnet[@]}" "$2" A 2>/dev/null |
+        grep -E '^[0-9.]+$' || true
+}
+
+# first_answer_is NODE NAME CLIENT WANT: NODE's first address for NAME, for CLIENT, is WANT.
+first_answer_is() {
+    local got
+    got=$(answers "$1" "$2" "$3" | tr '\n' ' ')
+    LAST="$1 answers $2 for $3 with: ${got:-nothing}"
+    [[ ${got%% *} == "$4" ]]
+}
+
+# not_answered NODE NAME CLIENT ADDR: NODE answers NAME for CLIENT, without ADDR.
+not_answered() {
+    local got
+    got=$(answers "$1" "$2" "$3" | tr '\n' ' ')
+    LAST="$1 answers $2 for $3 with: ${got:-nothing}"
+    [[ -n $got && " $got" != *" $4 "* ]]
 }
 
 # Connects through edge-wnam's failover app (127.0.21.1:10001); prints the origin, or nothing.
@@ -274,6 +307,30 @@ node_status=$("$(switchyard_bin)" status --addr 127.0.21.1:9900 2>&1) ||
     fail "edge-wnam's status does not mention $geo_db: $(head -n 3 <<<"$node_status")"
 pass "$(grep -m1 -F "$geo_db" <<<"$node_status")"
 
+step "DNS: every node answers for the zone, with the nodes' public addresses"
+command -v dig >/dev/null || fail "dig is missing: apt-get install bind9-dnsutils"
+for node in "${NODES[@]}"; do
+    got=$(answers "$node" "failover.$ZONE" | tr '\n' ' ')
+    n=$(wc -w <<<"$got")
+    ((n == 2)) || fail "$node answers failover.$ZONE with ${got:-nothing}, not 2 addresses"
+    for a in $got; do
+        [[ " ${PUBLIC[*]} " == *" $a "* ]] || fail "$node answers failover.$ZONE with $a, no node's address"
+    done
+    pass "dig @${PUBLIC[$node]} -p $DNS_PORT failover.$ZONE: $got"
+done
+soa=$(dig @"${PUBLIC[edge-wnam]}" -p "$DNS_PORT" +short "$ZONE" SOA 2>/dev/null || true)
+[[ -n $soa ]] || fail "edge-wnam gives no SOA for $ZONE"
+nx=$(dig @"${PUBLIC[edge-wnam]}" -p "$DNS_PORT" "nothing.$ZONE" A 2>/dev/null || true)
+[[ $nx == *"status: NXDOMAIN"* ]] || fail "nothing.$ZONE is not NXDOMAIN: $(grep -m1 status: <<<"$nx")"
+pass "the apex has an SOA ($soa); an unknown name is NXDOMAIN"
+
+step "DNS: a WEU client (EDNS Client Subnet ${CLIENT_IP[WEU]}) gets edge-weu first from every node"
+for node in "${NODES[@]}"; do
+    within 10 "$node does not answer geo.$ZONE for a WEU client with edge-weu first" \
+        first_answer_is "$node" "geo.$ZONE" "${CLIENT_IP[WEU]}" "${PUBLIC[edge-weu]}"
+    pass "$LAST"
+done
+
 step "take the wnam pool down: origin down wnam-1, wnam-2"
 "$TESTNET" origin down wnam-1 || fail "origin down wnam-1 failed"
 "$TESTNET" origin down wnam-2 || fail "origin down wnam-2 failed"
@@ -299,6 +356,9 @@ pass "edge-weu's status endpoint 127.0.22.1:9900 no longer answers"
 started=$SECONDS
 within 10 "edge-wnam did not see edge-weu leave the mesh" gone edge-wnam edge-weu
 pass "$LAST (within $((SECONDS - started + 1))s)"
+within 10 "edge-wnam still answers edge-weu's address to a WEU client" \
+    not_answered edge-wnam "geo.$ZONE" "${CLIENT_IP[WEU]}" "${PUBLIC[edge-weu]}"
+pass "$LAST"
 
 step "node up edge-weu"
 "$TESTNET" node up edge-weu || fail "node up edge-weu failed"
@@ -309,6 +369,9 @@ started=$SECONDS
 within 15 "edge-wnam did not see edge-weu rejoin with a generation above $weu_generation" \
     rejoined edge-wnam edge-weu "$weu_generation"
 pass "$LAST (was $weu_generation; within $((SECONDS - started + 1))s)"
+within 15 "edge-wnam does not answer edge-weu first to a WEU client again" \
+    first_answer_is edge-wnam "geo.$ZONE" "${CLIENT_IP[WEU]}" "${PUBLIC[edge-weu]}"
+pass "$LAST"
 
 step "$TESTNET status"
 "$TESTNET" status >"$STATE/smoke-status.txt" 2>&1 ||
