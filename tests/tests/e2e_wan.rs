@@ -32,6 +32,11 @@
 //!    for a region its certificate does not name. Each is refused and counted by its reason;
 //!    edge-weu stays alive under its generation on every node, its rows stay up, no made-up
 //!    member is listed anywhere, and every region's clients are served as before.
+//! 9. DNS: a WEU client resolving through any node (dig, from its namespace) gets edge-weu
+//!    first. Kill edge-weu: within the mesh's detection time every node answers without it,
+//!    and the client's next connection to the first answered address is served. Bring it back:
+//!    it is first again. Point one app of edge-seas at a pool only edge-seas has, which is
+//!    down: edge-seas drops out of that app's answers, on every node, and stays in the others'.
 //!
 //! Each scenario prints a timeline (run with `--nocapture` to see it): what changed when, and
 //! what each node saw. On failure it also prints the tail of every node's log and the
@@ -1972,6 +1977,11 @@ impl Cluster {
             )
         };
         std::fs::write(&path, text)?;
+        self.sighup(region)
+    }
+
+    /// Sends the region's node SIGHUP: it reloads its config file.
+    fn sighup(&self, region: &str) -> Result<()> {
         let pid = self
             .nodes
             .get(region)
@@ -1980,7 +1990,11 @@ impl Cluster {
         let pid = i32::try_from(pid).context("pid")?;
         // SAFETY: sends a signal to our own child, which is still running (not reaped).
         if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-            bail!("SIGHUP {id}: {}", std::io::Error::last_os_error());
+            bail!(
+                "SIGHUP {}: {}",
+                node_id(region),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -2299,5 +2313,208 @@ async fn liar(c: &Cluster) -> Result<()> {
     for (via, from) in [("WNAM", "WEU"), ("WNAM", "WNAM"), ("WEU", "WEU")] {
         c.served_by_own_region(from, via).await?;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. DNS.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_dns_answers_follow_the_mesh() -> Result<()> {
+    scenario(
+        "e2e_dns_answers_follow_the_mesh",
+        "dns",
+        Some(dig_check),
+        async |c| dns(c).await,
+    )
+    .await
+}
+
+fn dig_check() -> Result<()> {
+    match std::process::Command::new("dig").arg("-v").output() {
+        Ok(_) => Ok(()),
+        Err(e) => bail!("dig is needed (apt-get install bind9-dnsutils): {e}"),
+    }
+}
+
+impl Cluster {
+    /// The A records the node of `via` answers for `name` to a client of region `from` (dig
+    /// from the client's address in its namespace: the resolver's address places it), in the
+    /// answer's order.
+    async fn resolve(&self, from: &str, via: &str, name: &str) -> Result<Vec<IpAddr>, String> {
+        let dns = self.node(via).dns;
+        let out = self
+            .tb()
+            .command(from, "dig")
+            .map_err(|e| format!("{e:#}"))?
+            .arg(format!("@{}", dns.ip()))
+            .args(["-p", &dns.port().to_string()])
+            .args(["-b", &self.client_ip(from).to_string()])
+            .args(["+short", "+tries=1", "+time=2", name, "A"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("dig: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("dig @{dns} {name} from {from}: {text}"));
+        }
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Waits until `check` holds of every running node's answer for `name` to a client of
+    /// `from`; notes each node's answer when it does.
+    async fn wait_answers(
+        &self,
+        what: &str,
+        from: &str,
+        name: &str,
+        within: Duration,
+        check: impl Fn(&[IpAddr]) -> bool,
+    ) -> Result<Duration> {
+        let seen: RefCell<Vec<String>> = RefCell::new(Vec::new());
+        let took = self
+            .wait_for(what, within, || async {
+                let mut lines = Vec::new();
+                for (region, id, _) in NODES {
+                    if !self.nodes.contains_key(region) {
+                        continue;
+                    }
+                    let got = self.resolve(from, region, name).await?;
+                    if !check(&got) {
+                        return Err(format!(
+                            "{id} answers {name} to a {from} client with {got:?}"
+                        ));
+                    }
+                    lines.push(format!("{id}: {got:?}"));
+                }
+                *seen.borrow_mut() = lines;
+                Ok(())
+            })
+            .await?;
+        self.note(format!(
+            "{what} ({} ): {}",
+            secs(took),
+            seen.into_inner().join(", ")
+        ));
+        Ok(took)
+    }
+}
+
+async fn dns(c: &mut Cluster) -> Result<()> {
+    let zone = testnet::DNS_ZONE;
+    let geo = format!("{APP_GEO}.{zone}");
+    let failover = format!("{APP_FAILOVER}.{zone}");
+    let topo = c.topo.clone();
+    let public = |region: &str| {
+        topo.node_in(region)
+            .expect("a node in every region")
+            .public()
+    };
+    let (weu, seas) = (public("WEU"), public("SEAS"));
+
+    c.wait_answers(
+        "every node answers a WEU client with edge-weu first",
+        "WEU",
+        &geo,
+        CONVERGE,
+        |a| a.first() == Some(&weu),
+    )
+    .await?;
+
+    c.kill_node("WEU")?;
+    let t = Instant::now();
+    c.note("killed edge-weu (SIGKILL)");
+    c.wait_answers(
+        "every node answers a WEU client without edge-weu",
+        "WEU",
+        &geo,
+        DETECT,
+        |a| !a.is_empty() && !a.contains(&weu),
+    )
+    .await?;
+    c.note(format!(
+        "edge-weu left the answers {} after the kill",
+        secs(t.elapsed())
+    ));
+    // The client's next connection, to the first address answered, is served (from its
+    // region's pool: geo steering, whichever node takes it).
+    let first = c
+        .resolve("WEU", "WNAM", &geo)
+        .await
+        .map_err(anyhow::Error::msg)?[0];
+    let via = NODES
+        .iter()
+        .find(|(r, ..)| public(r) == first)
+        .map(|(r, ..)| *r)
+        .ok_or_else(|| anyhow!("{first} is no node's address"))?;
+    c.served_by_own_region("WEU", via).await?;
+
+    c.start_node("WEU").await?;
+    c.note("restarted edge-weu");
+    c.wait_answers(
+        "every node answers a WEU client with edge-weu first again",
+        "WEU",
+        &geo,
+        CONVERGE,
+        |a| a.first() == Some(&weu),
+    )
+    .await?;
+
+    // One app of edge-seas, pointed at a pool only it has, which is down.
+    let id = node_id("SEAS");
+    let path = c.config_path(id);
+    let original = std::fs::read_to_string(&path)?;
+    let mut doc: toml::Table = original.parse()?;
+    let dead_origin = SocketAddr::new(c.node("SEAS").public(), 7999);
+    let pool: toml::Table = toml::from_str(&format!(
+        "name = \"dead\"\nmonitor = \"http\"\norigins = [{{ name = \"dead-1\", address = \"{dead_origin}\" }}]"
+    ))?;
+    doc.get_mut("pool")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or_else(|| anyhow!("{}: no [[pool]]", path.display()))?
+        .push(pool.into());
+    let lbs = doc
+        .get_mut("load_balancer")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or_else(|| anyhow!("{}: no [[load_balancer]]", path.display()))?;
+    let lb = lbs
+        .iter_mut()
+        .filter_map(toml::Value::as_table_mut)
+        .find(|t| t.get("name").and_then(toml::Value::as_str) == Some(APP_FAILOVER))
+        .ok_or_else(|| anyhow!("{}: no load balancer {APP_FAILOVER}", path.display()))?;
+    lb.insert("default_pools".into(), vec!["dead"].into());
+    lb.remove("fallback_pool");
+    std::fs::write(&path, toml::to_string(&doc)?)?;
+    c.sighup("SEAS")?;
+    c.note(format!(
+        "{id} reloaded: its {APP_FAILOVER} load balancer now uses pool dead only ({dead_origin}, nothing listens)"
+    ));
+    c.wait_answers(
+        &format!("every node answers {failover} without {id}"),
+        "SEAS",
+        &failover,
+        DETECT,
+        |a| !a.is_empty() && !a.contains(&seas),
+    )
+    .await?;
+    c.wait_answers(
+        &format!("and still answers {geo} with {id} first to a SEAS client"),
+        "SEAS",
+        &geo,
+        STEP,
+        |a| a.first() == Some(&seas),
+    )
+    .await?;
+
+    std::fs::write(&path, original)?;
+    c.sighup("SEAS")?;
+    c.wait_answers(
+        &format!("{id} is back in {failover}'s answers, first for a SEAS client"),
+        "SEAS",
+        &failover,
+        DETECT,
+        |a| a.first() == Some(&seas),
+    )
+    .await?;
     Ok(())
 }
