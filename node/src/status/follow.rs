@@ -1,0 +1,159 @@
+//! `switchyard anycast`: follows a node's `/v1/anycast` and tells a BGP speaker what to
+//! announce. Either ExaBGP's text process API on stdout (one flushed line per change; ExaBGP
+//! runs this as a `process` with `encoder text`), or a BIRD include file rewritten on each
+//! change followed by a reload command. The decisions are the core's (`Follower`); this is
+//! the polling, the writing and the running.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::core::anycast::{bird_include, AnycastReport, Change, Follower};
+use crate::error::Error;
+use crate::status::client::http_get;
+
+/// Where the changes go.
+#[derive(Debug, Clone)]
+pub enum Speaker {
+    /// ExaBGP's text API on stdout.
+    ExaBgp,
+    /// A BIRD include file and the command that makes BIRD read it again.
+    Bird {
+        include: PathBuf,
+        reload: Vec<String>,
+    },
+}
+
+/// How `switchyard anycast` runs.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    pub addr: SocketAddr,
+    /// How often the node is asked.
+    pub interval: Duration,
+    /// How long without an answer before withdrawing, until the node has said its own
+    /// `hold_down`.
+    pub hold_down: Duration,
+    pub speaker: Speaker,
+}
+
+/// Runs until stdout closes (ExaBGP stopped) or the process is stopped.
+pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
+    let mut follower = Follower::new(opts.hold_down);
+    // A BIRD file that could not be written, or a reload that failed, is tried again on
+    // every tick until it works.
+    let mut bird_pending = false;
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable_logged = false;
+    loop {
+        tick.tick().await;
+        let changes = match ask(opts.addr, opts.interval).await {
+            Ok(report) => {
+                unreachable_logged = false;
+                follower.seen(&report)
+            }
+            Err(e) => {
+                if !unreachable_logged {
+                    tracing::warn!("{e}; withdrawing after the node's hold_down");
+                    unreachable_logged = true;
+                }
+                follower.lost(Instant::now())
+            }
+        };
+        match &opts.speaker {
+            Speaker::ExaBgp => {
+                if let Some(changes) = changes {
+                    if say(&changes).is_err() {
+                        // ExaBGP closed the pipe: it is stopping, and so are we.
+                        return Ok(());
+                    }
+                }
+            }
+            Speaker::Bird { include, reload } => {
+                if changes.is_some() || bird_pending {
+                    bird_pending = !write_bird(include, reload, &follower.announced()).await;
+                }
+            }
+        }
+    }
+}
+
+/// One answer of the node, within `limit`.
+async fn ask(addr: SocketAddr, limit: Duration) -> Result<AnycastReport, Error> {
+    let fail = |message: String| Error::Status { addr, message };
+    let limit = limit.max(Duration::from_secs(1));
+    let (code, body) = tokio::time::timeout(limit, http_get(addr, "/v1/anycast"))
+        .await
+        .map_err(|_| fail(format!("/v1/anycast did not answer within {limit:?}")))??;
+    if code != 200 {
+        return Err(fail(format!("/v1/anycast answered {code}")));
+    }
+    serde_json::from_str(&body).map_err(|e| fail(format!("/v1/anycast is not a report: {e}")))
+}
+
+fn say(changes: &[Change]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for c in changes {
+        writeln!(out, "{}", c.exabgp())?;
+        // One line per change, as it happens: ExaBGP reads lines as they come.
+        out.flush()?;
+        tracing::info!("{}", c.exabgp());
+    }
+    Ok(())
+}
+
+/// Writes the include file (whole, through a rename, so BIRD never reads half of it) and
+/// runs the reload command. Returns whether both worked.
+async fn write_bird(include: &Path, reload: &[String], announced: &[ipnet::IpNet]) -> bool {
+    let text = bird_include(announced);
+    let tmp = include.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, include)) {
+        tracing::error!(
+            "cannot write {}: {e}; check the directory exists and is writable ([anycast] bird_include)",
+            include.display()
+        );
+        return false;
+    }
+    let Some((program, args)) = reload.split_first() else {
+        return true;
+    };
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            tracing::info!(
+                announced = ?announced,
+                "wrote {} and ran {}",
+                include.display(),
+                reload.join(" ")
+            );
+            true
+        }
+        Ok(Ok(out)) => {
+            tracing::error!(
+                "{} failed ({}): {}{}; fix BIRD's config or [anycast] bird_reload; retrying",
+                reload.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                "cannot run {}: {e}; is BIRD installed? ([anycast] bird_reload); retrying",
+                reload.join(" ")
+            );
+            false
+        }
+        Err(_) => {
+            tracing::error!("{} did not finish within 30s; retrying", reload.join(" "));
+            false
+        }
+    }
+}
