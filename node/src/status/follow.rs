@@ -42,6 +42,11 @@ pub struct FollowOptions {
 /// Runs until stdout closes (ExaBGP stopped) or the process is stopped.
 pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
     let mut follower = Follower::new(opts.hold_down);
+    if matches!(opts.speaker, Speaker::ExaBgp) {
+        // ExaBGP acknowledges each command on our stdin ("done"); read and drop it, so that
+        // a long life of changes never fills the pipe and stalls ExaBGP.
+        std::thread::spawn(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()));
+    }
     // A BIRD file that could not be written, or a reload that failed, is tried again on
     // every tick until it works.
     let mut bird_pending = false;
