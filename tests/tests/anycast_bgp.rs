@@ -41,6 +41,10 @@ const ANYCAST: &str = "192.0.2.1:8080";
 /// For a route to appear or go: ExaBGP's session, the follower's poll, the holds. Generous.
 const ROUTE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+/// Nodes 1 and 2 speak BGP through ExaBGP; node 3 through a BIRD of its own, whose include
+/// file `switchyard anycast --bird` maintains.
+const NODES: [u8; 3] = [1, 2, 3];
+const ALL: [&str; 3] = ["node1", "node2", "node3"];
 
 /// Runs a command to completion; fails with its output.
 fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -236,7 +240,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in ["r", "c", "n1", "n2"] {
+        for ns in ["r", "c", "n1", "n2", "n3"] {
             let _ = run("ip", &["netns", "del", &self.ns(ns)]);
         }
         if std::thread::panicking() || std::env::var_os("KEEP_LOGS").is_some() {
@@ -265,7 +269,12 @@ fn exabgp_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn node_config(node: u8) -> String {
+fn node_config(node: u8, dir: &Path) -> String {
+    let bird = format!(
+        "bird_include = \"{}\"\nbird_reload = [\"birdc\", \"-s\", \"{}\", \"configure\"]\n",
+        dir.join(format!("bird-{node}-anycast.conf")).display(),
+        dir.join(format!("bird-{node}.ctl")).display()
+    );
     format!(
         r#"[node]
 id = "anycast-{node}"
@@ -298,7 +307,7 @@ load_balancer = "web"
 withdraw_grace = "5s"
 hold_up = "1s"
 hold_down = "1s"
-
+{bird}
 [[anycast.prefix]]
 prefix = "{PREFIX}"
 apps = ["web"]
@@ -328,6 +337,25 @@ neighbor 10.99.{node}.1 {{
     )
 }
 
+/// README's BIRD snippet for a node's own BIRD, with this lab's addresses: the include file
+/// holds `protocol static switchyard_anycast4` (and 6) with the announced prefixes.
+fn speaker_bird_config(node: u8, dir: &Path) -> String {
+    format!(
+        r#"router id 10.99.{node}.2;
+include "{}";
+protocol device {{ }}
+protocol bgp upstream {{
+    local 10.99.{node}.2 as 6500{node};
+    neighbor 10.99.{node}.1 as 65000;
+    hold time 9;
+    connect retry time 1;
+    ipv4 {{ import none; export where proto = "switchyard_anycast4"; }};
+}}
+"#,
+        dir.join(format!("bird-{node}-anycast.conf")).display()
+    )
+}
+
 fn bird_config(dir: &Path) -> String {
     let mut text = format!(
         r#"router id 10.99.0.1;
@@ -339,7 +367,7 @@ protocol kernel {{
 "#,
         dir.join("bird-routes.log").display()
     );
-    for node in [1, 2] {
+    for node in NODES {
         text.push_str(&format!(
             r#"protocol bgp node{node} {{
     local 10.99.{node}.1 as 65000;
@@ -356,11 +384,11 @@ protocol kernel {{
 
 /// Namespaces, links, addresses and routes; the router's flow pinning.
 fn build(lab: &Lab) -> Result<()> {
-    for ns in ["r", "c", "n1", "n2"] {
+    for ns in ["r", "c", "n1", "n2", "n3"] {
         run("ip", &["netns", "add", &lab.ns(ns)])?;
         lab.ip(ns, "link set lo up")?;
     }
-    for (peer, net) in [("c", 0), ("n1", 1), ("n2", 2)] {
+    for (peer, net) in [("c", 0), ("n1", 1), ("n2", 2), ("n3", 3)] {
         let (a, b) = (format!("r-{peer}"), format!("{peer}-r"));
         lab.ip(
             "r",
@@ -376,7 +404,7 @@ fn build(lab: &Lab) -> Result<()> {
         lab.ip(peer, &format!("route add default via 10.99.{net}.1"))?;
     }
     lab.exec("r", "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-    for node in [1, 2] {
+    for node in NODES {
         lab.ip(&format!("n{node}"), "addr add 192.0.2.1/32 dev lo")?;
         // A flow's later packets follow the mark of the node its first packet went to.
         lab.exec(
@@ -445,7 +473,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
         t0: Instant::now(),
     };
     build(&lab)?;
-    lab.note("namespaces up: router, client, node-1, node-2");
+    lab.note("namespaces up: router, client, node-1, node-2, node-3");
 
     std::fs::write(lab.dir.join("bird.conf"), bird_config(&lab.dir))?;
     let (conf, sock) = (
@@ -453,47 +481,76 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
         lab.dir.join("bird.ctl").display().to_string(),
     );
     lab.spawn("bird", "r", "bird", &["-f", "-c", &conf, "-s", &sock])?;
-    for node in [1u8, 2] {
-        std::fs::write(lab.dir.join(format!("node-{node}.toml")), node_config(node))?;
-        let exa = lab.dir.join(format!("exabgp-{node}.conf"));
-        std::fs::write(&exa, exabgp_config(node, &lab.switchyard))?;
+    for node in NODES {
+        let config = lab.dir.join(format!("node-{node}.toml"));
+        std::fs::write(&config, node_config(node, &lab.dir))?;
         lab.start_origin(node)?;
         lab.start_node(node)?;
-        lab.spawn(
-            &format!("exabgp-{node}"),
-            &format!("n{node}"),
-            "exabgp",
-            &[&exa.display().to_string()],
-        )?;
+        let ns = format!("n{node}");
+        if node == 3 {
+            // BIRD must find its include file at start; `switchyard anycast --bird` then
+            // rewrites it.
+            let include = lab.dir.join(format!("bird-{node}-anycast.conf"));
+            std::fs::write(&include, "")?;
+            let conf = lab.dir.join(format!("bird-{node}.conf"));
+            std::fs::write(&conf, speaker_bird_config(node, &lab.dir))?;
+            let sock = lab.dir.join(format!("bird-{node}.ctl"));
+            let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
+            lab.spawn("bird-3", &ns, "bird", &["-f", "-c", &conf, "-s", &sock])?;
+            let switchyard = lab.switchyard.display().to_string();
+            let config = config.display().to_string();
+            let args = [
+                "anycast",
+                "--bird",
+                "--config",
+                &config,
+                "--interval",
+                "200ms",
+            ];
+            lab.spawn("anycast-3", &ns, &switchyard, &args)?;
+        } else {
+            let exa = lab.dir.join(format!("exabgp-{node}.conf"));
+            std::fs::write(&exa, exabgp_config(node, &lab.switchyard))?;
+            let exa = exa.display().to_string();
+            lab.spawn(&format!("exabgp-{node}"), &ns, "exabgp", &[&exa])?;
+        }
     }
-    lab.note("BIRD, two origins, two nodes and two ExaBGPs started");
-    lab.routes_become(&["node1", "node2"]).await?;
+    lab.note("the router's BIRD; three origins and nodes; ExaBGP by nodes 1 and 2, BIRD by node 3");
+    lab.routes_become(&ALL).await?;
 
-    // 1. node-1's only origin stops: node-1 cannot serve, its route goes; and comes back.
-    lab.kill("origin-1")?;
-    lab.note("origin-1 stopped");
-    lab.routes_become(&["node2"]).await?;
-    lab.start_origin(1)?;
-    lab.note("origin-1 restarted");
-    lab.routes_become(&["node1", "node2"]).await?;
+    // 1. One node's only origin stops: that node cannot serve, its route goes; and comes
+    // back. Through ExaBGP (node 1) and through BIRD's include file (node 3).
+    for (node, others) in [(1, ["node2", "node3"]), (3, ["node1", "node2"])] {
+        lab.kill(&format!("origin-{node}"))?;
+        lab.note(format!("origin-{node} stopped"));
+        lab.routes_become(&others).await?;
+        lab.start_origin(node)?;
+        lab.note(format!("origin-{node} restarted"));
+        lab.routes_become(&ALL).await?;
+    }
 
-    // 2. node-2 killed outright: `switchyard anycast` loses it and withdraws; restarted, it
+    // 2. A node killed outright: `switchyard anycast` loses it and withdraws; restarted, it
     // announces again once it can serve.
-    lab.kill("node-2")?;
-    lab.note("node-2 killed (SIGKILL)");
-    lab.routes_become(&["node1"]).await?;
-    lab.start_node(2)?;
-    lab.note("node-2 restarted");
-    lab.routes_become(&["node1", "node2"]).await?;
+    for (node, others) in [(2, ["node1", "node3"]), (3, ["node1", "node2"])] {
+        lab.kill(&format!("node-{node}"))?;
+        lab.note(format!("node-{node} killed (SIGKILL)"));
+        lab.routes_become(&others).await?;
+        lab.start_node(node)?;
+        lab.note(format!("node-{node} restarted"));
+        lab.routes_become(&ALL).await?;
+    }
 
     // 3. A planned drain of the node the router prefers, under load.
     let client_ns = lab.ns("c");
     let (mut held, first) = connect(&client_ns).await?;
-    let (drained, other) = match first.as_str() {
-        "origin-1" => (1u8, "node2"),
-        "origin-2" => (2u8, "node1"),
-        other => bail!("greeting {other:?} from {ANYCAST}"),
-    };
+    let drained: u8 = first
+        .strip_prefix("origin-")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("greeting {first:?} from {ANYCAST}"))?;
+    let others: Vec<&str> = ALL
+        .into_iter()
+        .filter(|n| *n != format!("node{drained}"))
+        .collect();
     lab.note(format!("connection held through node-{drained}"));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, moved) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -520,7 +577,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
     let node = format!("node-{drained}");
     lab.signal(&node, libc::SIGTERM)?;
     lab.note(format!("SIGTERM to {node}"));
-    lab.routes_become(&[other]).await?;
+    lab.routes_become(&others).await?;
     // The grace runs out and the node drains (its listener closed): the held connection
     // still flows, and new connections keep being served by the other node.
     let log = lab.dir.join(format!("{node}.log"));
@@ -548,7 +605,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
     stop.store(true, Ordering::Relaxed);
     clients.await??;
     lab.note(format!(
-        "{node} exited ({}) once the held connection ended; {} new connections during the drain, all served, {} by the other node",
+        "{node} exited ({}) once the held connection ended; {} new connections during the drain, all served, {} by the other nodes",
         if clean { "0" } else { "non-zero" },
         ok.load(Ordering::Relaxed),
         moved.load(Ordering::Relaxed)

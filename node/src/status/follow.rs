@@ -48,8 +48,8 @@ pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
         std::thread::spawn(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()));
     }
     // A BIRD file that could not be written, or a reload that failed, is tried again on
-    // every tick until it works.
-    let mut bird_pending = false;
+    // every tick until it works; the same error is logged once.
+    let mut bird_failed: Option<String> = None;
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable_logged = false;
@@ -78,8 +78,25 @@ pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
                 }
             }
             Speaker::Bird { include, reload } => {
-                if changes.is_some() || bird_pending {
-                    bird_pending = !write_bird(include, reload, &follower.announced()).await;
+                if changes.is_some() || bird_failed.is_some() {
+                    let announced = follower.announced();
+                    match write_bird(include, reload, &announced).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                announced = ?announced,
+                                "wrote {} and ran {}",
+                                include.display(),
+                                reload.join(" ")
+                            );
+                            bird_failed = None;
+                        }
+                        Err(e) => {
+                            if bird_failed.as_ref() != Some(&e) {
+                                tracing::error!("{e}; retrying");
+                            }
+                            bird_failed = Some(e);
+                        }
+                    }
                 }
             }
         }
@@ -111,54 +128,43 @@ fn say(changes: &[Change]) -> std::io::Result<()> {
 }
 
 /// Writes the include file (whole, through a rename, so BIRD never reads half of it) and
-/// runs the reload command. Returns whether both worked.
-async fn write_bird(include: &Path, reload: &[String], announced: &[ipnet::IpNet]) -> bool {
-    let text = bird_include(announced);
+/// runs the reload command.
+async fn write_bird(
+    include: &Path,
+    reload: &[String],
+    announced: &[ipnet::IpNet],
+) -> Result<(), String> {
     let tmp = include.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, include)) {
-        tracing::error!(
-            "cannot write {}: {e}; check the directory exists and is writable ([anycast] bird_include)",
-            include.display()
-        );
-        return false;
-    }
+    std::fs::write(&tmp, bird_include(announced))
+        .and_then(|()| std::fs::rename(&tmp, include))
+        .map_err(|e| {
+            format!(
+                "cannot write {}: {e}; check that its directory exists and is writable ([anycast] bird_include)",
+                include.display()
+            )
+        })?;
     let Some((program, args)) = reload.split_first() else {
-        return true;
+        return Ok(());
     };
+    let command = reload.join(" ");
     let run = tokio::process::Command::new(program)
         .args(args)
         .kill_on_drop(true)
         .output();
-    match tokio::time::timeout(Duration::from_secs(30), run).await {
-        Ok(Ok(out)) if out.status.success() => {
-            tracing::info!(
-                announced = ?announced,
-                "wrote {} and ran {}",
-                include.display(),
-                reload.join(" ")
-            );
-            true
-        }
-        Ok(Ok(out)) => {
-            tracing::error!(
-                "{} failed ({}): {}{}; fix BIRD's config or [anycast] bird_reload; retrying",
-                reload.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            false
-        }
-        Ok(Err(e)) => {
-            tracing::error!(
-                "cannot run {}: {e}; is BIRD installed? ([anycast] bird_reload); retrying",
-                reload.join(" ")
-            );
-            false
-        }
-        Err(_) => {
-            tracing::error!("{} did not finish within 30s; retrying", reload.join(" "));
-            false
-        }
+    match tokio::time::timeout(RELOAD_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(format!(
+            "{command} failed ({}): {}{}; is BIRD running, and does its config parse? ([anycast] bird_reload)",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!(
+            "cannot run {command}: {e}; is BIRD installed? ([anycast] bird_reload)"
+        )),
+        Err(_) => Err(format!("{command} did not finish within {RELOAD_TIMEOUT:?}")),
     }
 }
+
+/// A reload that takes longer is killed and tried again.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
