@@ -339,7 +339,7 @@ neighbor 10.99.{node}.1 {{
 
 /// README's BIRD snippet for a node's own BIRD, with this lab's addresses: the include file
 /// holds `protocol static switchyard_anycast4` (and 6) with the announced prefixes.
-fn speaker_bird_config(node: u8, dir: &Path) -> String {
+fn speaker_bird_config(node: u8, include: &Path) -> String {
     format!(
         r#"router id 10.99.{node}.2;
 include "{}";
@@ -352,20 +352,20 @@ protocol bgp upstream {{
     ipv4 {{ import none; export where proto = "switchyard_anycast4"; }};
 }}
 "#,
-        dir.join(format!("bird-{node}-anycast.conf")).display()
+        include.display()
     )
 }
 
-fn bird_config(dir: &Path) -> String {
-    let mut text = format!(
+/// README's BIRD snippet for the router: a BGP session per node, the best route into the
+/// kernel.
+fn bird_config() -> String {
+    let mut text = String::from(
         r#"router id 10.99.0.1;
-log "{}" all;
-protocol device {{ }}
-protocol kernel {{
-    ipv4 {{ import none; export all; }};
-}}
+protocol device { }
+protocol kernel {
+    ipv4 { import none; export all; };
+}
 "#,
-        dir.join("bird-routes.log").display()
     );
     for node in NODES {
         text.push_str(&format!(
@@ -475,7 +475,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
     build(&lab)?;
     lab.note("namespaces up: router, client, node-1, node-2, node-3");
 
-    std::fs::write(lab.dir.join("bird.conf"), bird_config(&lab.dir))?;
+    std::fs::write(lab.dir.join("bird.conf"), bird_config())?;
     let (conf, sock) = (
         lab.dir.join("bird.conf").display().to_string(),
         lab.dir.join("bird.ctl").display().to_string(),
@@ -493,7 +493,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
             let include = lab.dir.join(format!("bird-{node}-anycast.conf"));
             std::fs::write(&include, "")?;
             let conf = lab.dir.join(format!("bird-{node}.conf"));
-            std::fs::write(&conf, speaker_bird_config(node, &lab.dir))?;
+            std::fs::write(&conf, speaker_bird_config(node, &include))?;
             let sock = lab.dir.join(format!("bird-{node}.ctl"));
             let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
             lab.spawn("bird-3", &ns, "bird", &["-f", "-c", &conf, "-s", &sock])?;
@@ -616,4 +616,25 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
         "new connections did not move to the other node"
     );
     Ok(())
+}
+
+/// README's "Anycast" section shows the configs this test runs (with the lab's addresses).
+#[test]
+fn readme_shows_the_configs_this_test_runs() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let include = Path::new("/etc/bird/switchyard-anycast.conf");
+    for (what, text) in [
+        (
+            "ExaBGP's config",
+            exabgp_config(1, Path::new("/usr/local/bin/switchyard")),
+        ),
+        ("the router's BIRD config", bird_config()),
+        ("node 3's BIRD config", speaker_bird_config(3, include)),
+    ] {
+        assert!(
+            readme.contains(&text),
+            "README's Anycast section should show {what} as the test runs it:\n{text}"
+        );
+    }
 }
