@@ -328,6 +328,8 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reconfigure(config.anycast.as_ref(), tokio::time::Instant::now());
+        // Prefixes a reload removed leave the metric; the next weighing sets the others.
+        self.state.metrics.anycast_announced.clear();
 
         // 4. Swap app configs, start new listeners, stop removed ones.
         let mut keep: HashMap<String, Listening> = HashMap::new();

@@ -18,7 +18,7 @@ use crate::core::explain::{self, Explanation};
 use crate::core::steering::{Request, TYPICAL_DRAW};
 use crate::hub::HealthHub;
 use crate::locate::Locator;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PrefixLabels};
 use crate::proxy::AppSlot;
 
 /// A running node's state.
@@ -105,16 +105,27 @@ impl NodeState {
                 .map(|r| r.trim_end().replace('\n', "; ")),
             unservable: anycast::unservable_apps(&snap.rt, &snap.view),
         };
-        if announcer.update(now, &cond) {
-            let report = announcer.report(&snap.rt.node_id, now, |_| String::new());
-            for p in report.prefixes {
-                match (p.announce, p.reason) {
-                    (true, _) => tracing::info!(prefix = %p.prefix, "anycast: announcing"),
-                    (false, Some(why)) => {
-                        tracing::warn!(prefix = %p.prefix, "anycast: withdrawn: {why}")
-                    }
-                    (false, None) => tracing::warn!(prefix = %p.prefix, "anycast: withdrawn"),
+        let before = announcer.announced();
+        announcer.update(now, &cond);
+        for p in announcer
+            .report(&snap.rt.node_id, now, |_| String::new())
+            .prefixes
+        {
+            self.metrics
+                .anycast_announced
+                .get_or_create(&PrefixLabels {
+                    prefix: p.prefix.to_string(),
+                })
+                .set(i64::from(p.announce));
+            if before.contains(&p.prefix) == p.announce {
+                continue;
+            }
+            match (p.announce, p.reason) {
+                (true, _) => tracing::info!(prefix = %p.prefix, "anycast: announcing"),
+                (false, Some(why)) => {
+                    tracing::warn!(prefix = %p.prefix, "anycast: withdrawn: {why}")
                 }
+                (false, None) => tracing::warn!(prefix = %p.prefix, "anycast: withdrawn"),
             }
         }
     }

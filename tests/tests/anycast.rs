@@ -6,11 +6,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
 use switchyard_node::core::anycast::AnycastReport;
 use switchyard_node::status::http_get;
 use switchyard_tests::harness::{app_addr, eventually, name_via, node, origin};
 use switchyard_tests::origin::{connect_from, read_line};
-use tokio::io::{AsyncWriteExt, BufReader};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::ChildStdout;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -111,6 +114,13 @@ async fn a_prefix_is_announced_while_its_apps_can_be_served() -> anyhow::Result<
         "{why}"
     );
 
+    let metrics = http_get(status, "/metrics").await?.1;
+    assert!(
+        metrics.contains("switchyard_anycast_announced{prefix=\"192.0.2.0/24\"} 0")
+            && metrics.contains("switchyard_anycast_announced{prefix=\"198.51.100.0/24\"} 1"),
+        "{metrics}"
+    );
+
     game.restart().await?;
     eventually("announced again once the game is back", WAIT, || async {
         announced(status).await == [true, true]
@@ -168,5 +178,129 @@ async fn sigterm_withdraws_first_serves_through_the_grace_then_drains() -> anyho
         !name_via(addr).await.starts_with("web-"),
         "a drained node accepts no more"
     );
+    Ok(())
+}
+
+/// `switchyard anycast` (the binary, as ExaBGP runs it) against a node in process: it states
+/// every prefix once, then one line per change, and withdraws what it announced when the
+/// node goes away, still running to see it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_speaks_exabgp_lines_as_the_node_changes() -> anyhow::Result<()> {
+    let web = origin("web-1").await;
+    let mut game = origin("game-1").await;
+    let app = node(&config(web.addr(), game.addr(), "0s")).await;
+    let status = app.status_addr();
+    let mut follower = tokio::process::Command::new(switchyard_tests::harness::switchyard_bin()?)
+        .args([
+            "anycast",
+            "--addr",
+            &status.to_string(),
+            "--interval",
+            "100ms",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(follower.stdout.take().expect("piped")).lines();
+    // What the follower has told the router so far, by prefix.
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
+    let (first, second) = ("192.0.2.0/24", "198.51.100.0/24");
+    until(
+        &mut lines,
+        &mut said,
+        &[(first, "announce"), (second, "announce")],
+    )
+    .await?;
+    game.stop().await;
+    until(
+        &mut lines,
+        &mut said,
+        &[(first, "withdraw"), (second, "announce")],
+    )
+    .await?;
+    app.shutdown(Duration::ZERO).await;
+    until(
+        &mut lines,
+        &mut said,
+        &[(first, "withdraw"), (second, "withdraw")],
+    )
+    .await?;
+    assert!(
+        follower.try_wait()?.is_none(),
+        "the follower keeps running to see the node back"
+    );
+    Ok(())
+}
+
+/// Reads the follower's lines into `said` until it has said `want` of each prefix.
+async fn until(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    said: &mut BTreeMap<String, String>,
+    want: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !want
+        .iter()
+        .all(|(p, w)| said.get(*p).map(String::as_str) == Some(*w))
+    {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("want {want:?}, said {said:?}"))??
+            .ok_or_else(|| anyhow::anyhow!("the follower closed its stdout"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [verb @ ("announce" | "withdraw"), "route", prefix, "next-hop", "self"] => {
+                said.insert(prefix.to_string(), verb.to_string());
+            }
+            _ => anyhow::bail!("not an ExaBGP command: {line:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// `switchyard check` and `switchyard anycast` name what is wrong with `[anycast]`.
+#[test]
+fn the_command_line_names_what_is_wrong() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sy-anycast-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("node.toml");
+    let base = format!(
+        "[node]\nid = \"n1\"\nregion = \"WEU\"\n\n{}",
+        config("127.0.0.1:1".parse()?, "127.0.0.1:2".parse()?, "1s")
+    );
+    let run = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let out = std::process::Command::new(switchyard_tests::harness::switchyard_bin()?)
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        ))
+    };
+    let path = file.display().to_string();
+
+    std::fs::write(&file, base.replace("apps = [\"web\"]", "apps = [\"wbe\"]"))?;
+    let (ok, text) = run(&["check", "--config", &path])?;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{path}:52: [[anycast.prefix]] 198.51.100.0/24: apps: no [[app]] is named \"wbe\" (known: game, web)"
+        )),
+        "{text}"
+    );
+
+    std::fs::write(&file, &base)?;
+    let (ok, text) = run(&["anycast", "--bird", "--config", &path])?;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("[anycast] has no bird_include: set the file BIRD's config includes"),
+        "{text}"
+    );
+    let (ok, text) = run(&["anycast", "--config", &path, "--interval", "0s"])?;
+    assert!(!ok, "{text}");
+    assert!(text.contains("--interval must be above 0"), "{text}");
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
