@@ -183,7 +183,7 @@ async fn sigterm_withdraws_first_serves_through_the_grace_then_drains() -> anyho
 
 /// `switchyard anycast` (the binary, as ExaBGP runs it) against a node in process: it states
 /// every prefix once, then one line per change, and withdraws what it announced when the
-/// node goes away, still running to see it back.
+/// node goes away, still running to see it back; it stops when ExaBGP closes its stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_follower_speaks_exabgp_lines_as_the_node_changes() -> anyhow::Result<()> {
     let web = origin("web-1").await;
@@ -230,6 +230,10 @@ async fn the_follower_speaks_exabgp_lines_as_the_node_changes() -> anyhow::Resul
         follower.try_wait()?.is_none(),
         "the follower keeps running to see the node back"
     );
+    // ExaBGP gone (its end of our stdin closed): the follower stops.
+    drop(follower.stdin.take());
+    let exit = tokio::time::timeout(WAIT, follower.wait()).await??;
+    assert!(exit.success(), "{exit}");
     Ok(())
 }
 

@@ -240,6 +240,10 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // What those started (ExaBGP's `switchyard anycast`) goes with its namespace.
+        for ns in ["r", "c", "n1", "n2", "n3"] {
+            kill_all_in(&self.ns(ns));
+        }
         for ns in ["r", "c", "n1", "n2", "n3"] {
             let _ = run("ip", &["netns", "del", &self.ns(ns)]);
         }
@@ -382,6 +386,39 @@ protocol kernel {
     text
 }
 
+/// Namespaces (and what runs in them) of an earlier run of this test whose process was
+/// killed before its Drop ran: `sya<pid>-*` of a pid no longer alive.
+fn remove_leftovers() {
+    let list = run("ip", &["netns", "list"]).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = ns
+            .strip_prefix("sya")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if switchyard_tests::wan::pid_alive(pid) {
+            continue;
+        }
+        kill_all_in(ns);
+        let _ = run("ip", &["netns", "del", ns]);
+    }
+}
+
+/// SIGKILLs every process in namespace `ns`.
+fn kill_all_in(ns: &str) {
+    let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) has no memory preconditions; these processes are this test's, in
+        // namespaces it made.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// Namespaces, links, addresses and routes; the router's flow pinning.
 fn build(lab: &Lab) -> Result<()> {
     for ns in ["r", "c", "n1", "n2", "n3"] {
@@ -462,6 +499,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
         })?;
     }
     let switchyard = switchyard_bin()?;
+    remove_leftovers();
     let tag = format!("sya{}", std::process::id());
     let dir = std::env::temp_dir().join(&tag);
     std::fs::create_dir_all(&dir)?;

@@ -39,13 +39,20 @@ pub struct FollowOptions {
     pub speaker: Speaker,
 }
 
-/// Runs until stdout closes (ExaBGP stopped) or the process is stopped.
+/// Runs until the process is stopped or, speaking to ExaBGP, until ExaBGP is gone (stdin
+/// ends, or stdout cannot be written).
 pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
     let mut follower = Follower::new(opts.hold_down);
+    // ExaBGP writes to our stdin (an acknowledgement per command) and holds its other end:
+    // it is read and dropped, so that a long life of changes never fills the pipe and stalls
+    // ExaBGP, and its end means ExaBGP is gone (even killed), and so we go too.
+    let exabgp_gone = tokio_util::sync::CancellationToken::new();
     if matches!(opts.speaker, Speaker::ExaBgp) {
-        // ExaBGP acknowledges each command on our stdin ("done"); read and drop it, so that
-        // a long life of changes never fills the pipe and stalls ExaBGP.
-        std::thread::spawn(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()));
+        let gone = exabgp_gone.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            gone.cancel();
+        });
     }
     // A BIRD file that could not be written, or a reload that failed, is tried again on
     // every tick until it works; the same error is logged once.
@@ -54,7 +61,13 @@ pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable_logged = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = exabgp_gone.cancelled() => {
+                tracing::info!("stdin closed: ExaBGP is gone; stopping");
+                return Ok(());
+            }
+        }
         let changes = match ask(opts.addr, opts.interval).await {
             Ok(report) => {
                 unreachable_logged = false;
