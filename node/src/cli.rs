@@ -519,7 +519,7 @@ async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
         }
     }
     tracing::info!(
-        "signal received; draining for up to {} (send it again to stop at once)",
+        "signal received; draining for up to {}, after [anycast] withdraw_grace if set (send it again to stop at once)",
         humantime::format_duration(drain)
     );
     tokio::select! {
