@@ -386,6 +386,13 @@ protocol kernel {
     text
 }
 
+/// BIRD's protocol names of every node but `node`.
+fn all_but(node: u8) -> Vec<&'static str> {
+    ALL.into_iter()
+        .filter(|n| *n != format!("node{node}"))
+        .collect()
+}
+
 /// Namespaces (and what runs in them) of an earlier run of this test whose process was
 /// killed before its Drop ran: `sya<pid>-*` of a pid no longer alive.
 fn remove_leftovers() {
@@ -556,25 +563,22 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
     lab.note("the router's BIRD; three origins and nodes; ExaBGP by nodes 1 and 2, BIRD by node 3");
     lab.routes_become(&ALL).await?;
 
-    // 1. One node's only origin stops: that node cannot serve, its route goes; and comes
-    // back. Through ExaBGP (node 1) and through BIRD's include file (node 3).
-    for (node, others) in [(1, ["node2", "node3"]), (3, ["node1", "node2"])] {
-        lab.kill(&format!("origin-{node}"))?;
-        lab.note(format!("origin-{node} stopped"));
+    // 1. One node's only origin stops (SIGKILL): that node cannot serve, its route goes;
+    // restarted, it comes back. Through ExaBGP (node 1) and through BIRD's include file
+    // (node 3).
+    // 2. A node killed outright (SIGKILL): `switchyard anycast` loses it and withdraws;
+    // restarted, it announces again once it can serve. Again through both speakers.
+    for (what, node) in [("origin", 1), ("origin", 3), ("node", 2), ("node", 3)] {
+        let name = format!("{what}-{node}");
+        lab.kill(&name)?;
+        lab.note(format!("{name} killed"));
+        let others = all_but(node);
         lab.routes_become(&others).await?;
-        lab.start_origin(node)?;
-        lab.note(format!("origin-{node} restarted"));
-        lab.routes_become(&ALL).await?;
-    }
-
-    // 2. A node killed outright: `switchyard anycast` loses it and withdraws; restarted, it
-    // announces again once it can serve.
-    for (node, others) in [(2, ["node1", "node3"]), (3, ["node1", "node2"])] {
-        lab.kill(&format!("node-{node}"))?;
-        lab.note(format!("node-{node} killed (SIGKILL)"));
-        lab.routes_become(&others).await?;
-        lab.start_node(node)?;
-        lab.note(format!("node-{node} restarted"));
+        match what {
+            "origin" => lab.start_origin(node)?,
+            _ => lab.start_node(node)?,
+        }
+        lab.note(format!("{name} restarted"));
         lab.routes_become(&ALL).await?;
     }
 
@@ -585,10 +589,7 @@ async fn bird_holds_the_prefix_from_exactly_the_nodes_that_can_serve() -> Result
         .strip_prefix("origin-")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| anyhow!("greeting {first:?} from {ANYCAST}"))?;
-    let others: Vec<&str> = ALL
-        .into_iter()
-        .filter(|n| *n != format!("node{drained}"))
-        .collect();
+    let others = all_but(drained);
     lab.note(format!("connection held through node-{drained}"));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, moved) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
