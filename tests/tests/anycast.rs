@@ -130,6 +130,54 @@ async fn a_prefix_is_announced_while_its_apps_can_be_served() -> anyhow::Result<
     Ok(())
 }
 
+/// A reload changes the prefixes: kept ones keep their state, new ones start withdrawn (and
+/// wait out hold_up, here an hour, so that nothing races), removed ones leave the report and
+/// the metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_prefixes() -> anyhow::Result<()> {
+    let web = origin("web-1").await;
+    let game = origin("game-1").await;
+    let body = config(web.addr(), game.addr(), "0s");
+    let app = node(&body).await;
+    let status = app.status_addr();
+    eventually("both prefixes announced", WAIT, || async {
+        announced(status).await == [true, true]
+    })
+    .await?;
+    let text = format!(
+        "[node]\nid = \"test-1\"\nregion = \"WEU\"\nstatus_listen = \"127.0.0.1:0\"\n\n{}",
+        body.replace("198.51.100.0/24", "203.0.113.0/24")
+            .replace("hold_up = \"200ms\"", "hold_up = \"1h\"")
+    );
+    app.reload(switchyard_node::Config::parse(&text, None)?)
+        .await?;
+    let r = anycast(status).await;
+    let now: Vec<(String, bool)> = r
+        .prefixes
+        .iter()
+        .map(|p| (p.prefix.to_string(), p.announce))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            ("192.0.2.0/24".to_string(), true),
+            ("203.0.113.0/24".to_string(), false)
+        ]
+    );
+    eventually("the metric follows the new list", WAIT, || async {
+        let metrics = http_get(status, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        metrics.contains("switchyard_anycast_announced{prefix=\"192.0.2.0/24\"} 1")
+            && metrics.contains("switchyard_anycast_announced{prefix=\"203.0.113.0/24\"} 0")
+            && !metrics.contains("198.51.100.0/24")
+    })
+    .await?;
+    app.shutdown(Duration::ZERO).await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_withdraws_first_serves_through_the_grace_then_drains() -> anyhow::Result<()> {
     let web = origin("web-1").await;
