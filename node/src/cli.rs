@@ -365,7 +365,13 @@ pub fn main() -> ExitCode {
                     }
                     Ok(body)
                 } else {
-                    Ok(status::render(&status::fetch(*addr).await?))
+                    let mut text = status::render(&status::fetch(*addr).await?);
+                    // A node without /v1/anycast (an older release) has nothing to add.
+                    let limit = std::time::Duration::from_secs(5);
+                    if let Ok(r) = status::fetch_anycast(*addr, limit).await {
+                        text.push_str(&status::render_anycast(&r));
+                    }
+                    Ok(text)
                 }
             });
             match result {

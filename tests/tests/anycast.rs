@@ -114,6 +114,17 @@ async fn a_prefix_is_announced_while_its_apps_can_be_served() -> anyhow::Result<
         "{why}"
     );
 
+    let out = tokio::process::Command::new(switchyard_tests::harness::switchyard_bin()?)
+        .args(["status", "--addr", &status.to_string()])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ANYCAST 192.0.2.0/24 (web, game): withdrawn since ")
+            && text.contains("; app \"game\" cannot be served")
+            && text.contains("ANYCAST 198.51.100.0/24 (web): announced since "),
+        "{text}"
+    );
     let metrics = http_get(status, "/metrics").await?.1;
     assert!(
         metrics.contains("switchyard_anycast_announced{prefix=\"192.0.2.0/24\"} 0")

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::core::anycast::{bird_include, AnycastReport, Change, Follower};
+use crate::core::anycast::{bird_include, Change, Follower};
 use crate::error::Error;
-use crate::status::client::http_get;
+use crate::status::client::fetch_anycast;
 
 /// Where the changes go.
 #[derive(Debug, Clone)]
@@ -68,7 +68,9 @@ pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
                 return Ok(());
             }
         }
-        let changes = match ask(opts.addr, opts.interval).await {
+        // A slow answer is as good as none: the follower must keep its pace.
+        let limit = opts.interval.max(Duration::from_secs(1));
+        let changes = match fetch_anycast(opts.addr, limit).await {
             Ok(report) => {
                 unreachable_logged = false;
                 follower.seen(&report)
@@ -114,19 +116,6 @@ pub async fn follow(opts: FollowOptions) -> Result<(), Error> {
             }
         }
     }
-}
-
-/// One answer of the node, within `limit`.
-async fn ask(addr: SocketAddr, limit: Duration) -> Result<AnycastReport, Error> {
-    let fail = |message: String| Error::Status { addr, message };
-    let limit = limit.max(Duration::from_secs(1));
-    let (code, body) = tokio::time::timeout(limit, http_get(addr, "/v1/anycast"))
-        .await
-        .map_err(|_| fail(format!("/v1/anycast did not answer within {limit:?}")))??;
-    if code != 200 {
-        return Err(fail(format!("/v1/anycast answered {code}")));
-    }
-    serde_json::from_str(&body).map_err(|e| fail(format!("/v1/anycast is not a report: {e}")))
 }
 
 fn say(changes: &[Change]) -> std::io::Result<()> {

@@ -7,6 +7,6 @@ pub mod document;
 pub mod follow;
 pub mod server;
 
-pub use client::{fetch, http_get, render};
+pub use client::{fetch, fetch_anycast, http_get, render, render_anycast};
 pub use document::*;
 pub use server::{document, serve, serve_with, StatusLimits};
