@@ -34,6 +34,7 @@ pub(super) struct File {
     app: Vec<AppConfig>,
     mesh: Option<MeshSection>,
     geo: Option<Geo>,
+    anycast: Option<super::AnycastConfig>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +203,7 @@ impl File {
             apps: self.app,
             mesh: self.mesh,
             geo,
+            anycast: self.anycast,
         })
     }
 }

@@ -18,9 +18,12 @@ use switchyard_geo::{Region, RegionTable};
 use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
 use switchyard_gossip::{Profile, Timings};
 
+mod anycast;
 mod file;
 mod validate;
 mod values;
+
+pub use anycast::{AnycastConfig, AnycastPrefix};
 
 pub use values::{
     canonical_ip, CountryCode, ExpectedCodes, IpRules, Listen, OriginAddr, OverrideTarget, Quorum,
@@ -40,6 +43,8 @@ pub struct Config {
     pub mesh: Option<MeshSection>,
     /// `[geo]`: absent, every client is taken to be in the node's region.
     pub geo: Option<GeoConfig>,
+    /// `[anycast]`: absent, the node announces nothing.
+    pub anycast: Option<AnycastConfig>,
 }
 
 /// `[geo]`: where clients are.

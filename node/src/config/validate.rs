@@ -38,7 +38,7 @@ pub(super) mod range {
 }
 
 /// `Err(message)` when `d` is outside `(min, max)`.
-fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+pub(super) fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
     if d < min || d > max {
         let f = humantime::format_duration;
         Err(format!(
@@ -522,7 +522,7 @@ impl Config {
         if self.mesh.is_some() {
             self.rows_within_what_peers_accept()?;
         }
-        Ok(())
+        self.validate_anycast()
     }
 
     /// The health rows this node would gossip (one per monitored origin of a pool probed from

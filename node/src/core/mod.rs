@@ -12,8 +12,10 @@
 //! - `explain`: a steering decision in words.
 //! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
 //! - `verdict`: blame asked of peers (origin down, path down, or this node sick).
+//! - `anycast`: when to announce each anycast prefix, and what to tell the router.
 
 pub mod affinity;
+pub mod anycast;
 pub mod book;
 pub mod client;
 pub mod compiled;
