@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{Config, Listen};
 use crate::core::affinity::Affinity;
+use crate::core::anycast::Announcer;
 use crate::core::compiled::{CompiledConfig, ProbeTarget};
 use crate::core::health::Attempt;
 use crate::error::Error;
@@ -30,6 +31,10 @@ use crate::monitor::MonitorSet;
 use crate::proxy::{self, AppSlot, DecisionCounters, ProxyContext};
 use crate::state::{AppInfo, NodeState};
 use crate::status;
+
+/// How often the anycast prefixes are weighed: well below any useful hold, and cheap (a
+/// pass over the apps' load balancers).
+const ANYCAST_TICK: Duration = Duration::from_millis(250);
 
 struct Listening {
     slot: Arc<AppSlot>,
@@ -100,7 +105,27 @@ impl App {
             clock,
             apps: ArcSwap::from_pointee(Vec::new()),
             draining: AtomicBool::new(false),
+            withdrawing: AtomicBool::new(false),
+            anycast: Mutex::new(Announcer::new(
+                config.anycast.as_ref(),
+                tokio::time::Instant::now(),
+            )),
         });
+        {
+            // The anycast prefixes follow health and readiness on their own clock, so that
+            // the holds count the same however often followers ask.
+            let weak = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ANYCAST_TICK);
+                loop {
+                    tick.tick().await;
+                    let Some(state) = weak.upgrade() else {
+                        return;
+                    };
+                    state.weigh_anycast(tokio::time::Instant::now());
+                }
+            });
+        }
         let proxy = Arc::new(ProxyContext {
             health,
             locator: locator.clone(),
@@ -296,8 +321,15 @@ impl App {
         let rt = Arc::new(CompiledConfig::compile(config.clone(), Some(&prev)));
         self.state.health.apply(rt.clone());
 
-        // 3. Monitors follow the new targets.
+        // 3. Monitors follow the new targets, and the anycast prefixes the new list.
         st.monitors.sync(&rt, &self.state.health);
+        self.state
+            .anycast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconfigure(config.anycast.as_ref(), tokio::time::Instant::now());
+        // Prefixes a reload removed leave the metric; the next weighing sets the others.
+        self.state.metrics.anycast_announced.clear();
 
         // 4. Swap app configs, start new listeners, stop removed ones.
         let mut keep: HashMap<String, Listening> = HashMap::new();
@@ -382,9 +414,31 @@ impl App {
         self.status_stop.cancel();
     }
 
+    /// SIGTERM: with `[anycast]`, withdraws the prefixes first and keeps serving (new
+    /// connections too) for `withdraw_grace`, so that routers move traffic away before the
+    /// node stops accepting; then drains (see [`App::drain`]). Returns the number of
+    /// connections cut at the drain's deadline.
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        self.withdraw().await;
+        self.drain(drain).await
+    }
+
+    /// Withdraws the anycast prefixes and waits out `withdraw_grace`, serving as before.
+    /// Returns at once without `[anycast]`.
+    pub async fn withdraw(&self) {
+        let grace = match &self.state.health.snapshot().rt.config.anycast {
+            Some(a) => a.withdraw_grace,
+            None => return,
+        };
+        self.state.withdrawing.store(true, Ordering::Relaxed);
+        self.state.weigh_anycast(tokio::time::Instant::now());
+        tracing::info!(grace = ?grace, "anycast prefixes withdrawn; serving through the grace period before draining");
+        tokio::time::sleep(grace).await;
+    }
+
     /// Stops accepting, waits up to `drain` for open connections to finish, then ends the
     /// rest. Returns the number of connections that were cut at the deadline.
-    pub async fn shutdown(&self, drain: Duration) -> usize {
+    pub async fn drain(&self, drain: Duration) -> usize {
         self.state.draining.store(true, Ordering::Relaxed);
         {
             let mut st = self.running.lock().await;

@@ -1,5 +1,5 @@
-//! The command line: `run`, `check`, `status`, `explain`, `geoip lookup|build`, `ca init`,
-//! `cert issue` and `cert revoke`. Parsing and printing only; the work is in `App`, the status client, the
+//! The command line: `run`, `check`, `status`, `explain`, `anycast`, `geoip lookup|build`,
+//! `ca init`, `cert issue` and `cert revoke`. Parsing and printing only; the work is in `App`, the status client, the
 //! locator and gossip's certificate code.
 
 use std::net::SocketAddr;
@@ -58,6 +58,23 @@ pub enum Command {
         addr: SocketAddr,
         #[arg(long)]
         json: bool,
+    },
+    /// Tells a BGP speaker what a running node announces ([anycast]): ExaBGP's text API on
+    /// stdout (run it as an ExaBGP `process` with `encoder text`), or with --bird a BIRD
+    /// include file and a reload.
+    Anycast {
+        /// The node's status_listen address (default: from --config, else 127.0.0.1:9900).
+        #[arg(long, env = "SWITCHYARD_STATUS")]
+        addr: Option<SocketAddr>,
+        /// The node's config file: its status address, and [anycast]'s BIRD settings.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write [anycast] bird_include and run bird_reload instead of speaking to ExaBGP.
+        #[arg(long, requires = "config")]
+        bird: bool,
+        /// How often to ask the node.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
     /// GeoIP tools: look an address up, build a small database.
     Geoip {
@@ -348,7 +365,13 @@ pub fn main() -> ExitCode {
                     }
                     Ok(body)
                 } else {
-                    Ok(status::render(&status::fetch(*addr).await?))
+                    let mut text = status::render(&status::fetch(*addr).await?);
+                    // A node without /v1/anycast (an older release) has nothing to add.
+                    let limit = std::time::Duration::from_secs(5);
+                    if let Ok(r) = status::fetch_anycast(*addr, limit).await {
+                        text.push_str(&status::render_anycast(&r));
+                    }
+                    Ok(text)
                 }
             });
             match result {
@@ -356,6 +379,21 @@ pub fn main() -> ExitCode {
                     print!("{text}");
                     ExitCode::SUCCESS
                 }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Anycast {
+            addr,
+            config,
+            bird,
+            interval,
+        } => {
+            init_tracing();
+            match follow_options(*addr, config.as_deref(), *bird, *interval) {
+                Ok(opts) => match one_thread(status::follow::follow(opts)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                },
                 Err(e) => fail(e),
             }
         }
@@ -389,6 +427,75 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs `f` on a current-thread runtime.
+fn one_thread<T>(f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?
+        .block_on(f)
+}
+
+/// `switchyard anycast`'s options from its flags and the node's config.
+fn follow_options(
+    addr: Option<SocketAddr>,
+    config: Option<&std::path::Path>,
+    bird: bool,
+    interval: std::time::Duration,
+) -> Result<status::follow::FollowOptions, Error> {
+    use status::follow::{FollowOptions, Speaker};
+    if interval.is_zero() {
+        return Err(Error::Anycast(
+            "--interval must be above 0, such as 1s".into(),
+        ));
+    }
+    let cfg = config.map(Config::load).transpose()?;
+    let anycast = cfg.as_ref().and_then(|c| c.anycast.as_ref());
+    let addr = addr
+        .or_else(|| {
+            cfg.as_ref().map(|c| {
+                // A node listening on every address is asked on loopback.
+                let mut a = c.node.status_listen;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                a
+            })
+        })
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9900)));
+    let speaker = if bird {
+        let path = config.map(|p| p.display().to_string()).unwrap_or_default();
+        match anycast {
+            Some(a) => match &a.bird_include {
+                Some(include) => Speaker::Bird {
+                    include: include.clone(),
+                    reload: a.bird_reload.clone(),
+                },
+                None => {
+                    return Err(Error::Anycast(format!(
+                        "{path}: [anycast] has no bird_include: set the file BIRD's config includes"
+                    )))
+                }
+            },
+            None => {
+                return Err(Error::Anycast(format!(
+                    "{path}: has no [anycast] section: add its prefixes and bird_include"
+                )))
+            }
+        }
+    } else {
+        Speaker::ExaBgp
+    };
+    Ok(FollowOptions {
+        addr,
+        interval,
+        hold_down: anycast
+            .map(|a| a.hold_down)
+            .unwrap_or(std::time::Duration::from_secs(1)),
+        speaker,
+    })
+}
+
 async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let drain = cfg.node.drain_timeout;
@@ -418,18 +525,18 @@ async fn run(cfg: Config, path: PathBuf) -> Result<(), Error> {
         }
     }
     tracing::info!(
-        "signal received; draining for up to {} (send it again to stop at once)",
+        "signal received; draining for up to {}, after [anycast] withdraw_grace if set (send it again to stop at once)",
         humantime::format_duration(drain)
     );
     tokio::select! {
         _ = app.shutdown(drain) => {}
         _ = term.recv() => {
             tracing::warn!("second signal; closing open connections now");
-            app.shutdown(std::time::Duration::ZERO).await;
+            app.drain(std::time::Duration::ZERO).await;
         }
         _ = int.recv() => {
             tracing::warn!("second signal; closing open connections now");
-            app.shutdown(std::time::Duration::ZERO).await;
+            app.drain(std::time::Duration::ZERO).await;
         }
     }
     Ok(())

@@ -21,6 +21,10 @@ pub enum Error {
     Mesh(#[from] switchyard_gossip::GossipError),
     #[error("geo: {0}")]
     Geo(String),
+    #[error("anycast: {0}")]
+    Anycast(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
     #[error("reload refused: {0}")]
     Reload(String),
     #[error("status endpoint {addr}: {message}; is a node running there? (set it with --addr or [node] status_listen)")]

@@ -15,7 +15,8 @@
 //!   - `monitor` (with `probe`): the health probes;
 //!   - `mesh`: the glue to the gossip mesh;
 //!   - `locate`: GeoIP and the region table;
-//!   - `status`: the status endpoint, its document, and the client the CLI uses;
+//!   - `status`: the status endpoint, its document, the client the CLI uses, and the
+//!     follower `switchyard anycast` runs;
 //!   - `metrics` and `clock`: the one registry and the one clock, passed down.
 //! - `state`: what the status endpoint reads of a running node.
 //! - `app`: wires the shells together; `cli`: the command line.

@@ -103,11 +103,18 @@ pub struct Metrics {
     /// Verdicts on this node's down flips, by verdict (`origin`, `path`, `unconfirmed`).
     pub verdicts: Family<VerdictLabels, Counter>,
     pub sick: Gauge,
+    /// 1 for each `[anycast]` prefix announced now, 0 for each withdrawn.
+    pub anycast_announced: Family<PrefixLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
     pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrefixLabels {
+    pub prefix: String,
 }
 
 impl Metrics {
@@ -136,6 +143,7 @@ impl Metrics {
             runtime_lag: Gauge::default(),
             verdicts: Family::default(),
             sick: Gauge::default(),
+            anycast_announced: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -228,6 +236,11 @@ impl Metrics {
             "node_sick",
             "1 while this node disagrees with the mesh about most origins it checks: its rows are withdrawn and /ready says 503",
             m.sick.clone(),
+        );
+        registry.register(
+            "anycast_announced",
+            "1 while this node wants the [anycast] prefix announced, 0 while withdrawn (see /v1/anycast for why)",
+            m.anycast_announced.clone(),
         );
         registry.register(
             "runtime_lag_seconds",

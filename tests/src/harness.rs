@@ -155,3 +155,21 @@ impl Drop for MeshCerts {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The `switchyard` binary, for tests that run it as a process: next to this crate's
+/// binaries, in target/<profile>/ (the test executable is in target/<profile>/deps/).
+pub fn switchyard_bin() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target directory above {}", exe.display()))?;
+    let bin = dir.join("switchyard");
+    if !bin.is_file() {
+        anyhow::bail!(
+            "no switchyard binary at {}: build it with cargo build -p switchyard-node",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}

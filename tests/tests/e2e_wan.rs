@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use switchyard_node::status::Status;
+use switchyard_tests::harness::switchyard_bin;
 use switchyard_tests::topology::{
     self as testnet, pool_of, LoadBalancer, MeshTimings, Mode, Monitor, NodeFiles, Topology,
 };
@@ -176,24 +177,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// The scenarios run one at a time (each test has its own runtime; tokio's mutex is not
 /// tied to one, and a failed scenario does not poison it).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The `switchyard` binary: next to this crate's binaries, in target/<profile>/.
-fn switchyard_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    // target/<profile>/deps/e2e_wan-xxxx
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
-    let bin = dir.join("switchyard");
-    if !bin.is_file() {
-        bail!(
-            "no switchyard binary at {}: build it with cargo build -p switchyard-node",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 fn node_id(region: &str) -> &'static str {
     NODES

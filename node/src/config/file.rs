@@ -36,6 +36,7 @@ pub(super) struct File {
     mesh: Option<MeshSection>,
     geo: Option<Geo>,
     dns: Option<DnsSection>,
+    anycast: Option<super::AnycastConfig>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +206,7 @@ impl File {
             mesh: self.mesh,
             geo,
             dns: self.dns,
+            anycast: self.anycast,
         })
     }
 }

@@ -18,9 +18,12 @@ use switchyard_geo::{Region, RegionTable};
 use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
 use switchyard_gossip::{Profile, Timings};
 
+mod anycast;
 mod file;
 mod validate;
 mod values;
+
+pub use anycast::{AnycastConfig, AnycastPrefix};
 
 pub use values::{
     canonical_ip, CountryCode, ExpectedCodes, IpRules, Listen, OriginAddr, OverrideTarget, Quorum,
@@ -42,6 +45,8 @@ pub struct Config {
     pub geo: Option<GeoConfig>,
     /// `[dns]`: absent, the node answers no DNS (it still advertises its names to the mesh).
     pub dns: Option<DnsSection>,
+    /// `[anycast]`: absent, the node announces nothing.
+    pub anycast: Option<AnycastConfig>,
 }
 
 /// `[dns]`: the node answers DNS for the mesh's names under `zone`.

@@ -43,7 +43,7 @@ pub(super) mod range {
 pub const MAX_DNS_ANSWERS: usize = 8;
 
 /// `Err(message)` when `d` is outside `(min, max)`.
-fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+pub(super) fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
     if d < min || d > max {
         let f = humantime::format_duration;
         Err(format!(
@@ -556,7 +556,7 @@ impl Config {
         if self.mesh.is_some() {
             self.rows_within_what_peers_accept()?;
         }
-        Ok(())
+        self.validate_anycast()
     }
 
     /// `[node] public_addresses`: what the mesh's DNS answers with, so each must be an address

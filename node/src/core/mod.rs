@@ -13,8 +13,10 @@
 //! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
 //! - `verdict`: blame asked of peers (origin down, path down, or this node sick).
 //! - `dns`: which nodes the mesh's DNS answers a name with, per client region, and why.
+//! - `anycast`: when to announce each anycast prefix, and what to tell the router.
 
 pub mod affinity;
+pub mod anycast;
 pub mod book;
 pub mod client;
 pub mod compiled;

@@ -10,6 +10,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::core::anycast::AnycastReport;
 use crate::error::Error;
 use crate::status::document::*;
 
@@ -55,6 +56,47 @@ pub async fn fetch(addr: SocketAddr) -> Result<Status, Error> {
         addr,
         message: format!("/v1/status is not a status document: {e}"),
     })
+}
+
+/// Fetches and decodes `/v1/anycast`, giving up after `limit`.
+pub async fn fetch_anycast(addr: SocketAddr, limit: Duration) -> Result<AnycastReport, Error> {
+    let fail = |message: String| Error::Status { addr, message };
+    let (code, body) = tokio::time::timeout(limit, http_get(addr, "/v1/anycast"))
+        .await
+        .map_err(|_| fail(format!("/v1/anycast did not answer within {limit:?}")))??;
+    if code != 200 {
+        return Err(fail(format!("/v1/anycast answered {code}")));
+    }
+    serde_json::from_str(&body).map_err(|e| fail(format!("/v1/anycast is not a report: {e}")))
+}
+
+/// The readable form of an anycast report, one line per prefix; empty without `[anycast]`.
+pub fn render_anycast(r: &AnycastReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for p in &r.prefixes {
+        let _ = write!(
+            out,
+            "ANYCAST {} ({}): {} since {}",
+            p.prefix,
+            p.apps.join(", "),
+            if p.announce { "announced" } else { "withdrawn" },
+            p.since
+        );
+        if let Some(why) = &p.reason {
+            let _ = write!(out, "; {why}");
+        }
+        if let Some(ms) = p.change_in_ms {
+            let _ = write!(
+                out,
+                "; {} in {} if that holds",
+                if p.announce { "withdrawn" } else { "announced" },
+                humantime::format_duration(Duration::from_millis(ms))
+            );
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The readable form of a status document, for `switchyard status`.

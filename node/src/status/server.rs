@@ -1,5 +1,5 @@
-//! The status endpoint on `status_listen`: `/v1/status` (JSON), `/v1/explain`, `/metrics`
-//! (Prometheus), `/live` and `/ready`.
+//! The status endpoint on `status_listen`: `/v1/status` (JSON), `/v1/explain`, `/v1/anycast`,
+//! `/metrics` (Prometheus), `/live` and `/ready`.
 //!
 //! It is on the node's own descriptors, so a client may not hold them at will: a request head
 //! must arrive within `header_timeout` (which also ends a keep-alive connection idle between
@@ -33,7 +33,7 @@ use crate::core::steering::{self, Request as SteerRequest, TYPICAL_DRAW};
 use crate::core::verdict;
 use crate::core::view::{judge, observations, Report};
 use crate::metrics::ReasonLabels;
-use crate::state::NodeState;
+use crate::state::{NodeState, SICK_ADVICE};
 use crate::status::document::*;
 
 /// What keeps slow, idle and numerous clients from holding the status endpoint's
@@ -257,52 +257,23 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
             }
         }
         "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/ready" => {
-            let trouble = state.health.trouble();
-            if state.draining.load(Ordering::Relaxed) {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "draining\n".into(),
-                )
-            } else if let Some(sick) = state.health.sick() {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "sick: peers reach {} of the {} origins this node's probes find down; {SICK_ADVICE}\n",
-                        sick.path_down, sick.checked
-                    ),
-                )
-            } else if !trouble.is_empty() {
-                // Load balancers in front steer away from a node that cannot serve well.
-                let body: String = trouble
-                    .iter()
-                    .map(|t| {
-                        format!(
-                            "in trouble: {} ({} errors): {}; {}\n",
-                            t.cause.as_str(),
-                            t.count,
-                            t.detail,
-                            t.cause.advice()
-                        )
-                    })
-                    .collect();
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
-            } else {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
-            }
-        }
+        "/ready" => match state.readiness() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+        },
+        "/v1/anycast" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&state.anycast_report()).unwrap_or_default() + "\n",
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /v1/status, /v1/explain, /metrics, /live or /ready\n".into(),
+            "not found; try /v1/status, /v1/explain, /v1/anycast, /metrics, /live or /ready\n"
+                .into(),
         ),
     }
 }
-
-/// What to do about a sick node.
-const SICK_ADVICE: &str = "check this node's network, DNS and firewall towards the origins; its own rows count nowhere until it agrees with the mesh again";
 
 /// Builds the status document from the published snapshot.
 pub fn document(state: &NodeState) -> Status {
