@@ -61,21 +61,26 @@ fn dns_section(extra: &str) -> String {
     format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"{ZONE}\"\n{extra}\n")
 }
 
-/// A node alone in WEU with 8 IPv4 and 8 IPv6 public addresses: its NS answer with glue is
-/// over 512 bytes, its A answer is not.
-async fn single() -> App {
-    init_logs();
+/// A node alone in WEU with 8 IPv4 and 8 IPv6 public addresses (its NS answer with glue is
+/// over 512 bytes, its A answer is not), serving app `game` as `hostname`, with `dns` added
+/// to its `[dns]` section.
+fn single_config(hostname: &str, dns: &str) -> Config {
     let v4: Vec<String> = (1..=8).map(|i| format!("\"192.0.2.{i}\"")).collect();
     let v6: Vec<String> = (1..=8).map(|i| format!("\"2001:db8::{i}\"")).collect();
     let text = format!(
         "[node]\nid = \"edge-weu\"\nregion = \"WEU\"\nstatus_listen = \"127.0.0.1:0\"\n\
-         drain_timeout = \"1s\"\npublic_addresses = [{}, {}]\n{GEO}{APP}{}",
+         drain_timeout = \"1s\"\npublic_addresses = [{}, {}]\n{GEO}{}{}",
         v4.join(", "),
         v6.join(", "),
-        dns_section("")
+        APP.replace("hostname = \"game\"", &format!("hostname = \"{hostname}\"")),
+        dns_section(dns)
     );
-    let cfg = Config::parse(&text, None).expect("test config is valid");
-    App::start(cfg, StartOptions::default())
+    Config::parse(&text, None).expect("test config is valid")
+}
+
+async fn single() -> App {
+    init_logs();
+    App::start(single_config("game", ""), StartOptions::default())
         .await
         .expect("node starts")
 }
@@ -115,20 +120,25 @@ async fn udp(addr: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Sends `packet` over TCP (length-framed) and returns the answer.
-async fn tcp(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
+/// Sends `packets` over one TCP connection (length-framed, one after the other) and returns
+/// their answers.
+async fn tcp(addr: SocketAddr, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
-    framed.extend(packet);
-    s.write_all(&framed).await.unwrap();
-    let mut len = [0u8; 2];
-    tokio::time::timeout(ANSWER_WAIT, s.read_exact(&mut len))
-        .await
-        .expect("a TCP answer in time")
-        .unwrap();
-    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut buf).await.unwrap();
-    buf
+    let mut answers = Vec::new();
+    for packet in packets {
+        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        framed.extend(packet);
+        s.write_all(&framed).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(ANSWER_WAIT, s.read_exact(&mut len))
+            .await
+            .expect("a TCP answer in time")
+            .unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).await.unwrap();
+        answers.push(buf);
+    }
+    answers
 }
 
 async fn ask(addr: SocketAddr, name: &str, qtype: RecordType, ecs: Option<(&str, u8)>) -> Message {
@@ -318,7 +328,7 @@ async fn an_answer_too_large_for_udp_is_truncated_and_whole_over_tcp() {
     let classic = query("lb.example.com.", RecordType::NS, false, None);
     let m = Message::from_vec(&udp(at, &classic).await.unwrap()).unwrap();
     assert!(m.metadata.truncation && m.answers.is_empty(), "{m:?}");
-    let whole = Message::from_vec(&tcp(at, &classic).await).unwrap();
+    let whole = Message::from_vec(&tcp(at, &[classic.clone(), classic.clone()]).await[1]).unwrap();
     assert!(!whole.metadata.truncation);
     assert_eq!((whole.answers.len(), whole.additionals.len()), (1, 16));
     // With EDNS the same answer fits 1232 bytes: what came over TCP.
@@ -361,6 +371,31 @@ async fn garbage_is_counted_and_the_server_keeps_answering() {
         )
         .await
             >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_reload_renames_and_retimes_without_a_restart() {
+    let app = single().await;
+    let at = dns_addr(&app);
+    app.reload(single_config("chat", "ttl = \"1m\""))
+        .await
+        .unwrap();
+    eventually(
+        "chat.lb.example.com answers after the reload",
+        WAIT,
+        || async {
+            let m = ask(at, "chat.lb.example.com.", RecordType::A, None).await;
+            addresses(&m).len() == 2 && m.answers.iter().all(|r| r.ttl == 60)
+        },
+    )
+    .await
+    .unwrap();
+    let m = ask(at, "game.lb.example.com.", RecordType::A, None).await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "the old name is gone"
     );
 }
 
@@ -620,6 +655,11 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
         "{weu:?}"
     );
     assert!(e.a.nodes.iter().filter(|n| n.answered.is_some()).count() == 2);
+    let text = switchyard_node::core::dns::render(&e);
+    assert!(
+        text.contains("edge-weu (WEU): cannot serve \"api\""),
+        "{text}"
+    );
 
     // edge-seas dies: within the mesh's detection time, SEAS clients get the others.
     apps[2].kill().await;
