@@ -248,6 +248,19 @@ async fn nxdomain_and_nodata_carry_the_soa_and_outside_the_zone_is_refused() {
     let m = ask(at, "example.org.", RecordType::A, None).await;
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     assert!(!m.metadata.authoritative && m.answers.is_empty());
+    let transfer = Message::from_vec(
+        &tcp(
+            at,
+            &[query("lb.example.com.", RecordType::AXFR, false, None)],
+        )
+        .await[0],
+    )
+    .unwrap();
+    assert_eq!(
+        transfer.metadata.response_code,
+        ResponseCode::Refused,
+        "no zone transfers"
+    );
 }
 
 #[tokio::test]
@@ -640,14 +653,31 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
     // edge-weu cannot serve api (its pool is down in its own view): a WEU client gets the
     // others, from every node, and explain says why.
     answered_without(&apps, "api", CLIENTS[1], REGIONS[1].2).await;
-    let (code, body) = status::http_get(
-        apps[0].status_addr(),
-        "/v1/explain?dns=api.lb.example.com&client=10.2.0.1",
+    let explain = || async {
+        let (code, body) = status::http_get(
+            apps[0].status_addr(),
+            "/v1/explain?dns=api.lb.example.com&client=10.2.0.1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<switchyard_node::core::dns::DnsExplanation>(&body).unwrap()
+    };
+    // The nodes rank by the round trips WEU's node measures (SWIM's, in its advert).
+    eventually(
+        "WEU's measured round trips rank the others",
+        WAIT,
+        || async {
+            let e = explain().await;
+            e.a.nodes
+                .iter()
+                .filter(|n| n.answered.is_some())
+                .all(|n| n.why.contains("as WEU's nodes measure it"))
+        },
     )
     .await
     .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let e: switchyard_node::core::dns::DnsExplanation = serde_json::from_str(&body).unwrap();
+    let e = explain().await;
     assert_eq!(e.region.as_deref(), Some("WEU"));
     let weu = e.a.nodes.iter().find(|n| n.node == "edge-weu").unwrap();
     assert!(

@@ -199,7 +199,9 @@ impl DnsState {
         } else {
             q.udp_limit()
         };
-        let (body, scope) = if q.qclass != wire::CLASS_IN {
+        // Zone transfers are not offered: every node builds the zone from the mesh itself.
+        let transfer = matches!(q.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR);
+        let (body, scope) = if q.qclass != wire::CLASS_IN || transfer {
             (zone.refused(), 0)
         } else {
             match zone.find(q.name(), q.qtype) {
