@@ -600,6 +600,14 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
         );
     }
     let first = |m: &Message| addresses(m).first().map(IpAddr::to_string);
+    let game_for = |at, client| {
+        ask(
+            at,
+            "game.lb.example.com.",
+            RecordType::A,
+            Some((client, 24)),
+        )
+    };
 
     // Each region's client gets its region's node first, from every node, with the scope of
     // its subnet; and every node answers the same.
@@ -611,13 +619,7 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
                 &format!("{client} gets {want} first from {at}"),
                 WAIT,
                 || async {
-                    let m = ask(
-                        at,
-                        "game.lb.example.com.",
-                        RecordType::A,
-                        Some((client, 24)),
-                    )
-                    .await;
+                    let m = game_for(at, client).await;
                     addresses(&m).len() == 2 && first(&m).as_deref() == Some(want.as_str())
                 },
             )
@@ -633,13 +635,7 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
                 let mut answers = Vec::new();
                 for app in &apps {
                     let at = dns_addr(app);
-                    let m = ask(
-                        at,
-                        "game.lb.example.com.",
-                        RecordType::A,
-                        Some((client, 24)),
-                    )
-                    .await;
+                    let m = game_for(at, client).await;
                     assert_eq!(
                         subnet(&m).unwrap().scope_prefix(),
                         24,
