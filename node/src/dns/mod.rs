@@ -142,7 +142,8 @@ fn build(section: &DnsSection, nodes: Vec<Node>, names: &[String]) -> Result<Zon
     let ttl = section.ttl.as_secs().min(u64::from(u32::MAX)) as u32;
     Zone::build(&section.zone_name(), ttl, section.answers, nodes, names).map_err(|e| {
         Error::Reload(format!(
-            "[dns] zone {:?}: cannot make its records: {e}",
+            "[dns] zone {:?}: cannot make its records ({e}); check the zone, the hostnames \
+             and the node ids, which become names under it",
             section.zone
         ))
     })
