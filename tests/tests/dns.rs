@@ -355,6 +355,42 @@ async fn an_answer_too_large_for_udp_is_truncated_and_whole_over_tcp() {
     assert!(metric(&app, "switchyard_dns_truncated_total").await >= 1.0);
 }
 
+/// TCP connections are bounded: past `MAX_TCP` open at once a new one is closed at once and
+/// counted, and an idle one is closed after `TCP_IDLE`.
+#[tokio::test]
+async fn tcp_connections_are_bounded_in_number_and_idle_time() {
+    use switchyard_node::dns::{MAX_TCP, TCP_IDLE};
+    let app = single().await;
+    let at = dns_addr(&app);
+    let mut held = Vec::new();
+    for _ in 0..MAX_TCP {
+        held.push(TcpStream::connect(at).await.unwrap());
+    }
+    // Accepted in order: by the time this one is, every one before holds a slot.
+    let mut extra = TcpStream::connect(at).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(ANSWER_WAIT, extra.read(&mut byte))
+        .await
+        .expect("the connection past the limit is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(metric(&app, "switchyard_dns_tcp_refused_total").await >= 1.0);
+    // A held connection that never asks is closed once idle.
+    let idle = tokio::time::timeout(TCP_IDLE * 3, held[0].read(&mut byte))
+        .await
+        .expect("an idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(idle, 0);
+    drop(held);
+    // And the server still answers over TCP.
+    let answer = tcp(
+        at,
+        &[query("game.lb.example.com.", RecordType::A, false, None)],
+    )
+    .await;
+    assert_eq!(addresses(&Message::from_vec(&answer[0]).unwrap()).len(), 2);
+}
+
 #[tokio::test]
 async fn garbage_is_counted_and_the_server_keeps_answering() {
     let app = single().await;
