@@ -89,6 +89,8 @@ pub struct Advert {
     pub addresses: Vec<IpAddr>,
     /// Not draining, not sick, no local trouble: what `/ready` says.
     pub ready: bool,
+    /// It answers DNS for the zone (`[dns]`), so it is one of the zone's nameservers.
+    pub nameserver: bool,
     /// Each DNS name the node's apps serve (the app's `hostname`), and whether that app's
     /// load balancer has a healthy pool in the node's own view now.
     pub names: Vec<(String, bool)>,
@@ -121,6 +123,7 @@ impl Advert {
             }
         }
         out.push(u8::from(self.ready));
+        out.push(u8::from(self.nameserver));
         out.extend((self.names.len() as u64).to_le_bytes());
         for (name, serving) in &self.names {
             put_field(out, name.as_bytes());
@@ -2206,6 +2209,7 @@ mod tests {
         Advert {
             addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             ready,
+            nameserver: true,
             names: vec![("api".into(), false), ("game".into(), true)],
             rtt_ms: vec![(Region::Wnam, 80), (Region::Weu, 1)],
         }

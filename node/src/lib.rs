@@ -6,14 +6,16 @@
 //!
 //! - `config`: the configuration file, parsed into typed values and validated once.
 //! - `core`: the pure core. The compiled config, the health state machines and their book,
-//!   the health view and its judging, whose fault a failure is, session affinity, steering and
-//!   explain's reasoning: plain code over data, with time and randomness passed in.
+//!   the health view and its judging, whose fault a failure is, session affinity, steering,
+//!   which nodes DNS answers with, and explain's reasoning: plain code over data, with time
+//!   and randomness passed in.
 //! - Shells, each doing one kind of I/O around the core:
 //!   - `hub`: health in (probes, failed connects, the mesh), published snapshots out, and the
 //!     node's own trouble (local errors, runtime lag);
 //!   - `proxy` (with `relay` and `proxy_protocol`): the apps' listeners and data path;
 //!   - `monitor` (with `probe`): the health probes;
-//!   - `mesh`: the glue to the gossip mesh;
+//!   - `mesh`: the glue to the gossip mesh, and this node's advert in it;
+//!   - `dns` (with `wire` and `zone`): the DNS server of the mesh's names;
 //!   - `locate`: GeoIP and the region table;
 //!   - `status`: the status endpoint, its document, the client the CLI uses, and the
 //!     follower `switchyard anycast` runs;
@@ -27,7 +29,7 @@
 //! 1. `config`, `metrics`, `clock`
 //! 2. `error`, `core`
 //! 3. `locate`, `hub`
-//! 4. `proxy`, `monitor`, `mesh`
+//! 4. `proxy`, `monitor`, `mesh`, `dns`
 //! 5. `state`
 //! 6. `status`
 //! 7. `app`
@@ -42,6 +44,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod error;
 pub mod hub;
 pub mod locate;

@@ -14,8 +14,10 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::core::affinity::Affinity;
 use crate::core::anycast::{self, Announcer, AnycastReport, Conditions};
+use crate::core::dns::DnsExplanation;
 use crate::core::explain::{self, Explanation};
 use crate::core::steering::{Request, TYPICAL_DRAW};
+use crate::dns::DnsState;
 use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::{Metrics, PrefixLabels};
@@ -39,6 +41,8 @@ pub struct NodeState {
     pub withdrawing: AtomicBool,
     /// Whether each `[anycast]` prefix is announced, weighed by `weigh_anycast`.
     pub anycast: Mutex<Announcer>,
+    /// The DNS server's answers, when `[dns]` is configured.
+    pub dns: Option<Arc<DnsState>>,
 }
 
 /// An app as status shows it.
@@ -138,6 +142,19 @@ impl NodeState {
             let ms = self.clock.wall_ms(at);
             humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
         })
+    }
+
+    /// Whether `/ready` says 200 (see [`NodeState::readiness`]).
+    pub fn ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+
+    /// Explains which nodes DNS answers `name` with for `client` now, and why.
+    pub fn explain_dns(&self, name: &str, client: IpAddr) -> Result<DnsExplanation, String> {
+        match &self.dns {
+            Some(dns) => dns.explain(name, client),
+            None => Err("this node answers no DNS: it has no [dns] section".into()),
+        }
     }
 
     /// Explains how load balancer `lb` would steer a new connection from `client` now.

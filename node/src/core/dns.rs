@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use switchyard_geo::Region;
 use switchyard_gossip::hash::{fnv1a, FNV_OFFSET};
+use switchyard_gossip::Advert;
 
 use crate::core::compiled::CompiledConfig;
 use crate::core::view::View;
@@ -51,6 +52,8 @@ pub struct Node {
     pub alive: bool,
     /// Not draining, not sick, no local trouble.
     pub ready: bool,
+    /// It answers DNS for the zone: one of the zone's nameservers.
+    pub nameserver: bool,
     /// The names its apps serve, sorted, and whether each can be served now.
     pub names: Vec<(String, bool)>,
     /// Its mean round trip to each region's members, in milliseconds.
@@ -76,6 +79,68 @@ impl Node {
     fn has(&self, family: Family) -> bool {
         self.addresses.iter().any(|a| family.of(*a))
     }
+
+    /// A node as its advert in the mesh describes it.
+    pub fn from_advert(id: &str, region: Region, advert: &Advert, alive: bool) -> Node {
+        Node {
+            id: id.to_string(),
+            region,
+            addresses: advert.addresses.clone(),
+            alive,
+            ready: advert.ready,
+            nameserver: advert.nameserver,
+            names: advert.names.clone(),
+            rtt_ms: advert.rtt_ms.clone(),
+        }
+    }
+
+    /// What this node advertises of itself.
+    pub fn advert(&self) -> Advert {
+        Advert {
+            addresses: self.addresses.clone(),
+            ready: self.ready,
+            nameserver: self.nameserver,
+            names: self.names.clone(),
+            rtt_ms: self.rtt_ms.clone(),
+        }
+    }
+
+    /// This node as it is now: its config's public addresses and names, whether each name
+    /// can be served in `view`, `ready`, and its round trips (`rtt_ms`, see [`settle_rtt`]).
+    pub fn local(
+        rt: &CompiledConfig,
+        view: &View,
+        ready: bool,
+        rtt_ms: Vec<(Region, u32)>,
+    ) -> Node {
+        let c = &rt.config;
+        Node {
+            id: c.node.id.clone(),
+            region: c.node.region,
+            addresses: c.node.public_addresses.clone(),
+            alive: true,
+            ready,
+            nameserver: c.dns.is_some(),
+            names: served_names(rt, view),
+            rtt_ms,
+        }
+    }
+}
+
+/// The round trips to advertise: `measured` (per region, sorted), except that a region's
+/// value moves only when it moved by at least a fifth and 5 ms from `advertised`, so that
+/// jitter does not push an advert to the whole mesh on every SWIM probe.
+pub fn settle_rtt(advertised: &[(Region, u32)], measured: &[(Region, u32)]) -> Vec<(Region, u32)> {
+    measured
+        .iter()
+        .map(|&(region, ms)| {
+            let old = advertised.iter().find(|(r, _)| *r == region).map(|x| x.1);
+            match old {
+                Some(old) if old.abs_diff(ms) < 5 || old.abs_diff(ms) * 5 < old => (region, old),
+                _ => (region, ms),
+            }
+        })
+        .collect()
 }
 
 /// An address family: what an A (V4) or AAAA (V6) question asks for.
@@ -440,6 +505,46 @@ pub struct FamilyWhy {
     pub nodes: Vec<NodeWhy>,
 }
 
+/// Which nodes a name is answered with for one client, and why the others are not: what
+/// `switchyard explain --dns` prints and `/v1/explain?dns=` serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DnsExplanation {
+    pub name: String,
+    pub client: String,
+    /// The client's region, as every node places it; None: unknown.
+    pub region: Option<String>,
+    pub located_by: String,
+    pub a: FamilyWhy,
+    pub aaaa: FamilyWhy,
+}
+
+/// An explanation as text, for the command line.
+pub fn render(e: &DnsExplanation) -> String {
+    let mut out = format!(
+        "{} for client {} (region {}; {})\n",
+        e.name,
+        e.client,
+        e.region.as_deref().unwrap_or("unknown"),
+        e.located_by
+    );
+    for (what, f) in [("A", &e.a), ("AAAA", &e.aaaa)] {
+        let addrs = if f.addresses.is_empty() {
+            "no address (NODATA)".to_string()
+        } else {
+            f.addresses.join(" ")
+        };
+        out.push_str(&format!("{what}: {addrs}\n"));
+        if let Some(r) = &f.relaxed {
+            out.push_str(&format!("  relaxed: {r}\n"));
+        }
+        for n in &f.nodes {
+            let place = n.answered.map_or("  -".to_string(), |p| format!("{p:>3}"));
+            out.push_str(&format!("  {place} {} ({}): {}\n", n.node, n.region, n.why));
+        }
+    }
+    out
+}
+
 /// Why each node is answered for `name` and `family` to a client in `from`, or not.
 pub fn explain_family(
     nodes: &[Node],
@@ -525,9 +630,19 @@ mod tests {
             addresses: vec![addr.parse().unwrap()],
             alive: true,
             ready: true,
+            nameserver: true,
             names: vec![("game".into(), true)],
             rtt_ms: Vec::new(),
         }
+    }
+
+    #[test]
+    fn round_trips_move_only_past_jitter() {
+        let old = [(Wnam, 80), (Seas, 160)];
+        let now = [(Wnam, 83), (Weu, 1), (Seas, 100)];
+        assert_eq!(settle_rtt(&old, &now), [(Wnam, 80), (Weu, 1), (Seas, 100)]);
+        assert_eq!(settle_rtt(&[(Wnam, 100)], &[(Wnam, 115)]), [(Wnam, 100)]);
+        assert_eq!(settle_rtt(&[(Wnam, 100)], &[(Wnam, 121)]), [(Wnam, 121)]);
     }
 
     /// Three regions as the testnet has them, with the WAN emulator's round trips.
@@ -713,6 +828,7 @@ mod tests {
                 addresses: vec![IpAddr::from([10, 0, 0, i as u8])],
                 alive,
                 ready,
+                nameserver: true,
                 names: vec![("game".into(), can)],
                 rtt_ms: vec![(Region::ALL[(r as usize + 1) % 13], 10 * i as u32)],
             }).collect();
