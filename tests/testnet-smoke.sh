@@ -236,7 +236,7 @@ nodes=$(grep -o '"id": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((nodes == 3)) || fail "the manifest lists $nodes nodes, not 3"
 grep -q '"id": *"edge-wnam".*"failover": *"127.0.21.1:10001"' "$STATE/manifest.json" ||
     fail "the manifest does not put edge-wnam's failover app at 127.0.21.1:10001"
-origins=$(grep -o '"name": *"[^"]*"' "$STATE/manifest.json" | wc -l)
+origins=$(grep -o '"pool": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 pass "$STATE/manifest.json lists 3 nodes and 6 origins"
 [[ -s $STATE/geo.mmdb && -s $STATE/geo.csv ]] || fail "$STATE/geo.mmdb or $STATE/geo.csv is missing"

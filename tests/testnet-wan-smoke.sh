@@ -191,7 +191,7 @@ manifest=$STATE/manifest.json
 grep -q '"mode": *"wan"' "$manifest" || fail "the manifest does not say \"mode\": \"wan\""
 nodes=$(grep -o '"id": *"[^"]*"' "$manifest" | wc -l)
 ((nodes == 3)) || fail "the manifest lists $nodes nodes, not 3"
-origins=$(grep -o '"name": *"[^"]*"' "$manifest" | wc -l)
+origins=$(grep -o '"pool": *"[^"]*"' "$manifest" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 grep -q '"id": *"edge-wnam".*"status": *"10.250.1.1:9900".*"failover": *"10.250.1.1:10001"' "$manifest" ||
     fail "the manifest does not put edge-wnam's status at 10.250.1.1:9900 and failover app at 10.250.1.1:10001"

@@ -2375,7 +2375,7 @@ impl Cluster {
             })
             .await?;
         self.note(format!(
-            "{what} ({} ): {}",
+            "{what} ({}): {}",
             secs(took),
             seen.into_inner().join(", ")
         ));
