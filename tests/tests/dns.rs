@@ -416,6 +416,56 @@ async fn garbage_is_counted_and_the_server_keeps_answering() {
 }
 
 #[tokio::test]
+async fn a_burst_from_many_clients_is_answered_each_to_its_own_with_its_own_id() {
+    // Queries arrive faster than they are answered, so the server takes them many at a time
+    // (recvmmsg on Linux): every answer must still go to its own client, under its own id,
+    // and one bad packet in a batch must not cost the others their answers. In waves of 80,
+    // which even the kernel's smallest default receive buffer holds.
+    let app = single().await;
+    let at = dns_addr(&app);
+    const CLIENTS: u16 = 8;
+    const PER_WAVE: u16 = 10;
+    const WAVES: u16 = 5;
+    let mut socks = Vec::new();
+    for _ in 0..CLIENTS {
+        socks.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut packet = query("game.lb.example.com.", RecordType::A, true, None);
+    let mut buf = vec![0u8; 4096];
+    for wave in 0..WAVES {
+        for k in 0..PER_WAVE {
+            for (c, sock) in (0..CLIENTS).zip(&socks) {
+                let id = (wave * PER_WAVE + k) * CLIENTS + c;
+                packet[..2].copy_from_slice(&id.to_be_bytes());
+                sock.send_to(&packet, at).await.unwrap();
+                if id % 7 == 0 {
+                    sock.send_to(b"not a query", at).await.unwrap();
+                }
+            }
+        }
+        for (c, sock) in (0..CLIENTS).zip(&socks) {
+            let mut ids = std::collections::BTreeSet::new();
+            while ids.len() < usize::from(PER_WAVE) {
+                let n = match tokio::time::timeout(ANSWER_WAIT, sock.recv(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    other => panic!(
+                        "wave {wave}, client {c}: {} of {PER_WAVE} answers, then {other:?}",
+                        ids.len()
+                    ),
+                };
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+                assert_eq!(addresses(&m).len(), 2, "{m:?}");
+                let id = m.metadata.id;
+                assert_eq!(id % CLIENTS, c, "client {c} got another's answer");
+                assert_eq!(id / CLIENTS / PER_WAVE, wave, "an answer of another wave");
+                assert!(ids.insert(id), "client {c}: id {id} answered twice");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_reload_renames_and_retimes_without_a_restart() {
     let app = single().await;
     let at = dns_addr(&app);

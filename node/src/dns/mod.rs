@@ -3,9 +3,13 @@
 //! zone (`zone`) whenever the health view, the mesh's adverts or this node's readiness
 //! change, and swaps it whole; a query only parses its packet (`wire`), looks its name up,
 //! and copies a precomputed body behind its own header, question (in its own letter case)
-//! and EDNS Client Subnet. One loop reads the UDP socket (no task per packet); TCP
+//! and EDNS Client Subnet. One thread reads the UDP socket in batches (no task per packet); TCP
 //! connections are bounded in number and idle time.
 
+// recvmmsg(2) and sendmmsg(2) through libc: unsafe, confined to that module.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod batch;
 pub mod wire;
 mod zone;
 
@@ -338,6 +342,9 @@ pub async fn follow(
     }
 }
 
+/// Receive buffer asked of the kernel for the UDP socket.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
 /// Tries to bind a UDP port 0 got for TCP as well, before giving up.
 const BIND_ATTEMPTS: usize = 16;
 
@@ -355,6 +362,9 @@ pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
     loop {
         attempt += 1;
         let udp = UdpSocket::bind(addr).await.map_err(fail("UDP", addr))?;
+        // Bursts of queries wait here while a batch is answered; the kernel caps the size at
+        // net.core.rmem_max (often 208 KiB), which is then what the node gets.
+        let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(UDP_RECV_BUFFER);
         let at = udp.local_addr().map_err(fail("UDP", addr))?;
         match TcpListener::bind(at).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -367,8 +377,37 @@ pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
     }
 }
 
-/// Answers UDP queries until `stop`: one loop, one receive buffer, one response buffer.
+/// Answers UDP queries until `stop`. On Linux, on a thread of its own in batches
+/// (`batch`); elsewhere, one loop on the runtime with one receive and one response buffer.
 pub async fn serve_udp(sock: UdpSocket, state: Arc<DnsState>, stop: CancellationToken) {
+    #[cfg(target_os = "linux")]
+    {
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("DNS UDP: cannot take the socket off the runtime: {e}");
+                return;
+            }
+        };
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dns-udp".into())
+            .spawn(move || batch::serve(sock, state, flag));
+        if let Err(e) = spawned {
+            tracing::error!("DNS UDP: cannot start its thread: {e}");
+            return;
+        }
+        stop.cancelled().await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    #[cfg(not(target_os = "linux"))]
+    serve_udp_loop(sock, state, stop).await
+}
+
+/// The portable UDP loop: one receive buffer, one response buffer.
+#[cfg(not(target_os = "linux"))]
+async fn serve_udp_loop(sock: UdpSocket, state: Arc<DnsState>, stop: CancellationToken) {
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(wire::MAX_UDP);
     loop {
