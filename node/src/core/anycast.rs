@@ -40,11 +40,15 @@ pub fn unservable_apps(rt: &CompiledConfig, view: &View) -> BTreeMap<String, Str
             continue;
         };
         let lb = &rt.load_balancers[lb];
-        let mut pools = lb.default_pools.clone();
-        if !pools.contains(&lb.fallback_pool) {
-            pools.push(lb.fallback_pool);
-        }
-        if pools.iter().any(|&p| view.pools[p].healthy) {
+        // The same pools as the DNS answers weigh (`dns::served_names`), so that a node is
+        // in an app's answers exactly while it may announce the app's prefixes.
+        let mut pools: Vec<usize> = lb.candidate_pools().collect();
+        pools.sort_unstable();
+        pools.dedup();
+        if pools
+            .iter()
+            .any(|&p| view.pools.get(p).is_some_and(|v| v.healthy))
+        {
             continue;
         }
         let names: Vec<&str> = pools.iter().map(|&p| &*rt.pools[p].name).collect();

@@ -81,6 +81,20 @@ pub struct LoadBalancer {
     pub vantage: Vantage,
 }
 
+impl LoadBalancer {
+    /// Every pool this load balancer may send a client to, whoever the client is: its
+    /// default pools, its fallback, and its region, country and node pools (with repeats).
+    pub fn candidate_pools(&self) -> impl Iterator<Item = usize> + '_ {
+        self.default_pools
+            .iter()
+            .chain(std::iter::once(&self.fallback_pool))
+            .chain(self.region_pools.iter().flatten())
+            .chain(self.country_pools.iter().flat_map(|(_, p)| p))
+            .chain(self.node_pools.iter().flatten())
+            .copied()
+    }
+}
+
 /// The compiled config.
 #[derive(Debug)]
 pub struct CompiledConfig {

@@ -469,14 +469,9 @@ pub fn served_names(rt: &CompiledConfig, view: &View) -> Vec<(String, bool)> {
         .filter_map(|app| {
             let name = app.hostname.clone()?;
             let serving = rt.lb_index(&app.load_balancer).is_some_and(|i| {
-                let lb = &rt.load_balancers[i];
-                lb.default_pools
-                    .iter()
-                    .chain(std::iter::once(&lb.fallback_pool))
-                    .chain(lb.region_pools.iter().flatten())
-                    .chain(lb.country_pools.iter().flat_map(|(_, p)| p))
-                    .chain(lb.node_pools.iter().flatten())
-                    .any(|&p| view.pools.get(p).is_some_and(|v| v.healthy))
+                rt.load_balancers[i]
+                    .candidate_pools()
+                    .any(|p| view.pools.get(p).is_some_and(|v| v.healthy))
             });
             Some((name, serving))
         })
