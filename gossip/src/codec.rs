@@ -15,7 +15,10 @@ use crate::identity::NodeIdentity;
 /// nodes of two releases can run side by side during a rolling upgrade and refuse, with a clear
 /// error, what they cannot read instead of misreading it.
 /// Version 2: SWIM identities and health-row batches carry their writer's signature.
-pub const FORMAT_VERSION: u8 = 3;
+/// Version 3: rows carry their writer's verdict; peers ask each other to probe an origin.
+/// Version 4: batches carry their writer's signed advert (public addresses, readiness,
+/// names served) for the mesh's DNS.
+pub const FORMAT_VERSION: u8 = 4;
 
 // Node has always found the fingerprint hash here.
 
@@ -194,6 +197,7 @@ mod tests {
             removed_seq: 0,
             full: false,
             fingerprint: 0xdead_beef,
+            advert: Default::default(),
             rows: vec![
                 Row {
                     pool: "web".into(),
@@ -262,7 +266,7 @@ mod tests {
         assert!(matches!(err, CodecError::UnknownVersion(7)));
         assert_eq!(
             err.to_string(),
-            "unknown format version 7 (this node speaks 3); upgrade it"
+            "unknown format version 7 (this node speaks 4); upgrade it"
         );
 
         let mut buf = Vec::new();
@@ -470,6 +474,7 @@ mod tests {
                         seq,
                         removed_seq,
                         full,
+                        advert: Default::default(),
                         fingerprint,
                         rows,
                         sig: Vec::new(),

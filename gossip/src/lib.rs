@@ -36,5 +36,5 @@ pub use keys::Replaced;
 pub use mesh::{Mesh, PreparedTls};
 pub use metrics::MeshMetrics;
 pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
-pub use table::Verdict;
+pub use table::{Advert, Verdict};
 pub use wire::ProbeOutcome;

@@ -15,6 +15,7 @@ use crate::identity::NodeIdentity;
 use crate::keys::{Keys, Replaced};
 use crate::metrics::MeshMetrics;
 use crate::state::{LocalRow, MeshState};
+use crate::table::Advert;
 use crate::task::{self, Cmd};
 use crate::tls::NodeTls;
 #[cfg(feature = "test-util")]
@@ -212,6 +213,15 @@ impl Mesh {
 
     pub fn set_fingerprint(&self, fp: u64) {
         let _ = self.tx.try_send(Cmd::SetFingerprint(fp));
+    }
+
+    /// Replaces what this node says of itself for DNS; a change goes to every peer at once.
+    pub fn set_advert(&self, advert: Advert) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.tx.try_send(Cmd::SetAdvert(Box::new(advert)))
+        {
+            tracing::warn!("mesh command queue full; an advert update waits for the next one");
+        }
     }
 
     /// Asks `peers` (node ids; those not live members are skipped) to probe `pool`/`origin`

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_geo::Region;
 
 use crate::identity::NodeIdentity;
-use crate::table::{Row, Verdict};
+use crate::table::{Advert, Row, Verdict};
 
 /// A member's liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,8 @@ pub struct WriterSnapshot {
     pub node: String,
     pub region: Region,
     pub fingerprint: u64,
+    /// What the writer says of itself for DNS (see [`Advert`]).
+    pub advert: Advert,
     /// The writer is this node, or a member SWIM believes alive or suspect. Rows of a down
     /// writer stop counting until it comes back.
     pub live: bool,

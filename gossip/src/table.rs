@@ -26,6 +26,7 @@
 use std::cell::RefCell;
 use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,107 @@ pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// See [`MAX_ANSWER_BYTES`].
 pub const MAX_ANSWER_BATCHES: usize = 128;
 
+/// Most public addresses one writer may advertise ([`Advert::addresses`]).
+pub const MAX_ADVERT_ADDRESSES: usize = 16;
+/// Most names one writer may advertise ([`Advert::names`]).
+pub const MAX_ADVERT_NAMES: usize = 256;
+/// Longest advertised name, in bytes: one DNS label.
+pub const MAX_ADVERT_NAME: usize = 63;
+
+/// What a writer says of itself for the mesh's DNS, signed with its rows: where clients
+/// reach it, whether it takes connections now, which names it can serve now, and how far
+/// it is from each region. Changes push at once, like a flip. Bounded
+/// ([`MAX_ADVERT_ADDRESSES`], [`MAX_ADVERT_NAMES`], [`MAX_ADVERT_NAME`]) and canonical
+/// (names and regions sorted, each once), so two holders of one claim agree byte for byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// The node's public addresses (`[node] public_addresses`).
+    pub addresses: Vec<IpAddr>,
+    /// Not draining, not sick, no local trouble: what `/ready` says.
+    pub ready: bool,
+    /// It answers DNS for the zone (`[dns]`), so it is one of the zone's nameservers.
+    pub nameserver: bool,
+    /// Each DNS name the node's apps serve (the app's `hostname`), and whether that app's
+    /// load balancer has a healthy pool in the node's own view now.
+    pub names: Vec<(String, bool)>,
+    /// The node's mean SWIM round trip to each region's live members, in milliseconds.
+    pub rtt_ms: Vec<(Region, u32)>,
+}
+
+impl Advert {
+    /// An upper bound of its encoded size, for [`batch_cost`].
+    fn cost(&self) -> usize {
+        self.addresses.len() * 18
+            + self.names.iter().map(|(n, _)| n.len() + 4).sum::<usize>()
+            + self.rtt_ms.len() * 8
+            + 8
+    }
+
+    /// Its signed form (see [`Writer::claim`]).
+    fn put_claim(&self, out: &mut Vec<u8>) {
+        out.extend((self.addresses.len() as u64).to_le_bytes());
+        for a in &self.addresses {
+            match a {
+                IpAddr::V4(v4) => {
+                    out.push(4);
+                    out.extend(v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    out.push(6);
+                    out.extend(v6.octets());
+                }
+            }
+        }
+        out.push(u8::from(self.ready));
+        out.push(u8::from(self.nameserver));
+        out.extend((self.names.len() as u64).to_le_bytes());
+        for (name, serving) in &self.names {
+            put_field(out, name.as_bytes());
+            out.push(u8::from(*serving));
+        }
+        out.extend((self.rtt_ms.len() as u64).to_le_bytes());
+        for (region, ms) in &self.rtt_ms {
+            put_field(out, region.code().as_bytes());
+            out.extend(ms.to_le_bytes());
+        }
+    }
+
+    /// Why peers would refuse it, if they would.
+    pub fn check(&self) -> Result<(), String> {
+        if self.addresses.len() > MAX_ADVERT_ADDRESSES {
+            return Err(format!(
+                "{} addresses, over the {MAX_ADVERT_ADDRESSES}-address limit",
+                self.addresses.len()
+            ));
+        }
+        if self.names.len() > MAX_ADVERT_NAMES {
+            return Err(format!(
+                "{} names, over the {MAX_ADVERT_NAMES}-name limit",
+                self.names.len()
+            ));
+        }
+        for (name, _) in &self.names {
+            if name.is_empty() || name.len() > MAX_ADVERT_NAME {
+                return Err(format!(
+                    "a name of {} bytes: names are 1 to {MAX_ADVERT_NAME} bytes",
+                    name.len()
+                ));
+            }
+        }
+        if self.names.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err("names not sorted, or one twice".into());
+        }
+        if self
+            .rtt_ms
+            .windows(2)
+            .any(|w| w[0].0.index() >= w[1].0.index())
+        {
+            return Err("round trips not sorted by region, or a region twice".into());
+        }
+        Ok(())
+    }
+}
+
 /// An upper bound of a row's encoded size (bincode varints: at most 3 bytes of length prefix
 /// for a name of up to [`MAX_NAME`] bytes, 9 for a u64), what [`MAX_WRITER_BYTES`] counts.
 pub fn row_cost(row: &Row) -> usize {
@@ -79,9 +181,9 @@ pub fn row_cost(row: &Row) -> usize {
 }
 
 /// An upper bound of a batch's encoded size: its rows ([`row_cost`]), its writer's name, its
-/// seal, and 64 bytes for the rest.
+/// seal, its advert, and 64 bytes for the rest.
 pub fn batch_cost(b: &Batch) -> usize {
-    b.node.len() + b.sig.len() + 64 + b.rows.iter().map(row_cost).sum::<usize>()
+    b.node.len() + b.sig.len() + 64 + b.advert.cost() + b.rows.iter().map(row_cost).sum::<usize>()
 }
 
 /// Most bytes of batches ([`batch_cost`]) packed into one delta message by [`pack`]: half a
@@ -211,6 +313,8 @@ pub struct Batch {
     pub full: bool,
     /// Fingerprint of the writer's config, for drift detection.
     pub fingerprint: u64,
+    /// What the writer says of itself for DNS, as of `seq`.
+    pub advert: Advert,
     pub rows: Vec<Row>,
     /// The writer's seal: its signature over the state this batch leads to (see [`Seal`]).
     pub sig: Vec<u8>,
@@ -335,7 +439,7 @@ pub struct Applied {
     pub changed: bool,
     /// Rows whose health changed, appeared or went away.
     pub flips: Vec<Flip>,
-    /// The writer's region or config fingerprint changed (or the writer is new).
+    /// The writer's region, config fingerprint or advert changed (or the writer is new).
     pub meta_changed: bool,
     pub ignored: Option<Ignored>,
     /// The mesh holds rows of this node from an epoch not older than the current one: a
@@ -419,6 +523,8 @@ pub enum TableError {
     },
     #[error("digest of {0} entries is over the {MAX_DIGEST}-entry limit")]
     DigestTooLarge(usize),
+    #[error("batch from {node}: its advert is refused: {detail}")]
+    Advert { node: String, detail: String },
     #[error("batch from {node}: its seal does not hold ({})", .why.as_str())]
     Seal { node: String, why: SealRefusal },
 }
@@ -429,6 +535,7 @@ pub struct WriterView<'a> {
     pub node: &'a str,
     pub region: Region,
     pub fingerprint: u64,
+    pub advert: &'a Advert,
     pub epoch: u64,
     /// Up to where this table has every change of the writer.
     pub seq: u64,
@@ -551,6 +658,7 @@ impl Visible {
 struct Writer {
     region: Region,
     fingerprint: u64,
+    advert: Advert,
     epoch: u64,
     /// Every change up to here is held (for the local writer: its current seq).
     seq: u64,
@@ -567,6 +675,7 @@ impl Writer {
         Writer {
             region,
             fingerprint,
+            advert: Advert::default(),
             epoch,
             seq: 0,
             removed_seq: 0,
@@ -579,12 +688,13 @@ impl Writer {
     /// each field length-prefixed behind a domain tag. Arrival times are the holder's own.
     fn claim(&self, node: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.rows.len * 64);
-        put_field(&mut out, b"switchyard/rows/2");
+        put_field(&mut out, b"switchyard/rows/3");
         put_field(&mut out, node.as_bytes());
         put_field(&mut out, self.region.code().as_bytes());
         for n in [self.epoch, self.seq, self.removed_seq, self.fingerprint] {
             out.extend(n.to_le_bytes());
         }
+        self.advert.put_claim(&mut out);
         out.extend((self.rows.len as u64).to_le_bytes());
         for s in self.rows.iter() {
             let r = &s.row;
@@ -622,6 +732,7 @@ impl Writer {
             removed_seq: self.removed_seq,
             full,
             fingerprint: self.fingerprint,
+            advert: self.advert.clone(),
             rows,
             sig: self.sig.clone(),
         }
@@ -645,6 +756,7 @@ impl Writer {
             node,
             region: self.region,
             fingerprint: self.fingerprint,
+            advert: &self.advert,
             epoch: self.epoch,
             seq: self.seq,
             local,
@@ -784,6 +896,22 @@ impl Table {
         }
     }
 
+    /// Sets what the local writer says of itself for DNS. A change takes a seq, as a
+    /// fingerprint change does; returns whether it changed. One peers would refuse
+    /// ([`Advert::check`]) is refused here (counted in [`TableStats::local_refused`]).
+    pub fn set_advert(&mut self, advert: Advert) -> bool {
+        if advert.check().is_err() {
+            self.stats.local_refused += 1;
+            return false;
+        }
+        if self.local.advert == advert {
+            return false;
+        }
+        self.local.advert = advert;
+        self.local.seq += 1;
+        true
+    }
+
     /// Updates one local row; bumps the local seq only if something changed. Returns Flip
     /// when `healthy` changed (or the row is new), Rtt when only the RTT/reason changed, None
     /// otherwise.
@@ -914,6 +1042,7 @@ impl Table {
         let candidate = Writer {
             region: batch.region,
             fingerprint: batch.fingerprint,
+            advert: batch.advert,
             epoch: batch.epoch,
             seq: batch.seq,
             removed_seq: batch.removed_seq,
@@ -966,8 +1095,9 @@ impl Table {
         match self.peers.get(&batch.node) {
             None => applied.meta_changed = true,
             Some(old) => {
-                applied.meta_changed =
-                    old.region != candidate.region || old.fingerprint != candidate.fingerprint;
+                applied.meta_changed = old.region != candidate.region
+                    || old.fingerprint != candidate.fingerprint
+                    || old.advert != candidate.advert;
                 for s in old.rows.iter() {
                     touched.note(&s.row.pool, &s.row.origin, Some(s));
                 }
@@ -1009,6 +1139,7 @@ impl Table {
             let theirs = Writer {
                 region: batch.region,
                 fingerprint: batch.fingerprint,
+                advert: batch.advert.clone(),
                 epoch: batch.epoch,
                 seq: batch.seq,
                 removed_seq: batch.removed_seq,
@@ -1265,6 +1396,12 @@ fn validate(b: &Batch) -> Result<(), TableError> {
         return Err(TableError::NodeTooLong(b.node.len()));
     }
     let node = || b.node.clone();
+    if let Err(detail) = b.advert.check() {
+        return Err(TableError::Advert {
+            node: node(),
+            detail,
+        });
+    }
     if b.rows.len() > MAX_ROWS {
         return Err(TableError::TooManyRows {
             node: node(),
@@ -1566,6 +1703,7 @@ mod tests {
             removed_seq: 0,
             full: true,
             fingerprint: 7,
+            advert: Default::default(),
             rows: (0..rows)
                 .map(|i| Row {
                     pool: "web".into(),
@@ -2067,6 +2205,89 @@ mod tests {
         assert_eq!(b.writers().find(|w| w.node == "a").unwrap().fingerprint, 99);
     }
 
+    fn advert(ready: bool) -> Advert {
+        Advert {
+            addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            ready,
+            nameserver: true,
+            names: vec![("api".into(), false), ("game".into(), true)],
+            rtt_ms: vec![(Region::Wnam, 80), (Region::Weu, 1)],
+        }
+    }
+
+    #[test]
+    fn adverts_replicate_signed_and_a_change_takes_a_seq() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        up(&mut a, "web", "o1", 1000, now);
+        pull(&mut b, &a, now);
+        assert!(a.set_advert(advert(true)));
+        assert!(
+            !a.set_advert(advert(true)),
+            "the same advert again changes nothing"
+        );
+        assert_eq!(a.local_seq(), 2);
+        let delta = a.delta(&b.digest());
+        assert!(delta[0].rows.is_empty());
+        let applied = b.apply(delta[0].clone(), now).unwrap();
+        assert!(applied.meta_changed && !applied.changed);
+        assert_eq!(
+            *b.writers().find(|w| w.node == "a").unwrap().advert,
+            advert(true)
+        );
+
+        // The advert is part of the signed claim: a relay cannot turn a node ready.
+        assert!(a.set_advert(advert(false)));
+        let mut forged = a.local_since(0);
+        forged.advert.ready = true;
+        assert!(matches!(
+            b.apply(forged, now),
+            Err(TableError::Seal {
+                why: SealRefusal::BadSignature,
+                ..
+            })
+        ));
+        assert!(b.writers().find(|w| w.node == "a").unwrap().advert.ready);
+        b.apply(a.local_since(0), now).unwrap();
+        assert!(!b.writers().find(|w| w.node == "a").unwrap().advert.ready);
+    }
+
+    #[test]
+    fn adverts_past_their_bounds_are_refused_here_and_by_peers() {
+        let now = t0();
+        let mut a = table("a", 1);
+        let mut b = table("b", 1);
+        let too_many = Advert {
+            addresses: vec!["192.0.2.1".parse().unwrap(); MAX_ADVERT_ADDRESSES + 1],
+            ..Advert::default()
+        };
+        let long_name = Advert {
+            names: vec![("x".repeat(MAX_ADVERT_NAME + 1), true)],
+            ..Advert::default()
+        };
+        let unsorted = Advert {
+            names: vec![("b".into(), true), ("a".into(), true)],
+            ..Advert::default()
+        };
+        let twice = Advert {
+            rtt_ms: vec![(Region::Weu, 1), (Region::Weu, 2)],
+            ..Advert::default()
+        };
+        for bad in [too_many, long_name, unsorted, twice] {
+            assert!(!a.set_advert(bad.clone()), "{bad:?}");
+            let mut batch = a.local_since(0);
+            batch.advert = bad.clone();
+            assert!(
+                matches!(b.apply(batch, now), Err(TableError::Advert { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(a.stats().local_refused, 4);
+        assert_eq!(b.stats().malformed, 4);
+        assert_eq!(a.local_seq(), 0);
+    }
+
     #[test]
     fn forgotten_writers_stay_gone_until_they_restart() {
         let now = t0();
@@ -2145,6 +2366,7 @@ mod tests {
             removed_seq: 0,
             full,
             fingerprint: 0,
+            advert: Default::default(),
             sig: Vec::new(),
             rows: range
                 .map(|i| Row {
@@ -2618,6 +2840,7 @@ mod tests {
                 removed_seq,
                 full,
                 fingerprint: 0,
+                        advert: Default::default(),
                 rows: rows.into_iter().map(|(key, seq, healthy)| Row {
                     pool: POOLS[key / 3].into(),
                     origin: ORIGINS[key % 3].into(),

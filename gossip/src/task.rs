@@ -40,7 +40,7 @@ use crate::keys::{Keys, Replaced, Source, MAX_AHEAD_MS};
 use crate::metrics::{Dir, MeshMetrics, BOUNDS};
 use crate::state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
 use crate::table::{
-    valid_name, Batch, Change, Ignored, Observation, SealRefusal, Table, TableError,
+    valid_name, Advert, Batch, Change, Ignored, Observation, SealRefusal, Table, TableError,
 };
 use crate::tls::NodeTls;
 use crate::transport::{Inbound, Kind, Transport};
@@ -59,6 +59,7 @@ const MAX_ASKS: usize = 4096;
 pub(crate) enum Cmd {
     SetLocal(Vec<LocalRow>),
     SetFingerprint(u64),
+    SetAdvert(Box<Advert>),
     /// Ask `peers` to probe `pool`/`origin` now; answers go to `reply` until `until`.
     AskProbes {
         peers: Vec<String>,
@@ -231,6 +232,14 @@ impl Task {
                     Some(Cmd::SetFingerprint(fp)) => {
                         self.table.set_fingerprint(fp);
                         self.publish();
+                    }
+                    Some(Cmd::SetAdvert(advert)) => {
+                        if self.table.set_advert(*advert) {
+                            // Pushed at once, like a flip: DNS answers everywhere follow it.
+                            self.rtt_due = None;
+                            self.push_local();
+                            self.publish();
+                        }
                     }
                     Some(Cmd::AskProbes { peers, pool, origin, reply, until }) => {
                         self.ask_probes(peers, pool, origin, reply, until);
@@ -991,7 +1000,8 @@ impl Task {
                     self.last_pushed = 0;
                     self.push_local();
                 }
-                applied.changed
+                // A changed advert (or region, fingerprint) is read from the state too.
+                applied.changed || applied.meta_changed
             }
             Err(TableError::Seal { node, why }) => {
                 self.metrics.refuse(why.as_str());
@@ -1002,6 +1012,7 @@ impl Task {
                 match e {
                     TableError::WriterTooLarge { .. } => self.metrics.bound_hit("writer_size"),
                     TableError::TooManyWriters { .. } => self.metrics.bound_hit("writers"),
+                    TableError::Advert { .. } => self.metrics.bound_hit("advert"),
                     _ => self.metrics.decode_error(),
                 }
                 tracing::debug!("batch refused: {e}");
@@ -1236,6 +1247,7 @@ impl Task {
                     node: w.node.to_string(),
                     region: w.region,
                     fingerprint: w.fingerprint,
+                    advert: w.advert.clone(),
                     live,
                     rows: w
                         .rows

@@ -21,6 +21,7 @@ use crate::config::{Config, Listen};
 use crate::core::affinity::Affinity;
 use crate::core::compiled::{CompiledConfig, ProbeTarget};
 use crate::core::health::Attempt;
+use crate::dns::{DnsMetrics, DnsState};
 use crate::error::Error;
 use crate::hub::HealthHub;
 use crate::locate::Locator;
@@ -52,6 +53,8 @@ pub struct App {
     state: Arc<NodeState>,
     proxy: Arc<ProxyContext>,
     status_addr: SocketAddr,
+    /// Where DNS answers (UDP and TCP), with `[dns]`.
+    dns_addr: Option<SocketAddr>,
     status_stop: CancellationToken,
     config_path: Option<PathBuf>,
     running: tokio::sync::Mutex<Running>,
@@ -76,6 +79,10 @@ impl App {
             Some(m) => Some(Arc::new(crate::mesh::start(&config, m, &mut metrics)?)),
             None => None,
         };
+        let dns_metrics = DnsMetrics::default();
+        if config.dns.is_some() {
+            dns_metrics.register(metrics.registry_mut());
+        }
         let metrics = Arc::new(metrics);
         let quorum = config.mesh.as_ref().map(|m| m.quorum).unwrap_or_default();
         let health = Arc::new(HealthHub::new(rt, quorum, metrics.clone()));
@@ -91,6 +98,22 @@ impl App {
             metrics.affinity_evictions.clone(),
             metrics.affinity_entries.clone(),
         ));
+        let dns = match &config.dns {
+            Some(section) => {
+                let sockets = crate::dns::bind(section.listen).await?;
+                let now = mesh.as_ref().map(|m| m.state().borrow().clone());
+                let dns = DnsState::new(
+                    section,
+                    &health,
+                    now.as_deref(),
+                    locator.clone(),
+                    true,
+                    dns_metrics,
+                )?;
+                Some((Arc::new(dns), sockets))
+            }
+            None => None,
+        };
         let state = Arc::new(NodeState {
             health: health.clone(),
             metrics: metrics.clone(),
@@ -100,7 +123,33 @@ impl App {
             clock,
             apps: ArcSwap::from_pointee(Vec::new()),
             draining: AtomicBool::new(false),
+            dns: dns.as_ref().map(|(d, _)| d.clone()),
         });
+        let ready: crate::dns::Ready = {
+            let weak = Arc::downgrade(&state);
+            Arc::new(move || weak.upgrade().is_some_and(|s| s.ready()))
+        };
+        if let Some(mesh) = &state.mesh {
+            crate::mesh::advertise(mesh, &health, ready.clone());
+        }
+        let status_stop = CancellationToken::new();
+        let dns_addr = match (dns, &config.dns) {
+            (Some((dns, (udp, tcp))), Some(section)) => {
+                let addr = udp.local_addr().unwrap_or(section.listen);
+                tokio::spawn(crate::dns::follow(
+                    Arc::downgrade(&dns),
+                    Arc::downgrade(&health),
+                    state.mesh.as_ref().map(|m| m.state()),
+                    section.clone(),
+                    ready,
+                ));
+                tokio::spawn(crate::dns::serve_udp(udp, dns.clone(), status_stop.clone()));
+                tokio::spawn(crate::dns::serve_tcp(tcp, dns, status_stop.clone()));
+                tracing::info!(dns = %addr, zone = %section.zone_name(), "answering DNS");
+                Some(addr)
+            }
+            _ => None,
+        };
         let proxy = Arc::new(ProxyContext {
             health,
             locator: locator.clone(),
@@ -144,7 +193,8 @@ impl App {
             state: state.clone(),
             proxy,
             status_addr,
-            status_stop: CancellationToken::new(),
+            dns_addr,
+            status_stop,
             config_path: opts.config_path,
             running: tokio::sync::Mutex::new(Running {
                 listeners: HashMap::new(),
@@ -169,6 +219,11 @@ impl App {
 
     pub fn status_addr(&self) -> SocketAddr {
         self.status_addr
+    }
+
+    /// Where DNS answers, UDP and TCP (with `[dns]`).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// Where an app listens (one address per port of a range).
@@ -230,6 +285,12 @@ impl App {
         }
         if let Some(mesh) = &self.state.mesh {
             mesh.set_fingerprint(config.fingerprint());
+        }
+        if config.dns.as_ref().map(|d| d.listen) != old.dns.as_ref().map(|d| d.listen) {
+            tracing::warn!(
+                "[dns] listen changed (or [dns] was added or removed); it takes effect on restart \
+                 (zone, ttl, answers and hostnames take effect now)"
+            );
         }
         if config.node.status_listen != old.node.status_listen {
             tracing::warn!(

@@ -50,8 +50,13 @@ pub enum Command {
     /// Explains how a node would steer a client now: its location, each pool considered,
     /// the origin.
     Explain {
+        /// The load balancer whose steering to explain.
+        #[arg(long, required_unless_present = "dns", conflicts_with = "dns")]
+        lb: Option<String>,
+        /// Or a name of the mesh's DNS zone: which nodes it is answered with, and why not
+        /// the others.
         #[arg(long)]
-        lb: String,
+        dns: Option<String>,
         #[arg(long)]
         client: std::net::IpAddr,
         #[arg(long, default_value = "127.0.0.1:9900", env = "SWITCHYARD_STATUS")]
@@ -297,6 +302,7 @@ pub fn main() -> ExitCode {
         }
         Command::Explain {
             lb,
+            dns,
             client,
             addr,
             json,
@@ -308,23 +314,30 @@ pub fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail_msg(&format!("cannot start the runtime: {e}")),
             };
-            let path = format!("/v1/explain?lb={lb}&client={client}");
+            type Render = fn(&str) -> serde_json::Result<String>;
+            let (path, render): (String, Render) = match (lb, dns) {
+                (Some(lb), _) => (format!("/v1/explain?lb={lb}&client={client}"), |body| {
+                    serde_json::from_str::<crate::core::explain::Explanation>(body)
+                        .map(|e| crate::core::explain::render(&e))
+                }),
+                (None, Some(name)) => (format!("/v1/explain?dns={name}&client={client}"), |body| {
+                    serde_json::from_str::<crate::core::dns::DnsExplanation>(body)
+                        .map(|e| crate::core::dns::render(&e))
+                }),
+                (None, None) => return fail_msg("explain what: give --lb NAME or --dns NAME"),
+            };
             match rt.block_on(status::http_get(*addr, &path)) {
                 Ok((200, body)) if *json => {
                     print!("{body}");
                     ExitCode::SUCCESS
                 }
-                Ok((200, body)) => {
-                    match serde_json::from_str::<crate::core::explain::Explanation>(&body) {
-                        Ok(e) => {
-                            print!("{}", crate::core::explain::render(&e));
-                            ExitCode::SUCCESS
-                        }
-                        Err(e) => {
-                            fail_msg(&format!("{addr}: /v1/explain is not an explanation: {e}"))
-                        }
+                Ok((200, body)) => match render(&body) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
                     }
-                }
+                    Err(e) => fail_msg(&format!("{addr}: /v1/explain is not an explanation: {e}")),
+                },
                 Ok((_, body)) => fail_msg(body.trim()),
                 Err(e) => fail(e),
             }

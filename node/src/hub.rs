@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::Quorum;
@@ -70,6 +70,9 @@ pub struct HealthHub {
     /// The latest answers per origin, while it is down.
     answers: Mutex<HashMap<OriginKey, Answers>>,
     sick: Mutex<Option<Sick>>,
+    /// Counts publishes, so that what follows the view (the DNS answers, the advert) wakes
+    /// on a change instead of polling.
+    published: watch::Sender<u64>,
 }
 
 impl HealthHub {
@@ -87,6 +90,7 @@ impl HealthHub {
             asker: OnceLock::new(),
             answers: Mutex::new(HashMap::new()),
             sick: Mutex::new(None),
+            published: watch::Sender::new(0),
         }
     }
 
@@ -229,6 +233,11 @@ impl HealthHub {
         self.snapshot.load_full()
     }
 
+    /// Changes each time a new snapshot is published.
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
     pub fn quorum(&self) -> Quorum {
         self.quorum
     }
@@ -287,6 +296,7 @@ impl HealthHub {
         if let Some(sink) = self.sink.get() {
             sink(counted);
         }
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Feeds one probe attempt of `key`'s monitor; publishes a new view when a round ended.

@@ -13,7 +13,8 @@
 //!     node's own trouble (local errors, runtime lag);
 //!   - `proxy` (with `relay` and `proxy_protocol`): the apps' listeners and data path;
 //!   - `monitor` (with `probe`): the health probes;
-//!   - `mesh`: the glue to the gossip mesh;
+//!   - `mesh`: the glue to the gossip mesh, and this node's advert in it;
+//!   - `dns` (with `wire` and `zone`): the DNS server of the mesh's names;
 //!   - `locate`: GeoIP and the region table;
 //!   - `status`: the status endpoint, its document, and the client the CLI uses;
 //!   - `metrics` and `clock`: the one registry and the one clock, passed down.
@@ -26,7 +27,7 @@
 //! 1. `config`, `metrics`, `clock`
 //! 2. `error`, `core`
 //! 3. `locate`, `hub`
-//! 4. `proxy`, `monitor`, `mesh`
+//! 4. `proxy`, `monitor`, `mesh`, `dns`
 //! 5. `state`
 //! 6. `status`
 //! 7. `app`
@@ -41,6 +42,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod error;
 pub mod hub;
 pub mod locate;

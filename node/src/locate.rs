@@ -138,6 +138,16 @@ impl Locator {
         self.resolve(&st, ip).0
     }
 
+    /// The client's region as every node of the mesh places it, for DNS: None where this
+    /// node would only guess its own region (no database), which other nodes would not.
+    pub fn region_everywhere(&self, ip: IpAddr) -> Option<Region> {
+        let st = self.state.load();
+        match self.resolve(&st, ip) {
+            (_, _, _, Source::NoDatabase) => None,
+            (geo, ..) => geo.region,
+        }
+    }
+
     /// The client's location and where it came from, for explain.
     pub fn locate(&self, ip: IpAddr) -> Located {
         let st = self.state.load();

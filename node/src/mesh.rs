@@ -13,7 +13,7 @@ use std::time::Duration;
 use switchyard_geo::Region;
 use switchyard_gossip::tls::NodeTls;
 use switchyard_gossip::{
-    LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, PreparedTls, ProbeAsk,
+    Advert, LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, PreparedTls, ProbeAsk,
     ProbeOutcome,
 };
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::config::{Config, MeshSection};
 use crate::core::compiled::{OriginKey, ProbeTarget};
+use crate::core::dns::{settle_rtt, Node};
 use crate::core::health::Attempt;
 use crate::core::verdict::{self, Verdict};
 use crate::core::view::{Obs, RemoteReport, Report};
@@ -153,6 +154,66 @@ pub fn connect(mesh: &Arc<Mesh>, hub: &Arc<HealthHub>, clock: Clock, probe_now: 
             hub.set_remote(remote_reports(&state));
         }
     });
+}
+
+/// How often readiness is looked at between view and mesh changes: draining and local
+/// trouble have no event of their own.
+const ADVERT_TICK: Duration = Duration::from_millis(250);
+
+/// Keeps this node's advert in the mesh current (public addresses, readiness as `ready`
+/// says, the names it can serve in its view now, its round trips to each region): looked at
+/// on every new view and mesh state and every [`ADVERT_TICK`], handed to the mesh when it
+/// changed, which pushes it at once. Ends when the hub or the mesh is dropped.
+pub fn advertise(
+    mesh: &Arc<Mesh>,
+    hub: &Arc<HealthHub>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    let mut views = hub.published();
+    let mut states = mesh.state();
+    let (mesh, hub) = (Arc::downgrade(mesh), Arc::downgrade(hub));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ADVERT_TICK);
+        let mut rtt = Vec::new();
+        let mut last: Option<Advert> = None;
+        loop {
+            tokio::select! {
+                r = views.changed() => if r.is_err() { return },
+                r = states.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let (Some(mesh), Some(hub)) = (mesh.upgrade(), hub.upgrade()) else {
+                return;
+            };
+            let state = states.borrow_and_update().clone();
+            rtt = settle_rtt(&rtt, &region_rtts(&state));
+            let snap = hub.snapshot();
+            let advert = Node::local(&snap.rt, &snap.view, ready(), rtt.clone()).advert();
+            if last.as_ref() != Some(&advert) {
+                mesh.set_advert(advert.clone());
+                last = Some(advert);
+            }
+        }
+    });
+}
+
+/// This node's mean SWIM round trip to each region's live members, in milliseconds (at
+/// least 1), by region.
+fn region_rtts(state: &MeshState) -> Vec<(Region, u32)> {
+    let mut sums = [(0u128, 0u128); 13];
+    for m in &state.members {
+        if let (MemberState::Alive, Some(rtt), false) = (m.state, m.rtt, m.id == state.local.id) {
+            let s = &mut sums[m.region.index()];
+            s.0 += rtt.as_micros();
+            s.1 += 1;
+        }
+    }
+    Region::ALL
+        .iter()
+        .zip(sums)
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(r, (us, n))| (*r, ((us / n) / 1000).clamp(1, u128::from(u32::MAX)) as u32))
+        .collect()
 }
 
 /// Asks peers about each down flip and hands the answers to the hub. A verdict nobody could

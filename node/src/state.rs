@@ -12,8 +12,10 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::core::affinity::Affinity;
+use crate::core::dns::DnsExplanation;
 use crate::core::explain::{self, Explanation};
 use crate::core::steering::{Request, TYPICAL_DRAW};
+use crate::dns::DnsState;
 use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::Metrics;
@@ -32,6 +34,8 @@ pub struct NodeState {
     pub apps: ArcSwap<Vec<AppInfo>>,
     /// Set when shutdown begins, so `/ready` tells load balancers in front to stop sending.
     pub draining: AtomicBool,
+    /// The DNS server's answers, when `[dns]` is configured.
+    pub dns: Option<Arc<DnsState>>,
 }
 
 /// An app as status shows it.
@@ -41,6 +45,21 @@ pub struct AppInfo {
 }
 
 impl NodeState {
+    /// Whether `/ready` says 200: not draining, not sick, no trouble of its own.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+            && self.health.sick().is_none()
+            && self.health.trouble().is_empty()
+    }
+
+    /// Explains which nodes DNS answers `name` with for `client` now, and why.
+    pub fn explain_dns(&self, name: &str, client: IpAddr) -> Result<DnsExplanation, String> {
+        match &self.dns {
+            Some(dns) => dns.explain(name, client),
+            None => Err("this node answers no DNS: it has no [dns] section".into()),
+        }
+    }
+
     /// Explains how load balancer `lb` would steer a new connection from `client` now.
     pub fn explain(&self, lb: &str, client: IpAddr) -> Result<Explanation, String> {
         let snap = self.health.snapshot();

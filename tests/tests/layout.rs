@@ -367,7 +367,7 @@ const NODE_LAYERS: &[&[&str]] = &[
     &["config", "metrics", "clock"],
     &["error", "core"],
     &["locate", "hub"],
-    &["proxy", "monitor", "mesh"],
+    &["proxy", "monitor", "mesh", "dns"],
     &["state"],
     &["status"],
     &["app"],

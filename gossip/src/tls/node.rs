@@ -27,7 +27,8 @@ use crate::identity::{NodeId, SignIdentity};
 /// than misparsing each other.
 /// Version 2: SWIM identities and health-row batches carry their writer's signature.
 /// Version 3: rows carry their writer's verdict; peers ask each other to probe an origin.
-pub const ALPN: &[u8] = b"switchyard-mesh/3";
+/// Version 4: batches carry their writer's signed advert, for the mesh's DNS.
+pub const ALPN: &[u8] = b"switchyard-mesh/4";
 
 /// QUIC keep-alive interval: well under [`MAX_IDLE_TIMEOUT`] so an idle but healthy connection
 /// between two nodes never times out, and short enough to keep NAT/conntrack entries alive.

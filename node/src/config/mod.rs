@@ -8,7 +8,7 @@
 //! values and objects. Nothing here imports the rest of the crate.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +40,38 @@ pub struct Config {
     pub mesh: Option<MeshSection>,
     /// `[geo]`: absent, every client is taken to be in the node's region.
     pub geo: Option<GeoConfig>,
+    /// `[dns]`: absent, the node answers no DNS (it still advertises its names to the mesh).
+    pub dns: Option<DnsSection>,
+}
+
+/// `[dns]`: the node answers DNS for the mesh's names under `zone`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP and TCP, on the same address.
+    pub listen: SocketAddr,
+    /// The zone served, such as `lb.example.com` (a trailing dot is allowed).
+    pub zone: String,
+    /// TTL of every record answered.
+    #[serde(default = "default_dns_ttl", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// Addresses per A or AAAA answer.
+    #[serde(default = "default_dns_answers")]
+    pub answers: usize,
+}
+
+impl DnsSection {
+    /// The zone in lower case, without a trailing dot.
+    pub fn zone_name(&self) -> String {
+        self.zone.trim_end_matches('.').to_ascii_lowercase()
+    }
+}
+
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dns_answers() -> usize {
+    2
 }
 
 /// `[geo]`: where clients are.
@@ -165,6 +197,9 @@ pub struct NodeConfig {
     /// How long SIGTERM waits for open connections before exiting.
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// Where clients reach this node (IPv4 and IPv6): what the mesh's DNS answers with.
+    #[serde(default)]
+    pub public_addresses: Vec<IpAddr>,
 }
 
 fn default_status_listen() -> SocketAddr {
@@ -345,6 +380,8 @@ pub struct AppConfig {
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub ip_rules: IpRules,
+    /// Served by the mesh's DNS as `<hostname>.<[dns] zone>`: one DNS label.
+    pub hostname: Option<String>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -622,6 +659,82 @@ load_balancer = "lb"
                 "{fields}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn dns_keys_are_read_with_defaults_and_each_mistake_names_its_line() {
+        let with = |node: &str, app: &str, dns: &str| {
+            GOOD.replace(
+                "region = \"WNAM\"\n",
+                &format!("region = \"WNAM\"\n{node}\n"),
+            )
+            .replace(
+                "load_balancer = \"lb\"\nproxy_protocol",
+                &format!("load_balancer = \"lb\"\n{app}\nproxy_protocol"),
+            ) + dns
+        };
+        let node = "public_addresses = [\"192.0.2.1\", \"2001:db8::1\"]";
+        let dns = "\n[dns]\nlisten = \"127.0.0.1:5353\"\nzone = \"lb.example.com.\"\n";
+        let c = Config::parse(&with(node, "hostname = \"game\"", dns), None).unwrap();
+        let d = c.dns.as_ref().unwrap();
+        assert_eq!(d.zone_name(), "lb.example.com");
+        assert_eq!((d.ttl, d.answers), (Duration::from_secs(30), 2));
+        assert_eq!(c.node.public_addresses.len(), 2);
+        assert_eq!(c.apps[0].hostname.as_deref(), Some("game"));
+
+        for (text, at, what) in [
+            (
+                with(node, "hostname = \"Game\"", dns),
+                "sy.toml:44: app \"web\": hostname:",
+                "DNS label",
+            ),
+            (
+                with(node, "hostname = \"-x\"", dns),
+                "sy.toml:44: app \"web\": hostname:",
+                "DNS label",
+            ),
+            (
+                with("public_addresses = [\"0.0.0.0\"]", "", dns),
+                "sy.toml:5: [node]: public_addresses:",
+                "0.0.0.0",
+            ),
+            (
+                with("public_addresses = [\"192.0.2.1\", \"192.0.2.1\"]", "", dns),
+                "sy.toml:5: [node]: public_addresses:",
+                "twice",
+            ),
+            (
+                with("", "", dns),
+                "sy.toml:2: [node]: public_addresses:",
+                "[dns] needs",
+            ),
+            (
+                with(node, "", &dns.replace("lb.example.com.", "lb..example")),
+                "sy.toml:55: [dns]: zone:",
+                "DNS label",
+            ),
+            (
+                with(node, "", &format!("{dns}ttl = 0\n")),
+                "sy.toml:56: [dns]: ttl:",
+                "out of range",
+            ),
+            (
+                with(node, "", &format!("{dns}answers = 9\n")),
+                "sy.toml:56: [dns]: answers:",
+                "1 to 8",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.starts_with(at) && e.contains(what), "{e}");
+        }
+        let twice = with(node, "hostname = \"game\"", dns)
+            .replace("name = \"range\"", "name = \"range\"\nhostname = \"game\"");
+        let e = err(&twice);
+        assert!(
+            e.contains("app \"range\": hostname:")
+                && e.contains("also the hostname of app \"web\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub(super) mod range {
     pub const AFFINITY_TTL: (Duration, Duration) = (SEC, Duration::from_secs(7 * 86_400));
     pub const CONNECT_TIMEOUT: (Duration, Duration) = (MS, Duration::from_secs(600));
     pub const IDLE_TIMEOUT: (Duration, Duration) = (SEC, Duration::from_secs(7 * 86_400));
+    pub const DNS_TTL: (Duration, Duration) = (SEC, DAY);
 }
+
+/// Most addresses one A or AAAA answer carries (`[dns] answers`): 8 AAAA records and the
+/// rest of an answer fit well within the 1232 bytes a UDP answer may take.
+pub const MAX_DNS_ANSWERS: usize = 8;
 
 /// `Err(message)` when `d` is outside `(min, max)`.
 fn within(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
@@ -106,6 +111,8 @@ impl Config {
                 e,
             )
         })?;
+
+        self.check_public_addresses()?;
 
         if let Some(mesh) = &self.mesh {
             let at = |f: &str| vec![key("mesh"), key(f)];
@@ -463,6 +470,7 @@ impl Config {
         }
 
         let mut apps = HashSet::new();
+        let mut hostnames: Vec<(&str, &str)> = Vec::new();
         let mut bound: Vec<(SocketAddr, &str)> = Vec::new();
         for (i, a) in self.apps.iter().enumerate() {
             let obj = format!("app {:?}", a.name);
@@ -518,9 +526,113 @@ impl Config {
                     "must be at least 1; leave it out for no limit".into(),
                 ));
             }
+            if let Some(h) = &a.hostname {
+                if let Err(e) = dns_label(h) {
+                    return Err(fail(at("hostname"), obj, "hostname", e));
+                }
+                if let Some((_, other)) = hostnames.iter().find(|(n, _)| n == h) {
+                    return Err(fail(
+                        at("hostname"),
+                        obj,
+                        "hostname",
+                        format!("{h:?} is also the hostname of app {other:?}; each name is served for one app"),
+                    ));
+                }
+                if hostnames.len() == table::MAX_ADVERT_NAMES {
+                    return Err(fail(
+                        at("hostname"),
+                        obj,
+                        "hostname",
+                        format!(
+                            "at most {} apps may have a hostname (what peers accept of one node)",
+                            table::MAX_ADVERT_NAMES
+                        ),
+                    ));
+                }
+                hostnames.push((h, &a.name));
+            }
         }
+        self.check_dns()?;
         if self.mesh.is_some() {
             self.rows_within_what_peers_accept()?;
+        }
+        Ok(())
+    }
+
+    /// `[node] public_addresses`: what the mesh's DNS answers with, so each must be an address
+    /// a client can connect to, once, and few enough for peers to accept.
+    fn check_public_addresses(&self) -> Result<(), Finding> {
+        let addrs = &self.node.public_addresses;
+        let at = || vec![key("node"), key("public_addresses")];
+        let fail = |message: String| {
+            Err(Finding::new(
+                at(),
+                "[node]".into(),
+                "public_addresses",
+                message,
+            ))
+        };
+        if addrs.len() > table::MAX_ADVERT_ADDRESSES {
+            return fail(format!(
+                "{} addresses: at most {} (what peers accept of one node)",
+                addrs.len(),
+                table::MAX_ADVERT_ADDRESSES
+            ));
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return fail(format!(
+                    "{a} is not an address a client can connect to; list this node's public addresses"
+                ));
+            }
+            if addrs[..i].contains(a) {
+                return fail(format!("{a} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[dns]`: a zone that is a domain name, a TTL and answer count in range, and the
+    /// public addresses its nameserver records need.
+    fn check_dns(&self) -> Result<(), Finding> {
+        let Some(dns) = &self.dns else {
+            return Ok(());
+        };
+        let at = |f: &str| vec![key("dns"), key(f)];
+        let fail = |f: &str, message: String| Err(Finding::new(at(f), "[dns]".into(), f, message));
+        let zone = dns.zone_name();
+        if zone.is_empty() || zone.len() > 200 {
+            return fail(
+                "zone",
+                format!(
+                    "{:?} must be a domain name of 1 to 200 characters, such as \"lb.example.com\"",
+                    dns.zone
+                ),
+            );
+        }
+        for label in zone.split('.') {
+            if let Err(e) = dns_label(label) {
+                return fail("zone", format!("{:?}: {e}", dns.zone));
+            }
+        }
+        if let Err(e) = within(dns.ttl, range::DNS_TTL) {
+            return fail("ttl", e);
+        }
+        if dns.answers == 0 || dns.answers > MAX_DNS_ANSWERS {
+            return fail(
+                "answers",
+                format!("{} must be 1 to {MAX_DNS_ANSWERS}", dns.answers),
+            );
+        }
+        if self.node.public_addresses.is_empty() {
+            return Err(Finding::new(
+                vec![key("node")],
+                "[node]".into(),
+                "public_addresses",
+                "[dns] needs this node's public addresses: its nameserver record points at them; \
+                 set [node] public_addresses = [\"203.0.113.5\"]"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -556,6 +668,24 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// One DNS label as this node serves it: 1-63 lower-case letters, digits and '-', not at
+/// either end.
+fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label: use 1-63 lower-case letters, digits or '-' (not first or last)"
+        ))
     }
 }
 

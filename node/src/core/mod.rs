@@ -12,11 +12,13 @@
 //! - `explain`: a steering decision in words.
 //! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
 //! - `verdict`: blame asked of peers (origin down, path down, or this node sick).
+//! - `dns`: which nodes the mesh's DNS answers a name with, per client region, and why.
 
 pub mod affinity;
 pub mod book;
 pub mod client;
 pub mod compiled;
+pub mod dns;
 pub mod explain;
 pub mod health;
 pub mod steering;

@@ -233,11 +233,11 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
                     (k == name).then(|| v.replace("%3A", ":").replace("%3a", ":"))
                 })
             };
-            let (Some(lb), Some(client)) = (param("lb"), param("client")) else {
+            let (Some(what), Some(client)) = (param("lb").or(param("dns")), param("client")) else {
                 return reply(
                     StatusCode::BAD_REQUEST,
                     "text/plain",
-                    "use /v1/explain?lb=NAME&client=IP\n".into(),
+                    "use /v1/explain?lb=NAME&client=IP or /v1/explain?dns=NAME&client=IP\n".into(),
                 );
             };
             let Ok(ip) = client.parse::<std::net::IpAddr>() else {
@@ -247,11 +247,20 @@ fn route<B>(state: &NodeState, req: Request<B>) -> Response<Full<Bytes>> {
                     format!("client={client:?} is not an IP address\n"),
                 );
             };
-            match state.explain(&lb, ip) {
-                Ok(e) => reply(
+            let json = if param("lb").is_some() {
+                state
+                    .explain(&what, ip)
+                    .map(|e| serde_json::to_string_pretty(&e))
+            } else {
+                state
+                    .explain_dns(&what, ip)
+                    .map(|e| serde_json::to_string_pretty(&e))
+            };
+            match json {
+                Ok(text) => reply(
                     StatusCode::OK,
                     "application/json",
-                    serde_json::to_string_pretty(&e).unwrap_or_default() + "\n",
+                    text.unwrap_or_default() + "\n",
                 ),
                 Err(e) => reply(StatusCode::NOT_FOUND, "text/plain", e + "\n"),
             }
