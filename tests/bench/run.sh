@@ -225,35 +225,21 @@ cap_teardown() {
 TMP=$(mktemp -d /tmp/sy-bench.XXXXXX)
 SAMPLES="$TMP/samples.tsv"
 : >"$SAMPLES"
-declare -a STARTED=()
+# start_bg, stop_started, meta, note.
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 declare -a UPSTREAM_PIDS=()
 HOLD_PID=
 
 cleanup() {
-    local pid
     cap_teardown
     [[ -n $HOLD_PID ]] && kill -KILL "$HOLD_PID" 2>/dev/null
-    for pid in "${STARTED[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED[@]}"; do
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_started
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-meta() { printf 'M\t%s\t%s\n' "$1" "$2" >>"$SAMPLES"; }
-note() {
-    printf 'N\t%s\n' "$*" >>"$SAMPLES"
-    log "note: $*"
-}
 sample() { printf 'S\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
 
 # ------------------------------------------------------------------------------------------
@@ -294,15 +280,6 @@ wait_port() {
     done
     [[ -n ${LAST_LOG:-} && -s $LAST_LOG ]] && tail -20 "$LAST_LOG" >&2
     die "$what did not listen on $port within 10 s"
-}
-
-start_bg() { # log-file command... ; sets LAST_PID
-    local out=$1
-    shift
-    LAST_LOG=$out
-    "$@" >"$out" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED+=("$LAST_PID")
 }
 
 # ------------------------------------------------------------------------------------------
