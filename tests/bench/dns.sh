@@ -22,6 +22,9 @@
 #                     connected to) and a quarter of the queries are AAAA; 0: A only
 #   HEALTH_REPS=3     health changes timed (down and up again); 0 skips them
 #   HEALTH_POLL_MS=10 sleep between two dig polls while timing a health change
+#   CAP_PERCENT=25    the rate runs again with the server capped at this share of one CPU
+#                     (cgroup CPU quota, 10 ms period; needs root and the cpu controller), so
+#                     that the server, not dnsperf, is the bottleneck; 0 skips them
 #   SERVER_CPU=1      the core the DNS server under test runs on (taskset)
 #   CLIENT_CPU=0      the core of dnsperf, dig, the other two nodes and the origin
 #   SYSTEMS="switchyard gdnsd"
@@ -48,6 +51,7 @@ ANSWERS=${ANSWERS:-2}
 IPV6=${IPV6:-1}
 HEALTH_REPS=${HEALTH_REPS:-3}
 HEALTH_POLL_MS=${HEALTH_POLL_MS:-10}
+CAP_PERCENT=${CAP_PERCENT:-25}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 SYSTEMS=${SYSTEMS:-"switchyard gdnsd"}
@@ -64,7 +68,7 @@ die() {
 }
 uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; }
 
-for v in REPS SECS CLIENTS THREADS OUTSTANDING TRIES LAT_QPS LAT_SECS ANSWERS HEALTH_REPS HEALTH_POLL_MS SERVER_CPU CLIENT_CPU; do
+for v in REPS SECS CLIENTS THREADS OUTSTANDING TRIES LAT_QPS LAT_SECS ANSWERS HEALTH_REPS HEALTH_POLL_MS CAP_PERCENT SERVER_CPU CLIENT_CPU; do
     uint "$v" "${!v}"
 done
 ((REPS >= 1 && REPS <= 20)) || die "REPS must be 1..20"
@@ -72,6 +76,7 @@ done
 ((TRIES >= 1 && TRIES <= 10)) || die "TRIES must be 1..10"
 ((ANSWERS >= 1 && ANSWERS <= 3)) || die "ANSWERS must be 1..3 (three nodes)"
 ((HEALTH_REPS <= 20)) || die "HEALTH_REPS must be 0..20"
+((CAP_PERCENT <= 100)) || die "CAP_PERCENT must be 0..100"
 [[ $LOSS_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "LOSS_MAX must be a percentage"
 [[ $IPV6 == 0 || $IPV6 == 1 ]] || die "IPV6 must be 0 or 1"
 for s in $SYSTEMS; do
@@ -150,6 +155,8 @@ if ((IPV6)); then TYPES+=(AAAA); fi
 declare -A CASE_TITLE=([noecs]="no ECS ($RESOLVER_REGION resolver)" [ecs]="ECS /24 ($ECS_REGION subnet)")
 declare -A CASE_REGION=([noecs]=$RESOLVER_REGION [ecs]=$ECS_REGION)
 declare -A CASE_DIG=([noecs]="" [ecs]="+subnet=$(client_net "$ECS_REGION")")
+for c in "${CASES[@]}"; do CASE_TITLE[${c}_capped]="${CASE_TITLE[$c]}, server capped at $CAP_PERCENT% CPU"; done
+RATE_CASES=("${CASES[@]}") # and the capped ones, when the cap works
 
 TMP=$(mktemp -d /tmp/sy-dnsbench.XXXXXX)
 SAMPLES="$TMP/samples.tsv"
@@ -160,6 +167,7 @@ source "$ROOT/tests/bench/lib.sh"
 declare -A PID=()
 
 cleanup() {
+    cap_teardown
     stop_started
     rm -rf "$TMP"
 }
@@ -446,11 +454,11 @@ dnsperf_args() { # system case
 }
 
 # One rate measurement: unthrottled, then (at most TRIES runs) throttled while it loses
-# LOSS_MAX percent or more.
-rate() { # system case rep
-    local sys=$1 c=$2 rep=$3 pid=${PID[$1]} try qps_cap="" out c0 c1 sent lost qps secs avg loss codes
+# LOSS_MAX percent or more. Its samples go under CASE, or CASE_capped with the suffix.
+rate() { # system case rep [_capped]
+    local sys=$1 c=$2${4:-} rep=$3 pid=${PID[$1]} try qps_cap="" out c0 c1 sent lost qps secs avg loss codes
     local -a args
-    mapfile -t args < <(dnsperf_args "$sys" "$c")
+    mapfile -t args < <(dnsperf_args "$sys" "$2")
     for try in $(seq 1 "$TRIES"); do
         c0=$(cpu_ticks "$pid")
         if ! out=$(timeout $((SECS + 30)) taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" -l "$SECS" ${qps_cap:+-Q "$qps_cap"} 2>&1); then
@@ -537,6 +545,18 @@ for sys in "${ACTIVE[@]}"; do
 done
 log "answers checked: $ANSWERS addresses, with the case's region's node (first, for Switchyard)"
 
+CAPPED=0
+if ((CAP_PERCENT > 0)); then
+    if cap_setup; then
+        CAPPED=1
+        for sys in "${ACTIVE[@]}"; do cap_join "${PID[$sys]}"; done
+        for c in "${CASES[@]}"; do RATE_CASES+=("${c}_capped"); done
+        meta capped "the rate runs again with the server limited to $CAP_PERCENT% of one CPU (cgroup $CAP_KIND CPU quota, 10 ms period)"
+    else
+        note "capped runs skipped: cannot make a cgroup with a CPU quota (they need root and the cgroup cpu controller)"
+    fi
+fi
+
 # ------------------------------------------------------------------------------------------
 # Rate, latency and CPU: the systems alternate, the order flips from run to run.
 
@@ -551,6 +571,11 @@ for rep in $(seq 1 "$REPS"); do
     for c in "${CASES[@]}"; do
         for sys in "${order[@]}"; do rate "$sys" "$c" "$rep"; done
         for sys in "${order[@]}"; do latency "$sys" "$c" "$rep"; done
+        if ((CAPPED)); then
+            cap_set on
+            for sys in "${order[@]}"; do rate "$sys" "$c" "$rep" _capped; done
+            cap_set off
+        fi
     done
 done
 
@@ -660,13 +685,13 @@ samples() { values "$@" | jq -s -c .; } # metric case system -> a JSON array
 
 # key|title|unit|decimals|cases
 ROWS=(
-    "qps|queries/s at under ${LOSS_MAX}% loss|q/s|0|noecs ecs"
-    "loss_pct|loss in that run|%|2|noecs ecs"
-    "avg_latency_ms|average latency at that rate (dnsperf)|ms|3|noecs ecs"
+    "qps|queries/s at under ${LOSS_MAX}% loss|q/s|0|${RATE_CASES[*]}"
+    "loss_pct|loss in that run|%|2|${RATE_CASES[*]}"
+    "avg_latency_ms|average latency at that rate (dnsperf)|ms|3|${RATE_CASES[*]}"
     "p50_us|latency p50 at $LAT_QPS q/s|us|0|noecs ecs"
     "p99_us|latency p99 at $LAT_QPS q/s|us|0|noecs ecs"
-    "cpu_ms_per_100k|server CPU per 100k queries|CPU ms|1|noecs ecs"
-    "busy_pct|server CPU busy during the rate run|%|0|noecs ecs"
+    "cpu_ms_per_100k|server CPU per 100k queries|CPU ms|1|${RATE_CASES[*]}"
+    "busy_pct|server CPU busy during the rate run|%|0|${RATE_CASES[*]}"
     "health_down_ms|pools down on edge-seas -> gone from edge-wnam's answer|ms|0|mesh"
     "health_up_ms|pools up again -> back in the answer|ms|0|mesh"
     "health_polls|dig polls until the change showed (down and up)|polls|0|mesh"
@@ -677,8 +702,8 @@ TABLE="$TMP/table.txt"
 JSONL="$TMP/metrics.jsonl"
 : >"$JSONL"
 {
-    printf '%-62s %-7s %12s %20s %12s %20s %9s\n' measurement unit Switchyard "(min-max)" gdnsd "(min-max)" SY/gdnsd
-    printf '%s\n' "$(printf '%150s' '' | tr ' ' -)"
+    printf '%-80s %-7s %12s %20s %12s %20s %9s\n' measurement unit Switchyard "(min-max)" gdnsd "(min-max)" SY/gdnsd
+    printf '%s\n' "$(printf '%168s' '' | tr ' ' -)"
     for row in "${ROWS[@]}"; do
         IFS='|' read -r key title unit dec cases <<<"$row"
         for c in $cases; do
@@ -695,7 +720,7 @@ JSONL="$TMP/metrics.jsonl"
             gr=""
             [[ -n ${gm:-} ]] && gr="$(fmt "$gmin" "$dec")-$(fmt "$gmax" "$dec")"
             [[ $c == mesh ]] && gr="(not measured)"
-            printf '%-62s %-7s %12s %20s %12s %20s %9s\n' "$label" "$unit" "$(fmt "${sm:-}" "$dec")" "$sr" "$(fmt "${gm:-}" "$dec")" "$gr" "$ratio"
+            printf '%-80s %-7s %12s %20s %12s %20s %9s\n' "$label" "$unit" "$(fmt "${sm:-}" "$dec")" "$sr" "$(fmt "${gm:-}" "$dec")" "$gr" "$ratio"
             jq -n -c --arg key "$key" --arg case "$c" --arg title "$label" --arg unit "$unit" \
                 --argjson sy "$(samples "$key" "$c" switchyard)" --argjson gd "$(samples "$key" "$c" gdnsd)" \
                 --arg ratio "$ratio" --argjson hib "$([[ $key == qps ]] && echo true || echo false)" '
@@ -713,7 +738,7 @@ JSONL="$TMP/metrics.jsonl"
 
 # Runs pair up (the systems take turns within a run): the ratio of each pair, as the medians
 # of a noisy machine can come from different runs.
-for c in "${CASES[@]}"; do
+for c in "${RATE_CASES[@]}"; do
     pairs=$(awk -F'\t' -v c="$c" '$1 == "S" && $2 == "qps" && $3 == c {v[$4, $5] = $6; r[$5] = 1}
         END {for (k in r) if ((("switchyard", k) in v) && (("gdnsd", k) in v)) printf "%s %.2f\n", k, v["switchyard", k] / v["gdnsd", k]}' "$SAMPLES" |
         sort -n | awk '{printf "%srun %s: %s", sep, $1, $2; sep = ", "}')
@@ -721,7 +746,7 @@ for c in "${CASES[@]}"; do
 done
 
 # Notes that explain the figures.
-note "Both servers run on CPU $SERVER_CPU and dnsperf on CPU $CLIENT_CPU: on a 2-core machine dnsperf has one core, so when the server's CPU is far from busy the rate is dnsperf's limit, not the server's; CPU per 100k queries then compares the servers"
+note "Both servers run on CPU $SERVER_CPU and dnsperf on CPU $CLIENT_CPU: on a 2-core machine dnsperf has one core, so when the server's CPU is far from busy the rate is dnsperf's limit, not the server's; CPU per 100k queries then compares the servers, and so do the capped runs (each server limited to the same $CAP_PERCENT% of a CPU, so that it is the bottleneck)"
 note "p50/p99 come from a separate run at a fixed $LAT_QPS q/s (dnsperf -v, every query's latency): dnsperf $DNSPERF_VERSION has no latency histogram; the average latency is dnsperf's, at the rate of the rate run"
 note "Switchyard's CPU is the whole node (mesh and status included); gdnsd's is its whole process"
 note "The health change is Switchyard's alone (gdnsd learns health from its own monitors, not from a mesh): edge-seas reloads its config with its pools' only origin disabled (SIGHUP), and edge-wnam's answer to the SEAS subnet is polled with dig until edge-seas leaves it (then the same back). Timed from the SIGHUP to the end of the first poll that shows the change: an upper bound, one poll (dig's own time plus ${HEALTH_POLL_MS} ms) coarse; one poll means the first query already saw it"
@@ -752,7 +777,7 @@ jq -n --slurpfile metrics "$JSONL" \
     --argjson meta "$(awk -F'\t' '$1 == "M" {print $2 "\t" $3}' "$SAMPLES" | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {(.[0]): .[1]}) | add // {}')" \
     --argjson notes "$(awk -F'\t' '$1 == "N" {print $2}' "$SAMPLES" | jq -R -s 'split("\n") | map(select(length > 0))')" \
     --argjson systems "$(printf '%s\n' "${ACTIVE[@]}" | jq -R -s 'split("\n") | map(select(length > 0))')" \
-    --arg cases "noecs: ${CASE_TITLE[noecs]}; ecs: ${CASE_TITLE[ecs]}; mesh: the health change" \
+    --arg cases "$(for c in "${RATE_CASES[@]}"; do printf '%s: %s; ' "$c" "${CASE_TITLE[$c]}"; done)mesh: the health change" \
     '{meta: $meta, systems: $systems, cases: $cases, metrics: $metrics, notes: $notes}' >"$RESULTS/dns.json"
 
 cat "$RESULTS/dns.txt"
