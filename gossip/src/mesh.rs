@@ -216,11 +216,16 @@ impl Mesh {
     }
 
     /// Replaces what this node says of itself for DNS; a change goes to every peer at once.
-    pub fn set_advert(&self, advert: Advert) {
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.tx.try_send(Cmd::SetAdvert(Box::new(advert)))
-        {
-            tracing::warn!("mesh command queue full; an advert update waits for the next one");
+    /// False when the mesh could not take it now (its command queue is full, or it stopped):
+    /// the caller hands it again later.
+    pub fn set_advert(&self, advert: Advert) -> bool {
+        match self.tx.try_send(Cmd::SetAdvert(Box::new(advert))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("mesh command queue full; the advert is handed again shortly");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

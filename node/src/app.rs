@@ -143,6 +143,8 @@ impl App {
                     section.clone(),
                     ready,
                 ));
+                // DNS stops with the status endpoint: last, after the drain, so that a
+                // draining node keeps answering (without itself) while it drains.
                 tokio::spawn(crate::dns::serve_udp(udp, dns.clone(), status_stop.clone()));
                 tokio::spawn(crate::dns::serve_tcp(tcp, dns, status_stop.clone()));
                 tracing::info!(dns = %addr, zone = %section.zone_name(), "answering DNS");

@@ -6,8 +6,9 @@
 //!
 //! - `config`: the configuration file, parsed into typed values and validated once.
 //! - `core`: the pure core. The compiled config, the health state machines and their book,
-//!   the health view and its judging, whose fault a failure is, session affinity, steering and
-//!   explain's reasoning: plain code over data, with time and randomness passed in.
+//!   the health view and its judging, whose fault a failure is, session affinity, steering,
+//!   which nodes DNS answers with, and explain's reasoning: plain code over data, with time
+//!   and randomness passed in.
 //! - Shells, each doing one kind of I/O around the core:
 //!   - `hub`: health in (probes, failed connects, the mesh), published snapshots out, and the
 //!     node's own trouble (local errors, runtime lag);

@@ -189,8 +189,8 @@ pub fn advertise(
             rtt = settle_rtt(&rtt, &region_rtts(&state));
             let snap = hub.snapshot();
             let advert = Node::local(&snap.rt, &snap.view, ready(), rtt.clone()).advert();
-            if last.as_ref() != Some(&advert) {
-                mesh.set_advert(advert.clone());
+            // One the mesh could not take now is handed again on the next tick.
+            if last.as_ref() != Some(&advert) && mesh.set_advert(advert.clone()) {
                 last = Some(advert);
             }
         }

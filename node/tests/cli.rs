@@ -851,3 +851,74 @@ fn metrics_count_proxied_connections_and_live_answers() {
     );
     node.assert_running();
 }
+
+#[test]
+fn explain_dns_prints_which_nodes_answer_and_check_places_a_bad_zone() {
+    let dir = TempDir::new("explain-dns");
+    let status = free_addr();
+    let dns = free_addr();
+    let mut text = config(
+        &format!("status_listen = \"{status}\"\npublic_addresses = [\"192.0.2.7\"]"),
+        free_addr(),
+        &["alpha"],
+        &[("alpha", "a", free_addr())],
+    );
+    text.push_str(&format!(
+        "hostname = \"web\"\n\n[dns]\nlisten = \"{dns}\"\nzone = \"lb.example.com\"\n"
+    ));
+    let path = dir.write("dns.toml", &text);
+    let node = Node::start(&path, dir.path("dns.log"), status);
+    let status_arg = status.to_string();
+    let out = run_cmd(&[
+        "explain",
+        "--dns",
+        "web.lb.example.com",
+        "--client",
+        "192.0.2.99",
+        "--addr",
+        &status_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("web.lb.example.com for client 192.0.2.99"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("A: 192.0.2.7"), "{stdout}");
+    assert!(stdout.contains("  1 edge-test-1 (WNAM)"), "{stdout}");
+    assert!(stdout.contains("AAAA: no address (NODATA)"), "{stdout}");
+    let out = run_cmd(&[
+        "explain",
+        "--dns",
+        "nope",
+        "--client",
+        "192.0.2.99",
+        "--addr",
+        &status_arg,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("known: web.lb.example.com"),
+        "{stderr}"
+    );
+    let out = run_cmd(&["explain", "--client", "192.0.2.99", "--addr", &status_arg]);
+    assert!(!out.status.success(), "explain needs --lb or --dns");
+    drop(node);
+
+    let bad = dir.write(
+        "bad.toml",
+        &text.replace("lb.example.com", "lb_example.com"),
+    );
+    let out = run_cmd(&["check", "--config", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().position(|l| l.starts_with("zone")).unwrap() + 1;
+    let want = format!("switchyard: {}:{line}: [dns]: zone:", bad.display());
+    assert!(
+        stderr.starts_with(&want),
+        "want {want:?} at the start of: {stderr}"
+    );
+}

@@ -248,6 +248,19 @@ async fn nxdomain_and_nodata_carry_the_soa_and_outside_the_zone_is_refused() {
     let m = ask(at, "example.org.", RecordType::A, None).await;
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     assert!(!m.metadata.authoritative && m.answers.is_empty());
+    let transfer = Message::from_vec(
+        &tcp(
+            at,
+            &[query("lb.example.com.", RecordType::AXFR, false, None)],
+        )
+        .await[0],
+    )
+    .unwrap();
+    assert_eq!(
+        transfer.metadata.response_code,
+        ResponseCode::Refused,
+        "no zone transfers"
+    );
 }
 
 #[tokio::test]
@@ -340,6 +353,34 @@ async fn an_answer_too_large_for_udp_is_truncated_and_whole_over_tcp() {
         "its glue (the OPT record is read apart)"
     );
     assert!(metric(&app, "switchyard_dns_truncated_total").await >= 1.0);
+}
+
+/// TCP connections are bounded: past `MAX_TCP` open at once a new one is closed at once and
+/// counted, and an idle one is closed after `TCP_IDLE`.
+#[tokio::test]
+async fn tcp_connections_are_bounded_in_number_and_idle_time() {
+    use switchyard_node::dns::{MAX_TCP, TCP_IDLE};
+    let app = single().await;
+    let at = dns_addr(&app);
+    let mut held = Vec::new();
+    for _ in 0..MAX_TCP {
+        held.push(TcpStream::connect(at).await.unwrap());
+    }
+    // Accepted in order: by the time this one is, every one before holds a slot.
+    let mut extra = TcpStream::connect(at).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(ANSWER_WAIT, extra.read(&mut byte))
+        .await
+        .expect("the connection past the limit is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(metric(&app, "switchyard_dns_tcp_refused_total").await >= 1.0);
+    // A held connection that never asks is closed once idle.
+    let idle = tokio::time::timeout(TCP_IDLE * 3, held[0].read(&mut byte))
+        .await
+        .expect("an idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(idle, 0);
 }
 
 #[tokio::test]
@@ -587,6 +628,14 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
         );
     }
     let first = |m: &Message| addresses(m).first().map(IpAddr::to_string);
+    let game_for = |at, client| {
+        ask(
+            at,
+            "game.lb.example.com.",
+            RecordType::A,
+            Some((client, 24)),
+        )
+    };
 
     // Each region's client gets its region's node first, from every node, with the scope of
     // its subnet; and every node answers the same.
@@ -598,39 +647,35 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
                 &format!("{client} gets {want} first from {at}"),
                 WAIT,
                 || async {
-                    let m = ask(
-                        at,
-                        "game.lb.example.com.",
-                        RecordType::A,
-                        Some((client, 24)),
-                    )
-                    .await;
+                    let m = game_for(at, client).await;
                     addresses(&m).len() == 2 && first(&m).as_deref() == Some(want.as_str())
                 },
             )
             .await
             .unwrap();
         }
-        let mut answers = Vec::new();
-        for app in &apps {
-            let m = ask(
-                dns_addr(app),
-                "game.lb.example.com.",
-                RecordType::A,
-                Some((client, 24)),
-            )
-            .await;
-            assert_eq!(
-                subnet(&m).unwrap().scope_prefix(),
-                24,
-                "the answer depends on the subnet"
-            );
-            answers.push(addresses(&m));
-        }
-        assert!(
-            answers.windows(2).all(|w| w[0] == w[1]),
-            "{client}: {answers:?}"
-        );
+        // The same data gives the same answer: once the adverts (round trips move as
+        // SWIM measures them) have reached every node, every node answers alike.
+        eventually(
+            &format!("every node answers {client} alike"),
+            WAIT,
+            || async {
+                let mut answers = Vec::new();
+                for app in &apps {
+                    let at = dns_addr(app);
+                    let m = game_for(at, client).await;
+                    assert_eq!(
+                        subnet(&m).unwrap().scope_prefix(),
+                        24,
+                        "the answer depends on the subnet"
+                    );
+                    answers.push(addresses(&m));
+                }
+                answers.windows(2).all(|w| w[0] == w[1])
+            },
+        )
+        .await
+        .unwrap();
     }
 
     // The apex lists all three nameservers.
@@ -640,14 +685,31 @@ async fn every_node_answers_alike_with_the_clients_region_first_and_drops_what_c
     // edge-weu cannot serve api (its pool is down in its own view): a WEU client gets the
     // others, from every node, and explain says why.
     answered_without(&apps, "api", CLIENTS[1], REGIONS[1].2).await;
-    let (code, body) = status::http_get(
-        apps[0].status_addr(),
-        "/v1/explain?dns=api.lb.example.com&client=10.2.0.1",
+    let explain = || async {
+        let (code, body) = status::http_get(
+            apps[0].status_addr(),
+            "/v1/explain?dns=api.lb.example.com&client=10.2.0.1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<switchyard_node::core::dns::DnsExplanation>(&body).unwrap()
+    };
+    // The nodes rank by the round trips WEU's node measures (SWIM's, in its advert).
+    eventually(
+        "WEU's measured round trips rank the others",
+        WAIT,
+        || async {
+            let e = explain().await;
+            e.a.nodes
+                .iter()
+                .filter(|n| n.answered.is_some())
+                .all(|n| n.why.contains("as WEU's nodes measure it"))
+        },
     )
     .await
     .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let e: switchyard_node::core::dns::DnsExplanation = serde_json::from_str(&body).unwrap();
+    let e = explain().await;
     assert_eq!(e.region.as_deref(), Some("WEU"));
     let weu = e.a.nodes.iter().find(|n| n.node == "edge-weu").unwrap();
     assert!(

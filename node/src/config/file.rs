@@ -15,10 +15,9 @@ use switchyard_geo::{Region, RegionTable};
 use super::validate::{key, Finding};
 use super::values::{de_duration, de_net};
 use super::{
-    AppConfig, Config, CountryCode, DnsSection, ExpectedCodes, GeoConfig, GeoOverride,
-    LoadBalancerConfig, MeshSection, MonitorConfig, MonitorType, NodeConfig, OriginAddr,
-    OriginConfig, OriginSteering, OverrideTarget, PoolConfig, Seg, SessionAffinity, SteeringPolicy,
-    Vantage,
+    AppConfig, Config, CountryCode, ExpectedCodes, GeoConfig, GeoOverride, LoadBalancerConfig,
+    MeshSection, MonitorConfig, MonitorType, NodeConfig, OriginAddr, OriginConfig, OriginSteering,
+    OverrideTarget, PoolConfig, Seg, SessionAffinity, SteeringPolicy, Vantage,
 };
 
 #[derive(Deserialize)]
@@ -35,7 +34,7 @@ pub(super) struct File {
     app: Vec<AppConfig>,
     mesh: Option<MeshSection>,
     geo: Option<Geo>,
-    dns: Option<DnsSection>,
+    dns: Option<super::DnsSection>,
 }
 
 #[derive(Deserialize)]

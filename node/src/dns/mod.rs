@@ -142,7 +142,8 @@ fn build(section: &DnsSection, nodes: Vec<Node>, names: &[String]) -> Result<Zon
     let ttl = section.ttl.as_secs().min(u64::from(u32::MAX)) as u32;
     Zone::build(&section.zone_name(), ttl, section.answers, nodes, names).map_err(|e| {
         Error::Reload(format!(
-            "[dns] zone {:?}: cannot make its records: {e}",
+            "[dns] zone {:?}: cannot make its records ({e}); check the zone, the hostnames \
+             and the node ids, which become names under it",
             section.zone
         ))
     })
@@ -199,7 +200,9 @@ impl DnsState {
         } else {
             q.udp_limit()
         };
-        let (body, scope) = if q.qclass != wire::CLASS_IN {
+        // Zone transfers are not offered: every node builds the zone from the mesh itself.
+        let transfer = matches!(q.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR);
+        let (body, scope) = if q.qclass != wire::CLASS_IN || transfer {
             (zone.refused(), 0)
         } else {
             match zone.find(q.name(), q.qtype) {
@@ -335,25 +338,33 @@ pub async fn follow(
     }
 }
 
-/// Binds UDP and TCP on `addr` (the same port; with port 0, the port UDP got).
+/// Tries to bind a UDP port 0 got for TCP as well, before giving up.
+const BIND_ATTEMPTS: usize = 16;
+
+/// Binds UDP and TCP on `addr`, the same port: with port 0, the port UDP got, tried again
+/// with another while TCP finds that port taken.
 pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
-    let what = || "[dns] listen".to_string();
-    let udp = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
-        what: what(),
-        addr,
-        source,
-    })?;
-    let at = udp.local_addr().map_err(|source| Error::Bind {
-        what: what(),
-        addr,
-        source,
-    })?;
-    let tcp = TcpListener::bind(at).await.map_err(|source| Error::Bind {
-        what: format!("{} (TCP)", what()),
-        addr: at,
-        source,
-    })?;
-    Ok((udp, tcp))
+    let fail = |what: &'static str, addr: SocketAddr| {
+        move |source| Error::Bind {
+            what: format!("[dns] listen ({what})"),
+            addr,
+            source,
+        }
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(addr).await.map_err(fail("UDP", addr))?;
+        let at = udp.local_addr().map_err(fail("UDP", addr))?;
+        match TcpListener::bind(at).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < BIND_ATTEMPTS => {}
+            Err(e) => return Err(fail("TCP", at)(e)),
+        }
+    }
 }
 
 /// Answers UDP queries until `stop`: one loop, one receive buffer, one response buffer.
