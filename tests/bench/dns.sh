@@ -100,9 +100,10 @@ if ((${#need[@]})); then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     timeout 300 apt-get update -qq >&2 || die "apt-get update failed"
+    # gdnsd's package may start a service of its own; this benchmark never uses it (it runs
+    # its own gdnsd from a private config dir, on its own port).
     timeout 300 apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || die "could not install ${need[*]}"
 fi
-# The package installs a service; this benchmark never uses it (its own config dir, port).
 if [[ " $SYSTEMS " == *" switchyard "* && $SKIP_BUILD != 1 ]]; then
     log "building (release)"
     timeout 1800 cargo build --release -p switchyard-node -p switchyard-tests --bins >&2 ||
