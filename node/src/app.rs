@@ -134,6 +134,7 @@ impl App {
                 tokio::time::Instant::now(),
             )),
             dns: dns.as_ref().map(|(d, _)| d.clone()),
+            relays: Arc::default(),
         });
         {
             // The anycast prefixes follow health and readiness on their own clock, so that

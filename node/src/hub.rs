@@ -252,6 +252,11 @@ impl HealthHub {
         self.book().report()
     }
 
+    /// This node's row for one origin (cheaper than the whole `report`, for the relay).
+    pub fn own_row(&self, key: &OriginKey) -> Option<OriginHealth> {
+        self.book().row(key).cloned()
+    }
+
     fn book(&self) -> MutexGuard<'_, HealthBook> {
         // A panic while holding the lock leaves the book consistent (every update is one
         // insert), so a poisoned lock is still usable.

@@ -52,6 +52,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;
+pub mod relays;
 pub mod state;
 pub mod status;
 

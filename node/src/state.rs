@@ -22,6 +22,7 @@ use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::{Metrics, PrefixLabels};
 use crate::proxy::AppSlot;
+use crate::relays::{Relays, Target};
 
 /// A running node's state.
 pub struct NodeState {
@@ -43,6 +44,8 @@ pub struct NodeState {
     pub anycast: Mutex<Announcer>,
     /// The DNS server's answers, when `[dns]` is configured.
     pub dns: Option<Arc<DnsState>>,
+    /// The relay's path decisions and their hold-down state (`crate::relays`).
+    pub relays: Arc<Relays>,
 }
 
 /// An app as status shows it.
@@ -174,6 +177,25 @@ impl NodeState {
             Instant::now(),
             TYPICAL_DRAW,
         );
-        Ok(explain::explain(rt, &snap.view, lb_idx, &req, located))
+        let mesh = self.mesh.as_ref().map(|m| m.state().borrow().clone());
+        let now = Instant::now();
+        Ok(explain::explain(
+            rt,
+            &snap.view,
+            lb_idx,
+            &req,
+            located,
+            |pool, origin| {
+                let t = Target {
+                    health: &self.health,
+                    snap: &snap,
+                    mesh: mesh.as_deref(),
+                    lb: lb_idx,
+                    pool,
+                    origin,
+                };
+                self.relays.peek(&t, now)
+            },
+        ))
     }
 }

@@ -852,6 +852,18 @@ fn metrics_count_proxied_connections_and_live_answers() {
     node.assert_running();
 }
 
+/// `switchyard explain ARGS`, which must succeed: its output.
+fn explain_ok(args: &[&str]) -> String {
+    let out = run_cmd(&[&["explain"], args].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}: {stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn explain_dns_prints_which_nodes_answer_and_check_places_a_bad_zone() {
     let dir = TempDir::new("explain-dns");
@@ -869,8 +881,7 @@ fn explain_dns_prints_which_nodes_answer_and_check_places_a_bad_zone() {
     let path = dir.write("dns.toml", &text);
     let node = Node::start(&path, dir.path("dns.log"), status);
     let status_arg = status.to_string();
-    let out = run_cmd(&[
-        "explain",
+    let stdout = explain_ok(&[
         "--dns",
         "web.lb.example.com",
         "--client",
@@ -878,12 +889,6 @@ fn explain_dns_prints_which_nodes_answer_and_check_places_a_bad_zone() {
         "--addr",
         &status_arg,
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}: {stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.starts_with("web.lb.example.com for client 192.0.2.99"),
         "{stdout}"
@@ -921,4 +926,57 @@ fn explain_dns_prints_which_nodes_answer_and_check_places_a_bad_zone() {
         stderr.starts_with(&want),
         "want {want:?} at the start of: {stderr}"
     );
+}
+
+#[test]
+fn explain_shows_the_path_to_the_origin_and_check_refuses_a_bad_relay_policy() {
+    let dir = TempDir::new("explain-relay");
+    let status = free_addr();
+    let text = config(
+        &format!("status_listen = \"{status}\""),
+        free_addr(),
+        &["alpha"],
+        &[("alpha", "a", free_addr())],
+    )
+    .replace("name = \"lb\"\n", "name = \"lb\"\nrelay = \"fastest\"\n");
+    let path = dir.write("relay.toml", &text);
+    let out = run_cmd(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = Node::start(&path, dir.path("relay.log"), status);
+    let status_arg = status.to_string();
+    let stdout = explain_ok(&[
+        "--lb",
+        "lb",
+        "--client",
+        "192.0.2.99",
+        "--addr",
+        &status_arg,
+    ]);
+    // No mesh and no probe of its own: nobody to relay through, nothing to compare.
+    assert!(
+        stdout.contains("   path direct: direct: no RTT from this node"),
+        "{stdout}"
+    );
+    drop(node);
+
+    let bad = dir.write(
+        "bad.toml",
+        &text.replace("relay = \"fastest\"", "relay = \"always\""),
+    );
+    let out = run_cmd(&["check", "--config", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().position(|l| l.starts_with("relay")).unwrap() + 1;
+    let want = format!(
+        "switchyard: {}:{line}: load_balancer \"lb\": relay:",
+        bad.display()
+    );
+    assert!(
+        !out.status.success() && stderr.starts_with(&want),
+        "want {want:?} at the start of: {stderr}"
+    );
+    assert!(stderr.contains("\"fastest\""), "says what to use: {stderr}");
 }

@@ -17,7 +17,7 @@ use super::values::{de_duration, de_net};
 use super::{
     AppConfig, Config, CountryCode, ExpectedCodes, GeoConfig, GeoOverride, LoadBalancerConfig,
     MeshSection, MonitorConfig, MonitorType, NodeConfig, OriginAddr, OriginConfig, OriginSteering,
-    OverrideTarget, PoolConfig, Seg, SessionAffinity, SteeringPolicy, Vantage,
+    OverrideTarget, PoolConfig, RelayPolicy, Seg, SessionAffinity, SteeringPolicy, Vantage,
 };
 
 #[derive(Deserialize)]
@@ -167,6 +167,8 @@ struct LoadBalancer {
     affinity_ttl: Duration,
     #[serde(default)]
     vantage: Vantage,
+    /// Text, so that a bad value names its load balancer (a serde enum error names no object).
+    relay: Option<String>,
 }
 
 fn default_affinity_ttl() -> Duration {
@@ -339,6 +341,15 @@ impl LoadBalancer {
                 message,
             )
         };
+        let relay = match self.relay.as_deref() {
+            None => RelayPolicy::default(),
+            Some(v) => RelayPolicy::parse(v).ok_or_else(|| {
+                fail(
+                    "relay",
+                    format!("{v:?} is not a relay policy; use \"off\", \"failover\" (the default) or \"fastest\""),
+                )
+            })?,
+        };
         let region_pools = self
             .region_pools
             .into_iter()
@@ -367,6 +378,7 @@ impl LoadBalancer {
             session_affinity: self.session_affinity,
             affinity_ttl: self.affinity_ttl,
             vantage: self.vantage,
+            relay,
         })
     }
 }

@@ -327,6 +327,41 @@ pub struct LoadBalancerConfig {
     /// Dynamic steering: measure RTT from the client's region (default) or from the
     /// receiving node's.
     pub vantage: Vantage,
+    /// When a connection to the chosen origin goes through a peer node (see `core::relay`).
+    pub relay: RelayPolicy,
+}
+
+/// `relay`: when a connection to the origin steering chose may go through a peer node
+/// instead of straight from this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RelayPolicy {
+    /// Always straight from this node.
+    Off,
+    /// Through the peer with the shortest path when this node's own path is down.
+    #[default]
+    Failover,
+    /// Also when the path through a peer is shorter than the direct one by a margin.
+    Fastest,
+}
+
+impl RelayPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayPolicy::Off => "off",
+            RelayPolicy::Failover => "failover",
+            RelayPolicy::Fastest => "fastest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RelayPolicy> {
+        [
+            RelayPolicy::Off,
+            RelayPolicy::Failover,
+            RelayPolicy::Fastest,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -740,6 +775,32 @@ load_balancer = "lb"
                 && e.contains("also the hostname of app \"web\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn relay_defaults_to_failover_and_a_bad_value_is_refused_with_its_line() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.load_balancers[0].relay, RelayPolicy::Failover);
+        for (value, policy) in [
+            ("off", RelayPolicy::Off),
+            ("failover", RelayPolicy::Failover),
+            ("fastest", RelayPolicy::Fastest),
+        ] {
+            let text = GOOD.replace(
+                "name = \"lb\"",
+                &format!("name = \"lb\"\nrelay = \"{value}\""),
+            );
+            let c = Config::parse(&text, None).unwrap();
+            assert_eq!(c.load_balancers[0].relay, policy);
+            assert_eq!(policy.as_str(), value);
+        }
+        let e = err(&GOOD.replace("name = \"lb\"", "name = \"lb\"\nrelay = \"always\""));
+        assert!(
+            e.starts_with("sy.toml:34: load_balancer \"lb\": relay:"),
+            "{e}"
+        );
+        assert!(e.contains("\"always\""), "{e}");
+        assert!(e.contains("fastest"), "names what is allowed: {e}");
     }
 
     #[test]

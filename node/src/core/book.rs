@@ -88,6 +88,11 @@ impl HealthBook {
             .is_some_and(|(s, _)| s.set_verdict(since, verdict))
     }
 
+    /// This node's row for `key`, if it probes that origin.
+    pub fn row(&self, key: &OriginKey) -> Option<&OriginHealth> {
+        self.states.get(key).map(|(s, _)| s.row())
+    }
+
     /// This node's verdict on `key`, while it is down.
     pub fn verdict(&self, key: &OriginKey) -> Option<Verdict> {
         self.states.get(key).and_then(|(s, _)| s.row().verdict)

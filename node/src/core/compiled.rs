@@ -10,8 +10,8 @@ use std::time::Duration;
 use switchyard_geo::Region;
 
 use crate::config::{
-    Config, LoadBalancerConfig, MonitorConfig, OriginAddr, OriginSteering, SessionAffinity,
-    SteeringPolicy, Vantage,
+    Config, LoadBalancerConfig, MonitorConfig, OriginAddr, OriginSteering, RelayPolicy,
+    SessionAffinity, SteeringPolicy, Vantage,
 };
 
 /// Identifies an origin across reloads and across nodes.
@@ -79,6 +79,8 @@ pub struct LoadBalancer {
     pub node_pools: Option<Vec<usize>>,
     /// Dynamic steering measures RTT from the client's region or the receiving node's.
     pub vantage: Vantage,
+    /// When a connection to the chosen origin goes through a peer (`core::relay`).
+    pub relay: RelayPolicy,
 }
 
 impl LoadBalancer {
@@ -191,6 +193,7 @@ impl CompiledConfig {
                         .get(&config.node.id)
                         .map(|v| v.iter().map(|p| idx(p)).collect()),
                     vantage: lb.vantage,
+                    relay: lb.relay,
                 }
             })
             .collect();

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::OriginSteering;
 use crate::core::client::Located;
 use crate::core::compiled::CompiledConfig;
+use crate::core::relay::{self, Decision};
 use crate::core::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
 use crate::core::verdict;
 use crate::core::view::View;
@@ -31,6 +32,13 @@ pub struct Explanation {
     pub origin: Option<String>,
     pub origin_address: Option<String>,
     pub origin_reason: Option<String>,
+    /// The path to the origin: `direct` or `via PEER` (`core::relay`); None without an
+    /// origin, or from a node older than the relay.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Why that path, with the round trips compared.
+    #[serde(default)]
+    pub path_reason: Option<String>,
 }
 
 /// Why no explanation: the load balancer named is not in the config.
@@ -43,13 +51,15 @@ pub fn unknown_load_balancer(rt: &CompiledConfig, lb: &str) -> String {
 }
 
 /// Explains how load balancer `lb` steers `req`, a client `located` there: the same
-/// `decide` the proxy runs, with a tracer that records each step.
+/// `decide` the proxy runs, with a tracer that records each step; `path` gives the relay's
+/// decision for the (pool, origin) chosen.
 pub fn explain(
     rt: &CompiledConfig,
     view: &View,
     lb: usize,
     req: &Request<'_>,
     located: Located,
+    path: impl FnOnce(usize, usize) -> Decision,
 ) -> Explanation {
     let l = &rt.load_balancers[lb];
     let mut steps: Vec<Step> = Vec::new();
@@ -63,6 +73,7 @@ pub fn explain(
         );
     }
     lines.extend(steps.iter().map(|s| describe(rt, view, from, s)));
+    let route = decision.as_ref().map(|d| path(d.pool, d.origin));
     let (pool, pool_reason, origin, origin_address, origin_reason) = match decision {
         Some(d) => {
             let p = &rt.pools[d.pool];
@@ -91,6 +102,15 @@ pub fn explain(
         origin,
         origin_address,
         origin_reason,
+        path: route.as_ref().map(|r| path_words(&r.path)),
+        path_reason: route.map(|r| r.reason),
+    }
+}
+
+fn path_words(p: &relay::Path) -> String {
+    match p {
+        relay::Path::Direct => "direct".into(),
+        relay::Path::Via { peer, why, .. } => format!("via {peer} ({})", why.as_str()),
     }
 }
 
@@ -221,6 +241,13 @@ pub fn render(e: &Explanation) -> String {
                 e.origin_address.as_deref().unwrap_or("?"),
                 e.origin_reason.as_deref().unwrap_or("")
             );
+            if let Some(path) = &e.path {
+                let _ = writeln!(
+                    out,
+                    "   path {path}: {}",
+                    e.path_reason.as_deref().unwrap_or("")
+                );
+            }
         }
         _ => {
             let _ = writeln!(out, "=> no origin: the chosen pool has no enabled origin");

@@ -10,6 +10,7 @@
 //! - `affinity`: session affinity by client IP.
 //! - `steering`: which pool and origin serve a connection.
 //! - `explain`: a steering decision in words.
+//! - `relay`: whether a connection to the chosen origin goes straight or through a peer.
 //! - `trouble`: whose fault a failure is, and the node's own trouble (local errors, overload).
 //! - `verdict`: blame asked of peers (origin down, path down, or this node sick).
 //! - `dns`: which nodes the mesh's DNS answers a name with, per client region, and why.
@@ -23,6 +24,7 @@ pub mod compiled;
 pub mod dns;
 pub mod explain;
 pub mod health;
+pub mod relay;
 pub mod steering;
 pub mod trouble;
 pub mod verdict;

@@ -1,0 +1,596 @@
+//! The relay decision: which *path* a connection to the origin steering already chose takes,
+//! straight from this node or through one peer node that reaches the origin (RON's one
+//! intermediate hop). Steering still picks pool and origin; this only picks the path, so a
+//! path down from here alone never makes the origin down (see `verdict::Verdict::Path`).
+//!
+//! Plain code over data, with the time passed in: the caller gathers this node's own row for
+//! the origin ([`Direct`]), every peer's row and round trip ([`Peer`]), keeps a [`Hold`] per
+//! (load balancer, pool, origin) and passes it back in with `now`. The tunnel that carries a
+//! relayed connection is not here: it asks [`decide`] and follows [`Path`].
+//!
+//! - `off`: always direct.
+//! - `failover`: direct while this node's own path is up; when its own probes find the origin
+//!   down and some peer reaches it, the peer with the lowest RTT(here, peer) + RTT(peer,
+//!   origin).
+//! - `fastest`: also through that peer when its path beats the direct one by a margin,
+//!   RTT(here, peer) + RTT(peer, origin) + max(10 ms, 10 % of direct) < RTT(here, origin); a
+//!   switch of path is held for [`HOLD_DOWN`] unless the current path goes down, so
+//!   measurements wobbling around the margin do not flap it.
+//!
+//! One hop at most: a peer's row is its own direct observation, so a peer is only used when
+//! it reaches the origin itself, never when it would relay in turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::RelayPolicy;
+
+/// How long a path chosen by `fastest` is kept while it still works, even when another looks
+/// better: long enough to ride out RTT wobble, short enough to follow a real route change.
+pub const HOLD_DOWN: Duration = Duration::from_secs(30);
+
+/// The least a relayed path must win by under `fastest`...
+pub const MIN_MARGIN: Duration = Duration::from_millis(10);
+
+/// ...or this fraction of the direct RTT (in percent), if more.
+pub const MARGIN_PERCENT: u32 = 10;
+
+/// The margin a relayed path must beat the direct one by: max(10 ms, 10 % of `direct`).
+pub fn margin(direct: Duration) -> Duration {
+    MIN_MARGIN.max(direct * MARGIN_PERCENT / 100)
+}
+
+/// This node's own observation of the origin. `None` in [`Inputs::direct`] means this node
+/// has no row (it does not probe the pool, or has not yet): the path is presumed up, as
+/// steering presumes an unchecked origin up, and there is no RTT to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Direct {
+    /// This node's probes (or passive failures) find the origin up from here.
+    pub up: bool,
+    /// The moving average of this node's probe round trip to the origin.
+    pub rtt: Option<Duration>,
+}
+
+/// One other node as a possible relay for the origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: Arc<str>,
+    /// SWIM believes it alive (a suspect or down member carries nothing).
+    pub alive: bool,
+    /// Its advert says it is ready (not draining, sick or in trouble).
+    pub ready: bool,
+    /// Its own row for the origin: its direct observation, never a relayed one. False when it
+    /// has no row.
+    pub origin_up: bool,
+    /// Its probe round trip to the origin.
+    pub origin_rtt: Option<Duration>,
+    /// SWIM's round trip from this node to it.
+    pub rtt: Option<Duration>,
+}
+
+impl Peer {
+    /// May carry a relayed connection: alive, ready and reaching the origin itself.
+    pub fn eligible(&self) -> bool {
+        self.alive && self.ready && self.origin_up
+    }
+
+    /// RTT(here, peer) + RTT(peer, origin), when both are known.
+    pub fn cost(&self) -> Option<Duration> {
+        Some(self.rtt? + self.origin_rtt?)
+    }
+}
+
+/// Everything the decision reads, for one (load balancer, pool, origin).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs<'a> {
+    pub policy: RelayPolicy,
+    /// This node's own row for the origin; `None` without one.
+    pub direct: Option<Direct>,
+    /// Every other member the mesh knows, in any order.
+    pub peers: &'a [Peer],
+}
+
+/// Why a connection goes through a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// This node's own path to the origin is down.
+    DirectDown,
+    /// `fastest`: the path through the peer beats the direct one by the margin (or did, and
+    /// the hold-down keeps it).
+    Faster,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::DirectDown => "direct path down",
+            Why::Faster => "faster through the peer",
+        }
+    }
+}
+
+/// The path a new connection to the origin takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Path {
+    /// Straight from this node (also when the direct path is down and no peer reaches the
+    /// origin: the connection fails over as it would without relaying).
+    Direct,
+    /// Through `peer`, which connects to the origin itself; `expected_rtt` is RTT(here,
+    /// peer) + RTT(peer, origin) when both are known.
+    Via {
+        peer: Arc<str>,
+        expected_rtt: Option<Duration>,
+        why: Why,
+    },
+}
+
+/// A decision and its reason in words, for explain and status (the RTTs compared included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub path: Path,
+    pub reason: String,
+}
+
+/// The path last chosen for one (load balancer, pool, origin) and since when: the caller
+/// keeps one per triple and passes it back to every [`decide`]. `Default` is "nothing chosen
+/// yet".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hold {
+    /// `None`: direct; `Some(peer)`: through that peer.
+    via: Option<Arc<str>>,
+    since: Option<Instant>,
+}
+
+impl Hold {
+    /// The peer of the path held, if it is relayed.
+    pub fn via(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "unknown".into(), ms)
+}
+
+fn via_words(p: &Peer) -> String {
+    format!(
+        "via {}: {} to it + {} from it to the origin",
+        p.id,
+        opt_ms(p.rtt),
+        opt_ms(p.origin_rtt)
+    )
+}
+
+/// Eligible peers, best first: lowest known cost, then those of unknown cost, ties by id so
+/// every call (and every node) ranks them alike.
+fn ranked(peers: &[Peer]) -> Vec<&Peer> {
+    let mut v: Vec<&Peer> = peers.iter().filter(|p| p.eligible()).collect();
+    v.sort_by(|a, b| {
+        (a.cost().is_none(), a.cost(), &a.id).cmp(&(b.cost().is_none(), b.cost(), &b.id))
+    });
+    v
+}
+
+/// Decides the path for a new connection to the origin, updating `hold` (the caller's, for
+/// this load balancer, pool and origin) with what was chosen at `now`.
+pub fn decide(inp: &Inputs<'_>, hold: &mut Hold, now: Instant) -> Decision {
+    let d = choose(inp, hold, now);
+    let via = match &d.path {
+        Path::Direct => None,
+        Path::Via { peer, .. } => Some(peer.clone()),
+    };
+    if hold.since.is_none() || hold.via != via {
+        *hold = Hold {
+            via,
+            since: Some(now),
+        };
+    }
+    d
+}
+
+fn choose(inp: &Inputs<'_>, hold: &Hold, now: Instant) -> Decision {
+    let direct = |reason: String| Decision {
+        path: Path::Direct,
+        reason,
+    };
+    let via = |p: &Peer, why: Why, reason: String| Decision {
+        path: Path::Via {
+            peer: p.id.clone(),
+            expected_rtt: p.cost(),
+            why,
+        },
+        reason,
+    };
+    if inp.policy == RelayPolicy::Off {
+        return direct("direct: relay is off".into());
+    }
+    let ranked = ranked(inp.peers);
+    let direct_up = inp.direct.is_none_or(|d| d.up);
+    if !direct_up {
+        return match ranked.first() {
+            Some(p) => via(
+                p,
+                Why::DirectDown,
+                format!(
+                    "{} (the shortest path of {} peers reaching the origin): this node's own path is down",
+                    via_words(p),
+                    ranked.len()
+                ),
+            ),
+            None => direct(
+                "direct, though this node's own path is down: no ready peer reaches the origin"
+                    .into(),
+            ),
+        };
+    }
+    if inp.policy == RelayPolicy::Failover {
+        return direct("direct: this node's own path is up (relay = failover)".into());
+    }
+    let Some(direct_rtt) = inp.direct.and_then(|d| d.rtt) else {
+        return direct("direct: no RTT from this node to compare paths with".into());
+    };
+    let m = margin(direct_rtt);
+    let faster = ranked
+        .iter()
+        .find(|p| p.cost().is_some_and(|c| c + m < direct_rtt));
+    let held_since = hold.since.filter(|s| now < *s + HOLD_DOWN);
+    let held_peer = hold
+        .via
+        .as_ref()
+        .and_then(|id| ranked.iter().find(|p| p.id == *id));
+    match (faster, &hold.via, held_since) {
+        // The path held is relayed and its peer still reaches the origin: kept during the
+        // hold-down whatever the RTTs say now.
+        (f, Some(_), Some(since)) if held_peer.is_some() && f.map(|p| &p.id) != hold.via.as_ref() => {
+            let p = held_peer.expect("checked");
+            via(
+                p,
+                Why::Faster,
+                format!(
+                    "{} vs direct {}: held for {} more (relay = fastest switches at most every {}s)",
+                    via_words(p),
+                    ms(direct_rtt),
+                    ms(since + HOLD_DOWN - now),
+                    HOLD_DOWN.as_secs()
+                ),
+            )
+        }
+        // Direct is held, and works: a faster peer waits out the hold-down.
+        (Some(p), None, Some(since)) => direct(format!(
+            "direct {}, though {} would win by the margin {}: held for {} more (relay = fastest switches at most every {}s)",
+            ms(direct_rtt),
+            via_words(p),
+            ms(m),
+            ms(since + HOLD_DOWN - now),
+            HOLD_DOWN.as_secs()
+        )),
+        (Some(p), _, _) => via(
+            p,
+            Why::Faster,
+            format!(
+                "{} = {} beats direct {} by more than the margin {}",
+                via_words(p),
+                opt_ms(p.cost()),
+                ms(direct_rtt),
+                ms(m)
+            ),
+        ),
+        (None, _, _) => direct(match ranked.iter().find(|p| p.cost().is_some()) {
+            Some(p) => format!(
+                "direct {}: the best peer path, {} = {}, does not win by the margin {}",
+                ms(direct_rtt),
+                via_words(p),
+                opt_ms(p.cost()),
+                ms(m)
+            ),
+            None => format!("direct {}: no peer path with known RTTs", ms(direct_rtt)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use RelayPolicy::*;
+
+    fn msd(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    fn up(rtt: u64) -> Option<Direct> {
+        Some(Direct {
+            up: true,
+            rtt: Some(msd(rtt)),
+        })
+    }
+    fn down() -> Option<Direct> {
+        Some(Direct {
+            up: false,
+            rtt: None,
+        })
+    }
+    /// A ready, alive peer `to` ms away that reaches the origin in `origin` ms.
+    fn peer(id: &str, to: u64, origin: u64) -> Peer {
+        Peer {
+            id: id.into(),
+            alive: true,
+            ready: true,
+            origin_up: true,
+            origin_rtt: Some(msd(origin)),
+            rtt: Some(msd(to)),
+        }
+    }
+    fn once(policy: RelayPolicy, direct: Option<Direct>, peers: &[Peer]) -> Decision {
+        let inp = Inputs {
+            policy,
+            direct,
+            peers,
+        };
+        decide(&inp, &mut Hold::default(), Instant::now())
+    }
+    fn via_of(d: &Decision) -> Option<&str> {
+        match &d.path {
+            Path::Direct => None,
+            Path::Via { peer, .. } => Some(peer),
+        }
+    }
+
+    #[test]
+    fn off_is_always_direct() {
+        let peers = [peer("b", 1, 1)];
+        for direct in [up(400), down(), None] {
+            let d = once(Off, direct, &peers);
+            assert_eq!(d.path, Path::Direct);
+            assert!(d.reason.contains("relay is off"), "{}", d.reason);
+        }
+    }
+
+    #[test]
+    fn failover_relays_only_when_the_own_path_is_down_through_the_shortest_path() {
+        // (direct, expected peer): b costs 160+170, c 100+300, d 50+250 (the shortest).
+        let peers = [peer("b", 160, 170), peer("c", 100, 300), peer("d", 50, 250)];
+        let cases = [
+            (up(400), None),
+            (None, None),
+            (down(), Some("d")),
+            (
+                Some(Direct {
+                    up: false,
+                    rtt: Some(msd(5)),
+                }),
+                Some("d"),
+            ),
+        ];
+        for (direct, want) in cases {
+            let d = once(Failover, direct, &peers);
+            assert_eq!(via_of(&d), want, "{direct:?}: {}", d.reason);
+        }
+        let d = once(Failover, down(), &peers);
+        assert_eq!(
+            d.path,
+            Path::Via {
+                peer: "d".into(),
+                expected_rtt: Some(msd(300)),
+                why: Why::DirectDown
+            }
+        );
+        assert!(
+            d.reason.contains("via d: 50.0 ms to it + 250.0 ms")
+                && d.reason.contains("own path is down"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn only_alive_ready_peers_that_reach_the_origin_themselves_carry_a_connection() {
+        let good = peer("z", 300, 300);
+        let mut dead = peer("a", 1, 1);
+        dead.alive = false;
+        let mut unready = peer("b", 1, 1);
+        unready.ready = false;
+        // A peer whose own path is down (it would have to relay in turn: a second hop).
+        let mut cut = peer("c", 1, 1);
+        cut.origin_up = false;
+        let peers = [dead.clone(), unready.clone(), cut.clone(), good];
+        for policy in [Failover, Fastest] {
+            let d = once(policy, down(), &peers);
+            assert_eq!(via_of(&d), Some("z"), "{policy:?}: {}", d.reason);
+        }
+        let d = once(Failover, down(), &[dead, unready, cut]);
+        assert_eq!(d.path, Path::Direct);
+        assert!(d.reason.contains("no ready peer reaches"), "{}", d.reason);
+        assert_eq!(once(Fastest, down(), &[]).path, Path::Direct);
+    }
+
+    #[test]
+    fn ties_and_unknown_rtts_rank_deterministically() {
+        let mut unknown = peer("a", 1, 1);
+        unknown.rtt = None;
+        let peers = [peer("c", 10, 10), unknown.clone(), peer("b", 5, 15)];
+        // b and c both cost 20 ms: the lower id wins, whatever the order given.
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let p: Vec<Peer> = order.iter().map(|&i| peers[i].clone()).collect();
+            assert_eq!(via_of(&once(Failover, down(), &p)), Some("b"));
+        }
+        // A peer of unknown cost is still used when it is the only one.
+        let d = once(Failover, down(), &[unknown]);
+        assert_eq!(
+            d.path,
+            Path::Via {
+                peer: "a".into(),
+                expected_rtt: None,
+                why: Why::DirectDown
+            }
+        );
+        assert!(d.reason.contains("unknown"), "{}", d.reason);
+    }
+
+    #[test]
+    fn fastest_relays_when_the_peer_path_wins_by_the_margin() {
+        // Direct 400 ms: margin 40 ms. Through b: 160 + 170 = 330 ms, 330 + 40 < 400.
+        let d = once(Fastest, up(400), &[peer("b", 160, 170)]);
+        assert_eq!(
+            d.path,
+            Path::Via {
+                peer: "b".into(),
+                expected_rtt: Some(msd(330)),
+                why: Why::Faster
+            }
+        );
+        assert!(
+            d.reason.contains("beats direct 400.0 ms") && d.reason.contains("margin 40.0 ms"),
+            "{}",
+            d.reason
+        );
+        // The same under failover stays direct: its own path is up.
+        assert_eq!(
+            once(Failover, up(400), &[peer("b", 160, 170)]).path,
+            Path::Direct
+        );
+        // No RTT of its own to compare with: direct.
+        let no_rtt = Some(Direct {
+            up: true,
+            rtt: None,
+        });
+        assert_eq!(once(Fastest, no_rtt, &[peer("b", 1, 1)]).path, Path::Direct);
+        assert_eq!(once(Fastest, None, &[peer("b", 1, 1)]).path, Path::Direct);
+    }
+
+    #[test]
+    fn margin_is_ten_ms_or_ten_percent_at_its_boundaries() {
+        assert_eq!(margin(msd(50)), msd(10));
+        assert_eq!(margin(msd(100)), msd(10));
+        assert_eq!(margin(msd(400)), msd(40));
+        // (direct, cost through the peer, relayed?): relayed only when cost + margin < direct.
+        let cases = [
+            (100, 89, true),
+            (100, 90, false), // 90 + 10 = 100: not strictly less
+            (50, 39, true),
+            (50, 40, false),
+            (400, 359, true),
+            (400, 360, false), // 360 + 40 = 400
+            (400, 399, false),
+            (5, 0, false), // under 10 ms nothing wins by 10 ms
+        ];
+        for (direct, cost, relayed) in cases {
+            let d = once(Fastest, up(direct), &[peer("b", cost / 2, cost - cost / 2)]);
+            assert_eq!(
+                via_of(&d).is_some(),
+                relayed,
+                "direct {direct}, via {cost}: {}",
+                d.reason
+            );
+        }
+    }
+
+    #[test]
+    fn hold_down_keeps_a_path_against_flapping_rtts_and_a_down_path_switches_at_once() {
+        let t0 = Instant::now();
+        let mut hold = Hold::default();
+        let fast = [peer("b", 160, 170)]; // 330 ms
+        let slow = [peer("b", 200, 200)]; // 400 ms: no win over 400 direct
+        let run = |hold: &mut Hold, direct, peers: &[Peer], at: u64| {
+            let inp = Inputs {
+                policy: Fastest,
+                direct,
+                peers,
+            };
+            decide(&inp, hold, t0 + Duration::from_secs(at))
+        };
+        assert_eq!(via_of(&run(&mut hold, up(400), &fast, 0)), Some("b"));
+        // RTTs flap within the hold-down: the relayed path is kept, and says so.
+        for at in [1, 5, 10, 29] {
+            let d = run(&mut hold, up(400), &slow, at);
+            assert_eq!(via_of(&d), Some("b"), "at {at}s: {}", d.reason);
+            assert!(d.reason.contains("held for"), "{}", d.reason);
+        }
+        // Past it, the direct path wins back, and is held in turn.
+        assert_eq!(run(&mut hold, up(400), &slow, 30).path, Path::Direct);
+        let d = run(&mut hold, up(400), &fast, 31);
+        assert_eq!(d.path, Path::Direct, "{}", d.reason);
+        assert!(d.reason.contains("held for"), "{}", d.reason);
+        assert_eq!(via_of(&run(&mut hold, up(400), &fast, 60)), Some("b"));
+        // The relayed path goes down (b no longer ready): direct at once, inside the hold.
+        let mut gone = fast.clone();
+        gone[0].ready = false;
+        assert_eq!(run(&mut hold, up(400), &gone, 61).path, Path::Direct);
+        // A better peer does not displace the held one inside the hold-down...
+        let both = [peer("b", 160, 170), peer("c", 10, 10)];
+        assert_eq!(via_of(&run(&mut hold, up(400), &both, 100)), Some("c"));
+        let both_b = [peer("b", 10, 10), peer("c", 160, 170)];
+        assert_eq!(via_of(&run(&mut hold, up(400), &both_b, 101)), Some("c"));
+        // ...but the direct path going down switches at once, whatever is held.
+        let mut hold = Hold::default();
+        assert_eq!(run(&mut hold, up(400), &slow, 0).path, Path::Direct);
+        let d = run(&mut hold, down(), &slow, 1);
+        assert_eq!(via_of(&d), Some("b"), "{}", d.reason);
+        assert_eq!(hold.via(), Some("b"));
+    }
+
+    fn arb_peer() -> impl Strategy<Value = Peer> {
+        (
+            0u8..6,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(0u64..500),
+            proptest::option::of(0u64..500),
+        )
+            .prop_map(|(id, alive, ready, origin_up, o, r)| Peer {
+                id: format!("n{id}").into(),
+                alive,
+                ready,
+                origin_up,
+                origin_rtt: o.map(msd),
+                rtt: r.map(msd),
+            })
+    }
+
+    fn arb_direct() -> impl Strategy<Value = Option<Direct>> {
+        proptest::option::of((any::<bool>(), proptest::option::of(0u64..800)).prop_map(
+            |(up, rtt)| Direct {
+                up,
+                rtt: rtt.map(msd),
+            },
+        ))
+    }
+
+    proptest! {
+        #[test]
+        fn never_an_ineligible_peer_and_off_is_always_direct(
+            policy in prop_oneof![Just(Off), Just(Failover), Just(Fastest)],
+            steps in proptest::collection::vec(
+                (arb_direct(), proptest::collection::vec(arb_peer(), 0..5), 0u64..20),
+                1..12,
+            ),
+        ) {
+            let mut hold = Hold::default();
+            let mut now = Instant::now();
+            for (direct, peers, dt) in steps {
+                now += Duration::from_secs(dt);
+                let d = decide(&Inputs { policy, direct, peers: &peers }, &mut hold, now);
+                match &d.path {
+                    Path::Direct => {}
+                    Path::Via { peer, .. } => {
+                        prop_assert!(policy != Off);
+                        prop_assert!(
+                            peers.iter().any(|p| p.id == *peer && p.eligible()),
+                            "{peer} is not eligible: {peers:?}"
+                        );
+                        if policy == Failover {
+                            prop_assert!(direct.is_some_and(|d| !d.up));
+                        }
+                    }
+                }
+                prop_assert_eq!(hold.via(), via_of(&d));
+            }
+        }
+    }
+}
