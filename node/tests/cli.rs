@@ -961,6 +961,12 @@ fn explain_shows_the_path_to_the_origin_and_check_refuses_a_bad_relay_policy() {
         stdout.contains("   path direct: direct: no RTT from this node"),
         "{stdout}"
     );
+    let out = run_cmd(&["status", "--addr", &status_arg]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("RELAY") && table.contains("fastest: direct"),
+        "{table}"
+    );
     drop(node);
 
     let bad = dir.write(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::OriginSteering;
 use crate::core::client::Located;
 use crate::core::compiled::CompiledConfig;
-use crate::core::relay::{self, Decision};
+use crate::core::relay::Decision;
 use crate::core::steering::{self, ListSource, OriginWhy, PoolWhy, Request, Step};
 use crate::core::verdict;
 use crate::core::view::View;
@@ -102,15 +102,8 @@ pub fn explain(
         origin,
         origin_address,
         origin_reason,
-        path: route.as_ref().map(|r| path_words(&r.path)),
+        path: route.as_ref().map(|r| r.path.words()),
         path_reason: route.map(|r| r.reason),
-    }
-}
-
-fn path_words(p: &relay::Path) -> String {
-    match p {
-        relay::Path::Direct => "direct".into(),
-        relay::Path::Via { peer, why, .. } => format!("via {peer} ({})", why.as_str()),
     }
 }
 
@@ -254,4 +247,40 @@ pub fn render(e: &Explanation) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_the_path_to_the_origin_under_it() {
+        let mut e = Explanation {
+            load_balancer: "lb".into(),
+            steering: "failover".into(),
+            client: "192.0.2.1".into(),
+            country: None,
+            subdivision: None,
+            region: None,
+            located_by: "no database".into(),
+            steps: Vec::new(),
+            pool: Some("weu".into()),
+            pool_reason: Some("first healthy pool".into()),
+            origin: Some("weu-1".into()),
+            origin_address: Some("192.0.2.10:443".into()),
+            origin_reason: Some("weighted random".into()),
+            path: Some("via edge-seas (direct path down)".into()),
+            path_reason: Some("via edge-seas: 160.0 ms to it + 170.0 ms".into()),
+        };
+        let text = render(&e);
+        assert!(
+            text.contains(
+                "=> pool weu, origin weu-1 (192.0.2.10:443): weighted random\n   path via edge-seas (direct path down): via edge-seas: 160.0 ms"
+            ),
+            "{text}"
+        );
+        // From a node older than the relay: no path line.
+        e.path = None;
+        assert!(!render(&e).contains("path"), "{}", render(&e));
+    }
 }

@@ -126,6 +126,16 @@ pub enum Path {
     },
 }
 
+impl Path {
+    /// `direct` or `via PEER (why)`, for explain and status.
+    pub fn words(&self) -> String {
+        match self {
+            Path::Direct => "direct".into(),
+            Path::Via { peer, why, .. } => format!("via {peer} ({})", why.as_str()),
+        }
+    }
+}
+
 /// A decision and its reason in words, for explain and status (the RTTs compared included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

@@ -70,6 +70,18 @@ pub async fn fetch_anycast(addr: SocketAddr, limit: Duration) -> Result<AnycastR
     serde_json::from_str(&body).map_err(|e| fail(format!("/v1/anycast is not a report: {e}")))
 }
 
+/// The relay policy and the path of the origin served, in one cell: `fastest: direct`.
+fn relay_cell(lb: &LbStatus) -> String {
+    match (lb.relay.as_str(), &lb.path) {
+        ("", _) => "-".into(),
+        (policy, Some(path)) => {
+            let short = path.split(": ").next().unwrap_or(path);
+            format!("{policy}: {short}")
+        }
+        (policy, None) => policy.into(),
+    }
+}
+
 /// The readable form of an anycast report, one line per prefix; empty without `[anycast]`.
 pub fn render_anycast(r: &AnycastReport) -> String {
     use std::fmt::Write;
@@ -167,7 +179,14 @@ pub fn render(s: &Status) -> String {
     }
     out.push('\n');
     out.push_str(&table.render());
-    let mut table = Table::new(&["LOAD BALANCER", "STEERING", "POOLS", "FALLBACK", "SERVING"]);
+    let mut table = Table::new(&[
+        "LOAD BALANCER",
+        "STEERING",
+        "POOLS",
+        "FALLBACK",
+        "SERVING",
+        "RELAY",
+    ]);
     for lb in &s.load_balancers {
         table.row(vec![
             lb.name.clone(),
@@ -175,6 +194,7 @@ pub fn render(s: &Status) -> String {
             lb.default_pools.join(","),
             lb.fallback_pool.clone(),
             lb.serving.clone().unwrap_or_else(|| "-".into()),
+            relay_cell(lb),
         ]);
     }
     out.push('\n');

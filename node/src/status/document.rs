@@ -155,4 +155,10 @@ pub struct LbStatus {
     /// The pool a new connection would go to now (for random steering, the draw where most
     /// of the weight lies, so that two GETs agree).
     pub serving: Option<String>,
+    /// `relay`: off, failover or fastest; empty from a node older than the relay.
+    #[serde(default)]
+    pub relay: String,
+    /// The path to the origin `serving` goes to (`direct`, `via PEER (why)`), and why.
+    #[serde(default)]
+    pub path: Option<String>,
 }

@@ -33,6 +33,7 @@ use crate::core::steering::{self, Request as SteerRequest, TYPICAL_DRAW};
 use crate::core::verdict;
 use crate::core::view::{judge, observations, Report};
 use crate::metrics::ReasonLabels;
+use crate::relays::Target;
 use crate::state::{NodeState, SICK_ADVICE};
 use crate::status::document::*;
 
@@ -380,6 +381,7 @@ pub fn document(state: &NodeState) -> Status {
         })
         .collect();
     let now = Instant::now();
+    let mesh = state.mesh.as_ref().map(|m| m.state().borrow().clone());
     let load_balancers = rt
         .load_balancers
         .iter()
@@ -396,6 +398,19 @@ pub fn document(state: &NodeState) -> Status {
                 now,
                 TYPICAL_DRAW,
             );
+            let decision = steering::decide(rt, &snap.view, i, &req, &mut ());
+            let path = decision.as_ref().map(|d| {
+                let t = Target {
+                    health: &state.health,
+                    snap: &snap,
+                    mesh: mesh.as_deref(),
+                    lb: i,
+                    pool: d.pool,
+                    origin: d.origin,
+                };
+                let p = state.relays.peek(&t, now);
+                format!("{}: {}", p.path.words(), p.reason)
+            });
             LbStatus {
                 name: lb.name.to_string(),
                 steering: lb.policy.as_str().into(),
@@ -406,8 +421,9 @@ pub fn document(state: &NodeState) -> Status {
                     .collect(),
                 fallback_pool: rt.pools[lb.fallback_pool].name.to_string(),
                 session_affinity: lb.affinity == SessionAffinity::ClientIp,
-                serving: steering::decide(rt, &snap.view, i, &req, &mut ())
-                    .map(|d| rt.pools[d.pool].name.to_string()),
+                serving: decision.map(|d| rt.pools[d.pool].name.to_string()),
+                relay: lb.relay.as_str().into(),
+                path,
             }
         })
         .collect();
