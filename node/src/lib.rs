@@ -16,6 +16,8 @@
 //!   - `monitor` (with `probe`): the health probes;
 //!   - `mesh`: the glue to the gossip mesh, and this node's advert in it;
 //!   - `dns` (with `wire` and `zone`): the DNS server of the mesh's names;
+//!   - `relays`: the path to each origin (direct or through a peer), from the view and the
+//!     mesh, with each path's hold-down;
 //!   - `locate`: GeoIP and the region table;
 //!   - `status`: the status endpoint, its document, the client the CLI uses, and the
 //!     follower `switchyard anycast` runs;
@@ -29,7 +31,7 @@
 //! 1. `config`, `metrics`, `clock`
 //! 2. `error`, `core`
 //! 3. `locate`, `hub`
-//! 4. `proxy`, `monitor`, `mesh`, `dns`
+//! 4. `proxy`, `monitor`, `mesh`, `dns`, `relays`
 //! 5. `state`
 //! 6. `status`
 //! 7. `app`

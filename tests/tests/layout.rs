@@ -367,7 +367,7 @@ const NODE_LAYERS: &[&[&str]] = &[
     &["config", "metrics", "clock"],
     &["error", "core"],
     &["locate", "hub"],
-    &["proxy", "monitor", "mesh", "dns"],
+    &["proxy", "monitor", "mesh", "dns", "relays"],
     &["state"],
     &["status"],
     &["app"],
