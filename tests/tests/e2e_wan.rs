@@ -1982,19 +1982,28 @@ impl Cluster {
         Ok(())
     }
 
-    /// The region's node's count of claims and handshakes refused as revoked.
-    async fn revoked_refusals(&self, region: &str) -> Result<f64, String> {
+    /// The region's node's count of refusals by reason, from its metrics.
+    async fn refusals(&self, region: &str) -> Result<BTreeMap<String, f64>, String> {
         let text = self
             .http_get(region, "/metrics")
             .await
             .map_err(|e| format!("{e:#}"))?;
-        Ok(text
+        let mut out = BTreeMap::new();
+        for l in text
             .lines()
-            .filter(|l| {
-                l.starts_with("switchyard_mesh_refused_total{") && l.contains("reason=\"revoked\"")
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum())
+            .filter(|l| l.starts_with("switchyard_mesh_refused_total{"))
+        {
+            let (Some(reason), Some(v)) = (
+                l.split("reason=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next()),
+                l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            *out.entry(reason.to_string()).or_default() += v;
+        }
+        Ok(out)
     }
 }
 
@@ -2043,7 +2052,8 @@ async fn revoke(c: &Cluster) -> Result<()> {
                 {
                     return Err(format!("{id} still holds {gone}'s row of {}", o.name));
                 }
-                if c.revoked_refusals(region).await? == 0.0 {
+                let revoked = c.refusals(region).await?.get("revoked").copied();
+                if revoked.unwrap_or(0.0) == 0.0 {
                     return Err(format!("{id} counted no refusal for revocation yet"));
                 }
             }
@@ -2141,32 +2151,6 @@ async fn e2e_a_lying_member_changes_nothing() -> Result<()> {
 const LIAR_REGION: &str = "WEU";
 const LIED_TO: &str = "WNAM";
 const LIED_ABOUT: &str = "WEU";
-
-impl Cluster {
-    /// The region's node's count of refusals by reason, from its metrics.
-    async fn refusals(&self, region: &str) -> Result<BTreeMap<String, f64>, String> {
-        let text = self
-            .http_get(region, "/metrics")
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let mut out = BTreeMap::new();
-        for l in text
-            .lines()
-            .filter(|l| l.starts_with("switchyard_mesh_refused_total{"))
-        {
-            let (Some(reason), Some(v)) = (
-                l.split("reason=\"")
-                    .nth(1)
-                    .and_then(|r| r.split('"').next()),
-                l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()),
-            ) else {
-                continue;
-            };
-            *out.entry(reason.to_string()).or_default() += v;
-        }
-        Ok(out)
-    }
-}
 
 async fn liar(c: &Cluster) -> Result<()> {
     let victim = node_id(LIED_ABOUT);
