@@ -1,0 +1,322 @@
+//! Relay streams between real meshes on loopback: a stream between members carries bytes both
+//! ways with half-close; the mesh's checks refuse, and count, a non-member (a valid cluster
+//! certificate, never admitted), a revoked peer, a second hop, a stream past the per-peer cap
+//! and a request that never arrives.
+//!
+//! Every wait polls a condition against a deadline.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use switchyard_geo::Region;
+use switchyard_gossip::codec;
+use switchyard_gossip::relay::{RELAY_REQUEST_DEADLINE, RELAY_STREAMS_PER_PEER};
+use switchyard_gossip::tls::{self, NodeTls};
+use switchyard_gossip::transport::Transport;
+use switchyard_gossip::{
+    MemberState, Mesh, MeshConfig, MeshMetrics, Profile, RefuseReason, RelayError, RelayRequest,
+    RelayResponse, Timings,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A test CA and node certificates in a scratch directory, removed on drop.
+struct Certs(PathBuf);
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("sy-relay-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tls::init_ca(&dir.join("ca"), "test").expect("test CA");
+        Certs(dir)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.0.join("ca").join("ca.crt")
+    }
+
+    fn paths(&self, id: &str) -> tls::CertPaths {
+        tls::issue_cert(&self.0.join("ca"), id, &self.0).expect("node certificate")
+    }
+
+    fn node(&self, id: &str) -> NodeTls {
+        let p = self.paths(id);
+        tls::load(&self.ca(), &p.cert, &p.key).expect("load node TLS")
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Node {
+    mesh: Mesh,
+    registry: Registry,
+}
+
+impl Node {
+    fn start(tls: &NodeTls, seeds: Vec<std::net::SocketAddr>) -> Node {
+        let mut timings = Timings::for_profile(Profile::Lan, 2);
+        timings.probe_period = Duration::from_millis(200);
+        timings.probe_rtt = Duration::from_millis(100);
+        timings.announce_period = Duration::from_millis(300);
+        let cfg = MeshConfig {
+            node_id: tls.node_id().into(),
+            region: Region::Weu,
+            cluster: "test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            seeds,
+            profile: Profile::Lan,
+            expected_size: 2,
+            timings,
+            fingerprint: 0,
+        };
+        let metrics = MeshMetrics::default();
+        let mut registry = Registry::with_prefix("switchyard");
+        metrics.register(&mut registry);
+        let mesh = Mesh::start(cfg, tls, metrics).expect("mesh starts");
+        Node { mesh, registry }
+    }
+
+    /// The value of one series (name with its labels), 0 if absent.
+    fn metric(&self, series: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    fn relay_refused(&self, reason: &str) -> u64 {
+        self.metric(&format!(
+            "switchyard_mesh_relay_refused_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
+    fn sees_alive(&self, id: &str) -> bool {
+        self.mesh
+            .state()
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.id == id && m.state == MemberState::Alive)
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not true within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two members that see each other alive.
+async fn pair(certs: &Certs) -> (Node, Node) {
+    let a = Node::start(&certs.node("edge-a"), vec![]);
+    let b = Node::start(&certs.node("edge-b"), vec![a.mesh.local_addr()]);
+    eventually("edge-a and edge-b to see each other alive", || async {
+        a.sees_alive("edge-b") && b.sees_alive("edge-a")
+    })
+    .await;
+    (a, b)
+}
+
+fn request(hops: u8) -> RelayRequest {
+    RelayRequest {
+        load_balancer: "web".into(),
+        pool: "weu".into(),
+        origin: "o1".into(),
+        client: "192.0.2.7:51000".parse().unwrap(),
+        hops,
+    }
+}
+
+fn refused(result: Result<impl std::fmt::Debug, RelayError>) -> RefuseReason {
+    match result {
+        Err(RelayError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close() {
+    let certs = Certs::new("pipe");
+    let (a, b) = pair(&certs).await;
+    let mut requests = b.mesh.relay_requests().expect("the relay queue, once");
+    assert!(b.mesh.relay_requests().is_none());
+    // edge-b echoes what it read, once the asker has closed its half.
+    let server = tokio::spawn(async move {
+        let incoming = requests.recv().await.expect("a relay request");
+        assert_eq!(incoming.request, request(0));
+        assert_eq!(incoming.from_peer, "edge-a");
+        let mut s = incoming.accept().await.expect("accepted");
+        let got = s.recv.read_to_end(1 << 20).await.expect("the asker's half");
+        let mut reply = b"echo:".to_vec();
+        reply.extend_from_slice(&got);
+        s.send.write_all(&reply).await.unwrap();
+        s.send.finish().unwrap();
+        // Wait for the asker to have read it all before the stream goes.
+        let _ = s.send.stopped().await;
+    });
+    let mut s = a
+        .mesh
+        .open_relay("edge-b", request(0))
+        .await
+        .expect("edge-b accepts");
+    let payload = vec![7u8; 300_000];
+    s.send.write_all(&payload).await.unwrap();
+    s.send.finish().unwrap();
+    let back = s.recv.read_to_end(1 << 20).await.expect("edge-b's half");
+    assert_eq!(&back[..5], b"echo:");
+    assert_eq!(&back[5..], &payload[..]);
+    drop(s);
+    server.await.unwrap();
+    assert_eq!(
+        b.metric("switchyard_mesh_relay_streams_total{peer=\"edge-a\",direction=\"Received\"}"),
+        1
+    );
+    assert_eq!(
+        a.metric("switchyard_mesh_relay_streams_total{peer=\"edge-b\",direction=\"Sent\"}"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_with_a_valid_certificate_is_refused_and_counted() {
+    let certs = Certs::new("stranger");
+    let a = Node::start(&certs.node("edge-a"), vec![]);
+    let (tx, _inbox) = tokio::sync::mpsc::channel(16);
+    let mallory = Transport::bind("127.0.0.1:0".parse().unwrap(), &certs.node("mallory"), tx)
+        .expect("mallory binds");
+    let result = mallory
+        .open_relay(a.mesh.local_addr(), "edge-a", &request(0))
+        .await;
+    assert_eq!(refused(result), RefuseReason::NotMember);
+    assert_eq!(a.relay_refused("not_member"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_hop_is_refused_and_counted() {
+    let certs = Certs::new("hop");
+    let (a, b) = pair(&certs).await;
+    let _requests = b.mesh.relay_requests();
+    let result = a.mesh.open_relay("edge-b", request(1)).await;
+    assert_eq!(refused(result), RefuseReason::SecondHop);
+    assert_eq!(b.relay_refused("second_hop"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_peer_is_refused_and_counted() {
+    let certs = Certs::new("revoked");
+    let a_paths = certs.paths("edge-a");
+    let a = Node::start(
+        &tls::load(&certs.ca(), &a_paths.cert, &a_paths.key).unwrap(),
+        vec![],
+    );
+    let b = Node::start(&certs.node("edge-b"), vec![a.mesh.local_addr()]);
+    eventually("edge-a and edge-b to see each other alive", || async {
+        a.sees_alive("edge-b") && b.sees_alive("edge-a")
+    })
+    .await;
+    let _requests = a.mesh.relay_requests();
+    let list = certs.0.join("revoked.txt");
+    std::fs::write(&list, "node:edge-b\n").unwrap();
+    let revoking = tls::load_with(&certs.ca(), &a_paths.cert, &a_paths.key, Some(&list)).unwrap();
+    a.mesh.reload_tls(&revoking).await.expect("reload");
+    // edge-b may still see edge-a alive; its stream is refused however it gets there: its
+    // connection was closed and its handshake is refused, or the mesh's check refuses it.
+    let result = b.mesh.open_relay("edge-a", request(0)).await;
+    assert!(result.is_err(), "a revoked peer got a relay stream");
+    eventually("the refusal of edge-b to be counted as revoked", || async {
+        a.relay_refused("revoked") + a.metric("switchyard_mesh_refused_total{reason=\"revoked\"}")
+            >= 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_peer_cap_refuses_the_next_stream_and_counts_it() {
+    let certs = Certs::new("cap");
+    let (a, b) = pair(&certs).await;
+    let mut requests = b.mesh.relay_requests().unwrap();
+    // edge-b accepts everything and holds the streams open.
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = requests.recv().await {
+            if let Ok(s) = incoming.accept().await {
+                holder.lock().await.push(s);
+            }
+        }
+    });
+    let mut mine = Vec::new();
+    for i in 0..RELAY_STREAMS_PER_PEER {
+        let s = a
+            .mesh
+            .open_relay("edge-b", request(0))
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} within the cap: {e}"));
+        mine.push(s);
+    }
+    let result = a.mesh.open_relay("edge-b", request(0)).await;
+    assert_eq!(refused(result), RefuseReason::PerPeer);
+    assert_eq!(b.relay_refused("per_peer"), 1);
+    // A stream done on edge-b gives its slot back.
+    held.lock().await.pop();
+    a.mesh
+        .open_relay("edge-b", request(0))
+        .await
+        .expect("a slot was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
+    let certs = Certs::new("slow");
+    let a = Node::start(&certs.node("edge-a"), vec![]);
+    let b_tls = certs.node("edge-b");
+    let b = Node::start(&b_tls, vec![a.mesh.local_addr()]);
+    eventually("edge-a to see edge-b alive", || async {
+        a.sees_alive("edge-b")
+    })
+    .await;
+    let _requests = a.mesh.relay_requests();
+    // edge-b's certificate on a hand-made connection: a member, as far as edge-a can tell.
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(b_tls.client_config().unwrap());
+    let conn = endpoint
+        .connect(a.mesh.local_addr(), tls::MESH_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("connects");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // One byte of the length prefix, and then nothing: the stream exists, the request never
+    // comes.
+    send.write_all(&[0]).await.unwrap();
+    let answer = tokio::time::timeout(RELAY_REQUEST_DEADLINE + WAIT, recv.read_to_end(256))
+        .await
+        .expect("edge-a answers once the deadline has passed")
+        .expect("the refusal frame");
+    let response: RelayResponse = codec::decode(&answer[2..]).unwrap();
+    assert_eq!(response, RelayResponse::Refused(RefuseReason::Deadline));
+    assert_eq!(a.relay_refused("deadline"), 1);
+    conn.close(0u32.into(), b"done");
+    drop(b);
+}
