@@ -7,12 +7,15 @@
 //!
 //! Bounds. What a peer holding a cluster certificate can make this node hold is bounded, each
 //! bound counted in [`TransportStats`] when hit: per connection, QUIC flow control
-//! ([`CONN_WINDOW`], [`STREAM_WINDOW`], [`MAX_STREAMS_IN`] open streams, no bidirectional
-//! ones, [`DATAGRAM_BUFFER`]) and [`READERS_PER_CONN`] streams read at once, each within
+//! ([`CONN_WINDOW`], [`STREAM_WINDOW`], [`MAX_STREAMS_IN`] open streams, [`MAX_BIDI_IN`]
+//! bidirectional ones, [`DATAGRAM_BUFFER`]) and [`READERS_PER_CONN`] streams read at once, each within
 //! [`STREAM_DEADLINE`] and [`MAX_STREAM`] bytes (else stopped); the links and connections
 //! ([`Transport::set_max_links`], twice as many connections), the streams in flight to one
 //! peer ([`STREAMS_OUT`]), and the bytes waiting for the mesh task ([`INBOX_BYTES`]). So one
-//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 12 MiB.
+//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 32 MiB.
+//! The windows are sized for relay streams (bidirectional; see `relay` for their own bounds:
+//! members only, per peer and in all, the request's size and deadline): what a relay stream
+//! receives, the node reads and pipes on, so QUIC holds no more of it than the windows allow.
 //!
 //! New TLS material (a reload) is taken without a restart ([`Transport::set_tls`]): new
 //! handshakes, both ways, use it, and [`Transport::close_where`] closes the open connections
@@ -989,20 +992,12 @@ async fn serve_relay(
     };
     let incoming = IncomingRelay::new(request, id.clone(), send, recv, slot);
     if let Err(e) = serve.queue.try_send(incoming) {
-        let incoming = match e {
-            mpsc::error::TrySendError::Full(i) => {
-                refused(RefuseReason::Busy);
-                i
-            }
-            mpsc::error::TrySendError::Closed(i) => {
-                refused(RefuseReason::NotRelaying);
-                i
-            }
+        let (reason, incoming) = match e {
+            mpsc::error::TrySendError::Full(i) => (RefuseReason::Busy, i),
+            // The node stopped taking requests (shutting down).
+            mpsc::error::TrySendError::Closed(i) => (RefuseReason::NotRelaying, i),
         };
-        let reason = match serve.queue.is_closed() {
-            true => RefuseReason::NotRelaying,
-            false => RefuseReason::Busy,
-        };
+        refused(reason);
         incoming.refuse(reason).await;
         return;
     }

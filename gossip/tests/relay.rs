@@ -5,8 +5,10 @@
 //!
 //! Every wait polls a condition against a deadline.
 
-use std::future::Future;
-use std::path::PathBuf;
+mod common;
+
+use common::{eventually, Certs, WAIT};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,39 +22,6 @@ use switchyard_gossip::{
     MemberState, Mesh, MeshConfig, MeshMetrics, Profile, RefuseReason, RelayError, RelayRequest,
     RelayResponse, Timings,
 };
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A test CA and node certificates in a scratch directory, removed on drop.
-struct Certs(PathBuf);
-
-impl Certs {
-    fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("sy-relay-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tls::init_ca(&dir.join("ca"), "test").expect("test CA");
-        Certs(dir)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.0.join("ca").join("ca.crt")
-    }
-
-    fn paths(&self, id: &str) -> tls::CertPaths {
-        tls::issue_cert(&self.0.join("ca"), id, &self.0).expect("node certificate")
-    }
-
-    fn node(&self, id: &str) -> NodeTls {
-        let p = self.paths(id);
-        tls::load(&self.ca(), &p.cert, &p.key).expect("load node TLS")
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Node {
     mesh: Mesh,
@@ -110,24 +79,6 @@ impl Node {
     }
 }
 
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not true within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Two members that see each other alive.
 async fn pair(certs: &Certs) -> (Node, Node) {
     let a = Node::start(&certs.node("edge-a"), vec![]);
@@ -158,7 +109,7 @@ fn refused(result: Result<impl std::fmt::Debug, RelayError>) -> RefuseReason {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close() {
-    let certs = Certs::new("pipe");
+    let certs = Certs::new("relay", "pipe");
     let (a, b) = pair(&certs).await;
     let mut requests = b.mesh.relay_requests().expect("the relay queue, once");
     assert!(b.mesh.relay_requests().is_none());
@@ -201,7 +152,7 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_member_with_a_valid_certificate_is_refused_and_counted() {
-    let certs = Certs::new("stranger");
+    let certs = Certs::new("relay", "stranger");
     let a = Node::start(&certs.node("edge-a"), vec![]);
     let (tx, _inbox) = tokio::sync::mpsc::channel(16);
     let mallory = Transport::bind("127.0.0.1:0".parse().unwrap(), &certs.node("mallory"), tx)
@@ -215,7 +166,7 @@ async fn a_non_member_with_a_valid_certificate_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_hop_is_refused_and_counted() {
-    let certs = Certs::new("hop");
+    let certs = Certs::new("relay", "hop");
     let (a, b) = pair(&certs).await;
     let _requests = b.mesh.relay_requests();
     let result = a.mesh.open_relay("edge-b", request(1)).await;
@@ -225,7 +176,7 @@ async fn a_second_hop_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_peer_is_refused_and_counted() {
-    let certs = Certs::new("revoked");
+    let certs = Certs::new("relay", "revoked");
     let a_paths = certs.paths("edge-a");
     let a = Node::start(
         &tls::load(&certs.ca(), &a_paths.cert, &a_paths.key).unwrap(),
@@ -254,7 +205,7 @@ async fn a_revoked_peer_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_peer_cap_refuses_the_next_stream_and_counts_it() {
-    let certs = Certs::new("cap");
+    let certs = Certs::new("relay", "cap");
     let (a, b) = pair(&certs).await;
     let mut requests = b.mesh.relay_requests().unwrap();
     // edge-b accepts everything and holds the streams open.
@@ -289,7 +240,7 @@ async fn the_per_peer_cap_refuses_the_next_stream_and_counts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
-    let certs = Certs::new("slow");
+    let certs = Certs::new("relay", "slow");
     let a = Node::start(&certs.node("edge-a"), vec![]);
     let b_tls = certs.node("edge-b");
     let b = Node::start(&b_tls, vec![a.mesh.local_addr()]);
