@@ -83,6 +83,7 @@ pub struct MeshMetrics {
     signatures: Family<OpLabels, Counter>,
     relay_refused: Family<ReasonLabels, Counter>,
     relay_streams: Family<PeerLabels, Counter>,
+    relay_bytes: Family<PeerLabels, Counter>,
     /// The transport's count of handshakes refused as revoked, as last copied: the counter
     /// `refused{reason="revoked"}` also counts what the mesh task refuses, so it takes the
     /// transport's count as increments.
@@ -153,6 +154,12 @@ impl MeshMetrics {
              node asked the peer; received: the peer asked this node)",
             self.relay_streams.clone(),
         );
+        r.register(
+            "relay_bytes",
+            "Bytes carried on relay streams, by peer and direction (sent to the peer, received \
+             from it), both for streams this node asked for and those it serves",
+            self.relay_bytes.clone(),
+        );
     }
 
     /// Counts a relay stream refused, by the mesh's checks or by the node's.
@@ -162,6 +169,22 @@ impl MeshMetrics {
                 reason: reason.label(),
             })
             .inc();
+    }
+
+    /// The byte counters of relay streams with `peer`.
+    pub(crate) fn relay_bytes(&self, peer: &str) -> crate::relay::ByteCounters {
+        let get = |direction| {
+            self.relay_bytes
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        crate::relay::ByteCounters {
+            received: get(Dir::Received),
+            sent: get(Dir::Sent),
+        }
     }
 
     pub(crate) fn relay_stream(&self, peer: &str, direction: Dir) {

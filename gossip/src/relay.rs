@@ -14,8 +14,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -275,12 +280,21 @@ impl Drop for Slot {
     }
 }
 
-/// The two halves of an accepted relay stream. The serving side's also holds its slot among
-/// the open relay streams until dropped.
+/// Bytes a relay stream carried, per peer: received from it and sent to it.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounters {
+    pub received: Counter,
+    pub sent: Counter,
+}
+
+/// An accepted relay stream: an `AsyncRead` + `AsyncWrite` pair (`shutdown` closes this
+/// side's half), counting the bytes it carries per peer. The serving side's also holds its
+/// slot among the open relay streams until dropped.
 #[derive(Debug)]
 pub struct RelayStreams {
-    pub send: quinn::SendStream,
-    pub recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    bytes: ByteCounters,
     _slot: Option<Slot>,
 }
 
@@ -288,13 +302,54 @@ impl RelayStreams {
     pub(crate) fn new(
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        bytes: ByteCounters,
         slot: Option<Slot>,
     ) -> Self {
         RelayStreams {
             send,
             recv,
+            bytes,
             _slot: slot,
         }
+    }
+}
+
+impl AsyncRead for RelayStreams {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.recv).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.bytes
+                .received
+                .inc_by((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for RelayStreams {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes.sent.inc_by(n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
     }
 }
 
@@ -306,6 +361,7 @@ pub struct IncomingRelay {
     /// The asking node, from its certificate.
     pub from_peer: String,
     streams: Option<(quinn::SendStream, quinn::RecvStream, Slot)>,
+    bytes: ByteCounters,
 }
 
 impl IncomingRelay {
@@ -315,11 +371,13 @@ impl IncomingRelay {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         slot: Slot,
+        bytes: ByteCounters,
     ) -> Self {
         IncomingRelay {
             request,
             from_peer,
             streams: Some((send, recv, slot)),
+            bytes,
         }
     }
 
@@ -340,7 +398,12 @@ impl IncomingRelay {
                 peer,
                 source: e.into(),
             })?;
-        Ok(RelayStreams::new(send, recv, Some(slot)))
+        Ok(RelayStreams::new(
+            send,
+            recv,
+            self.bytes.clone(),
+            Some(slot),
+        ))
     }
 
     /// Refuses, telling the asking node why. The node counts its own refusals

@@ -373,7 +373,14 @@ impl Transport {
                     e => io(std::io::Error::other(e)),
                 })?;
             match codec::decode::<RelayResponse>(&body) {
-                Ok(RelayResponse::Accepted) => Ok(RelayStreams::new(send, recv, None)),
+                Ok(RelayResponse::Accepted) => {
+                    let bytes = self
+                        .relays
+                        .get()
+                        .map(|r| r.metrics.relay_bytes(peer_id))
+                        .unwrap_or_default();
+                    Ok(RelayStreams::new(send, recv, bytes, None))
+                }
                 Ok(RelayResponse::Refused(reason)) => Err(RelayError::Refused {
                     peer: peer(),
                     reason,
@@ -990,7 +997,8 @@ async fn serve_relay(
             return;
         }
     };
-    let incoming = IncomingRelay::new(request, id.clone(), send, recv, slot);
+    let bytes = serve.metrics.relay_bytes(&id);
+    let incoming = IncomingRelay::new(request, id.clone(), send, recv, slot, bytes);
     if let Err(e) = serve.queue.try_send(incoming) {
         let (reason, incoming) = match e {
             mpsc::error::TrySendError::Full(i) => (RefuseReason::Busy, i),

@@ -10,7 +10,9 @@ mod common;
 use common::{eventually, Certs, WAIT};
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use prometheus_client::registry::Registry;
 use switchyard_geo::Region;
@@ -119,13 +121,13 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
         assert_eq!(incoming.request, request(0));
         assert_eq!(incoming.from_peer, "edge-a");
         let mut s = incoming.accept().await.expect("accepted");
-        let got = s.recv.read_to_end(1 << 20).await.expect("the asker's half");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("the asker's half");
         let mut reply = b"echo:".to_vec();
         reply.extend_from_slice(&got);
-        s.send.write_all(&reply).await.unwrap();
-        s.send.finish().unwrap();
-        // Wait for the asker to have read it all before the stream goes.
-        let _ = s.send.stopped().await;
+        s.write_all(&reply).await.unwrap();
+        s.shutdown().await.unwrap();
+        // Dropped, a finished stream still delivers what was written.
     });
     let mut s = a
         .mesh
@@ -133,9 +135,10 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
         .await
         .expect("edge-b accepts");
     let payload = vec![7u8; 300_000];
-    s.send.write_all(&payload).await.unwrap();
-    s.send.finish().unwrap();
-    let back = s.recv.read_to_end(1 << 20).await.expect("edge-b's half");
+    s.write_all(&payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.expect("edge-b's half");
     assert_eq!(&back[..5], b"echo:");
     assert_eq!(&back[5..], &payload[..]);
     drop(s);
@@ -148,6 +151,15 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
         a.metric("switchyard_mesh_relay_streams_total{peer=\"edge-b\",direction=\"Sent\"}"),
         1
     );
+    let bytes = |node: &Node, peer: &str, direction: &str| {
+        node.metric(&format!(
+            "switchyard_mesh_relay_bytes_total{{peer=\"{peer}\",direction=\"{direction}\"}}"
+        ))
+    };
+    assert_eq!(bytes(&a, "edge-b", "Sent"), 300_000);
+    assert_eq!(bytes(&a, "edge-b", "Received"), 300_005);
+    assert_eq!(bytes(&b, "edge-a", "Received"), 300_000);
+    assert_eq!(bytes(&b, "edge-a", "Sent"), 300_005);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
