@@ -163,7 +163,7 @@ impl MeshMetrics {
     }
 
     /// Counts a relay stream refused, by the mesh's checks or by the node's.
-    pub fn relay_refused(&self, reason: crate::relay::RefuseReason) {
+    pub(crate) fn relay_refused(&self, reason: crate::relay::RefuseReason) {
         self.relay_refused
             .get_or_create(&ReasonLabels {
                 reason: reason.label(),

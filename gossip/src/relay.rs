@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::metrics::MeshMetrics;
 
 /// Relay streams one peer may have open on this node at once; the next is refused
 /// (`per_peer`). QUIC grants a few more ([`RELAY_STREAM_SLACK`]) so that an excess stream
@@ -355,13 +356,23 @@ impl AsyncWrite for RelayStreams {
 
 /// A relay request that passed the mesh's checks, for the node to check against its config
 /// and answer. Dropped unanswered, it is refused ([`RefuseReason::Unanswered`]).
-#[derive(Debug)]
 pub struct IncomingRelay {
     pub request: RelayRequest,
     /// The asking node, from its certificate.
     pub from_peer: String,
     streams: Option<(quinn::SendStream, quinn::RecvStream, Slot)>,
     bytes: ByteCounters,
+    /// Counts the refusal, whether the node refuses or drops the request.
+    metrics: MeshMetrics,
+}
+
+impl std::fmt::Debug for IncomingRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingRelay")
+            .field("request", &self.request)
+            .field("from_peer", &self.from_peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IncomingRelay {
@@ -372,12 +383,14 @@ impl IncomingRelay {
         recv: quinn::RecvStream,
         slot: Slot,
         bytes: ByteCounters,
+        metrics: MeshMetrics,
     ) -> Self {
         IncomingRelay {
             request,
             from_peer,
             streams: Some((send, recv, slot)),
             bytes,
+            metrics,
         }
     }
 
@@ -406,10 +419,10 @@ impl IncomingRelay {
         ))
     }
 
-    /// Refuses, telling the asking node why. The node counts its own refusals
-    /// ([`crate::MeshMetrics::relay_refused`]).
+    /// Refuses, telling the asking node why; counted in `mesh_relay_refused_total{reason}`.
     pub async fn refuse(mut self, reason: RefuseReason) {
         if let Some((mut send, mut recv, _slot)) = self.streams.take() {
+            self.metrics.relay_refused(reason);
             refuse_on(&mut send, &mut recv, reason).await;
         }
     }
@@ -420,6 +433,7 @@ impl Drop for IncomingRelay {
         // Unanswered: no time to write a frame here, so the stream is reset with the code
         // that says refused.
         if let Some((mut send, mut recv, _)) = self.streams.take() {
+            self.metrics.relay_refused(RefuseReason::Unanswered);
             let _ = send.reset(RELAY_REFUSED.into());
             let _ = recv.stop(RELAY_REFUSED.into());
         }

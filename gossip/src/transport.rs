@@ -998,14 +998,23 @@ async fn serve_relay(
         }
     };
     let bytes = serve.metrics.relay_bytes(&id);
-    let incoming = IncomingRelay::new(request, id.clone(), send, recv, slot, bytes);
+    let incoming = IncomingRelay::new(
+        request,
+        id.clone(),
+        send,
+        recv,
+        slot,
+        bytes,
+        serve.metrics.clone(),
+    );
     if let Err(e) = serve.queue.try_send(incoming) {
         let (reason, incoming) = match e {
             mpsc::error::TrySendError::Full(i) => (RefuseReason::Busy, i),
             // The node stopped taking requests (shutting down).
             mpsc::error::TrySendError::Closed(i) => (RefuseReason::NotRelaying, i),
         };
-        refused(reason);
+        // Counted by the refusal itself.
+        tracing::debug!(peer = %id, "relay stream refused: {reason}");
         incoming.refuse(reason).await;
         return;
     }

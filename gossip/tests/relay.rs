@@ -1,7 +1,8 @@
 //! Relay streams between real meshes on loopback: a stream between members carries bytes both
 //! ways with half-close; the mesh's checks refuse, and count, a non-member (a valid cluster
 //! certificate, never admitted), a revoked peer, a second hop, a stream past the per-peer cap
-//! and a request that never arrives.
+//! and a request that never arrives or is over the size bound; the node's own refusals reach the
+//! asker and are counted.
 //!
 //! Every wait polls a condition against a deadline.
 
@@ -251,8 +252,38 @@ async fn the_per_peer_cap_refuses_the_next_stream_and_counts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
-    let certs = Certs::new("relay", "slow");
+async fn the_nodes_refusals_reach_the_asker_and_are_counted() {
+    let certs = Certs::new("relay", "node-refuses");
+    let (a, b) = pair(&certs).await;
+    let mut requests = b.mesh.relay_requests().unwrap();
+    // edge-b's node refuses the first request (say, an origin not in its config) and drops
+    // the second unanswered.
+    tokio::spawn(async move {
+        let first = requests.recv().await.unwrap();
+        first.refuse(RefuseReason::NotInConfig).await;
+        drop(requests.recv().await.unwrap());
+    });
+    let result = a.mesh.open_relay("edge-b", request(0)).await;
+    assert_eq!(refused(result), RefuseReason::NotInConfig);
+    assert_eq!(b.relay_refused("not_in_config"), 1);
+    let result = a.mesh.open_relay("edge-b", request(0)).await;
+    assert_eq!(refused(result), RefuseReason::Unanswered);
+    assert_eq!(b.relay_refused("unanswered"), 1);
+}
+
+/// A member's own raw relay stream: edge-a serving, edge-b a member, and a hand-made QUIC
+/// connection to edge-a with edge-b's certificate (a member, as far as edge-a can tell) that
+/// sends `prefix` on a new bidirectional stream and nothing more. Returns edge-a, edge-b,
+/// the connection and the stream (its send half kept open: dropped, it would finish).
+async fn raw_stream(
+    certs: &Certs,
+    prefix: &[u8],
+) -> (
+    Node,
+    Node,
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+) {
     let a = Node::start(&certs.node("edge-a"), vec![]);
     let b_tls = certs.node("edge-b");
     let b = Node::start(&b_tls, vec![a.mesh.local_addr()]);
@@ -260,8 +291,6 @@ async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
         a.sees_alive("edge-b")
     })
     .await;
-    let _requests = a.mesh.relay_requests();
-    // edge-b's certificate on a hand-made connection: a member, as far as edge-a can tell.
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(b_tls.client_config().unwrap());
     let conn = endpoint
@@ -269,17 +298,45 @@ async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
         .unwrap()
         .await
         .expect("connects");
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(prefix).await.unwrap();
+    (a, b, conn, (send, recv))
+}
+
+/// The response frame on `recv`, within `within`.
+async fn response(recv: &mut quinn::RecvStream, within: Duration) -> RelayResponse {
+    let answer = tokio::time::timeout(within, recv.read_to_end(256))
+        .await
+        .expect("an answer in time")
+        .expect("the response frame");
+    codec::decode(&answer[2..]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_arrives_is_cut_at_the_deadline() {
+    let certs = Certs::new("relay", "slow");
     // One byte of the length prefix, and then nothing: the stream exists, the request never
     // comes.
-    send.write_all(&[0]).await.unwrap();
-    let answer = tokio::time::timeout(RELAY_REQUEST_DEADLINE + WAIT, recv.read_to_end(256))
-        .await
-        .expect("edge-a answers once the deadline has passed")
-        .expect("the refusal frame");
-    let response: RelayResponse = codec::decode(&answer[2..]).unwrap();
-    assert_eq!(response, RelayResponse::Refused(RefuseReason::Deadline));
+    let (a, _b, conn, (_send, mut recv)) = raw_stream(&certs, &[0]).await;
+    let _requests = a.mesh.relay_requests();
+    assert_eq!(
+        response(&mut recv, RELAY_REQUEST_DEADLINE + WAIT).await,
+        RelayResponse::Refused(RefuseReason::Deadline)
+    );
     assert_eq!(a.relay_refused("deadline"), 1);
     conn.close(0u32.into(), b"done");
-    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_bound_is_refused_unread() {
+    let certs = Certs::new("relay", "oversized");
+    // A length prefix of 64 KiB: over the bound, refused before a byte of the body is read.
+    let (a, _b, conn, (_send, mut recv)) = raw_stream(&certs, &[0xff, 0xff]).await;
+    let _requests = a.mesh.relay_requests();
+    assert_eq!(
+        response(&mut recv, WAIT).await,
+        RelayResponse::Refused(RefuseReason::BadRequest)
+    );
+    assert_eq!(a.relay_refused("bad_request"), 1);
+    conn.close(0u32.into(), b"done");
 }
