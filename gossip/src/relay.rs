@@ -42,7 +42,7 @@ pub const RELAY_STREAMS_TOTAL: usize = 4096;
 pub const MAX_RELAY_REQUEST: usize = 4 << 10;
 
 /// Largest response frame, length prefix excluded.
-const MAX_RELAY_RESPONSE: usize = 256;
+pub(crate) const MAX_RELAY_RESPONSE: usize = 256;
 
 /// How long the request may take to arrive whole; then the stream is cut (`deadline`).
 pub const RELAY_REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -210,7 +210,8 @@ pub(crate) fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// Reads one frame of at most `max` bytes. None: the stream ended or is over `max`.
+/// Reads one frame of at most `max` bytes: an error when the stream ends first, or the
+/// length prefix is over `max` (nothing of the body is read then).
 pub(crate) async fn read_frame(
     recv: &mut quinn::RecvStream,
     max: usize,
@@ -232,10 +233,6 @@ pub(crate) enum FrameError {
     Read(quinn::ReadExactError),
     #[error("frame of {0} bytes is over the limit")]
     TooLarge(usize),
-}
-
-pub(crate) fn max_response() -> usize {
-    MAX_RELAY_RESPONSE
 }
 
 /// Open relay streams per peer and in all; a [`Slot`] is one of them.

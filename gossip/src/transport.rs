@@ -360,7 +360,7 @@ impl Transport {
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.into()))?;
             send.write_all(&frame).await.map_err(|e| io(e.into()))?;
-            let body = relay::read_frame(&mut recv, relay::max_response())
+            let body = relay::read_frame(&mut recv, relay::MAX_RELAY_RESPONSE)
                 .await
                 .map_err(|e| match e {
                     // Reset with the refusal code: a request dropped unanswered.
