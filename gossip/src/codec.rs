@@ -18,6 +18,8 @@ use crate::identity::NodeIdentity;
 /// Version 3: rows carry their writer's verdict; peers ask each other to probe an origin.
 /// Version 4: batches carry their writer's signed advert (public addresses, readiness,
 /// names served) for the mesh's DNS.
+/// Relay frames (`relay`) came without a new version: they travel only on bidirectional
+/// streams, which nodes before them never grant, and every earlier message is unchanged.
 pub const FORMAT_VERSION: u8 = 4;
 
 // Node has always found the fingerprint hash here.

@@ -7,7 +7,8 @@
 //! where wire messages become bytes), `config`, `state` and `metrics` (what the node hands the
 //! mesh and reads from it), `tls` (the cluster CA and node certificates), `keys` (who may sign what: this
 //! node's key and its peers' certificates), `transport` (the
-//! QUIC links), `asks` (peers asked to probe an origin now, and asks served), `task` (the
+//! QUIC links), `asks` (peers asked to probe an origin now, and asks served), `relay` (relay streams
+//! through a peer: frames and the mesh's checks), `task` (the
 //! mesh task) and `mesh` (its handle).
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod keys;
 mod mesh;
 mod metrics;
+pub mod relay;
 mod state;
 pub mod table;
 mod task;
@@ -35,6 +37,9 @@ pub use identity::{NodeId, NodeIdentity};
 pub use keys::Replaced;
 pub use mesh::{Mesh, PreparedTls};
 pub use metrics::MeshMetrics;
+pub use relay::{
+    IncomingRelay, RefuseReason, RelayError, RelayRequest, RelayResponse, RelayStreams,
+};
 pub use state::{LocalRow, MemberInfo, MemberState, MeshState, WriterSnapshot};
 pub use table::{Advert, Verdict};
 pub use wire::ProbeOutcome;

@@ -13,14 +13,17 @@ use crate::config::MeshConfig;
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
 use crate::keys::{Keys, Replaced};
-use crate::metrics::MeshMetrics;
-use crate::state::{LocalRow, MeshState};
+use crate::metrics::{Dir, MeshMetrics};
+use crate::relay::{
+    IncomingRelay, PeerStanding, RelayError, RelayRequest, RelayStreams, RELAY_QUEUE,
+};
+use crate::state::{LocalRow, MemberState, MeshState};
 use crate::table::Advert;
 use crate::task::{self, Cmd};
 use crate::tls::NodeTls;
 #[cfg(feature = "test-util")]
 use crate::transport::Faults;
-use crate::transport::Transport;
+use crate::transport::{RelayServe, Transport};
 use crate::wire::ProbeOutcome;
 
 /// New TLS material, checked against the running node ([`Mesh::prepare_tls`]) and ready to
@@ -53,6 +56,8 @@ pub struct Mesh {
     transport: Arc<Transport>,
     identity: NodeIdentity,
     asks: Mutex<Option<mpsc::Receiver<ProbeAsk>>>,
+    relays: Mutex<Option<mpsc::Receiver<IncomingRelay>>>,
+    metrics: MeshMetrics,
 }
 
 /// Most asks of peers queued for the node to serve; more are refused (a bound hit).
@@ -120,16 +125,32 @@ impl Mesh {
             identity.clone(),
             transport.clone(),
             inbox,
-            metrics,
-            keys,
+            metrics.clone(),
+            keys.clone(),
             asks_tx,
         );
+        let (relays_tx, relays) = mpsc::channel(RELAY_QUEUE);
+        let members = state.clone();
+        // A relay stream is served only for a member SWIM believes alive or suspect, whose
+        // certificate is not revoked: revocation closes connections on reload, but a stream
+        // may race it.
+        let standing = Box::new(move |id: &str, der: Option<&[u8]>| PeerStanding {
+            member: members
+                .borrow()
+                .members
+                .iter()
+                .any(|m| m.id == id && m.state != MemberState::Down),
+            revoked: keys.revocation(id, der).is_some(),
+        });
+        transport.serve_relays(RelayServe::new(standing, relays_tx, metrics.clone()));
         Ok(Mesh {
             tx,
             state,
             transport,
             identity,
             asks: Mutex::new(Some(asks)),
+            relays: Mutex::new(Some(relays)),
+            metrics,
         })
     }
 
@@ -265,6 +286,36 @@ impl Mesh {
     /// (None after the first call). Asks not taken are refused when the queue is full.
     pub fn probe_asks(&self) -> Option<mpsc::Receiver<ProbeAsk>> {
         self.asks.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Asks the member `peer_id` to relay a connection as `req` says, on the mesh's QUIC
+    /// connection to it: the streams to pipe once it accepts, or why not. At most
+    /// [`crate::relay::RELAY_RESPONSE_DEADLINE`].
+    pub async fn open_relay(
+        &self,
+        peer_id: &str,
+        req: RelayRequest,
+    ) -> Result<RelayStreams, RelayError> {
+        let addr = self
+            .state
+            .borrow()
+            .members
+            .iter()
+            .find(|m| m.id == peer_id && m.state != MemberState::Down)
+            .map(|m| m.addr)
+            .ok_or_else(|| RelayError::UnknownPeer {
+                peer: peer_id.to_string(),
+            })?;
+        let streams = self.transport.open_relay(addr, peer_id, &req).await?;
+        self.metrics.relay_stream(peer_id, Dir::Sent);
+        Ok(streams)
+    }
+
+    /// The relay requests of peers that passed the mesh's checks, for the node to check
+    /// against its config and answer; once (None after the first call). Requests not taken
+    /// are refused (`busy`) when the queue is full.
+    pub fn relay_requests(&self) -> Option<mpsc::Receiver<IncomingRelay>> {
+        self.relays.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The latest mesh state, and changes to it.

@@ -39,6 +39,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    direction: Dir,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BoundLabels {
     bound: &'static str,
 }
@@ -75,6 +81,9 @@ pub struct MeshMetrics {
     bound_hits: Family<BoundLabels, Counter>,
     links: Gauge,
     signatures: Family<OpLabels, Counter>,
+    relay_refused: Family<ReasonLabels, Counter>,
+    relay_streams: Family<PeerLabels, Counter>,
+    relay_bytes: Family<PeerLabels, Counter>,
     /// The transport's count of handshakes refused as revoked, as last copied: the counter
     /// `refused{reason="revoked"}` also counts what the mesh task refuses, so it takes the
     /// transport's count as increments.
@@ -132,6 +141,59 @@ impl MeshMetrics {
             self.bound_hits.clone(),
         );
         r.register("links", "Open links to peers", self.links.clone());
+        r.register(
+            "relay_refused",
+            "Relay streams this node refused, by reason (not_member, revoked, second_hop, \
+             per_peer, total, bad_request, deadline, busy: the mesh's checks; not_in_config, \
+             origin_down, not_relaying, unanswered: the node's)",
+            self.relay_refused.clone(),
+        );
+        r.register(
+            "relay_streams",
+            "Relay streams accepted by the mesh's checks, by peer and direction (sent: this \
+             node asked the peer; received: the peer asked this node)",
+            self.relay_streams.clone(),
+        );
+        r.register(
+            "relay_bytes",
+            "Bytes carried on relay streams, by peer and direction (sent to the peer, received \
+             from it), both for streams this node asked for and those it serves",
+            self.relay_bytes.clone(),
+        );
+    }
+
+    /// Counts a relay stream refused, by the mesh's checks or by the node's.
+    pub(crate) fn relay_refused(&self, reason: crate::relay::RefuseReason) {
+        self.relay_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// The byte counters of relay streams with `peer`.
+    pub(crate) fn relay_bytes(&self, peer: &str) -> crate::relay::ByteCounters {
+        let get = |direction| {
+            self.relay_bytes
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        crate::relay::ByteCounters {
+            received: get(Dir::Received),
+            sent: get(Dir::Sent),
+        }
+    }
+
+    pub(crate) fn relay_stream(&self, peer: &str, direction: Dir) {
+        self.relay_streams
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+                direction,
+            })
+            .inc();
     }
 
     pub(crate) fn bound_hit(&self, bound: &'static str) {

@@ -7,12 +7,15 @@
 //!
 //! Bounds. What a peer holding a cluster certificate can make this node hold is bounded, each
 //! bound counted in [`TransportStats`] when hit: per connection, QUIC flow control
-//! ([`CONN_WINDOW`], [`STREAM_WINDOW`], [`MAX_STREAMS_IN`] open streams, no bidirectional
-//! ones, [`DATAGRAM_BUFFER`]) and [`READERS_PER_CONN`] streams read at once, each within
+//! ([`CONN_WINDOW`], [`STREAM_WINDOW`], [`MAX_STREAMS_IN`] open streams, [`MAX_BIDI_IN`]
+//! bidirectional ones, [`DATAGRAM_BUFFER`]) and [`READERS_PER_CONN`] streams read at once, each within
 //! [`STREAM_DEADLINE`] and [`MAX_STREAM`] bytes (else stopped); the links and connections
 //! ([`Transport::set_max_links`], twice as many connections), the streams in flight to one
 //! peer ([`STREAMS_OUT`]), and the bytes waiting for the mesh task ([`INBOX_BYTES`]). So one
-//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 12 MiB.
+//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 32 MiB.
+//! The windows are sized for relay streams (bidirectional; see `relay` for their own bounds:
+//! members only, per peer and in all, the request's size and deadline): what a relay stream
+//! receives, the node reads and pipes on, so QUIC holds no more of it than the windows allow.
 //!
 //! New TLS material (a reload) is taken without a restart ([`Transport::set_tls`]): new
 //! handshakes, both ways, use it, and [`Transport::close_where`] closes the open connections
@@ -31,7 +34,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken as Cancel;
 
+use crate::codec;
 use crate::error::GossipError;
+use crate::metrics::MeshMetrics;
+use crate::relay::{
+    self, IncomingRelay, Open, PeerStanding, RefuseReason, RelayError, RelayRequest, RelayResponse,
+    RelayStreams, MAX_RELAY_REQUEST, RELAY_REQUEST_DEADLINE, RELAY_RESPONSE_DEADLINE,
+    RELAY_STREAMS_PER_PEER, RELAY_STREAM_SLACK,
+};
 use crate::tls::{self, NodeTls};
 
 /// Largest replication message (one stream): a stream that goes past it is stopped and
@@ -41,15 +51,21 @@ use crate::tls::{self, NodeTls};
 pub const MAX_STREAM: usize = 2 << 20;
 
 /// Connection-level QUIC receive window: what a peer may have in flight, unread, on one
-/// connection, all streams together.
-pub const CONN_WINDOW: u32 = 4 << 20;
+/// connection, all streams together. Two relayed connections at full [`STREAM_WINDOW`].
+pub const CONN_WINDOW: u32 = 24 << 20;
 
-/// Per-stream QUIC receive window.
-pub const STREAM_WINDOW: u32 = 1 << 20;
+/// Per-stream QUIC receive window, sized for a relay stream (bandwidth x RTT): 500 Mbit/s
+/// across 170 ms is 10.6 MB in flight; quinn's default 1.25 MB caps one stream near
+/// 60 Mbit/s on that path. A replication message is still cut at [`MAX_STREAM`].
+pub const STREAM_WINDOW: u32 = 12 << 20;
 
 /// Unidirectional streams a peer may have open on one connection at once: QUIC does not let
-/// it open another until one ends. (Bidirectional streams: none; the mesh uses none.)
+/// it open another until one ends.
 pub const MAX_STREAMS_IN: u32 = 16;
+
+/// Bidirectional streams (relay streams) a peer may have open on one connection at once: the
+/// relay cap and a little slack, so an excess stream arrives to be refused and counted.
+pub const MAX_BIDI_IN: u32 = (RELAY_STREAMS_PER_PEER + RELAY_STREAM_SLACK) as u32;
 
 /// Streams of one connection read at once; the others wait in QUIC's buffers, inside
 /// [`CONN_WINDOW`]. Each is read by its own task, so a slow stream holds up only its own
@@ -84,7 +100,9 @@ pub(crate) fn limit(transport: &mut quinn::TransportConfig) {
         .receive_window(quinn::VarInt::from_u32(CONN_WINDOW))
         .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_STREAMS_IN))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_IN))
+        // What this node keeps unacknowledged for a peer: as much as a peer may take.
+        .send_window(u64::from(CONN_WINDOW))
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
 }
 
@@ -223,6 +241,34 @@ pub struct Transport {
     max_links: AtomicUsize,
     /// Bytes of messages waiting in `inbox`.
     inbox_bytes: Arc<AtomicUsize>,
+    /// Who serves relay streams ([`Transport::serve_relays`]); until set, all are refused.
+    relays: std::sync::OnceLock<RelayServe>,
+}
+
+/// How the mesh judges the peer asking for a relay stream: by its node id and certificate.
+pub type Standing = Box<dyn Fn(&str, Option<&[u8]>) -> PeerStanding + Send + Sync>;
+
+/// What serves relay streams: the mesh's judgement of peers, the node's queue, the counters.
+pub struct RelayServe {
+    pub standing: Standing,
+    pub queue: mpsc::Sender<IncomingRelay>,
+    pub metrics: MeshMetrics,
+    open: Arc<Open>,
+}
+
+impl RelayServe {
+    pub fn new(
+        standing: Standing,
+        queue: mpsc::Sender<IncomingRelay>,
+        metrics: MeshMetrics,
+    ) -> Self {
+        RelayServe {
+            standing,
+            queue,
+            metrics,
+            open: Arc::new(Open::default()),
+        }
+    }
 }
 
 impl Transport {
@@ -263,6 +309,7 @@ impl Transport {
             stop: Cancel::new(),
             max_links: AtomicUsize::new(DEFAULT_MAX_LINKS),
             inbox_bytes: Arc::new(AtomicUsize::new(0)),
+            relays: std::sync::OnceLock::new(),
         });
         tokio::spawn(accept_loop(t.clone()));
         Ok(t)
@@ -274,6 +321,105 @@ impl Transport {
             // practice, and a placeholder address is better than a panic.
             SocketAddr::from(([0, 0, 0, 0], 0))
         })
+    }
+
+    /// Serves relay streams from now on (once; a second call is ignored).
+    pub fn serve_relays(&self, serve: RelayServe) {
+        let _ = self.relays.set(serve);
+    }
+
+    /// Opens a relay stream to the node `peer_id` at `addr` on the mesh connection to it
+    /// (dialing when there is none), sends `req` and waits for the answer, at most
+    /// [`RELAY_RESPONSE_DEADLINE`] in all.
+    pub async fn open_relay(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer_id: &str,
+        req: &RelayRequest,
+    ) -> Result<RelayStreams, RelayError> {
+        let peer = || peer_id.to_string();
+        let conn = self
+            .connection(addr)
+            .await
+            .ok_or_else(|| RelayError::NoConnection { peer: peer(), addr })?;
+        let actual = tls::peer_node_id(&conn);
+        if actual.as_deref() != Some(peer_id) {
+            return Err(RelayError::WrongPeer {
+                peer: peer(),
+                actual,
+            });
+        }
+        let io = |e: std::io::Error| RelayError::Stream {
+            peer: peer(),
+            source: e,
+        };
+        let frame = relay::frame(req).map_err(|source| RelayError::Codec {
+            peer: peer(),
+            source,
+        })?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.into()))?;
+            send.write_all(&frame).await.map_err(|e| io(e.into()))?;
+            let body = relay::read_frame(&mut recv, relay::MAX_RELAY_RESPONSE)
+                .await
+                .map_err(|e| match e {
+                    // Reset with the refusal code: a request dropped unanswered.
+                    relay::FrameError::Read(quinn::ReadExactError::ReadError(
+                        quinn::ReadError::Reset(code),
+                    )) if code == relay::RELAY_REFUSED.into() => RelayError::Refused {
+                        peer: peer(),
+                        reason: RefuseReason::Unanswered,
+                    },
+                    e => io(std::io::Error::other(e)),
+                })?;
+            match codec::decode::<RelayResponse>(&body) {
+                Ok(RelayResponse::Accepted) => {
+                    let bytes = self
+                        .relays
+                        .get()
+                        .map(|r| r.metrics.relay_bytes(peer_id))
+                        .unwrap_or_default();
+                    Ok(RelayStreams::new(send, recv, bytes, None))
+                }
+                Ok(RelayResponse::Refused(reason)) => Err(RelayError::Refused {
+                    peer: peer(),
+                    reason,
+                }),
+                Err(source) => Err(RelayError::Codec {
+                    peer: peer(),
+                    source,
+                }),
+            }
+        };
+        tokio::time::timeout(RELAY_RESPONSE_DEADLINE, exchange)
+            .await
+            .map_err(|_| RelayError::Timeout { peer: peer() })?
+    }
+
+    /// The live connection to `peer`, dialed and adopted as its link's when there is none.
+    async fn connection(self: &Arc<Self>, peer: SocketAddr) -> Option<quinn::Connection> {
+        if self.blocked(peer) {
+            return None;
+        }
+        let slot = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map(|l| l.conn.clone());
+        let live = slot.and_then(|s| {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .filter(|c| c.close_reason().is_none())
+        });
+        if live.is_some() {
+            return live;
+        }
+        let conn = connect(self, peer).await?;
+        self.adopt(peer, &conn);
+        tokio::spawn(read_loop(self.clone(), conn.clone()));
+        Some(conn)
     }
 
     /// Takes new TLS configurations (a reload): every handshake from now on, accepted or
@@ -769,6 +915,12 @@ async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
                 }
                 Err(_) => return,
             },
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_relay(t.clone(), peer.clone(), send, recv));
+                }
+                Err(_) => return,
+            },
         }
     }
 }
@@ -800,4 +952,73 @@ async fn read_stream(
             tracing::debug!(peer = %from, "mesh message not whole after {STREAM_DEADLINE:?}; stream stopped");
         }
     }
+}
+
+/// Checks a relay stream as far as the mesh can (the peer, the caps, the request's size,
+/// deadline and hop count) and hands it to the node; a refusal is answered and counted.
+async fn serve_relay(
+    t: Arc<Transport>,
+    peer: Arc<Peer>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Some(serve) = t.relays.get() else {
+        // Nobody serves relays (the mesh is starting): not counted, nothing to count with.
+        relay::refuse_on(&mut send, &mut recv, RefuseReason::NotRelaying).await;
+        return;
+    };
+    let id = peer.id.clone().unwrap_or_default();
+    let refused = |reason: RefuseReason| {
+        serve.metrics.relay_refused(reason);
+        tracing::debug!(peer = %id, "relay stream refused: {reason}");
+    };
+    let standing = (serve.standing)(&id, peer.cert.as_deref());
+    let slot = match serve.open.take(&id, standing) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            refused(reason);
+            relay::refuse_on(&mut send, &mut recv, reason).await;
+            return;
+        }
+    };
+    let read = relay::read_frame(&mut recv, MAX_RELAY_REQUEST);
+    let request = match tokio::time::timeout(RELAY_REQUEST_DEADLINE, read).await {
+        Err(_) => Err(RefuseReason::Deadline),
+        Ok(Err(_)) => Err(RefuseReason::BadRequest),
+        Ok(Ok(body)) => codec::decode::<RelayRequest>(&body)
+            .map_err(|_| RefuseReason::BadRequest)
+            .and_then(|req| relay::check_request(&req).map(|()| req)),
+    };
+    let request = match request {
+        Ok(req) => req,
+        Err(reason) => {
+            refused(reason);
+            relay::refuse_on(&mut send, &mut recv, reason).await;
+            return;
+        }
+    };
+    let bytes = serve.metrics.relay_bytes(&id);
+    let incoming = IncomingRelay::new(
+        request,
+        id.clone(),
+        send,
+        recv,
+        slot,
+        bytes,
+        serve.metrics.clone(),
+    );
+    if let Err(e) = serve.queue.try_send(incoming) {
+        let (reason, incoming) = match e {
+            mpsc::error::TrySendError::Full(i) => (RefuseReason::Busy, i),
+            // The node stopped taking requests (shutting down).
+            mpsc::error::TrySendError::Closed(i) => (RefuseReason::NotRelaying, i),
+        };
+        // Counted by the refusal itself.
+        tracing::debug!(peer = %id, "relay stream refused: {reason}");
+        incoming.refuse(reason).await;
+        return;
+    }
+    serve
+        .metrics
+        .relay_stream(&id, crate::metrics::Dir::Received);
 }
