@@ -278,6 +278,68 @@ impl Drop for Slot {
     }
 }
 
+/// The connection-level QUIC receive window of a connection that carries at least one
+/// accepted relay stream: two relayed connections at a full stream window (see `transport`).
+pub const RELAY_CONN_WINDOW: u32 = 24 << 20;
+
+/// Accepted relay streams open per QUIC connection. The first widens the connection's receive
+/// window to [`RELAY_CONN_WINDOW`]; when the last ends it narrows back, so a connection that
+/// carries only gossip keeps gossip's bound.
+#[derive(Debug)]
+pub(crate) struct Widening {
+    narrow: u32,
+    per_conn: Mutex<HashMap<usize, usize>>,
+}
+
+impl Widening {
+    pub(crate) fn new(narrow: u32) -> Arc<Self> {
+        Arc::new(Widening {
+            narrow,
+            per_conn: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more relay stream on `conn`, until the guard is dropped.
+    pub(crate) fn widen(self: &Arc<Self>, conn: &quinn::Connection) -> Widened {
+        let mut map = self.per_conn.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(conn.stable_id()).or_insert(0);
+        if *n == 0 {
+            conn.set_receive_window(quinn::VarInt::from_u32(RELAY_CONN_WINDOW));
+        }
+        *n += 1;
+        Widened {
+            widening: self.clone(),
+            conn: conn.clone(),
+        }
+    }
+}
+
+/// One relay stream's share of its connection's wide window.
+#[derive(Debug)]
+pub struct Widened {
+    widening: Arc<Widening>,
+    conn: quinn::Connection,
+}
+
+impl Drop for Widened {
+    fn drop(&mut self) {
+        let mut map = self
+            .widening
+            .per_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let id = self.conn.stable_id();
+        if let Some(n) = map.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&id);
+                self.conn
+                    .set_receive_window(quinn::VarInt::from_u32(self.widening.narrow));
+            }
+        }
+    }
+}
+
 /// Bytes a relay stream carried, per peer: received from it and sent to it.
 #[derive(Debug, Clone, Default)]
 pub struct ByteCounters {
@@ -294,6 +356,7 @@ pub struct RelayStreams {
     recv: quinn::RecvStream,
     bytes: ByteCounters,
     _slot: Option<Slot>,
+    _widened: Widened,
 }
 
 impl RelayStreams {
@@ -302,12 +365,14 @@ impl RelayStreams {
         recv: quinn::RecvStream,
         bytes: ByteCounters,
         slot: Option<Slot>,
+        widened: Widened,
     ) -> Self {
         RelayStreams {
             send,
             recv,
             bytes,
             _slot: slot,
+            _widened: widened,
         }
     }
 }
@@ -358,6 +423,8 @@ pub struct IncomingRelay {
     /// The asking node, from its certificate.
     pub from_peer: String,
     streams: Option<(quinn::SendStream, quinn::RecvStream, Slot)>,
+    /// The connection it came on, widened when accepted.
+    conn: (Arc<Widening>, quinn::Connection),
     bytes: ByteCounters,
     /// Counts the refusal, whether the node refuses or drops the request.
     metrics: MeshMetrics,
@@ -379,6 +446,7 @@ impl IncomingRelay {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         slot: Slot,
+        conn: (Arc<Widening>, quinn::Connection),
         bytes: ByteCounters,
         metrics: MeshMetrics,
     ) -> Self {
@@ -386,6 +454,7 @@ impl IncomingRelay {
             request,
             from_peer,
             streams: Some((send, recv, slot)),
+            conn,
             bytes,
             metrics,
         }
@@ -408,11 +477,13 @@ impl IncomingRelay {
                 peer,
                 source: e.into(),
             })?;
+        let widened = self.conn.0.widen(&self.conn.1);
         Ok(RelayStreams::new(
             send,
             recv,
             self.bytes.clone(),
             Some(slot),
+            widened,
         ))
     }
 

@@ -12,10 +12,14 @@
 //! [`STREAM_DEADLINE`] and [`MAX_STREAM`] bytes (else stopped); the links and connections
 //! ([`Transport::set_max_links`], twice as many connections), the streams in flight to one
 //! peer ([`STREAMS_OUT`]), and the bytes waiting for the mesh task ([`INBOX_BYTES`]). So one
-//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 32 MiB.
-//! The windows are sized for relay streams (bidirectional; see `relay` for their own bounds:
-//! members only, per peer and in all, the request's size and deadline): what a relay stream
-//! receives, the node reads and pipes on, so QUIC holds no more of it than the windows allow.
+//! connection holds at most [`CONN_WINDOW`] + [`READERS_PER_CONN`] x [`MAX_STREAM`] = 12 MiB.
+//!
+//! Relay streams (bidirectional; see `relay` for their own bounds: members only, per peer and
+//! in all, the request's size and deadline) need a window of bandwidth x RTT. Only while a
+//! connection carries an accepted relay stream is its receive window widened to
+//! [`relay::RELAY_CONN_WINDOW`] (`relay::Widened`); when the last one ends it narrows again. What a relay
+//! stream receives, the node reads and pipes on, so QUIC holds no more of it than that; a
+//! peer with no relay accepted stays within the 12 MiB above.
 //!
 //! New TLS material (a reload) is taken without a restart ([`Transport::set_tls`]): new
 //! handshakes, both ways, use it, and [`Transport::close_where`] closes the open connections
@@ -39,7 +43,7 @@ use crate::error::GossipError;
 use crate::metrics::MeshMetrics;
 use crate::relay::{
     self, IncomingRelay, Open, PeerStanding, RefuseReason, RelayError, RelayRequest, RelayResponse,
-    RelayStreams, MAX_RELAY_REQUEST, RELAY_REQUEST_DEADLINE, RELAY_RESPONSE_DEADLINE,
+    RelayStreams, Widening, MAX_RELAY_REQUEST, RELAY_REQUEST_DEADLINE, RELAY_RESPONSE_DEADLINE,
     RELAY_STREAMS_PER_PEER, RELAY_STREAM_SLACK,
 };
 use crate::tls::{self, NodeTls};
@@ -51,12 +55,15 @@ use crate::tls::{self, NodeTls};
 pub const MAX_STREAM: usize = 2 << 20;
 
 /// Connection-level QUIC receive window: what a peer may have in flight, unread, on one
-/// connection, all streams together. Two relayed connections at full [`STREAM_WINDOW`].
-pub const CONN_WINDOW: u32 = 24 << 20;
+/// connection, all streams together, while no relay stream is open on it.
+pub const CONN_WINDOW: u32 = 4 << 20;
+
+/// The connection-level receive window while at least one accepted relay stream is open on
 
 /// Per-stream QUIC receive window, sized for a relay stream (bandwidth x RTT): 500 Mbit/s
 /// across 170 ms is 10.6 MB in flight; quinn's default 1.25 MB caps one stream near
-/// 60 Mbit/s on that path. A replication message is still cut at [`MAX_STREAM`].
+/// 60 Mbit/s on that path. Replication streams stay inside [`CONN_WINDOW`] and are cut at
+/// [`MAX_STREAM`], so the wide stream window gives them nothing more.
 pub const STREAM_WINDOW: u32 = 12 << 20;
 
 /// Unidirectional streams a peer may have open on one connection at once: QUIC does not let
@@ -101,8 +108,9 @@ pub(crate) fn limit(transport: &mut quinn::TransportConfig) {
         .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_STREAMS_IN))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_IN))
-        // What this node keeps unacknowledged for a peer: as much as a peer may take.
-        .send_window(u64::from(CONN_WINDOW))
+        // What this node keeps unacknowledged for a peer: as much as a relaying peer may take.
+        // Only what this node itself writes fills it.
+        .send_window(u64::from(relay::RELAY_CONN_WINDOW))
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
 }
 
@@ -243,6 +251,8 @@ pub struct Transport {
     inbox_bytes: Arc<AtomicUsize>,
     /// Who serves relay streams ([`Transport::serve_relays`]); until set, all are refused.
     relays: std::sync::OnceLock<RelayServe>,
+    /// Relay streams per connection, which widen its receive window.
+    widening: Arc<Widening>,
 }
 
 /// How the mesh judges the peer asking for a relay stream: by its node id and certificate.
@@ -310,6 +320,7 @@ impl Transport {
             max_links: AtomicUsize::new(DEFAULT_MAX_LINKS),
             inbox_bytes: Arc::new(AtomicUsize::new(0)),
             relays: std::sync::OnceLock::new(),
+            widening: Widening::new(CONN_WINDOW),
         });
         tokio::spawn(accept_loop(t.clone()));
         Ok(t)
@@ -379,7 +390,8 @@ impl Transport {
                         .get()
                         .map(|r| r.metrics.relay_bytes(peer_id))
                         .unwrap_or_default();
-                    Ok(RelayStreams::new(send, recv, bytes, None))
+                    let widened = self.widening.widen(&conn);
+                    Ok(RelayStreams::new(send, recv, bytes, None, widened))
                 }
                 Ok(RelayResponse::Refused(reason)) => Err(RelayError::Refused {
                     peer: peer(),
@@ -917,7 +929,7 @@ async fn read_loop(t: Arc<Transport>, conn: quinn::Connection) {
             },
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
-                    tokio::spawn(serve_relay(t.clone(), peer.clone(), send, recv));
+                    tokio::spawn(serve_relay(t.clone(), peer.clone(), conn.clone(), send, recv));
                 }
                 Err(_) => return,
             },
@@ -959,6 +971,7 @@ async fn read_stream(
 async fn serve_relay(
     t: Arc<Transport>,
     peer: Arc<Peer>,
+    conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -1004,6 +1017,7 @@ async fn serve_relay(
         send,
         recv,
         slot,
+        (t.widening.clone(), conn),
         bytes,
         serve.metrics.clone(),
     );

@@ -20,7 +20,7 @@ use switchyard_geo::Region;
 use switchyard_gossip::codec;
 use switchyard_gossip::relay::{RELAY_REQUEST_DEADLINE, RELAY_STREAMS_PER_PEER};
 use switchyard_gossip::tls::{self, NodeTls};
-use switchyard_gossip::transport::Transport;
+use switchyard_gossip::transport::{self, Transport};
 use switchyard_gossip::{
     MemberState, Mesh, MeshConfig, MeshMetrics, Profile, RefuseReason, RelayError, RelayRequest,
     RelayResponse, Timings,
@@ -161,6 +161,38 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
     assert_eq!(bytes(&a, "edge-b", "Received"), 300_005);
     assert_eq!(bytes(&b, "edge-a", "Received"), 300_000);
     assert_eq!(bytes(&b, "edge-a", "Sent"), 300_005);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stream_may_have_a_long_paths_worth_in_flight_beyond_the_gossip_window() {
+    // 500 Mbit/s across 170 ms is 10.6 MB in flight: the asker must be able to write that
+    // much before the peer reads a byte, although gossip alone gets only CONN_WINDOW.
+    const IN_FLIGHT: usize = 10 << 20;
+    assert!(IN_FLIGHT > transport::CONN_WINDOW as usize);
+    let certs = Certs::new("relay", "wide");
+    let (a, b) = pair(&certs).await;
+    let mut requests = b.mesh.relay_requests().expect("the relay queue");
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let incoming = requests.recv().await.expect("a relay request");
+        let mut s = incoming.accept().await.expect("accepted");
+        wait.await.expect("the asker wrote it all");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("the asker's half");
+        got.len()
+    });
+    let mut s = a
+        .mesh
+        .open_relay("edge-b", request(0))
+        .await
+        .expect("edge-b accepts");
+    tokio::time::timeout(WAIT, s.write_all(&vec![1u8; IN_FLIGHT]))
+        .await
+        .expect("written while the peer reads nothing: the relay's window is wide")
+        .unwrap();
+    s.shutdown().await.unwrap();
+    go.send(()).unwrap();
+    assert_eq!(server.await.unwrap(), IN_FLIGHT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
