@@ -443,8 +443,7 @@ impl IncomingRelay {
     pub(crate) fn new(
         request: RelayRequest,
         from_peer: String,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
         slot: Slot,
         conn: (Arc<Widening>, quinn::Connection),
         bytes: ByteCounters,

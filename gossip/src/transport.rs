@@ -58,8 +58,6 @@ pub const MAX_STREAM: usize = 2 << 20;
 /// connection, all streams together, while no relay stream is open on it.
 pub const CONN_WINDOW: u32 = 4 << 20;
 
-/// The connection-level receive window while at least one accepted relay stream is open on
-
 /// Per-stream QUIC receive window, sized for a relay stream (bandwidth x RTT): 500 Mbit/s
 /// across 170 ms is 10.6 MB in flight; quinn's default 1.25 MB caps one stream near
 /// 60 Mbit/s on that path. Replication streams stay inside [`CONN_WINDOW`] and are cut at
@@ -1014,8 +1012,7 @@ async fn serve_relay(
     let incoming = IncomingRelay::new(
         request,
         id.clone(),
-        send,
-        recv,
+        (send, recv),
         slot,
         (t.widening.clone(), conn),
         bytes,
