@@ -16,10 +16,24 @@ struct StateLabels {
     state: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum Dir {
     Sent,
     Received,
+}
+
+// Label values in lower case, as Prometheus' own exporters write them.
+impl EncodeLabelValue for Dir {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Dir::Sent => "sent",
+            Dir::Received => "received",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
