@@ -16,7 +16,9 @@ use switchyard_gossip::{
     Mesh, MeshConfig, MeshMetrics, Profile, RefuseReason, RelayError, RelayRequest, Timings,
 };
 use switchyard_node::{status, App, Config, StartOptions};
-use switchyard_tests::harness::{app_addr, eventually, init_logs, origin_with, MeshCerts};
+use switchyard_tests::harness::{
+    app_addr, eventually, init_logs, origin_with, MeshCerts, FAST_TCP_MONITOR,
+};
 use switchyard_tests::origin::{read_line, TestOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -29,14 +31,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// [p, q], and `solo` over [q] alone; apps `relayed` and `direct` sending a PROXY v1 header.
 fn body(o_addr: SocketAddr, o2_addr: SocketAddr) -> String {
     format!(
-        r#"
-[[monitor]]
-name = "tcp"
-type = "tcp"
-interval = "200ms"
-timeout = "150ms"
-retries = 0
-
+        r#"{FAST_TCP_MONITOR}
 [[pool]]
 name = "p"
 monitor = "tcp"
