@@ -18,9 +18,10 @@
 //!    id with a higher generation, and no node declares the running new incarnation down.
 //! 6. A path cut: edge-wnam alone loses its path to WEU's origins (iptables rules in WNAM's
 //!    namespace; the mesh stays up). Its own rows for them go down with the verdict "path"
-//!    (it asked peers in other regions, who reach them), it steers its own clients around
-//!    them, and the other nodes keep them up and keep serving the weu pool; after healing its
-//!    rows come back up and the verdict clears. Needs `iptables` (CI installs it).
+//!    (it asked peers in other regions, who reach them); its apps, which relay by default,
+//!    keep weu for its clients and serve them through a peer (explain: via the peer, direct
+//!    path down), and the other nodes keep the rows up and keep serving the weu pool; after
+//!    healing its rows come back up and the verdict clears. Needs `iptables` (CI installs it).
 //! 7. A revoked node: `switchyard cert revoke` lists edge-seas, the two other nodes reload
 //!    (SIGHUP) with that list. They drop edge-seas from the mesh and its rows from their views,
 //!    refuse it (counted as `revoked`), and keep serving every pool from their own probes;
@@ -1562,6 +1563,39 @@ fn cut_invariant(docs: &[(&str, Status, Value)], cut: &[String]) -> Option<Strin
 }
 
 impl Cluster {
+    /// A client of region `from` on app `app` of the node of `via`, served by `pool` through a
+    /// peer because that node's own path is down (its explain says so just before): the
+    /// greeting and the path, or why not.
+    async fn served_relayed(
+        &self,
+        from: &str,
+        via: &str,
+        app: &str,
+        pool: &str,
+    ) -> Result<String, String> {
+        use switchyard_node::core::relay::Why;
+        let e = self
+            .explanation(via, app, self.client_ip(from))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let path = e.path.unwrap_or_default();
+        let relayed = path
+            .strip_prefix("via ")
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|peer| path == via_words(peer, Why::DirectDown));
+        if relayed.is_none() {
+            return Err(format!(
+                "path {path:?} ({})",
+                e.path_reason.unwrap_or_default()
+            ));
+        }
+        let got = self.origin_for(from, via, app).await?;
+        if pool_of(&got) != pool {
+            return Err(format!("served by {got}, path {path}"));
+        }
+        Ok(format!("{got} ({path})"))
+    }
+
     /// Every node's status, typed and as JSON, by region.
     async fn docs(&self) -> Result<Vec<(&'static str, Status, Value)>, String> {
         let mut all = Vec::new();
@@ -1735,25 +1769,26 @@ async fn path_cut(c: &Cluster) -> Result<()> {
     ));
     c.snapshot("cut").await;
 
-    // edge-wnam steers its own region's clients around the cut path (WNAM's view has weu
-    // down); the other nodes keep serving weu, with both of its origins, to their own clients
-    // and to SEAS's.
+    // A path down from edge-wnam alone does not make weu down: its failover app (relay =
+    // "failover", the default) keeps weu for its own region's clients, through a peer that
+    // reaches it (WNAM's view has weu down). The other nodes keep serving weu, with both of its
+    // origins, to their own clients and to SEAS's.
     c.wait_for(
-        &format!("a WNAM client via {me}'s failover app is served by wnam"),
+        &format!("a WNAM client via {me}'s failover app is served by {CUT_POOL}, relayed"),
         CONVERGE,
         || async {
             watch(&c.docs().await?, t_cut);
-            let got = c.origin_for("WNAM", CUT_FROM, APP_FAILOVER).await?;
-            match pool_of(&got) {
-                "wnam" => Ok(()),
-                _ => Err(format!("served by {got}")),
-            }
+            c.served_relayed("WNAM", CUT_FROM, APP_FAILOVER, CUT_POOL)
+                .await
+                .map(|_| ())
         },
     )
     .await?;
     c.note(format!(
         "  during the cut, a WNAM client via {me}'s failover app (weu, wnam, seas) is served by {}",
-        c.client("WNAM", CUT_FROM, APP_FAILOVER).await?
+        c.served_relayed("WNAM", CUT_FROM, APP_FAILOVER, CUT_POOL)
+            .await
+            .map_err(anyhow::Error::msg)?
     ));
     for (from, via, app) in routes {
         let served: RefCell<BTreeSet<String>> = RefCell::new(BTreeSet::new());
@@ -1872,28 +1907,29 @@ async fn path_cut(c: &Cluster) -> Result<()> {
             o.healthy
         );
     }
-    // Knowing that its own path is to blame, edge-wnam does not send a client there whatever
-    // the client's region sees: a WEU client on its geo app (WEU's view has weu up) is served
-    // by another pool, not held until connect_timeout and closed. Checked after the verdict,
-    // and on failure the scenario goes on to heal (to show the rest), then fails with it.
+    // Knowing that its own path is to blame, edge-wnam does not send a client there directly
+    // whatever the client's region sees: a WEU client on its geo app (WEU's view has weu up)
+    // is served by weu through a peer, not held until connect_timeout and closed. Checked
+    // after the verdict, and on failure the scenario goes on to heal (to show the rest), then
+    // fails with it.
     let stranded = c
         .wait_for(
-            &format!("a WEU client via {me}'s geo app is served, not by {CUT_POOL}"),
+            &format!("a WEU client via {me}'s geo app is served by {CUT_POOL}, relayed"),
             CONVERGE,
             || async {
                 watch(&c.docs().await?, t_cut);
-                let got = c.origin_for("WEU", CUT_FROM, APP_GEO).await?;
-                if pool_of(&got) == CUT_POOL {
-                    return Err(format!("served by {got}"));
-                }
-                Ok(())
+                c.served_relayed("WEU", CUT_FROM, APP_GEO, CUT_POOL)
+                    .await
+                    .map(|_| ())
             },
         )
         .await;
     match &stranded {
         Ok(_) => c.note(format!(
             "  during the cut, a WEU client via {me}'s geo app is served by {}",
-            c.client("WEU", CUT_FROM, APP_GEO).await?
+            c.served_relayed("WEU", CUT_FROM, APP_GEO, CUT_POOL)
+                .await
+                .map_err(anyhow::Error::msg)?
         )),
         Err(_) => c.note(c.explain(CUT_FROM, APP_GEO, c.client_ip("WEU")).await),
     }
@@ -2668,10 +2704,15 @@ impl Cluster {
         let first = count().await?;
         for _ in 0..RELAY_PROBES {
             let before = count().await?;
-            let got = self.relay_client().await.map_err(anyhow::Error::msg)?;
+            // The path explain gives just before: on a failure, what the node meant to do.
+            let (path, why) = self.relay_path().await.map_err(anyhow::Error::msg)?;
+            let got = match self.relay_client().await {
+                Ok(got) => got,
+                Err(e) => bail!("{e} (the path just before: {path}: {why})"),
+            };
             let after = count().await?;
             self.note(format!(
-                "  a {RELAY_FROM} client via {me}'s {APP_RELAY} app: {got}; {via}'s relay streams from {me}: {before} -> {after}"
+                "  a {RELAY_FROM} client via {me}'s {APP_RELAY} app ({path}): {got}; {via}'s relay streams from {me}: {before} -> {after}"
             ));
             if relayed {
                 assert!(
@@ -2959,6 +3000,11 @@ async fn relay_refused(c: &Cluster) -> Result<()> {
             let now = c.refusals(ASKED).await?;
             let n = |m: &BTreeMap<String, f64>| m.get("wrong_ca").copied().unwrap_or(0.0);
             if n(&now) > n(&mesh_before) {
+                c.note(format!(
+                    "{asked} counted the stranger's handshake: wrong_ca {} -> {}",
+                    n(&mesh_before),
+                    n(&now)
+                ));
                 Ok(())
             } else {
                 Err(format!("refusals {now:?} (before: {mesh_before:?})"))
