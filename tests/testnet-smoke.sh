@@ -165,9 +165,9 @@ client_via() {
 
 # Checks for within; each sets LAST to what it saw.
 in_pool() { # REGION APP NODE POOL: three connections in a row reach origins of POOL
-    local got i
+    local got
     LAST=
-    for i in 1 2 3; do
+    for _ in 1 2 3; do
         got=$(client_via "$1" "$2" "$3")
         LAST+="${LAST:+, }${got:-no answer}"
         [[ $got == "$4"-[0-9]* ]] || return 1
