@@ -15,10 +15,13 @@ use crate::core::relay::{self, Decision, Direct, Hold, Inputs, Peer};
 use crate::core::view::{RemoteReport, Snapshot};
 use crate::hub::HealthHub;
 
-/// The hold-down state of every (load balancer, pool, origin) a path was decided for.
+/// The hold-down state of every (load balancer, pool, origin) a path was decided for, and
+/// the peers whose relays failed lately.
 #[derive(Debug, Default)]
 pub struct Relays {
     holds: Mutex<HashMap<Slot, Hold>>,
+    /// When a relay through each peer last failed; passed over for [`relay::SHUN`] after.
+    failed: Mutex<HashMap<Arc<str>, Instant>>,
 }
 
 /// What a path is decided for: load balancer `lb`'s connection to origin `origin` of pool
@@ -41,6 +44,14 @@ impl Relays {
         self.run(t, now, true)
     }
 
+    /// A relay through `peer` failed at `now` (no answer, refused, no connection): it is
+    /// passed over for [`relay::SHUN`], and a path held through it switches at once.
+    pub fn failed(&self, peer: &str, now: Instant) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, at| now < *at + relay::SHUN);
+        failed.insert(peer.into(), now);
+    }
+
     /// As [`Relays::path`], without remembering the choice: what explain and status show.
     pub fn peek(&self, t: &Target<'_>, now: Instant) -> Decision {
         self.run(t, now, false)
@@ -58,7 +69,11 @@ impl Relays {
                 rtt: r.rtt,
             });
         let peers = match t.mesh {
-            Some(m) => peers(&key, &t.health.remote(), m),
+            Some(m) => {
+                let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                let lately = |id: &str| failed.get(id).is_some_and(|at| now < *at + relay::SHUN);
+                peers(&key, &t.health.remote(), m, lately)
+            }
             None => Vec::new(),
         };
         let lb = &rt.load_balancers[t.lb];
@@ -81,29 +96,36 @@ impl Relays {
 type Slot = (Arc<str>, OriginKey);
 
 /// Every other member as a possible relay for the origin `key`: SWIM's state and round trip,
-/// its advert's readiness, and its own row for the origin (a direct observation: rows are
-/// never written for relayed paths, so a peer is used only when it reaches the origin itself).
-pub fn peers(key: &OriginKey, remote: &[RemoteReport], mesh: &MeshState) -> Vec<Peer> {
+/// its advert's readiness, its own row for the origin (a direct observation: rows are
+/// never written for relayed paths, so a peer is used only when it reaches the origin itself),
+/// and whether a relay through it `failed_lately`.
+pub fn peers(
+    key: &OriginKey,
+    remote: &[RemoteReport],
+    mesh: &MeshState,
+    failed_lately: impl Fn(&str) -> bool,
+) -> Vec<Peer> {
+    // Indexed once: this runs for new connections, over every member.
+    let ready: HashMap<&str, bool> = (mesh.writers.iter())
+        .map(|w| (w.node.as_str(), w.live && w.advert.ready))
+        .collect();
+    let rows: HashMap<&str, &RemoteReport> = (remote.iter())
+        .filter(|r| r.live)
+        .map(|r| (&*r.node, r))
+        .collect();
     mesh.members
         .iter()
         .filter(|m| m.id != mesh.local.id)
         .map(|m| {
-            let ready = mesh
-                .writers
-                .iter()
-                .find(|w| w.node == m.id)
-                .is_some_and(|w| w.live && w.advert.ready);
-            let row = remote
-                .iter()
-                .find(|r| r.live && *r.node == *m.id)
-                .and_then(|r| r.rows.get(key));
+            let row = rows.get(m.id.as_str()).and_then(|r| r.rows.get(key));
             Peer {
                 id: m.id.as_str().into(),
                 alive: m.state == MemberState::Alive,
-                ready,
+                ready: ready.get(m.id.as_str()).copied().unwrap_or(false),
                 origin_up: row.is_some_and(|o| o.healthy),
                 origin_rtt: row.and_then(|o| o.rtt),
                 rtt: m.rtt,
+                failed_lately: failed_lately(&m.id),
             }
         })
         .collect()
@@ -185,18 +207,25 @@ mod tests {
                 member("c", MemberState::Suspect, 20),
                 member("d", MemberState::Alive, 30),
                 member("e", MemberState::Alive, 40),
+                member("f", MemberState::Alive, 10),
             ],
-            writers: vec![writer("b", true), writer("c", true), writer("d", false)],
+            writers: vec![
+                writer("b", true),
+                writer("c", true),
+                writer("d", false),
+                writer("f", true),
+            ],
         };
         let remote = [
             report("b", true, 170),
             report("c", true, 10),
             report("d", true, 10),
             report("e", false, 10),
+            report("f", true, 10),
         ];
-        let peers = peers(&key(), &remote, &mesh);
+        let peers = peers(&key(), &remote, &mesh, |id| id == "f");
         let ids: Vec<&str> = peers.iter().map(|p| &*p.id).collect();
-        assert_eq!(ids, ["b", "c", "d", "e"], "every member but this node");
+        assert_eq!(ids, ["b", "c", "d", "e", "f"], "every member but this node");
         let b = &peers[0];
         assert!(b.eligible());
         assert_eq!(b.cost(), Some(Duration::from_millis(330)));
@@ -204,6 +233,7 @@ mod tests {
         assert!(!peers[2].ready, "its advert says not ready");
         assert!(!peers[3].ready, "no advert heard");
         assert!(!peers[3].origin_up, "its own path is down");
+        assert!(peers[4].failed_lately, "a relay through it failed lately");
         let eligible: Vec<&str> = peers
             .iter()
             .filter(|p| p.eligible())

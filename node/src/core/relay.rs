@@ -37,6 +37,21 @@ use crate::core::compiled::{CompiledConfig, OriginKey};
 /// better: long enough to ride out RTT wobble, short enough to follow a real route change.
 pub const HOLD_DOWN: Duration = Duration::from_secs(30);
 
+/// How long a peer whose relay failed is passed over: as long as a path choice is held.
+pub const SHUN: Duration = HOLD_DOWN;
+
+/// How long a relay request through a peer is given to be answered, when the path's round
+/// trip is known: the peer answers once it has connected to the origin, so one round trip
+/// to it and one from it to the origin, twice over for queueing and loss, plus
+/// [`ANSWER_SLACK`]. A peer that does not answer by then is passed over (and the next
+/// tried) while the client's connect timeout still has time for it.
+pub fn answer_bound(expected_rtt: Option<Duration>, left: Duration) -> Duration {
+    expected_rtt.map_or(left, |rtt| (rtt * 2 + ANSWER_SLACK).min(left))
+}
+
+/// See [`answer_bound`].
+pub const ANSWER_SLACK: Duration = Duration::from_secs(1);
+
 /// The least a relayed path must win by under `fastest`...
 pub const MIN_MARGIN: Duration = Duration::from_millis(10);
 
@@ -74,12 +89,17 @@ pub struct Peer {
     pub origin_rtt: Option<Duration>,
     /// SWIM's round trip from this node to it.
     pub rtt: Option<Duration>,
+    /// A relay through it failed within the last [`SHUN`] (no answer, refused, no
+    /// connection): SWIM may still call it alive when only the link from here is cut (its
+    /// indirect acks come through others) and the QUIC round trip is then a stale figure.
+    pub failed_lately: bool,
 }
 
 impl Peer {
-    /// May carry a relayed connection: alive, ready and reaching the origin itself.
+    /// May carry a relayed connection: alive, ready, reaching the origin itself, and not
+    /// failing this node's relays lately.
     pub fn eligible(&self) -> bool {
-        self.alive && self.ready && self.origin_up
+        self.alive && self.ready && self.origin_up && !self.failed_lately
     }
 
     /// RTT(here, peer) + RTT(peer, origin), when both are known.
@@ -434,6 +454,7 @@ mod tests {
             origin_up: true,
             origin_rtt: Some(msd(origin)),
             rtt: Some(msd(to)),
+            failed_lately: false,
         }
     }
     fn once(policy: RelayPolicy, direct: Option<Direct>, peers: &[Peer]) -> Decision {
@@ -508,15 +529,32 @@ mod tests {
         // A peer whose own path is down (it would have to relay in turn: a second hop).
         let mut cut = peer("c", 1, 1);
         cut.origin_up = false;
-        let peers = [dead.clone(), unready.clone(), cut.clone(), good];
+        // A peer SWIM calls alive whose relay failed lately (the link to it is cut).
+        let mut unanswering = peer("d", 1, 1);
+        unanswering.failed_lately = true;
+        let peers = [
+            dead.clone(),
+            unready.clone(),
+            cut.clone(),
+            unanswering.clone(),
+            good,
+        ];
         for policy in [Failover, Fastest] {
             let d = once(policy, down(), &peers);
             assert_eq!(via_of(&d), Some("z"), "{policy:?}: {}", d.reason);
         }
-        let d = once(Failover, down(), &[dead, unready, cut]);
+        let d = once(Failover, down(), &[dead, unready, cut, unanswering]);
         assert_eq!(d.path, Path::Direct);
         assert!(d.reason.contains("no ready peer reaches"), "{}", d.reason);
         assert_eq!(once(Fastest, down(), &[]).path, Path::Direct);
+    }
+
+    #[test]
+    fn a_peer_is_given_twice_the_paths_round_trip_to_answer_within_the_time_left() {
+        let left = Duration::from_secs(5);
+        assert_eq!(answer_bound(Some(msd(330)), left), msd(1660));
+        assert_eq!(answer_bound(Some(msd(330)), msd(400)), msd(400));
+        assert_eq!(answer_bound(None, left), left, "unknown: all the time left");
     }
 
     #[test]
@@ -652,14 +690,16 @@ mod tests {
             any::<bool>(),
             proptest::option::of(0u64..500),
             proptest::option::of(0u64..500),
+            any::<bool>(),
         )
-            .prop_map(|(id, alive, ready, origin_up, o, r)| Peer {
+            .prop_map(|(id, alive, ready, origin_up, o, r, failed_lately)| Peer {
                 id: format!("n{id}").into(),
                 alive,
                 ready,
                 origin_up,
                 origin_rtt: o.map(msd),
                 rtt: r.map(msd),
+                failed_lately,
             })
     }
 

@@ -44,7 +44,7 @@ use crate::config::{
 };
 use crate::core::affinity::Affinity;
 use crate::core::compiled::{CompiledConfig, OriginKey};
-use crate::core::relay::Path;
+use crate::core::relay::{answer_bound, Path, SHUN};
 use crate::core::steering::{self, Request};
 use crate::core::trouble::{blame_io, blame_timeout, local_cause, Blame};
 use crate::core::view::Snapshot;
@@ -402,16 +402,23 @@ async fn connect(
         };
         // The request names the origin, not a port: an app on a port range goes direct.
         if !cfg.listen.is_range() {
-            if let Some((peer, mesh)) = relay_peer(cx, &snap, lb_idx, d.pool, d.origin) {
-                let request = RelayRequest {
-                    load_balancer: lb.name.to_string(),
-                    pool: pool.name.to_string(),
-                    origin: origin.name.to_string(),
-                    client: client_addr,
-                    hops: 0,
+            let request = RelayRequest {
+                load_balancer: lb.name.to_string(),
+                pool: pool.name.to_string(),
+                origin: origin.name.to_string(),
+                client: client_addr,
+                hops: 0,
+            };
+            // A peer that does not answer is passed over from now on, and the next one
+            // asked, while the connect timeout lasts.
+            for _ in 0..RELAY_TRIES {
+                let Some((peer, expected, mesh)) = relay_peer(cx, &snap, lb_idx, d.pool, d.origin)
+                else {
+                    break;
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tunnel::open(mesh, &peer, request, first, left).await {
+                let within = answer_bound(expected, left);
+                match tunnel::open(mesh, &peer, request.clone(), first, within).await {
                     Ok(streams) => {
                         let counters = cx.metrics.relayed(&lb.name, &peer, RelayRole::Sent);
                         counters.connections.inc();
@@ -422,15 +429,18 @@ async fn connect(
                             counters,
                         });
                     }
-                    // As without relaying: the direct attempt and, failing it, failover.
+                    // As without relaying, when no other peer will: the direct attempt and,
+                    // failing it, failover.
                     Err(e) => {
                         tracing::warn!(
                             load_balancer = %lb.name,
                             pool = %pool.name,
                             origin = %origin.name,
                             %peer,
-                            "relay not had, connecting directly instead: {e}"
+                            "relay not had; passing the peer over for {}s: {e}",
+                            SHUN.as_secs()
                         );
+                        cx.relays.failed(&peer, Instant::now());
                         cx.metrics
                             .relay_fallbacks
                             .get_or_create(&RelayFallbackLabels {
@@ -469,16 +479,20 @@ async fn connect(
     None
 }
 
+/// Peers asked to relay one connection at most: the first choice and, when it does not
+/// answer, the next best twice.
+const RELAY_TRIES: usize = 3;
+
 /// The peer to relay a new connection to origin `origin` of pool `pool` through, for load
-/// balancer `lb`, when the relay decision says so (once per connection: it keeps the
-/// hold-down of `relay = "fastest"`), and the mesh to ask it on.
+/// balancer `lb`, when the relay decision says so (it keeps the hold-down of
+/// `relay = "fastest"`), the path's expected round trip, and the mesh to ask it on.
 fn relay_peer<'a>(
     cx: &'a ProxyContext,
     snap: &Snapshot,
     lb: usize,
     pool: usize,
     origin: usize,
-) -> Option<(Arc<str>, &'a Mesh)> {
+) -> Option<(Arc<str>, Option<Duration>, &'a Mesh)> {
     let mesh = cx.mesh.as_deref()?;
     let policy = snap.rt.load_balancers[lb].relay;
     let seen = &snap.view.pools[pool].origins[origin];
@@ -500,7 +514,9 @@ fn relay_peer<'a>(
         origin,
     };
     match cx.relays.path(&target, Instant::now()).path {
-        Path::Via { peer, .. } => Some((peer, mesh)),
+        Path::Via {
+            peer, expected_rtt, ..
+        } => Some((peer, expected_rtt, mesh)),
         Path::Direct => None,
     }
 }
