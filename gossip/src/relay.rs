@@ -283,7 +283,7 @@ impl Drop for Slot {
 
 /// The connection-level QUIC receive window of a connection that carries at least one
 /// accepted relay stream: two relayed connections at a full stream window (see `transport`).
-pub const RELAY_CONN_WINDOW: u32 = 24 << 20;
+pub const RELAY_CONN_WINDOW: u32 = 32 << 20;
 
 /// Accepted relay streams open per QUIC connection. The first widens the connection's receive
 /// window to [`RELAY_CONN_WINDOW`]; when the last ends it narrows back, so a connection that

@@ -36,6 +36,9 @@ pub struct MemberInfo {
     pub addr: SocketAddr,
     pub state: MemberState,
     pub generation: u64,
+    /// The QUIC round trip to it, while its connection answers; `None` without a connection,
+    /// or when what this node sent it went unanswered (a cut path that SWIM's indirect acks
+    /// hide: it may still call the member alive).
     pub rtt: Option<Duration>,
 }
 

@@ -59,10 +59,11 @@ pub const MAX_STREAM: usize = 2 << 20;
 pub const CONN_WINDOW: u32 = 4 << 20;
 
 /// Per-stream QUIC receive window, sized for a relay stream (bandwidth x RTT): 500 Mbit/s
-/// across 170 ms is 10.6 MB in flight; quinn's default 1.25 MB caps one stream near
-/// 60 Mbit/s on that path. Replication streams stay inside [`CONN_WINDOW`] and are cut at
+/// across 170 ms is 10.6 MB in flight, and queueing on the path adds to it (12 MiB measured
+/// exactly 500 Mbit/s there, `tests/bench/relay.sh`); quinn's default 1.25 MB caps one
+/// stream near 60 Mbit/s on that path. Replication streams stay inside [`CONN_WINDOW`] and are cut at
 /// [`MAX_STREAM`], so the wide stream window gives them nothing more.
-pub const STREAM_WINDOW: u32 = 12 << 20;
+pub const STREAM_WINDOW: u32 = 16 << 20;
 
 /// Unidirectional streams a peer may have open on one connection at once: QUIC does not let
 /// it open another until one ends.
@@ -202,6 +203,62 @@ struct Link {
     tx: mpsc::Sender<Out>,
     conn: Arc<Mutex<Option<quinn::Connection>>>,
     created: Instant,
+    /// Whether the peer answers what this node sends it ([`Transport::rtt`]).
+    heard: Mutex<Heard>,
+}
+
+/// What a link's connection had sent and received when last looked at, and since when what
+/// it sent has gone unanswered.
+#[derive(Debug, Default)]
+struct Heard {
+    conn: usize,
+    rx: u64,
+    asked: u64,
+    unanswered_since: Option<Instant>,
+}
+
+/// Something this node sent a peer (a SWIM datagram, a stream, a keep-alive ping: every one
+/// acknowledged) that got no packet back for this long, and three round trips, means the
+/// path to it is cut, whatever SWIM (whose indirect acks come round through others) says.
+pub const UNANSWERED: Duration = Duration::from_secs(1);
+
+impl Heard {
+    /// Takes the connection's counters at `now`; false when the peer has not answered for
+    /// [`UNANSWERED`] (and three round trips).
+    fn answering(&mut self, conn: &quinn::Connection, now: Instant) -> bool {
+        let stats = conn.stats();
+        // Frames the peer must acknowledge (pure acks are not: they would look unanswered).
+        let asked = stats.frame_tx.datagram + stats.frame_tx.stream + stats.frame_tx.ping;
+        self.update(
+            conn.stable_id(),
+            stats.udp_rx.datagrams,
+            asked,
+            conn.rtt(),
+            now,
+        )
+    }
+
+    /// [`Heard::answering`] over the counters: `rx` datagrams received, `asked` frames sent
+    /// that the peer acknowledges, on connection `conn`.
+    fn update(&mut self, conn: usize, rx: u64, asked: u64, rtt: Duration, now: Instant) -> bool {
+        if self.conn != conn {
+            *self = Heard {
+                conn,
+                rx,
+                asked,
+                unanswered_since: None,
+            };
+        } else if rx != self.rx {
+            self.rx = rx;
+            self.asked = asked;
+            self.unanswered_since = None;
+        } else if asked != self.asked {
+            self.asked = asked;
+            self.unanswered_since.get_or_insert(now);
+        }
+        self.unanswered_since
+            .is_none_or(|since| now.saturating_duration_since(since) < UNANSWERED.max(rtt * 3))
+    }
 }
 
 /// Peers whose traffic is dropped both ways, for partition tests.
@@ -590,14 +647,17 @@ impl Transport {
         }
     }
 
-    /// The QUIC round-trip time to a peer, when a connection is up.
+    /// The QUIC round-trip time to a peer, while a connection to it is up and answers: `None`
+    /// when what this node sent it has gone unanswered for [`UNANSWERED`] (a cut path, over
+    /// which QUIC's last estimate would be stale). Looked at often (each mesh state), so a
+    /// cut shows within about [`UNANSWERED`] of traffic going unanswered.
     pub fn rtt(&self, peer: SocketAddr) -> Option<Duration> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         let link = links.get(&peer)?;
         let conn = link.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.as_ref()
-            .filter(|c| c.close_reason().is_none())
-            .map(|c| c.rtt())
+        let conn = conn.as_ref().filter(|c| c.close_reason().is_none())?;
+        let mut heard = link.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.answering(conn, Instant::now()).then(|| conn.rtt())
     }
 
     /// Closes the link to a peer (it is re-opened on the next send).
@@ -643,6 +703,7 @@ impl Transport {
             tx,
             conn: slot,
             created: Instant::now(),
+            heard: Mutex::new(Heard::default()),
         }
     }
 
@@ -1032,4 +1093,41 @@ async fn serve_relay(
     serve
         .metrics
         .relay_stream(&id, crate::metrics::Dir::Received);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_stops_answering_what_is_sent_is_unheard_until_it_answers_again() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let rtt = ms(100);
+        let mut h = Heard::default();
+        assert!(h.update(1, 10, 10, rtt, t0), "a new connection");
+        // Sent and answered: heard.
+        assert!(h.update(1, 12, 11, rtt, t0 + ms(500)));
+        // Nothing sent, nothing received (an idle link): still heard, however long.
+        assert!(h.update(1, 12, 11, rtt, t0 + ms(60_000)));
+        // Sent, unanswered: heard while within UNANSWERED...
+        let sent = t0 + ms(61_000);
+        assert!(h.update(1, 12, 12, rtt, sent));
+        assert!(h.update(1, 12, 13, rtt, sent + ms(900)));
+        // ...then not, counting from the first unanswered send.
+        assert!(!h.update(1, 12, 14, rtt, sent + UNANSWERED));
+        // A long path gets three of its round trips.
+        let mut far = Heard::default();
+        far.update(1, 0, 0, ms(500), t0);
+        far.update(1, 0, 1, ms(500), t0 + ms(10));
+        assert!(far.update(1, 0, 1, ms(500), t0 + ms(1_400)));
+        assert!(!far.update(1, 0, 1, ms(500), t0 + ms(1_510)));
+        // Anything received: heard again.
+        assert!(h.update(1, 13, 14, rtt, sent + ms(5_000)));
+        // A new connection starts afresh.
+        h.update(1, 13, 20, rtt, sent + ms(5_100));
+        assert!(h.unanswered_since.is_some());
+        assert!(h.update(2, 0, 0, rtt, sent + ms(9_000)));
+        assert!(h.unanswered_since.is_none());
+    }
 }

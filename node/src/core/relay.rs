@@ -96,10 +96,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// May carry a relayed connection: alive, ready, reaching the origin itself, and not
-    /// failing this node's relays lately.
+    /// May carry a relayed connection: alive, ready, reaching the origin itself, answering
+    /// this node (a round trip known: the mesh gives none over a cut path) and not failing
+    /// this node's relays lately.
     pub fn eligible(&self) -> bool {
-        self.alive && self.ready && self.origin_up && !self.failed_lately
+        self.alive && self.ready && self.origin_up && self.rtt.is_some() && !self.failed_lately
     }
 
     /// RTT(here, peer) + RTT(peer, origin), when both are known.
@@ -532,18 +533,26 @@ mod tests {
         // A peer SWIM calls alive whose relay failed lately (the link to it is cut).
         let mut unanswering = peer("d", 1, 1);
         unanswering.failed_lately = true;
+        // One the mesh gives no round trip to: what this node sent it went unanswered.
+        let mut unheard = peer("e", 1, 1);
+        unheard.rtt = None;
         let peers = [
             dead.clone(),
             unready.clone(),
             cut.clone(),
             unanswering.clone(),
+            unheard.clone(),
             good,
         ];
         for policy in [Failover, Fastest] {
             let d = once(policy, down(), &peers);
             assert_eq!(via_of(&d), Some("z"), "{policy:?}: {}", d.reason);
         }
-        let d = once(Failover, down(), &[dead, unready, cut, unanswering]);
+        let d = once(
+            Failover,
+            down(),
+            &[dead, unready, cut, unanswering, unheard],
+        );
         assert_eq!(d.path, Path::Direct);
         assert!(d.reason.contains("no ready peer reaches"), "{}", d.reason);
         assert_eq!(once(Fastest, down(), &[]).path, Path::Direct);
@@ -559,8 +568,9 @@ mod tests {
 
     #[test]
     fn ties_and_unknown_rtts_rank_deterministically() {
+        // Its round trip to the origin not known yet (it has not probed it since it came up).
         let mut unknown = peer("a", 1, 1);
-        unknown.rtt = None;
+        unknown.origin_rtt = None;
         let peers = [peer("c", 10, 10), unknown.clone(), peer("b", 5, 15)];
         // b and c both cost 20 ms: the lower id wins, whatever the order given.
         for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
