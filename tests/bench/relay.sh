@@ -26,6 +26,9 @@
 #   WAN_QUEUE=65536   wan-emu --queue: packets each directed link may hold in flight
 #   WAN_TCP_MEM=67108864  the largest TCP buffer (tcp_rmem and tcp_wmem max) in the testbed's
 #                     namespaces, so that TCP itself can fill a long path
+#   LOOPBACK=1        0: skip the loopback part
+#   KEEP_DIR=         a directory to keep every iperf3 and sockperf output and the nodes' logs
+#                     in (for a closer look at a run); default: none kept
 #   SKIP_INSTALL=0    1: do not apt-get missing tools
 #   SKIP_BUILD=0      1: use the binaries already in the target directory
 #
@@ -49,6 +52,9 @@ WAN_OMIT_SECS=${WAN_OMIT_SECS:-2}
 WAN_RTT_SECS=${WAN_RTT_SECS:-3}
 WAN_QUEUE=${WAN_QUEUE:-65536}
 WAN_TCP_MEM=${WAN_TCP_MEM:-67108864}
+WAN_TXQUEUE=${WAN_TXQUEUE:-10000}
+LOOPBACK=${LOOPBACK:-1}
+KEEP_DIR=${KEEP_DIR:-}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
@@ -80,6 +86,11 @@ for p in "$PIN_BULK" "$PIN_RTT"; do
     case $p in split | same | none) ;; *) die "PIN_BULK and PIN_RTT must be split, same or none (got $p)" ;; esac
 done
 case $WAN in auto | 0 | 1) ;; *) die "WAN must be auto, 0 or 1 (got $WAN)" ;; esac
+[[ $LOOPBACK == 0 || $LOOPBACK == 1 ]] || die "LOOPBACK must be 0 or 1 (got $LOOPBACK)"
+if [[ -n $KEEP_DIR ]]; then
+    mkdir -p "$KEEP_DIR" || die "cannot make KEEP_DIR=$KEEP_DIR"
+    KEEP_DIR=$(cd "$KEEP_DIR" && pwd)
+fi
 [[ $(id -u) == 0 ]] || die "needs root: network namespaces, and iptables to cut node A's own path to the origin"
 
 # start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample, stats, fmt.
@@ -115,8 +126,10 @@ if [[ $WAN == auto ]]; then
 elif ((WAN)); then
     [[ -c /dev/net/tun && -x $BIN/wan-emu ]] || die "WAN=1 needs /dev/net/tun and $BIN/wan-emu"
 fi
-PARTS=(loopback)
+PARTS=()
+((LOOPBACK)) && PARTS+=(loopback)
 ((WAN)) && PARTS+=(wan)
+((${#PARTS[@]})) || die "nothing to run (LOOPBACK=0 and no WAN part)"
 
 NCPU=$(nproc)
 if ((NCPU < 2)); then PIN_BULK=none PIN_RTT=none; fi
@@ -139,12 +152,18 @@ if ((NCPU < 2)); then PIN_BULK=none PIN_RTT=none; fi
 
 COLS=(direct sy-direct sy-relay)
 declare -A COL_TITLE=([direct]="direct (no proxy)" [sy-direct]="Switchyard direct" [sy-relay]="Switchyard relayed")
-# Origins: two iperf3 servers and two sockperf servers, one of each for the relayed load
-# balancers (the port A is cut from) and one for the direct ones.
+# Origins: an iperf3 server and a sockperf server for each path, so that the tail of one
+# run never meets the next (iperf3 serves one test at a time). The pools' TCP monitors probe
+# a health port of their own (`loadgen serve`), not iperf3's: iperf3 takes every connection
+# for a test. A is cut from the relayed origins and their health port.
 O_BULK_RELAY=7001
 O_BULK_DIRECT=7002
+O_BULK_NOPROXY=7003
 O_RTT_RELAY=7011
 O_RTT_DIRECT=7012
+O_RTT_NOPROXY=7013
+O_HEALTH_RELAY=7098
+O_HEALTH_DIRECT=7099
 # Apps on each node.
 APP_BULK_RELAY=10001
 APP_BULK_DIRECT=10002
@@ -234,16 +253,22 @@ listen = "$ip:$MESH_PORT"
 seeds = ["${A_IP[$part]}:$MESH_PORT", "${B_IP[$part]}:$MESH_PORT"]
 profile = "${PROFILE[$part]}"
 ca = "$TMP/certs/ca/ca.crt"
-cert = "$TMP/certs/$id.crt"
-key = "$TMP/certs/$id.key"
+cert = "$TMP/certs/$part/$id.crt"
+key = "$TMP/certs/$part/$id.key"
+EOF
+    for row in "relay $O_HEALTH_RELAY" "direct $O_HEALTH_DIRECT"; do
+        read -r name oport <<<"$row"
+        cat >>"$f" <<EOF
 
 [[monitor]]
-name = "tcp"
+name = "$name"
 type = "tcp"
+port = $oport
 interval = "${MON_INTERVAL[$part]}"
 timeout = "${MON_TIMEOUT[$part]}"
 retries = 0
 EOF
+    done
     # name relay-policy origin-port app-port
     for row in "bulk-relay failover $O_BULK_RELAY $APP_BULK_RELAY" "bulk-direct off $O_BULK_DIRECT $APP_BULK_DIRECT" \
         "rtt-relay failover $O_RTT_RELAY $APP_RTT_RELAY" "rtt-direct off $O_RTT_DIRECT $APP_RTT_DIRECT"; do
@@ -252,7 +277,7 @@ EOF
 
 [[pool]]
 name = "$name"
-monitor = "tcp"
+monitor = "${name#*-}"
 origins = [{ name = "$name-1", address = "$o:$oport" }]
 
 [[load_balancer]]
@@ -294,17 +319,26 @@ start_part() { # part
     log "$part: starting the origins and nodes $A_ID and $B_ID"
     # Origins, in B's namespace.
     ORIGIN_PIDS=()
-    for p in $O_BULK_RELAY $O_BULK_DIRECT; do
-        start_bg "$TMP/$part-iperf3-$p.log" ip netns exec "${NS_B[$part]}" taskset -c "$(other_cpus "$PIN_BULK")" iperf3 -s -B "${O_IP[$part]}" -p "$p"
+    local cpus
+    cpus=$(other_cpus "$PIN_BULK")
+    for p in $O_BULK_RELAY $O_BULK_DIRECT $O_BULK_NOPROXY; do
+        start_bg "$TMP/$part-iperf3-$p.log" ip netns exec "${NS_B[$part]}" taskset -c "$cpus" iperf3 -s -B "${O_IP[$part]}" -p "$p"
         ORIGIN_PIDS+=("$LAST_PID")
     done
-    for p in $O_RTT_RELAY $O_RTT_DIRECT; do
-        start_bg "$TMP/$part-sockperf-$p.log" ip netns exec "${NS_B[$part]}" taskset -c "$(other_cpus "$PIN_BULK")" sockperf server --tcp -i "${O_IP[$part]}" -p "$p"
+    for p in $O_RTT_RELAY $O_RTT_DIRECT $O_RTT_NOPROXY; do
+        start_bg "$TMP/$part-sockperf-$p.log" ip netns exec "${NS_B[$part]}" taskset -c "$cpus" sockperf server --tcp -i "${O_IP[$part]}" -p "$p"
         ORIGIN_PIDS+=("$LAST_PID")
+    done
+    for p in $O_HEALTH_RELAY $O_HEALTH_DIRECT; do
+        start_bg "$TMP/$part-health-$p.log" ip netns exec "${NS_B[$part]}" taskset -c "$cpus" "$BIN/loadgen" serve "${O_IP[$part]}:$p"
+        ORIGIN_PIDS+=("$LAST_PID")
+    done
+    for p in $O_BULK_RELAY $O_BULK_DIRECT $O_BULK_NOPROXY $O_RTT_RELAY $O_RTT_DIRECT $O_RTT_NOPROXY $O_HEALTH_RELAY $O_HEALTH_DIRECT; do
+        wait_listening "$part" "$p" || die "$part: nothing listens on ${O_IP[$part]}:$p after 10 s"
     done
     # Cut A's own path to the relayed load balancers' origins: TCP connections of A's group
     # to those ports are refused at once (a reset), so its probes find them down.
-    in_ns "${NS_A[$part]}" iptables -w 5 -I OUTPUT -p tcp -d "${O_IP[$part]}" -m multiport --dports "$O_BULK_RELAY,$O_RTT_RELAY" \
+    in_ns "${NS_A[$part]}" iptables -w 5 -I OUTPUT -p tcp -d "${O_IP[$part]}" -m multiport --dports "$O_BULK_RELAY,$O_RTT_RELAY,$O_HEALTH_RELAY" \
         -m owner --gid-owner "$A_GID" -j REJECT --reject-with tcp-reset || die "iptables failed in ${NS_A[$part]}"
     # The nodes start on their CPUs: on one CPU, a node runs a current-thread runtime.
     conf=$(node_conf "$part" "$B_ID" "${REGION_B[$part]}" "${B_IP[$part]}")
@@ -344,6 +378,7 @@ start_part() { # part
 
 stop_part() { # part: the nodes and origins of the part (the namespaces go at exit)
     local p
+    [[ -z $KEEP_DIR ]] || cp "$TMP/$1-"*.log "$TMP/$1-"*.toml "$KEEP_DIR/" 2>/dev/null || true
     for p in "${PID_A[$1]}" "${PID_B[$1]}" "${ORIGIN_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${PID_A[$1]}" "${PID_B[$1]}" "${ORIGIN_PIDS[@]}"; do
         for _ in $(seq 1 50); do
@@ -357,17 +392,38 @@ stop_part() { # part: the nodes and origins of the part (the namespaces go at ex
 # ------------------------------------------------------------------------------------------
 # Measurements
 
-target_of() { # part col kind(bulk|rtt) -> "host port" the client connects to
+target_of() { # part col bulk|rtt -> "host port" the client connects to; origin -> the bulk origin's port
     local a=${A_IP[$1]} o=${O_IP[$1]}
     case $2:$3 in
-    direct:bulk) echo "$o $O_BULK_RELAY" ;;
-    direct:rtt) echo "$o $O_RTT_RELAY" ;;
+    direct:bulk) echo "$o $O_BULK_NOPROXY" ;;
+    direct:rtt) echo "$o $O_RTT_NOPROXY" ;;
     sy-direct:bulk) echo "$a $APP_BULK_DIRECT" ;;
     sy-direct:rtt) echo "$a $APP_RTT_DIRECT" ;;
     sy-relay:bulk) echo "$a $APP_BULK_RELAY" ;;
     sy-relay:rtt) echo "$a $APP_RTT_RELAY" ;;
+    direct:origin) echo "$O_BULK_NOPROXY" ;;
+    sy-direct:origin) echo "$O_BULK_DIRECT" ;;
+    sy-relay:origin) echo "$O_BULK_RELAY" ;;
     esac
 }
+# Waits (bounded) until the origins' namespace has a listener on the port.
+wait_listening() { # part port
+    for _ in $(seq 1 100); do
+        [[ -n $(in_ns "${NS_B[$1]}" ss -Hltn "sport = :$2" 2>/dev/null) ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# Waits (bounded, 20 s) until no connection to the origin's port is left from a run: a relayed
+# run's last bytes may still be in flight when the client is done.
+settle() { # part port
+    for _ in $(seq 1 200); do
+        [[ -z $(in_ns "${NS_B[$1]}" ss -Htn state established "sport = :$2" 2>/dev/null) ]] && return 0
+        sleep 0.1
+    done
+    note "$1: a connection to port $2 was still open 20 s after its run"
+}
+keep() { [[ -z $KEEP_DIR ]] || cp "$1" "$KEEP_DIR/$2"; } # file name-in-KEEP_DIR
 per_gb() { awk -v t="$1" -v k="$CLK_TCK" -v b="$2" 'BEGIN {printf "%.4f", (t / k) / (b / 1e9)}'; } # ticks bytes
 
 bulk() { # part col rep
@@ -381,6 +437,8 @@ bulk() { # part col rep
         return 0
     fi
     a1=$(pid_ticks "${PID_A[$part]}") b1=$(pid_ticks "${PID_B[$part]}") r1=$(relay_bytes_b "$part")
+    keep "$out" "$part-bulk-$col-$rep.json"
+    settle "$part" "$(target_of "$part" "$col" origin)"
     # Every byte sent, the omitted seconds included, for the CPU per GB; the throughput is
     # iperf3's received rate over the counted seconds.
     bytes=$(jq -r '[.intervals[].sum.bytes] | add // empty' "$out")
@@ -392,7 +450,8 @@ bulk() { # part col rep
     # The path taken, from B's relay counters: a relayed stream shows there, a direct one not.
     relayed=$((r1 - r0))
     case $col in
-    sy-relay) if ((relayed * 10 < bytes * 9)); then
+    # (A relayed run's last bytes may still be in flight, up to a window: half is the bar.)
+    sy-relay) if ((relayed * 2 < bytes)); then
         note "$part, ${COL_TITLE[$col]}, run $rep: B counted $relayed relay bytes for $bytes sent: not relayed; left out"
         return 0
     fi ;;
@@ -429,6 +488,7 @@ rtt() { # part col rep
         note "$part, ${COL_TITLE[$col]}, run $rep: sockperf failed: $(tail -3 <<<"$out" | tr '\n\t' '  ' | head -c 300)"
         return 0
     fi
+    [[ -z $KEEP_DIR ]] || printf '%s\n' "$out" >"$KEEP_DIR/$part-rtt-$col-$rep.txt"
     p50=$(awk '/percentile 50.000 =/ {print $NF}' <<<"$out")
     p99=$(awk '/percentile 99.000 =/ {print $NF}' <<<"$out")
     [[ -n $p50 && -n $p99 ]] || {
@@ -481,10 +541,12 @@ run_part() { # part
 
 mkdir -p "$TMP/certs"
 "$BIN/switchyard" ca init --out "$TMP/certs/ca" --cluster relaybench >"$TMP/ca.log" 2>&1 || die "switchyard ca init: $(cat "$TMP/ca.log")"
-for pair in "$A_ID:${REGION_A[loopback]}" "$B_ID:${REGION_B[loopback]}"; do
-    # Without --region: one certificate serves the node in either part's region.
-    "$BIN/switchyard" cert issue --ca "$TMP/certs/ca" --node "${pair%%:*}" --out "$TMP/certs" >"$TMP/cert.log" 2>&1 ||
-        die "switchyard cert issue: $(cat "$TMP/cert.log")"
+for part in "${PARTS[@]}"; do
+    mkdir -p "$TMP/certs/$part"
+    for pair in "$A_ID:${REGION_A[$part]}" "$B_ID:${REGION_B[$part]}"; do
+        "$BIN/switchyard" cert issue --ca "$TMP/certs/ca" --node "${pair%%:*}" --region "${pair#*:}" --out "$TMP/certs/$part" >"$TMP/cert.log" 2>&1 ||
+            die "switchyard cert issue: $(cat "$TMP/cert.log")"
+    done
 done
 
 MACHINE=$(machine)
@@ -500,10 +562,12 @@ log "machine: $MACHINE"
 # ------------------------------------------------------------------------------------------
 # Loopback
 
-make_ns "${NS_A[loopback]}"
-start_part loopback
-run_part loopback
-stop_part loopback
+if ((LOOPBACK)); then
+    make_ns "${NS_A[loopback]}"
+    start_part loopback
+    run_part loopback
+    stop_part loopback
+fi
 
 # ------------------------------------------------------------------------------------------
 # WAN: wan-emu between WEU and SEAS; it stops what runs in its namespaces and deletes them
@@ -531,6 +595,9 @@ if ((WAN)); then
         tail -20 "$TMP/wan-emu.log" >&2
         die "wan-emu did not answer within 10 s"
     }
+    if [[ -n $WAN_TXQUEUE ]]; then
+        for ns in "${NS_A[wan]}" "${NS_B[wan]}"; do ip -n "$ns" link set sy-wan0 txqueuelen "$WAN_TXQUEUE"; done
+    fi
     meta wan "wan-emu (userspace, TUN) between WEU (node A, the client) and SEAS (node B, the origins), round trip $WAN_RTT, queue $WAN_QUEUE packets per direction; TCP buffers up to $WAN_TCP_MEM bytes (tcp_rmem, tcp_wmem) in both namespaces; the direct paths and the relay's QUIC leg cross the emulated link once"
     start_part wan
     run_part wan
