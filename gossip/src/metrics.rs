@@ -16,10 +16,24 @@ struct StateLabels {
     state: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum Dir {
     Sent,
     Received,
+}
+
+// Label values in lower case, as Prometheus' own exporters write them.
+impl EncodeLabelValue for Dir {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Dir::Sent => "sent",
+            Dir::Received => "received",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,7 +159,7 @@ impl MeshMetrics {
             "relay_refused",
             "Relay streams this node refused, by reason (not_member, revoked, second_hop, \
              per_peer, total, bad_request, deadline, busy: the mesh's checks; not_in_config, \
-             origin_down, not_relaying, unanswered: the node's)",
+             origin_down, origin_disabled, not_relaying, unanswered: the node's)",
             self.relay_refused.clone(),
         );
         r.register(
@@ -162,17 +176,16 @@ impl MeshMetrics {
         );
     }
 
-    /// Counts a relay stream refused, by the mesh's checks or by the node's.
-    pub(crate) fn relay_refused(&self, reason: crate::relay::RefuseReason) {
+    /// Counts a relay stream refused, by the mesh's checks or by the node's, by its reason's
+    /// label (`RefuseReason::label`: the reasons live with the relay, which counts here).
+    pub(crate) fn relay_refused(&self, reason: &'static str) {
         self.relay_refused
-            .get_or_create(&ReasonLabels {
-                reason: reason.label(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
     /// The byte counters of relay streams with `peer`.
-    pub(crate) fn relay_bytes(&self, peer: &str) -> crate::relay::ByteCounters {
+    pub(crate) fn relay_bytes(&self, peer: &str) -> ByteCounters {
         let get = |direction| {
             self.relay_bytes
                 .get_or_create(&PeerLabels {
@@ -181,7 +194,7 @@ impl MeshMetrics {
                 })
                 .clone()
         };
-        crate::relay::ByteCounters {
+        ByteCounters {
             received: get(Dir::Received),
             sent: get(Dir::Sent),
         }
@@ -277,4 +290,11 @@ impl MeshMetrics {
     pub(crate) fn set_oldest_row_age(&self, seconds: f64) {
         self.oldest_row_age.set(seconds);
     }
+}
+
+/// Bytes a relay stream carried, per peer: received from it and sent to it.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounters {
+    pub received: Counter,
+    pub sent: Counter,
 }

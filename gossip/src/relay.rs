@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+pub use crate::metrics::ByteCounters;
 use crate::metrics::MeshMetrics;
 
 /// Relay streams one peer may have open on this node at once; the next is refused
@@ -109,6 +109,8 @@ pub enum RefuseReason {
     NotRelaying,
     #[error("this node is stopping, or dropped the request unanswered")]
     Unanswered,
+    #[error("the origin is disabled in this node's config")]
+    OriginDisabled,
 }
 
 impl RefuseReason {
@@ -127,6 +129,7 @@ impl RefuseReason {
             RefuseReason::OriginDown => "origin_down",
             RefuseReason::NotRelaying => "not_relaying",
             RefuseReason::Unanswered => "unanswered",
+            RefuseReason::OriginDisabled => "origin_disabled",
         }
     }
 }
@@ -340,13 +343,6 @@ impl Drop for Widened {
     }
 }
 
-/// Bytes a relay stream carried, per peer: received from it and sent to it.
-#[derive(Debug, Clone, Default)]
-pub struct ByteCounters {
-    pub received: Counter,
-    pub sent: Counter,
-}
-
 /// An accepted relay stream: an `AsyncRead` + `AsyncWrite` pair (`shutdown` closes this
 /// side's half), counting the bytes it carries per peer. The serving side's also holds its
 /// slot among the open relay streams until dropped.
@@ -489,7 +485,7 @@ impl IncomingRelay {
     /// Refuses, telling the asking node why; counted in `mesh_relay_refused_total{reason}`.
     pub async fn refuse(mut self, reason: RefuseReason) {
         if let Some((mut send, mut recv, _slot)) = self.streams.take() {
-            self.metrics.relay_refused(reason);
+            self.metrics.relay_refused(reason.label());
             refuse_on(&mut send, &mut recv, reason).await;
         }
     }
@@ -500,7 +496,7 @@ impl Drop for IncomingRelay {
         // Unanswered: no time to write a frame here, so the stream is reset with the code
         // that says refused.
         if let Some((mut send, mut recv, _)) = self.streams.take() {
-            self.metrics.relay_refused(RefuseReason::Unanswered);
+            self.metrics.relay_refused(RefuseReason::Unanswered.label());
             let _ = send.reset(RELAY_REFUSED.into());
             let _ = recv.stop(RELAY_REFUSED.into());
         }

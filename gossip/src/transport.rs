@@ -980,7 +980,7 @@ async fn serve_relay(
     };
     let id = peer.id.clone().unwrap_or_default();
     let refused = |reason: RefuseReason| {
-        serve.metrics.relay_refused(reason);
+        serve.metrics.relay_refused(reason.label());
         tracing::debug!(peer = %id, "relay stream refused: {reason}");
     };
     let standing = (serve.standing)(&id, peer.cert.as_deref());

@@ -145,11 +145,11 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
     drop(s);
     server.await.unwrap();
     assert_eq!(
-        b.metric("switchyard_mesh_relay_streams_total{peer=\"edge-a\",direction=\"Received\"}"),
+        b.metric("switchyard_mesh_relay_streams_total{peer=\"edge-a\",direction=\"received\"}"),
         1
     );
     assert_eq!(
-        a.metric("switchyard_mesh_relay_streams_total{peer=\"edge-b\",direction=\"Sent\"}"),
+        a.metric("switchyard_mesh_relay_streams_total{peer=\"edge-b\",direction=\"sent\"}"),
         1
     );
     let bytes = |node: &Node, peer: &str, direction: &str| {
@@ -157,10 +157,10 @@ async fn a_relay_stream_between_members_carries_bytes_both_ways_with_half_close(
             "switchyard_mesh_relay_bytes_total{{peer=\"{peer}\",direction=\"{direction}\"}}"
         ))
     };
-    assert_eq!(bytes(&a, "edge-b", "Sent"), 300_000);
-    assert_eq!(bytes(&a, "edge-b", "Received"), 300_005);
-    assert_eq!(bytes(&b, "edge-a", "Received"), 300_000);
-    assert_eq!(bytes(&b, "edge-a", "Sent"), 300_005);
+    assert_eq!(bytes(&a, "edge-b", "sent"), 300_000);
+    assert_eq!(bytes(&a, "edge-b", "received"), 300_005);
+    assert_eq!(bytes(&b, "edge-a", "received"), 300_000);
+    assert_eq!(bytes(&b, "edge-a", "sent"), 300_005);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,7 +186,13 @@ impl App {
             decisions: DecisionCounters::default(),
             connections: TaskTracker::new(),
             abort: CancellationToken::new(),
+            mesh: state.mesh.clone(),
+            // One decision state: the proxy's choices are what explain and status show.
+            relays: state.relays.clone(),
         });
+        if let Some(mesh) = &state.mesh {
+            crate::peer_relay::serve(mesh, proxy.clone());
+        }
         {
             // A replaced GeoIP file is picked up without a reload.
             let weak = Arc::downgrade(&locator);

@@ -293,7 +293,7 @@ impl HealthHub {
         let counted = if sick { &none } else { &report };
         let remote = self.remote.load();
         let mut view = View::build_mesh(&rt, counted, &remote, self.quorum, Duration::ZERO);
-        view.mark_own(&rt, &report, sick);
+        view.mark_own(&rt, &report, &remote, sick);
         self.snapshot.store(Arc::new(Snapshot {
             rt,
             view: Arc::new(view),

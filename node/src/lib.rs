@@ -12,12 +12,15 @@
 //! - Shells, each doing one kind of I/O around the core:
 //!   - `hub`: health in (probes, failed connects, the mesh), published snapshots out, and the
 //!     node's own trouble (local errors, runtime lag);
-//!   - `proxy` (with `relay` and `proxy_protocol`): the apps' listeners and data path;
+//!   - `proxy` (with `relay`, `tunnel` and `proxy_protocol`): the apps' listeners and data
+//!     path, direct or through a peer node;
 //!   - `monitor` (with `probe`): the health probes;
 //!   - `mesh`: the glue to the gossip mesh, and this node's advert in it;
 //!   - `dns` (with `wire` and `zone`): the DNS server of the mesh's names;
 //!   - `relays`: the path to each origin (direct or through a peer), from the view and the
 //!     mesh, with each path's hold-down;
+//!   - `peer_relay`: peers' relay requests, checked against this node's config and carried
+//!     to the origin as the proxy's connections;
 //!   - `locate`: GeoIP and the region table;
 //!   - `status`: the status endpoint, its document, the client the CLI uses, and the
 //!     follower `switchyard anycast` runs;
@@ -31,11 +34,12 @@
 //! 1. `config`, `metrics`, `clock`
 //! 2. `error`, `core`
 //! 3. `locate`, `hub`
-//! 4. `proxy`, `monitor`, `mesh`, `dns`, `relays`
-//! 5. `state`
-//! 6. `status`
-//! 7. `app`
-//! 8. `cli`
+//! 4. `relays`
+//! 5. `proxy`, `monitor`, `mesh`, `dns`
+//! 6. `state`, `peer_relay`
+//! 7. `status`
+//! 8. `app`
+//! 9. `cli`
 //!
 //! `tests/tests/layout.rs` checks it, and that no two modules of any crate import each other.
 
@@ -53,6 +57,7 @@ pub mod locate;
 pub mod mesh;
 pub mod metrics;
 pub mod monitor;
+pub mod peer_relay;
 pub mod proxy;
 pub mod relays;
 pub mod state;

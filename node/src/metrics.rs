@@ -7,7 +7,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,11 +107,68 @@ pub struct Metrics {
     pub sick: Gauge,
     /// 1 for each `[anycast]` prefix announced now, 0 for each withdrawn.
     pub anycast_announced: Family<PrefixLabels, Gauge>,
+    pub relayed: Family<RelayedLabels, Counter>,
+    pub relayed_bytes: Family<RelayedBytesLabels, Counter>,
+    /// Relays this node asked for and did not get, so it went direct instead.
+    pub relay_fallbacks: Family<RelayFallbackLabels, Counter>,
+    /// Every (load balancer, peer, role) relayed so far, for status (a family cannot be
+    /// listed).
+    relayed_seen: Mutex<BTreeMap<(String, String, RelayRole), RelayedCounters>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
     pub verdict: &'static str,
+}
+
+/// Which side of a relayed connection this node was.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RelayRole {
+    /// This node received the client and sent the connection through the peer.
+    Sent,
+    /// The peer received the client; this node carried the connection to the origin.
+    Carried,
+}
+
+impl RelayRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayRole::Sent => "sent",
+            RelayRole::Carried => "carried",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayedLabels {
+    pub load_balancer: String,
+    pub peer: String,
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayedBytesLabels {
+    pub load_balancer: String,
+    pub peer: String,
+    pub role: &'static str,
+    pub direction: BytesDirection,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayFallbackLabels {
+    pub load_balancer: String,
+    pub peer: String,
+    pub reason: &'static str,
+}
+
+/// The counters of relayed connections of one (load balancer, peer, role).
+#[derive(Clone, Debug, Default)]
+pub struct RelayedCounters {
+    pub connections: Counter,
+    /// Client to origin.
+    pub bytes_in: Counter,
+    /// Origin to client.
+    pub bytes_out: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +203,10 @@ impl Metrics {
             verdicts: Family::default(),
             sick: Gauge::default(),
             anycast_announced: Family::default(),
+            relayed: Family::default(),
+            relayed_bytes: Family::default(),
+            relay_fallbacks: Family::default(),
+            relayed_seen: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +306,21 @@ impl Metrics {
             m.anycast_announced.clone(),
         );
         registry.register(
+            "relayed_connections",
+            "Connections relayed through a peer node, by load balancer, peer and role (sent: this node's client went through the peer; carried: this node carried the peer's client to the origin)",
+            m.relayed.clone(),
+        );
+        registry.register(
+            "relayed_bytes",
+            "Bytes of relayed connections, by load balancer, peer, role and direction (in: client to origin)",
+            m.relayed_bytes.clone(),
+        );
+        registry.register(
+            "relay_fallbacks",
+            "Relays this node asked a peer for and did not get (reason: the peer's refusal, timeout or error), so the connection went direct instead",
+            m.relay_fallbacks.clone(),
+        );
+        registry.register(
             "runtime_lag_seconds",
             "How late the runtime's last 250ms tick fired",
             m.runtime_lag.clone(),
@@ -273,6 +351,47 @@ impl Metrics {
         if secs > 0 && self.certificate_not_after.load(Ordering::Relaxed) != 0 {
             self.certificate_not_after.store(secs, Ordering::Relaxed);
         }
+    }
+
+    /// The counters of relayed connections of `lb` through or for `peer`.
+    pub fn relayed(&self, lb: &str, peer: &str, role: RelayRole) -> RelayedCounters {
+        let mut seen = self.relayed_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.entry((lb.to_string(), peer.to_string(), role))
+            .or_insert_with(|| {
+                let labels = RelayedLabels {
+                    load_balancer: lb.to_string(),
+                    peer: peer.to_string(),
+                    role: role.as_str(),
+                };
+                let bytes = |direction| RelayedBytesLabels {
+                    load_balancer: lb.to_string(),
+                    peer: peer.to_string(),
+                    role: role.as_str(),
+                    direction,
+                };
+                // One statement each: see `AppStats::new`.
+                let connections = self.relayed.get_or_create(&labels).clone();
+                let bytes_in = self
+                    .relayed_bytes
+                    .get_or_create(&bytes(BytesDirection::In))
+                    .clone();
+                let bytes_out = self
+                    .relayed_bytes
+                    .get_or_create(&bytes(BytesDirection::Out))
+                    .clone();
+                RelayedCounters {
+                    connections,
+                    bytes_in,
+                    bytes_out,
+                }
+            })
+            .clone()
+    }
+
+    /// Every (load balancer, peer, role) relayed so far and its counters, sorted.
+    pub fn relayed_all(&self) -> Vec<((String, String, RelayRole), RelayedCounters)> {
+        let seen = self.relayed_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().map(|(k, c)| (k.clone(), c.clone())).collect()
     }
 
     /// For components (the mesh) that register their own metrics in the one registry.

@@ -1,9 +1,8 @@
 //! The relay decision's shell: gathers what `core::relay::decide` reads from the live health
 //! view and the mesh (this node's row for the origin, every peer's row, readiness and SWIM
 //! round trip), and keeps the hold-down state per (load balancer, pool, origin) between
-//! connections (not to be confused with `proxy::relay`, which pipes bytes). No tunnel yet: the
-//! proxy still connects directly; the tunnel asks
-//! [`Relays::path`] for the path of each new connection once it lands.
+//! connections (not to be confused with `proxy::relay`, which pipes bytes). The proxy asks
+//! [`Relays::path`] for the path of each new connection, and follows it through `proxy::tunnel`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

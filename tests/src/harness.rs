@@ -84,6 +84,17 @@ pub async fn name_from(addr: SocketAddr, from: Option<IpAddr>) -> String {
     }
 }
 
+/// A TCP monitor `tcp` probing every 200 ms with one attempt a round, so that an origin's
+/// health follows a test within a second.
+pub const FAST_TCP_MONITOR: &str = r#"
+[[monitor]]
+name = "tcp"
+type = "tcp"
+interval = "200ms"
+timeout = "150ms"
+retries = 0
+"#;
+
 /// Short SWIM timings for in-process meshes, so that detection takes about a second instead
 /// of ten.
 pub const FAST_MESH: &str = r#"probe_period = "200ms"

@@ -17,7 +17,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use switchyard_node::status;
 use switchyard_node::{App, Config, StartOptions};
-use switchyard_tests::harness::{eventually, init_logs, MeshCerts};
+use switchyard_tests::harness::{eventually, init_logs, MeshCerts, FAST_TCP_MONITOR};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -603,14 +603,7 @@ fn mesh_node(certs: &MeshCerts, i: usize, seeds: &[SocketAddr], api: SocketAddr)
         &format!("drain_timeout = \"1s\"\npublic_addresses = [\"{public}\"]\n"),
     );
     let api_app = format!(
-        r#"
-[[monitor]]
-name = "tcp"
-type = "tcp"
-interval = "200ms"
-timeout = "150ms"
-retries = 0
-
+        r#"{FAST_TCP_MONITOR}
 [[pool]]
 name = "api"
 monitor = "tcp"

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchyard_node::{status, App, Config, StartOptions};
-use switchyard_tests::harness::{eventually, origin, MeshCerts};
+use switchyard_tests::harness::{eventually, origin, MeshCerts, FAST_TCP_MONITOR};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,14 +28,7 @@ fn pool_of(origins: &[(&str, SocketAddr)], check_regions: &str) -> String {
         .collect();
     let origins = origins.join(", ");
     format!(
-        r#"
-[[monitor]]
-name = "tcp"
-type = "tcp"
-interval = "200ms"
-timeout = "150ms"
-retries = 0
-
+        r#"{FAST_TCP_MONITOR}
 [[pool]]
 name = "p"
 monitor = "tcp"
@@ -531,13 +524,14 @@ async fn a_node_whose_path_to_an_origin_is_cut_blames_the_path_and_the_others_ke
         .await;
         assert_eq!(served, "o");
     }
-    // The explanation says why v1 passes o over.
-    let e = v1
-        .state()
-        .explain("lb", "127.0.0.1".parse()?)
-        .map_err(anyhow::Error::msg)?;
-    let why = e.steps.join("\n");
-    assert!(why.contains("verdict path"), "{why}");
+    // The explanation says why v1 still uses o: its load balancer relays (the default), so
+    // a path down from v1 alone keeps o, reached through a peer (tests/tests/relay.rs).
+    eventually("v1 explains o kept, its path relayed", WAIT, || async {
+        v1.state()
+            .explain("lb", "127.0.0.1".parse().expect("literal"))
+            .is_ok_and(|e| e.steps.join("\n").contains("kept, its path relayed"))
+    })
+    .await?;
 
     // The path heals (v1's config is fixed): the row comes up and the verdict goes.
     v1.reload(config(&certs, "v1", "WNAM", &[], &body)).await?;

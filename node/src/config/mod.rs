@@ -331,6 +331,21 @@ pub struct LoadBalancerConfig {
     pub relay: RelayPolicy,
 }
 
+impl LoadBalancerConfig {
+    /// Whether any client of any node may be sent to pool `pool`: its default pools, its
+    /// fallback, and its region, country and every node's pools. A peer asked to relay
+    /// checks this against the whole config, since `node_pools` differ per node.
+    pub fn uses_pool(&self, pool: &str) -> bool {
+        self.default_pools
+            .iter()
+            .chain(&self.fallback_pool)
+            .chain(self.region_pools.iter().flat_map(|(_, p)| p))
+            .chain(self.country_pools.values().flatten())
+            .chain(self.node_pools.values().flatten())
+            .any(|p| p == pool)
+    }
+}
+
 /// `relay`: when a connection to the origin steering chose may go through a peer node
 /// instead of straight from this one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -424,11 +439,16 @@ pub struct AppConfig {
     pub hostname: Option<String>,
 }
 
+/// An app's `connect_timeout` when it sets none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An app's `idle_timeout` when it sets none.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
+    DEFAULT_CONNECT_TIMEOUT
 }
 fn default_idle_timeout() -> Duration {
-    Duration::from_secs(300)
+    DEFAULT_IDLE_TIMEOUT
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -73,6 +73,15 @@ pub fn explain(
         );
     }
     lines.extend(steps.iter().map(|s| describe(rt, view, from, s)));
+    if let Some(d) = &decision {
+        if view.pools[d.pool].origins[d.origin].kept_by_relay(l.relay) {
+            lines.push(format!(
+                "origin {} is down from this node by its path alone, and a peer reaches it: kept, its path relayed (relay = {})",
+                rt.pools[d.pool].origins[d.origin].name,
+                l.relay.as_str()
+            ));
+        }
+    }
     let route = decision.as_ref().map(|d| path(d.pool, d.origin));
     let (pool, pool_reason, origin, origin_address, origin_reason) = match decision {
         Some(d) => {

@@ -6,7 +6,7 @@
 //! Plain code over data, with the time passed in: the caller gathers this node's own row for
 //! the origin ([`Direct`]), every peer's row and round trip ([`Peer`]), keeps a [`Hold`] per
 //! (load balancer, pool, origin) and passes it back in with `now`. The tunnel that carries a
-//! relayed connection is not here: it asks [`decide`] and follows [`Path`].
+//! relayed connection is not here: the proxy asks [`decide`] and follows [`Path`].
 //!
 //! - `off`: always direct.
 //! - `failover`: direct while this node's own path is up; when its own probes find the origin
@@ -19,13 +19,19 @@
 //!
 //! One hop at most: a peer's row is its own direct observation, so a peer is only used when
 //! it reaches the origin itself, never when it would relay in turn.
+//!
+//! The serving side's check is here too: [`admit`] resolves a peer's request (names, never
+//! an address) against this node's config, or says why it is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::RelayPolicy;
+use switchyard_gossip::RefuseReason;
+
+use crate::config::{AppConfig, RelayPolicy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+use crate::core::compiled::{CompiledConfig, OriginKey};
 
 /// How long a path chosen by `fastest` is kept while it still works, even when another looks
 /// better: long enough to ride out RTT wobble, short enough to follow a real route change.
@@ -302,6 +308,100 @@ fn choose(inp: &Inputs<'_>, hold: &Hold, now: Instant) -> Decision {
             None => format!("direct {}: no peer path with known RTTs", ms(direct_rtt)),
         }),
     }
+}
+
+/// What a peer's relay request resolves to in this node's config: the load balancer, pool
+/// and origin (indices into the compiled config it was checked against), and the timeouts
+/// of the connection this node makes to the origin for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carry {
+    pub lb: usize,
+    pub pool: usize,
+    pub origin: usize,
+    /// The longest `connect_timeout` of the apps of the load balancer (the default without).
+    pub connect_timeout: Duration,
+    /// The longest `idle_timeout` of the apps of the load balancer (the default without):
+    /// the asking node's app may be any of them, and the shortest would cut the others.
+    pub idle_timeout: Duration,
+}
+
+/// Why a peer's relay request is refused: the reason the asker is told and the metric
+/// counts, and the words the log gets, naming the thing at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefuseReason,
+    pub why: String,
+}
+
+/// Checks a peer's request to relay to origin `origin` of pool `pool` for load balancer
+/// `lb`, all by name, against this node's config: the three exist, the pool is one the load
+/// balancer may use (on any node), the origin is in that pool and enabled, the load balancer
+/// relays, and this node reaches the origin itself (`reaches`: its own row is not down, or
+/// it has none). Names only, never an address: a peer cannot make this node an open proxy.
+pub fn admit(
+    rt: &CompiledConfig,
+    lb: &str,
+    pool: &str,
+    origin: &str,
+    reaches: impl FnOnce(&OriginKey) -> bool,
+) -> Result<Carry, Refusal> {
+    let refuse = |reason, why: String| Refusal { reason, why };
+    let not_in = |why: String| refuse(RefuseReason::NotInConfig, why);
+    let lb_idx = rt
+        .lb_index(lb)
+        .ok_or_else(|| not_in(format!("no load balancer {lb:?} in this node's config")))?;
+    let pool_idx = rt
+        .pool_index(pool)
+        .ok_or_else(|| not_in(format!("no pool {pool:?} in this node's config")))?;
+    let lb_cfg = rt
+        .config
+        .load_balancers
+        .iter()
+        .find(|l| l.name == lb)
+        .ok_or_else(|| not_in(format!("no load balancer {lb:?} in this node's config")))?;
+    if !lb_cfg.uses_pool(pool) {
+        return Err(not_in(format!(
+            "load balancer {lb:?} does not use pool {pool:?} in this node's config"
+        )));
+    }
+    let p = &rt.pools[pool_idx];
+    let origin_idx = p
+        .origins
+        .iter()
+        .position(|o| &*o.name == origin)
+        .ok_or_else(|| {
+            not_in(format!(
+                "no origin {origin:?} in pool {pool:?} of this node's config"
+            ))
+        })?;
+    if !p.origins[origin_idx].enabled {
+        return Err(refuse(
+            RefuseReason::OriginDisabled,
+            format!("origin {pool}/{origin} is disabled in this node's config"),
+        ));
+    }
+    if rt.load_balancers[lb_idx].relay == RelayPolicy::Off {
+        return Err(refuse(
+            RefuseReason::NotRelaying,
+            format!("load balancer {lb:?} has relay = \"off\" in this node's config"),
+        ));
+    }
+    if !reaches(&rt.key(pool_idx, origin_idx)) {
+        return Err(refuse(
+            RefuseReason::OriginDown,
+            format!("this node's own probes find origin {pool}/{origin} down"),
+        ));
+    }
+    let apps = rt.config.apps.iter().filter(|a| a.load_balancer == lb);
+    let longest =
+        |get: fn(&AppConfig) -> Duration, default| apps.clone().map(get).max().unwrap_or(default);
+    Ok(Carry {
+        lb: lb_idx,
+        pool: pool_idx,
+        origin: origin_idx,
+        connect_timeout: longest(|a| a.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+        idle_timeout: longest(|a| a.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+    })
 }
 
 #[cfg(test)]
@@ -602,5 +702,84 @@ mod tests {
                 prop_assert_eq!(hold.via(), via_of(&d));
             }
         }
+    }
+
+    #[test]
+    fn admit_resolves_names_in_this_nodes_config_or_says_what_is_not_there() {
+        let rt = crate::core::compiled::fixture::compile(
+            r#"
+[node]
+id = "n1"
+region = "WEU"
+[[pool]]
+name = "p"
+origins = [{ name = "o", address = "127.0.0.1:1" }, { name = "off", address = "127.0.0.1:2", enabled = false }]
+[[pool]]
+name = "q"
+origins = [{ name = "q1", address = "127.0.0.1:3" }]
+[[pool]]
+name = "r"
+origins = [{ name = "r1", address = "127.0.0.1:4" }]
+[[load_balancer]]
+name = "lb"
+default_pools = ["p"]
+node_pools = { other = ["r"] }
+[[load_balancer]]
+name = "quiet"
+default_pools = ["p"]
+relay = "off"
+[[load_balancer]]
+name = "other"
+default_pools = ["q"]
+[[app]]
+name = "a"
+listen = "127.0.0.1:0"
+load_balancer = "lb"
+idle_timeout = "20s"
+[[app]]
+name = "b"
+listen = "127.0.0.1:0"
+load_balancer = "lb"
+idle_timeout = "90s"
+connect_timeout = "2s"
+"#,
+        );
+        let reason = |lb, pool, origin, reaches: bool| {
+            admit(&rt, lb, pool, origin, |_| reaches).map_err(|r| (r.reason, r.why))
+        };
+        let carry = reason("lb", "p", "o", true).unwrap();
+        assert_eq!((carry.lb, carry.pool, carry.origin), (0, 0, 0));
+        assert_eq!(carry.idle_timeout, msd(90_000), "the longest of the apps'");
+        assert_eq!(
+            carry.connect_timeout, DEFAULT_CONNECT_TIMEOUT,
+            "app a's default"
+        );
+        // Another node's node_pools count: its clients may be sent there.
+        assert!(reason("lb", "r", "r1", true).is_ok());
+        let other = reason("other", "q", "q1", true).unwrap();
+        assert_eq!(other.idle_timeout, DEFAULT_IDLE_TIMEOUT, "no app uses it");
+        for (lb, pool, origin, names) in [
+            ("nope", "p", "o", "load balancer \"nope\""),
+            ("lb", "nope", "o", "pool \"nope\""),
+            ("lb", "p", "nope", "origin \"nope\""),
+            ("lb", "q", "q1", "does not use pool \"q\""),
+            ("lb", "p", "q1", "no origin \"q1\" in pool \"p\""),
+        ] {
+            let (r, why) = reason(lb, pool, origin, true).unwrap_err();
+            assert_eq!(r, RefuseReason::NotInConfig, "{lb}/{pool}/{origin}");
+            assert!(why.contains(names), "{why}");
+        }
+        assert_eq!(
+            reason("lb", "p", "off", true).unwrap_err().0,
+            RefuseReason::OriginDisabled
+        );
+        assert_eq!(
+            reason("quiet", "p", "o", true).unwrap_err().0,
+            RefuseReason::NotRelaying
+        );
+        assert_eq!(
+            reason("lb", "p", "o", false).unwrap_err().0,
+            RefuseReason::OriginDown
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use switchyard_geo::Region;
 
-use crate::config::Quorum;
+use crate::config::{Quorum, RelayPolicy};
 use crate::core::compiled::{CompiledConfig, OriginKey};
 use crate::core::health::OriginHealth;
 use crate::core::verdict::Verdict;
@@ -44,6 +44,9 @@ pub struct OriginView {
     /// This node's own probes find it down (and the node is not sick): whatever a region's
     /// quorum says, a connection from here would not reach it.
     pub down_here: bool,
+    /// Down here by the path alone (verdict `path`) while a live peer's own row finds it
+    /// up: a load balancer that relays keeps it, and reaches it through a peer.
+    pub reached_by_peer: bool,
 }
 
 impl OriginView {
@@ -59,6 +62,7 @@ impl OriginView {
             global: None,
             verdict: None,
             down_here: false,
+            reached_by_peer: false,
         }
     }
 
@@ -77,6 +81,22 @@ impl OriginView {
             .or(self.regional[node_region.index()])
             .or(self.global)
             .unwrap_or(true)
+    }
+
+    /// As [`OriginView::up_from`], for a load balancer with `relay` policy: an origin down
+    /// from here by the path alone that a peer reaches stays up unless `relay` is off (the
+    /// connection then goes through the peer), judged by global health, which leaves this
+    /// node's path row out. A path down from here alone does not make the origin down.
+    pub fn up_for(&self, region: Region, node_region: Region, relay: RelayPolicy) -> bool {
+        if self.kept_by_relay(relay) {
+            return self.enabled && self.global.unwrap_or(true);
+        }
+        self.up_from(region, node_region)
+    }
+
+    /// Whether [`OriginView::up_for`] keeps the origin only because a peer reaches it.
+    pub fn kept_by_relay(&self, relay: RelayPolicy) -> bool {
+        relay != RelayPolicy::Off && self.down_here && self.reached_by_peer
     }
 
     /// RTT as measured from `region`, else from `node_region`.
@@ -270,17 +290,34 @@ impl View {
     }
 
     /// Marks each origin with this node's own verdict from `report`, and the view as built
-    /// without this node's rows when `sick`.
-    pub fn mark_own(&mut self, rt: &CompiledConfig, report: &Report, sick: bool) {
+    /// without this node's rows when `sick`; an origin down here by the path alone is marked
+    /// reached by a peer when a live one in `remote` finds it up itself.
+    pub fn mark_own(
+        &mut self,
+        rt: &CompiledConfig,
+        report: &Report,
+        remote: &[RemoteReport],
+        sick: bool,
+    ) {
         self.sick = sick;
         for (pi, pool) in self.pools.iter_mut().enumerate() {
             for (oi, o) in pool.origins.iter_mut().enumerate() {
+                let key = rt.key(pi, oi);
                 o.verdict = report
                     .rows
-                    .get(&rt.key(pi, oi))
+                    .get(&key)
                     .filter(|r| r.checked && !r.healthy)
                     .and_then(|r| r.verdict);
                 o.down_here = o.verdict.is_some() && !sick;
+                // Peers' rows are their own direct observations (relayed paths write none),
+                // so a peer found here reaches the origin in one hop.
+                o.reached_by_peer = o.down_here
+                    && o.verdict == Some(Verdict::Path)
+                    && remote.iter().any(|r| {
+                        r.live
+                            && r.node != rt.node_id
+                            && r.rows.get(&key).is_some_and(|row| row.healthy)
+                    });
                 if o.down_here {
                     o.up = false;
                 }
@@ -444,12 +481,17 @@ mod tests {
             Quorum::Majority,
             Duration::ZERO,
         );
-        view.mark_own(&rt, &report, false);
+        view.mark_own(&rt, &report, std::slice::from_ref(&peer), false);
         let o = &view.pools[0].origins[0];
         assert!(
             !o.up_from(Region::Wnam, Region::Weu),
             "unreachable from this node"
         );
+        // ... but a load balancer that relays keeps it: a peer reaches it.
+        assert!(o.reached_by_peer);
+        assert!(o.up_for(Region::Weu, Region::Weu, RelayPolicy::Failover));
+        assert!(o.up_for(Region::Weu, Region::Weu, RelayPolicy::Fastest));
+        assert!(!o.up_for(Region::Weu, Region::Weu, RelayPolicy::Off));
         assert!(!view.pools[0].healthy);
         // A sick node sets its own probes aside.
         let mut view = View::build_mesh(
@@ -459,10 +501,54 @@ mod tests {
             Quorum::Majority,
             Duration::ZERO,
         );
-        view.mark_own(&rt, &report, true);
+        view.mark_own(&rt, &report, &[], true);
         assert!(view.pools[0].origins[0].up_from(Region::Wnam, Region::Weu));
         assert_eq!(view.pools[0].origins[0].verdict, Some(Verdict::Path));
         assert!(view.pools[0].healthy);
+    }
+
+    #[test]
+    fn relaying_keeps_only_an_origin_down_by_this_nodes_path_that_a_live_peer_reaches() {
+        use crate::core::compiled::fixture;
+        let rt = fixture::compile(fixture::ONE_POOL);
+        let key = rt.key(0, 0);
+        let kept = |verdict, peer_up, peer_live| {
+            let mut report = Report::default();
+            let mut row = OriginHealth::unchecked(tokio::time::Instant::now());
+            row.checked = true;
+            row.healthy = false;
+            row.verdict = Some(verdict);
+            report.rows.insert(key.clone(), row);
+            let peer = RemoteReport {
+                node: "far".into(),
+                region: Region::Wnam,
+                live: peer_live,
+                rows: HashMap::from([(key.clone(), obs("far", Region::Wnam, peer_up, 80))]),
+            };
+            let remote = [peer];
+            let mut view =
+                View::build_mesh(&rt, &report, &remote, Quorum::Majority, Duration::ZERO);
+            view.mark_own(&rt, &report, &remote, false);
+            view.pools[0].origins[0].up_for(Region::Weu, Region::Weu, RelayPolicy::Failover)
+        };
+        assert!(kept(Verdict::Path, true, true));
+        assert!(
+            !kept(Verdict::Origin, true, true),
+            "the origin itself is down"
+        );
+        assert!(
+            !kept(Verdict::Unconfirmed, true, true),
+            "nobody confirmed a peer reaches it"
+        );
+        assert!(
+            !kept(Verdict::Pending, true, true),
+            "peers are still being asked"
+        );
+        assert!(
+            !kept(Verdict::Path, false, true),
+            "the peer no longer reaches it"
+        );
+        assert!(!kept(Verdict::Path, true, false), "the peer is not live");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! has already sent in the origin's first write, then hand both sockets to the relay
 //! (`relay`). `proxy_protocol` writes (and parses) the PROXY header.
 //!
+//! When the relay decision (`crate::relays`) says the path to the chosen origin goes through
+//! a peer node, the connection goes down a relay stream to that peer instead (`tunnel`), with
+//! the same first bytes (the PROXY header names the real client and this app's address) and
+//! the same half-close, idle timeout and drain; a relay that cannot be had is counted and the
+//! connection goes direct, as it would have without relaying.
+//!
 //! A connect that fails by this node's own fault (out of descriptors, buffers or ports, or a
 //! timeout while the node is overloaded) is the node's trouble, not the origin's: it goes to
 //! the hub as such, and the client is turned away without trying other origins, which would
@@ -13,8 +19,9 @@ pub mod proxy_protocol;
 // splice(2), pipes and recv(2) through libc, each call with its SAFETY note.
 #[allow(unsafe_code)]
 pub mod relay;
+pub mod tunnel;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,20 +32,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{field::Empty, Instrument};
 
-use crate::config::{canonical_ip, AppConfig, OriginAddr, ProxyProtocol, SessionAffinity};
+use switchyard_gossip::{Mesh, RelayRequest, RelayStreams};
+
+use crate::config::{
+    canonical_ip, AppConfig, OriginAddr, ProxyProtocol, RelayPolicy, SessionAffinity,
+};
 use crate::core::affinity::Affinity;
-use crate::core::compiled::CompiledConfig;
+use crate::core::compiled::{CompiledConfig, OriginKey};
+use crate::core::relay::Path;
 use crate::core::steering::{self, Request};
 use crate::core::trouble::{blame_io, blame_timeout, local_cause, Blame};
+use crate::core::view::Snapshot;
 use crate::hub::HealthHub;
 use crate::locate::Locator;
 use crate::metrics::{
     AppLabels, BytesDirection, BytesLabels, DecisionLabels, Metrics, RejectLabels,
+    RelayFallbackLabels, RelayRole, RelayedCounters,
 };
+use crate::relays::{Relays, Target};
 use relay::Direction;
 
 /// What the proxy's tasks share with the rest of the node.
@@ -53,6 +69,10 @@ pub struct ProxyContext {
     pub connections: TaskTracker,
     /// Cancelled when the drain deadline passes: open connections end.
     pub abort: CancellationToken,
+    /// The mesh, with `[mesh]`: relayed connections go through its peers.
+    pub mesh: Option<Arc<Mesh>>,
+    /// The path to each origin (direct or through a peer) and its hold-down.
+    pub relays: Arc<Relays>,
 }
 
 /// Counters of one app, kept across reloads while the app keeps its name.
@@ -172,6 +192,7 @@ async fn handle(
         client = %peer,
         pool = Empty,
         origin = Empty,
+        via = Empty,
     );
     let reject = |reason: &'static str| {
         cx.metrics
@@ -217,10 +238,14 @@ async fn handle(
     };
 
     let started = Instant::now();
-    let Some((mut origin, sent, pool_name, origin_name, counter)) =
-        connect(&cx, &cfg, client_ip, port_offset, started, &first)
-            .instrument(span.clone())
-            .await
+    let Some(Connected {
+        upstream,
+        pool: pool_name,
+        origin: origin_name,
+        active: counter,
+    }) = connect(&cx, &cfg, peer, port_offset, started, &first)
+        .instrument(span.clone())
+        .await
     else {
         return reject("no_origin");
     };
@@ -230,25 +255,58 @@ async fn handle(
     let _counted = Guard(|| {
         counter.fetch_sub(1, Ordering::Relaxed);
     });
-    if let Err(e) = origin.write_all(&first[sent..]).await {
-        tracing::debug!(parent: &span, "sending the first bytes to the origin failed: {e}");
-        return;
-    }
+    let stats = &slot.stats;
+    // Either, not a box: the direct path is the hot one and costs no allocation.
+    let relayed = match upstream {
+        Upstream::Direct(mut origin, sent) => {
+            if let Err(e) = origin.write_all(&first[sent..]).await {
+                tracing::debug!(parent: &span, "sending the first bytes to the origin failed: {e}");
+                return;
+            }
+            // Linux hands the listener's TCP_NODELAY down to accepted sockets.
+            #[cfg(not(target_os = "linux"))]
+            let _ = client.set_nodelay(true);
+            Either::Left(relay::relay(
+                client,
+                origin,
+                cfg.idle_timeout,
+                |dir, n| match dir {
+                    Direction::ClientToOrigin => {
+                        stats.bytes_in.inc_by(n);
+                    }
+                    Direction::OriginToClient => {
+                        stats.bytes_out.inc_by(n);
+                    }
+                },
+            ))
+        }
+        // `tunnel::open` sent all of `first` already.
+        Upstream::Relayed {
+            streams,
+            peer,
+            counters,
+        } => {
+            span.record("via", &*peer);
+            counters.bytes_in.inc_by(initial_len as u64);
+            Either::Right(tunnel::pipe(
+                client,
+                streams,
+                cfg.idle_timeout,
+                move |dir, n| match dir {
+                    Direction::ClientToOrigin => {
+                        stats.bytes_in.inc_by(n);
+                        counters.bytes_in.inc_by(n);
+                    }
+                    Direction::OriginToClient => {
+                        stats.bytes_out.inc_by(n);
+                        counters.bytes_out.inc_by(n);
+                    }
+                },
+            ))
+        }
+    };
     slot.stats.bytes_in.inc_by(initial_len as u64);
     drop(first);
-
-    // Linux hands the listener's TCP_NODELAY down to accepted sockets.
-    #[cfg(not(target_os = "linux"))]
-    let _ = client.set_nodelay(true);
-    let stats = &slot.stats;
-    let relayed = relay::relay(client, origin, cfg.idle_timeout, |dir, n| match dir {
-        Direction::ClientToOrigin => {
-            stats.bytes_in.inc_by(n);
-        }
-        Direction::OriginToClient => {
-            stats.bytes_out.inc_by(n);
-        }
-    });
     tokio::select! {
         out = relayed => {
             tracing::debug!(
@@ -266,19 +324,38 @@ async fn handle(
     }
 }
 
-/// The origin connection, how much of `first` it took already, the pool's and origin's
-/// names, and the origin's open-connection count.
-type Connected = (TcpStream, usize, Arc<str>, Arc<str>, Arc<AtomicU32>);
+/// Where a connection's bytes go once connected.
+enum Upstream {
+    /// The origin connection, and how much of `first` it took already.
+    Direct(TcpStream, usize),
+    /// A relay stream through `peer`, which took all of `first`; `counters` count it.
+    Relayed {
+        streams: RelayStreams,
+        peer: Arc<str>,
+        counters: RelayedCounters,
+    },
+}
 
-/// Steers and connects, trying up to `MAX_ATTEMPTS` origins within `connect_timeout`.
+/// A connected upstream, the pool's and origin's names, and the origin's open-connection
+/// count.
+struct Connected {
+    upstream: Upstream,
+    pool: Arc<str>,
+    origin: Arc<str>,
+    active: Arc<AtomicU32>,
+}
+
+/// Steers and connects, trying up to `MAX_ATTEMPTS` origins within `connect_timeout`; each
+/// through a peer when the relay decision says so (and that relay can be had).
 async fn connect(
     cx: &ProxyContext,
     cfg: &AppConfig,
-    client: IpAddr,
+    client_addr: SocketAddr,
     port_offset: u16,
     started: Instant,
     first: &[u8],
 ) -> Option<Connected> {
+    let client = canonical_ip(client_addr.ip());
     // `check` bounds connect_timeout; saturating all the same, since an overflow would panic
     // every connection task.
     let deadline = started
@@ -305,6 +382,67 @@ async fn connect(
         cx.decisions.get(&cx.metrics, rt, lb_idx, d.pool).inc();
         exclude[attempt] = (d.pool, d.origin);
         let key = rt.key(d.pool, d.origin);
+        let connected = |upstream| {
+            if lb.affinity == SessionAffinity::ClientIp {
+                cx.affinity.put(
+                    &lb.name,
+                    client,
+                    &pool.name,
+                    &origin.name,
+                    now,
+                    lb.affinity_ttl,
+                );
+            }
+            Some(Connected {
+                upstream,
+                pool: pool.name.clone(),
+                origin: origin.name.clone(),
+                active: origin.active.clone(),
+            })
+        };
+        // The request names the origin, not a port: an app on a port range goes direct.
+        if !cfg.listen.is_range() {
+            if let Some((peer, mesh)) = relay_peer(cx, &snap, lb_idx, d.pool, d.origin) {
+                let request = RelayRequest {
+                    load_balancer: lb.name.to_string(),
+                    pool: pool.name.to_string(),
+                    origin: origin.name.to_string(),
+                    client: client_addr,
+                    hops: 0,
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tunnel::open(mesh, &peer, request, first, left).await {
+                    Ok(streams) => {
+                        let counters = cx.metrics.relayed(&lb.name, &peer, RelayRole::Sent);
+                        counters.connections.inc();
+                        tracing::debug!(%peer, "relayed through the peer");
+                        return connected(Upstream::Relayed {
+                            streams,
+                            peer,
+                            counters,
+                        });
+                    }
+                    // As without relaying: the direct attempt and, failing it, failover.
+                    Err(e) => {
+                        tracing::warn!(
+                            load_balancer = %lb.name,
+                            pool = %pool.name,
+                            origin = %origin.name,
+                            %peer,
+                            "relay not had, connecting directly instead: {e}"
+                        );
+                        cx.metrics
+                            .relay_fallbacks
+                            .get_or_create(&RelayFallbackLabels {
+                                load_balancer: lb.name.to_string(),
+                                peer: peer.to_string(),
+                                reason: e.label(),
+                            })
+                            .inc();
+                    }
+                }
+            }
+        }
         let Some(port) = origin.addr.port.checked_add(port_offset) else {
             cx.health
                 .on_connect_failure(&key, "port out of range".into());
@@ -313,53 +451,14 @@ async fn connect(
         let left = deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(left, dial(&origin.addr, port, first)).await;
         match result {
-            Ok(Ok((stream, sent))) => {
-                if lb.affinity == SessionAffinity::ClientIp {
-                    cx.affinity.put(
-                        &lb.name,
-                        client,
-                        &pool.name,
-                        &origin.name,
-                        now,
-                        lb.affinity_ttl,
-                    );
-                }
-                return Some((
-                    stream,
-                    sent,
-                    pool.name.clone(),
-                    origin.name.clone(),
-                    origin.active.clone(),
-                ));
-            }
+            Ok(Ok((stream, sent))) => return connected(Upstream::Direct(stream, sent)),
             Ok(Err(e)) => {
-                let reason = connect_reason(&e);
-                tracing::debug!(pool = %pool.name, origin = %origin.name, %reason, "connect failed");
-                match blame_io(&e) {
-                    Blame::Origin => cx.health.on_connect_failure(&key, reason),
-                    Blame::Local(cause) => {
-                        cx.health.on_local_error(
-                            cause,
-                            "connect",
-                            format!("connecting to {}/{}: {e}", pool.name, origin.name),
-                        );
-                        return None;
-                    }
+                if dial_failed(&cx.health, &key, Some(&e)) != Blame::Origin {
+                    return None;
                 }
             }
             Err(_) => {
-                tracing::debug!(pool = %pool.name, origin = %origin.name, "connect timed out");
-                match blame_timeout(cx.health.overloaded()) {
-                    Blame::Origin => cx.health.on_connect_failure(&key, "timeout".into()),
-                    Blame::Local(cause) => cx.health.on_local_error(
-                        cause,
-                        "connect",
-                        format!(
-                            "connecting to {}/{} timed out while this node was overloaded",
-                            pool.name, origin.name
-                        ),
-                    ),
-                }
+                dial_failed(&cx.health, &key, None);
                 return None;
             }
         }
@@ -370,9 +469,74 @@ async fn connect(
     None
 }
 
+/// The peer to relay a new connection to origin `origin` of pool `pool` through, for load
+/// balancer `lb`, when the relay decision says so (once per connection: it keeps the
+/// hold-down of `relay = "fastest"`), and the mesh to ask it on.
+fn relay_peer<'a>(
+    cx: &'a ProxyContext,
+    snap: &Snapshot,
+    lb: usize,
+    pool: usize,
+    origin: usize,
+) -> Option<(Arc<str>, &'a Mesh)> {
+    let mesh = cx.mesh.as_deref()?;
+    let policy = snap.rt.load_balancers[lb].relay;
+    let seen = &snap.view.pools[pool].origins[origin];
+    // Under `failover` the path is direct while this node's own probes find the origin up,
+    // which the view already says (`core::relay::decide` agrees): most connections skip the
+    // hub's lock and the mesh state.
+    if policy == RelayPolicy::Off
+        || (policy == RelayPolicy::Failover && !seen.down_here && !snap.view.sick)
+    {
+        return None;
+    }
+    let state = mesh.state().borrow().clone();
+    let target = Target {
+        health: &cx.health,
+        snap,
+        mesh: Some(&state),
+        lb,
+        pool,
+        origin,
+    };
+    match cx.relays.path(&target, Instant::now()).path {
+        Path::Via { peer, .. } => Some((peer, mesh)),
+        Path::Direct => None,
+    }
+}
+
+/// Reports a failed connect to `key` (`failure`, or a timeout when `None`) where it
+/// belongs: against the origin (passive health), or as this node's own trouble. Returns
+/// whose fault it was.
+pub fn dial_failed(health: &HealthHub, key: &OriginKey, failure: Option<&std::io::Error>) -> Blame {
+    let (pool, origin) = (&key.pool, &key.origin);
+    let (blame, reason, detail) = match failure {
+        Some(e) => (
+            blame_io(e),
+            connect_reason(e),
+            format!("connecting to {pool}/{origin}: {e}"),
+        ),
+        None => (
+            blame_timeout(health.overloaded()),
+            "timeout".into(),
+            format!("connecting to {pool}/{origin} timed out while this node was overloaded"),
+        ),
+    };
+    tracing::debug!(%pool, %origin, %reason, "connect failed");
+    match blame {
+        Blame::Origin => health.on_connect_failure(key, reason),
+        Blame::Local(cause) => health.on_local_error(cause, "connect", detail),
+    }
+    blame
+}
+
 /// Connects, and sends what it can of `first` once connected: returns the stream and how
 /// many bytes of `first` went out.
-async fn dial(addr: &OriginAddr, port: u16, first: &[u8]) -> std::io::Result<(TcpStream, usize)> {
+pub async fn dial(
+    addr: &OriginAddr,
+    port: u16,
+    first: &[u8],
+) -> std::io::Result<(TcpStream, usize)> {
     let stream = match addr.ip {
         Some(ip) => return dial_ip(SocketAddr::new(ip, port), first).await,
         None => TcpStream::connect((addr.host.as_str(), port)).await?,
@@ -436,7 +600,7 @@ fn connect_reason(e: &std::io::Error) -> String {
 }
 
 /// Runs a closure when dropped, so counters are restored on every path out.
-struct Guard<F: FnMut()>(F);
+pub struct Guard<F: FnMut()>(pub F);
 
 impl<F: FnMut()> Drop for Guard<F> {
     fn drop(&mut self) {

@@ -161,4 +161,22 @@ pub struct LbStatus {
     /// The path to the origin `serving` goes to (`direct`, `via PEER (why)`), and why.
     #[serde(default)]
     pub path: Option<String>,
+    /// Connections relayed so far, per peer and role, as the `switchyard_relayed_*`
+    /// metrics count them.
+    #[serde(default)]
+    pub relayed: Vec<RelayedStatus>,
+}
+
+/// Connections of one load balancer relayed through or for one peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayedStatus {
+    pub peer: String,
+    /// `sent`: this node's clients, through the peer; `carried`: the peer's clients, carried
+    /// by this node to the origin.
+    pub role: String,
+    pub connections: u64,
+    /// Client to origin.
+    pub bytes_in: u64,
+    /// Origin to client.
+    pub bytes_out: u64,
 }

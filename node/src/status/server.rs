@@ -382,6 +382,7 @@ pub fn document(state: &NodeState) -> Status {
         .collect();
     let now = Instant::now();
     let mesh = state.mesh.as_ref().map(|m| m.state().borrow().clone());
+    let relayed = state.metrics.relayed_all();
     let load_balancers = rt
         .load_balancers
         .iter()
@@ -424,6 +425,17 @@ pub fn document(state: &NodeState) -> Status {
                 serving: decision.map(|d| rt.pools[d.pool].name.to_string()),
                 relay: lb.relay.as_str().into(),
                 path,
+                relayed: relayed
+                    .iter()
+                    .filter(|((name, _, _), _)| *name == *lb.name)
+                    .map(|((_, peer, role), c)| RelayedStatus {
+                        peer: peer.clone(),
+                        role: role.as_str().into(),
+                        connections: c.connections.get(),
+                        bytes_in: c.bytes_in.get(),
+                        bytes_out: c.bytes_out.get(),
+                    })
+                    .collect(),
             }
         })
         .collect();

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use switchyard_geo::Region;
 
-use crate::config::{canonical_ip, SessionAffinity, SteeringPolicy, Vantage};
+use crate::config::{canonical_ip, RelayPolicy, SessionAffinity, SteeringPolicy, Vantage};
 use crate::core::affinity::{Affinity, Sticky};
 use crate::core::client::ClientGeo;
 use crate::core::compiled::CompiledConfig;
@@ -179,6 +179,9 @@ pub(super) struct Ctx<'a, 'r> {
     pub(super) req: &'a Request<'r>,
     /// Health is judged as seen from here: the client's region, else the node's.
     from: Region,
+    /// The load balancer's relay policy: an origin down from here by the path alone stays
+    /// usable while a peer reaches it, unless it is off.
+    relay: RelayPolicy,
 }
 
 impl Ctx<'_, '_> {
@@ -187,7 +190,7 @@ impl Ctx<'_, '_> {
             .pools
             .get(pool)
             .and_then(|p| p.origins.get(origin))
-            .is_some_and(|o| o.up_from(self.from, self.rt.region))
+            .is_some_and(|o| o.up_for(self.from, self.rt.region, self.relay))
             && !self.req.exclude.contains(&(pool, origin))
     }
 
@@ -235,6 +238,7 @@ pub fn decide(
         view,
         req,
         from: req.geo.region.unwrap_or(rt.region),
+        relay: lb.relay,
     };
     if lb.policy != SteeringPolicy::Failover && lb.policy != SteeringPolicy::Random
         || req.geo.region.is_some()
@@ -471,6 +475,59 @@ fallback_pool = "c"
                 d.pool_why,
             )
         })
+    }
+
+    #[test]
+    fn a_path_down_from_here_alone_keeps_the_origin_for_a_load_balancer_that_relays() {
+        use crate::config::Quorum;
+        use crate::core::verdict::Verdict;
+        use crate::core::view::{Obs, RemoteReport};
+        const TWO: &str = r#"
+[[pool]]
+name = "p"
+monitor = "m"
+origins = [{ name = "p1", address = "127.0.0.1:1" }]
+[[pool]]
+name = "q"
+monitor = "m"
+origins = [{ name = "q1", address = "127.0.0.1:2" }]
+"#;
+        let steer = |relay: &str, verdict: Verdict| {
+            let lb = format!(
+                "[[load_balancer]]\nname = \"lb\"\ndefault_pools = [\"p\", \"q\"]\nrelay = \"{relay}\"\n"
+            );
+            let rt = runtime(TWO, &lb);
+            let key = rt.key(0, 0);
+            // This node's own probes find p1 down, with `verdict`; a live peer reaches it.
+            let mut row = OriginHealth::unchecked(Instant::now());
+            row.checked = true;
+            row.healthy = false;
+            row.verdict = Some(verdict);
+            let mut report = Report::default();
+            report.rows.insert(key.clone(), row);
+            let obs = Obs {
+                node: "peer".into(),
+                region: Region::Wnam,
+                healthy: true,
+                rtt: Some(Duration::from_millis(5)),
+                age: Duration::ZERO,
+                verdict: None,
+            };
+            let remote = [RemoteReport {
+                node: "peer".into(),
+                region: Region::Wnam,
+                live: true,
+                rows: [(key, obs)].into(),
+            }];
+            let mut v = View::build_mesh(&rt, &report, &remote, Quorum::Majority, Duration::ZERO);
+            v.mark_own(&rt, &report, &remote, false);
+            pick(&rt, &v, &req("192.0.2.1", 7)).map(|(p, o, _)| format!("{p}/{o}"))
+        };
+        assert_eq!(steer("failover", Verdict::Path).as_deref(), Some("p/p1"));
+        assert_eq!(steer("fastest", Verdict::Path).as_deref(), Some("p/p1"));
+        // As before relaying: relay off, or the origin itself down.
+        assert_eq!(steer("off", Verdict::Path).as_deref(), Some("q/q1"));
+        assert_eq!(steer("failover", Verdict::Origin).as_deref(), Some("q/q1"));
     }
 
     #[test]
