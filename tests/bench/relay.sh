@@ -26,6 +26,10 @@
 #   WAN_QUEUE=65536   wan-emu --queue: packets each directed link may hold in flight
 #   WAN_TCP_MEM=67108864  the largest TCP buffer (tcp_rmem and tcp_wmem max) in the testbed's
 #                     namespaces, so that TCP itself can fill a long path
+#   WAN_TXQUEUE=10000 txqueuelen of the emulator's TUN devices; empty: the device's default
+#                     (500), which drops bursts the emulator reads too late: kernel TCP rides
+#                     that out, a QUIC relay loses its congestion window over it (see
+#                     tests/bench/README.md)
 #   LOOPBACK=1        0: skip the loopback part
 #   KEEP_DIR=         a directory to keep every iperf3 and sockperf output and the nodes' logs
 #                     in (for a closer look at a run); default: none kept
@@ -77,6 +81,7 @@ uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; }
 for v in REPS BULK_SECS RTT_SECS WAN_BULK_SECS WAN_OMIT_SECS WAN_RTT_SECS WAN_QUEUE WAN_TCP_MEM; do
     uint "$v" "${!v}"
 done
+[[ -z $WAN_TXQUEUE ]] || uint WAN_TXQUEUE "$WAN_TXQUEUE"
 ((REPS >= 1 && REPS <= 20)) || die "REPS must be 1..20"
 ((BULK_SECS >= 1 && BULK_SECS <= 60 && RTT_SECS >= 1 && RTT_SECS <= 60)) || die "BULK_SECS and RTT_SECS must be 1..60"
 ((WAN_BULK_SECS > WAN_OMIT_SECS && WAN_BULK_SECS <= 120 && WAN_RTT_SECS >= 1 && WAN_RTT_SECS <= 60)) ||
@@ -598,7 +603,7 @@ if ((WAN)); then
     if [[ -n $WAN_TXQUEUE ]]; then
         for ns in "${NS_A[wan]}" "${NS_B[wan]}"; do ip -n "$ns" link set sy-wan0 txqueuelen "$WAN_TXQUEUE"; done
     fi
-    meta wan "wan-emu (userspace, TUN) between WEU (node A, the client) and SEAS (node B, the origins), round trip $WAN_RTT, queue $WAN_QUEUE packets per direction; TCP buffers up to $WAN_TCP_MEM bytes (tcp_rmem, tcp_wmem) in both namespaces; the direct paths and the relay's QUIC leg cross the emulated link once"
+    meta wan "wan-emu (userspace, TUN) between WEU (node A, the client) and SEAS (node B, the origins), round trip $WAN_RTT, queue $WAN_QUEUE packets per direction, TUN txqueuelen ${WAN_TXQUEUE:-500 (the default)}; TCP buffers up to $WAN_TCP_MEM bytes (tcp_rmem, tcp_wmem) in both namespaces; the direct paths and the relay's QUIC leg cross the emulated link once"
     start_part wan
     run_part wan
     meta wan_emu "$("$BIN/wan-emu" ctl --control "$TMP/emu.sock" show 2>/dev/null | grep -E '^(link|drops)' | paste -sd';' - | tr -s ' ')"
@@ -653,12 +658,14 @@ JSONL="$TMP/metrics.jsonl"
 {
     for part in "${PARTS[@]}"; do
         echo "${PART_TITLE[$part]}"
-        printf '%-48s %-9s %26s %26s %26s   %s\n' measurement unit "${COL_TITLE[direct]}" "${COL_TITLE[sy-direct]}" "${COL_TITLE[sy-relay]}" "target (relayed)"
-        printf '%s\n' "$(printf '%160s' '' | tr ' ' -)"
+        printf '%-48s %-9s %28s %28s %28s   %s\n' measurement unit "${COL_TITLE[direct]}" "${COL_TITLE[sy-direct]}" "${COL_TITLE[sy-relay]}" "target (relayed)"
+        printf '%s\n' "$(printf '%166s' '' | tr ' ' -)"
         for row in "${ROWS[@]}"; do
             IFS='|' read -r key title unit dec <<<"$row"
+            # Across the WAN a round trip is some 170,000 us: whole microseconds are plenty.
+            [[ $part == wan && $unit == us ]] && dec=0
             [[ -n $(values "$key" "$part" sy-relay; values "$key" "$part" sy-direct; values "$key" "$part" direct) ]] || continue
-            printf '%-48s %-9s %26s %26s %26s   %s\n' "$title" "$unit" "$(cell "$key" "$part" direct "$dec")" \
+            printf '%-48s %-9s %28s %28s %28s   %s\n' "$title" "$unit" "$(cell "$key" "$part" direct "$dec")" \
                 "$(cell "$key" "$part" sy-direct "$dec")" "$(cell "$key" "$part" sy-relay "$dec")" "$(verdict "$part" "$key")"
             jq -n -c --arg key "$key" --arg part "$part" --arg title "$title" --arg unit "$unit" --arg target "$(verdict "$part" "$key")" \
                 --argjson d "$(samples "$key" "$part" direct)" --argjson s "$(samples "$key" "$part" sy-direct)" --argjson r "$(samples "$key" "$part" sy-relay)" '
