@@ -2,7 +2,8 @@
 # tests/testnet-smoke.sh: a smoke test of testnet.sh, run from the repo root (CI does). Brings the
 # testnet up and checks that its three nodes form one mesh; that geo and proximity steering send
 # each region's client (placed by the testnet's GeoIP database) to its region's pool through
-# every node, and hash origin steering to one origin on every node; that `switchyard explain`
+# every node, and hash origin steering to one origin on every node; that the relay app (pool
+# weu only, relay = "fastest") reaches weu through every node, directly; that `switchyard explain`
 # and `switchyard status` show the client's region and the database; that every node answers
 # DNS for the zone (dig), a WEU client's subnet getting edge-weu first. Then fails edge-wnam's
 # failover app over from the wnam pool to weu and back (and checks that another node sees
@@ -163,14 +164,17 @@ client_via() {
 }
 
 # Checks for within; each sets LAST to what it saw.
-in_region_pool() { # REGION APP NODE: three connections in a row reach origins of REGION's pool
-    local region=$1 pool=${1,,} got i
+in_pool() { # REGION APP NODE POOL: three connections in a row reach origins of POOL
+    local got
     LAST=
-    for i in 1 2 3; do
-        got=$(client_via "$region" "$2" "$3")
+    for _ in 1 2 3; do
+        got=$(client_via "$1" "$2" "$3")
         LAST+="${LAST:+, }${got:-no answer}"
-        [[ $got == "$pool"-[0-9]* ]] || return 1
+        [[ $got == "$4"-[0-9]* ]] || return 1
     done
+}
+in_region_pool() { # REGION APP NODE: three connections in a row reach origins of REGION's pool
+    in_pool "$1" "$2" "$3" "${1,,}"
 }
 HASHED=
 same_everywhere() { # REGION: hash from every node, twice, reaches one origin of REGION's pool
@@ -236,6 +240,8 @@ nodes=$(grep -o '"id": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((nodes == 3)) || fail "the manifest lists $nodes nodes, not 3"
 grep -q '"id": *"edge-wnam".*"failover": *"127.0.21.1:10001"' "$STATE/manifest.json" ||
     fail "the manifest does not put edge-wnam's failover app at 127.0.21.1:10001"
+grep -q '"id": *"edge-wnam".*"relay": *"127.0.21.1:10051"' "$STATE/manifest.json" ||
+    fail "the manifest does not put edge-wnam's relay app at 127.0.21.1:10051"
 origins=$(grep -o '"pool": *"[^"]*"' "$STATE/manifest.json" | wc -l)
 ((origins == 6)) || fail "the manifest lists $origins origins, not 6"
 pass "$STATE/manifest.json lists 3 nodes and 6 origins"
@@ -290,6 +296,23 @@ for node in "${NODES[@]}"; do
     within 10 "$node's dynamic app did not reach an origin" any_origin dynamic "$node" "${region^^}"
     pass "${region^^} client on $node's dynamic app reached $LAST"
 done
+
+# The relay app's load balancer has one pool, weu, and relay = "fastest": on loopback no path
+# through a peer beats the direct one by the margin, so every node connects directly.
+step "relay app: each region's clients reach the weu pool (its only pool) through every node"
+for region in "${REGIONS[@]}"; do
+    for node in "${NODES[@]}"; do
+        within 10 "$region client on $node's relay app did not reach the weu pool" \
+            in_pool "$region" relay "$node" weu
+        pass "$region client (${CLIENT_IP[$region]}) on $node's relay app: $LAST"
+    done
+done
+explained=$("$(switchyard_bin)" explain --lb relay --client 127.0.1.1 --addr 127.0.21.1:9900 2>&1) ||
+    fail "switchyard explain --lb relay exited non-zero: $explained"
+path=$(grep -m1 -E '^ *path ' <<<"$explained" || true)
+[[ $path =~ ^\ *path\ direct ]] ||
+    fail "edge-wnam's relay path for a WNAM client is not direct: ${path:-no path line in: $explained}"
+pass "switchyard explain --lb relay on edge-wnam: ${path#"${path%%[! ]*}"}"
 
 step "switchyard explain --lb geo --client 127.0.2.1 --addr 127.0.21.1:9900"
 explained=$("$(switchyard_bin)" explain --lb geo --client 127.0.2.1 --addr 127.0.21.1:9900 2>&1) ||

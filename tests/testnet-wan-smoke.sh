@@ -4,10 +4,13 @@
 # network namespace per region, joined through wan-emu) and checks that every process runs in
 # its region's namespace, that the nodes form one mesh over the emulated WAN (with member RTTs
 # no lower than the emulator's latencies), and that a WEU client reaches a weu origin through
-# edge-wnam's geo app across the WAN. Then cuts WNAM-WEU and fails edge-wnam's failover app
-# (pools wnam, weu, seas) over: with the link cut and the wnam pool down, a WNAM client lands
-# on seas; after `wan heal`, on weu; with the wnam pool back, on wnam. Finally `down`, and
-# checks that no process, pid file, namespace or device of this run is left.
+# edge-wnam's geo app across the WAN. Then cuts WNAM-WEU: edge-wnam's relay app (pool weu only)
+# still serves a WNAM client from weu, through edge-seas (explain: path via edge-seas); and fails
+# edge-wnam's failover app (pools wnam, weu, seas) over: with the link cut and the wnam pool
+# down, a WNAM client lands on weu, relayed (weu is down from WNAM alone, and relaying is the
+# default); after `wan heal`, on weu directly, as on the relay app; with the wnam pool back, on
+# wnam. Finally `down`, and checks that no process, pid file, namespace or device of this run
+# is left.
 #
 # Deterministic: before each failover check it waits (bounded) until edge-wnam itself observes
 # the origins it must steer around as down (or up again), because WNAM's view of an origin is
@@ -130,6 +133,18 @@ reaches() {
     done
 }
 
+# relayed NODE APP REGION PEER: NODE's explain for APP and REGION's client gives a path through
+# PEER (`path via PEER (...)`).
+relayed() {
+    local out path
+    out=$(ip netns exec "${NETNS[${NODE_REGION[$1]}]}" "$(switchyard_bin)" explain --lb "$2" \
+        --client "${CLIENT_IP[$3]}" --addr "${STATUS_ADDR[$1]}" 2>&1) || true
+    path=$(grep -m1 -E '^ *path ' <<<"$out" || true)
+    path=${path#"${path%%[! ]*}"}
+    LAST="$1 explains $2 for a $3 client: ${path:-no path line in: $out}"
+    [[ $path == "path via $4 "* ]]
+}
+
 # expect REGION APP NODE POOL SECONDS: polls until reaches passes; passes the check.
 expect() {
     local started=$SECONDS
@@ -244,6 +259,15 @@ within 30 "edge-wnam did not observe weu-1 and weu-2 down" \
     both_observed edge-wnam weu-1 weu-2 edge-wnam false
 pass "$LAST (within $((SECONDS - started + 1))s)"
 
+# The relay app's only pool is weu: down from WNAM alone (edge-seas reaches it), it stays a
+# candidate, and edge-wnam's connections go through edge-seas, the one peer that reaches weu
+# and that edge-wnam reaches (edge-weu is across the cut link).
+step "relay app: a WNAM client on edge-wnam's relay app (pool weu only) is served by weu, through edge-seas"
+within 15 "edge-wnam does not relay the relay app for a WNAM client through edge-seas" \
+    relayed edge-wnam relay WNAM edge-seas
+pass "$LAST"
+expect WNAM relay edge-wnam weu 15
+
 step "take the wnam pool down: origin down wnam-1, wnam-2"
 "$TESTNET" origin down wnam-1 || fail "origin down wnam-1 failed"
 "$TESTNET" origin down wnam-2 || fail "origin down wnam-2 failed"
@@ -252,8 +276,12 @@ started=$SECONDS
 within 30 "edge-wnam did not observe wnam-1 and wnam-2 down" \
     both_observed edge-wnam wnam-1 wnam-2 edge-wnam false
 pass "$LAST (within $((SECONDS - started + 1))s)"
-# wnam is down and weu is unreachable from WNAM: failover's last pool, seas.
-expect WNAM failover edge-wnam seas 15
+# wnam is down; weu is unreachable from WNAM alone, and a peer reaches it: the failover app
+# (relay = "failover", the default) keeps weu, through that peer, before its last pool, seas.
+within 15 "edge-wnam does not relay the failover app for a WNAM client through edge-seas" \
+    relayed edge-wnam failover WNAM edge-seas
+pass "$LAST"
+expect WNAM failover edge-wnam weu 15
 
 step "$TESTNET wan heal WNAM WEU"
 "$TESTNET" wan heal WNAM WEU >/dev/null || fail "testnet.sh wan heal WNAM WEU failed"
@@ -264,8 +292,10 @@ started=$SECONDS
 within 30 "edge-wnam did not observe weu-1 and weu-2 up again" \
     both_observed edge-wnam weu-1 weu-2 edge-wnam true
 pass "$LAST (within $((SECONDS - started + 1))s)"
-# wnam is still down; weu is reachable again and comes before seas.
+# wnam is still down; weu is reachable again and comes before seas (directly: this node's
+# own path is up, relay = "failover").
 expect WNAM failover edge-wnam weu 15
+expect WNAM relay edge-wnam weu 15
 
 step "bring the wnam pool back: origin up wnam-1, wnam-2"
 "$TESTNET" origin up wnam-1 || fail "origin up wnam-1 failed"

@@ -947,9 +947,9 @@ async fn a_differing_summary_gets_the_digest() {
     let target = Node::start(&ca.node("edge-a"), vec![]);
     let peer = RawPeer::connect(&ca.node("edge-r"), target.addr()).await;
     let sent_digests =
-        || target.metric("switchyard_mesh_messages_total{direction=\"Sent\",type=\"digest\"}");
+        || target.metric("switchyard_mesh_messages_total{direction=\"sent\",type=\"digest\"}");
     let got_summaries =
-        || target.metric("switchyard_mesh_messages_total{direction=\"Received\",type=\"summary\"}");
+        || target.metric("switchyard_mesh_messages_total{direction=\"received\",type=\"summary\"}");
     assert_eq!(sent_digests(), 0, "{}", target.describe());
     let summary = envelope(CLUSTER, "edge-r", Msg::Summary { fingerprint: 0 });
     peer.stream(&summary).await;

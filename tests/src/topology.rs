@@ -119,7 +119,13 @@ pub const POOLS: [(&str, &str, f64, f64); 3] = [
 pub const ORIGINS_PER_POOL: u8 = 2;
 
 /// The apps every node runs, each with the load balancer of its name.
-pub const APPS: [&str; 5] = ["failover", "geo", "dynamic", "proximity", "hash"];
+pub const APPS: [&str; 6] = ["failover", "geo", "dynamic", "proximity", "hash", "relay"];
+
+/// The app (and load balancer) whose only pool is [`RELAY_POOL`], with `relay = "fastest"`:
+/// a node whose own path to that pool is cut or slow serves it through a peer (issue 13).
+pub const APP_RELAY: &str = "relay";
+/// The one pool of [`APP_RELAY`]'s load balancer.
+pub const RELAY_POOL: &str = "weu";
 
 /// The region of a pool.
 pub fn pool_region(pool: &str) -> Option<&'static str> {
@@ -185,6 +191,8 @@ pub struct LoadBalancer {
     pub fallback_pool: Option<String>,
     /// Geo steering: each region to its own pool.
     pub region_pools: Vec<(String, Vec<String>)>,
+    /// `relay = "off" | "failover" | "fastest"`; None leaves the node's default (failover).
+    pub relay: Option<String>,
 }
 
 /// A node and where it listens.
@@ -354,6 +362,7 @@ impl Topology {
                     Vec::new()
                 },
                 default_pools: pools,
+                relay: None,
             }
         };
         let clients = REGIONS
@@ -411,6 +420,14 @@ impl Topology {
                 lb("dynamic", "dynamic", ""),
                 lb("proximity", "proximity", ""),
                 lb("hash", "geo", "-hash"),
+                LoadBalancer {
+                    name: APP_RELAY.to_string(),
+                    steering: "failover".to_string(),
+                    default_pools: vec![RELAY_POOL.to_string()],
+                    fallback_pool: None,
+                    region_pools: Vec::new(),
+                    relay: Some("fastest".to_string()),
+                },
             ],
             clients,
         }
@@ -474,6 +491,9 @@ impl Topology {
                 rp.insert(r.clone(), str_array(pools));
             }
             t.insert("region_pools".into(), rp.into());
+        }
+        if let Some(r) = &lb.relay {
+            t.insert("relay".into(), r.clone().into());
         }
         t
     }
@@ -901,6 +921,37 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_app_uses_only_its_pool_and_relays_by_speed_on_every_node() {
+        for mode in [Mode::Loopback, Mode::Wan] {
+            let t = Topology::new(mode);
+            for (id, _) in NODES {
+                let cfg = t.node_config(id, &files(id)).unwrap();
+                let lb = (cfg.load_balancers.iter())
+                    .find(|l| l.name == APP_RELAY)
+                    .unwrap_or_else(|| panic!("{id}: no load balancer {APP_RELAY}"));
+                assert_eq!(lb.default_pools, [RELAY_POOL], "{id}");
+                assert_eq!(lb.fallback_pool, None, "{id}");
+                assert_eq!(
+                    lb.relay,
+                    switchyard_node::config::RelayPolicy::Fastest,
+                    "{id}"
+                );
+                let app = cfg.apps.iter().find(|a| a.name == APP_RELAY).unwrap();
+                assert_eq!(app.load_balancer, APP_RELAY, "{id}");
+                // Every other load balancer keeps the node's default.
+                for other in cfg.load_balancers.iter().filter(|l| l.name != APP_RELAY) {
+                    assert_eq!(
+                        other.relay,
+                        switchyard_node::config::RelayPolicy::default(),
+                        "{id}: {}",
+                        other.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn loopback_manifest_keeps_its_layout() {
         let m = Topology::new(Mode::Loopback).manifest(&[]);
         let lines: Vec<&str> = m.lines().collect();
@@ -913,7 +964,7 @@ mod tests {
              \"127.0.21.1:5300\", \"apps\": \
              {\"failover\": \"127.0.21.1:10001\", \"geo\": \"127.0.21.1:10011\", \"dynamic\": \
              \"127.0.21.1:10021\", \"proximity\": \"127.0.21.1:10031\", \"hash\": \
-             \"127.0.21.1:10041\"}},"
+             \"127.0.21.1:10041\", \"relay\": \"127.0.21.1:10051\"}},"
         );
         assert_eq!(lines[5], "  ],");
         assert_eq!(lines[6], "  \"origins\": [");
@@ -931,7 +982,8 @@ mod tests {
              \"failover.sy.test\", \"port\": 10001}, \"geo\": {\"name\": \"geo.sy.test\", \
              \"port\": 10011}, \"dynamic\": {\"name\": \"dynamic.sy.test\", \"port\": 10021}, \
              \"proximity\": {\"name\": \"proximity.sy.test\", \"port\": 10031}, \"hash\": \
-             {\"name\": \"hash.sy.test\", \"port\": 10041}}}"
+             {\"name\": \"hash.sy.test\", \"port\": 10041}, \"relay\": {\"name\": \
+             \"relay.sy.test\", \"port\": 10051}}}"
         );
         assert_eq!(lines[16], "}");
         assert_eq!(lines.len(), 17);

@@ -18,9 +18,10 @@
 //!    id with a higher generation, and no node declares the running new incarnation down.
 //! 6. A path cut: edge-wnam alone loses its path to WEU's origins (iptables rules in WNAM's
 //!    namespace; the mesh stays up). Its own rows for them go down with the verdict "path"
-//!    (it asked peers in other regions, who reach them), it steers its own clients around
-//!    them, and the other nodes keep them up and keep serving the weu pool; after healing its
-//!    rows come back up and the verdict clears. Needs `iptables` (CI installs it).
+//!    (it asked peers in other regions, who reach them); its apps, which relay by default,
+//!    keep weu for its clients and serve them through a peer (explain: via the peer, direct
+//!    path down), and the other nodes keep the rows up and keep serving the weu pool; after
+//!    healing its rows come back up and the verdict clears. Needs `iptables` (CI installs it).
 //! 7. A revoked node: `switchyard cert revoke` lists edge-seas, the two other nodes reload
 //!    (SIGHUP) with that list. They drop edge-seas from the mesh and its rows from their views,
 //!    refuse it (counted as `revoked`), and keep serving every pool from their own probes;
@@ -37,6 +38,26 @@
 //!    and the client's next connection to the first answered address is served. Bring it back:
 //!    it is first again. Point one app of edge-seas at a pool only edge-seas has, which is
 //!    down: edge-seas drops out of that app's answers, on every node, and stays in the others'.
+//! 10. Relay around a cut link: the relay app (pool weu only, `relay = "fastest"`) serves a
+//!     WNAM client on edge-wnam directly. `wan cut WNAM WEU`: once edge-wnam finds its own
+//!     path down, its explain shows the path via edge-seas (direct path down), and each new
+//!     connection is served by a weu origin while edge-seas counts one more relay stream from
+//!     edge-wnam (`switchyard_mesh_relay_streams_total{peer="edge-wnam",direction="received"}`).
+//!     Healed, and past the hold-down, the path is direct again and new connections add no
+//!     relay stream.
+//! 11. Relay around a slow link: `wan set WNAM WEU 400ms` makes the path through edge-seas
+//!     (160 + 170 ms) faster by more than the margin; once the round trips catch up and the
+//!     hold-down of the direct path ends, new connections go through edge-seas (explain: faster
+//!     through the peer; counted as in 10), while edge-wnam's own probes still find weu up.
+//!     Set back to 75 ms, they go direct again after the hold-down.
+//! 12. Relay requests a peer refuses: `mesh-liar relay`, a real member holding a valid
+//!     certificate, asks edge-seas to relay to an origin, pool or load balancer its config does
+//!     not have, to an address where an origin's name goes, to a pool its load balancer does not
+//!     use, and as a second hop. Each is refused, by a reason about the request, and counted in
+//!     `switchyard_mesh_relay_refused_total{reason}`; its one valid request is relayed (the
+//!     control: the refusals are the names' doing). A client with a certificate of another CA
+//!     fails the handshake (counted as `wrong_ca`), and the status port has no relay endpoint
+//!     (`/v1/relay`: GET 404, POST 405).
 //!
 //! Each scenario prints a timeline (run with `--nocapture` to see it): what changed when, and
 //! what each node saw. On failure it also prints the tail of every node's log and the
@@ -62,6 +83,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use switchyard_gossip::RefuseReason;
+use switchyard_node::core::explain::Explanation;
 use switchyard_node::status::Status;
 use switchyard_tests::harness::switchyard_bin;
 use switchyard_tests::topology::{
@@ -89,6 +112,7 @@ const NODES: [(&str, &str, &str); 3] = {
 const APP_FAILOVER: &str = "failover";
 const APP_GEO: &str = "geo";
 const APP_DYNAMIC: &str = "dynamic";
+const APP_RELAY: &str = testnet::APP_RELAY;
 
 /// The http monitor. An HTTP probe takes two round trips (connect, then request and response):
 /// up to 2 x 170 ms across the WAN by default, and 2 x 300 ms from WNAM to WEU once scenario 1
@@ -112,9 +136,10 @@ fn failover_bound() -> Duration {
 }
 
 /// The testnet's topology in WAN mode, varied for these scenarios: SWIM timings that detect a
-/// partition within seconds, the monitor above, no `-hash` pools, and three load balancers:
+/// partition within seconds, the monitor above, no `-hash` pools, and four load balancers:
 /// failover over weu, wnam, seas (WEU's clients start on their own pool), the testnet's geo,
-/// and dynamic over weu and seas (so that scenario 1's latency change flips the ranking).
+/// dynamic over weu and seas (so that scenario 1's latency change flips the ranking), and the
+/// testnet's relay (pool weu only, `relay = "fastest"`: scenarios 10 to 12).
 fn topology() -> Topology {
     let ms = Duration::from_millis;
     let mut t = Topology::new(Mode::Wan);
@@ -145,19 +170,23 @@ fn topology() -> Topology {
         default_pools: pools.iter().map(|p| p.to_string()).collect(),
         fallback_pool: None,
         region_pools: Vec::new(),
+        relay: None,
     };
-    let geo = t
-        .load_balancer("geo")
-        .expect("the testnet has a geo app")
-        .clone();
+    let kept = |name: &str| {
+        t.load_balancer(name)
+            .unwrap_or_else(|| panic!("the testnet has a {name} app"))
+            .clone()
+    };
+    let (geo, relay) = (kept(APP_GEO), kept(APP_RELAY));
     t.load_balancers = vec![
         lb(APP_FAILOVER, "failover", &["weu", "wnam", "seas"]),
         geo,
         lb(APP_DYNAMIC, "dynamic", &["weu", "seas"]),
+        relay,
     ];
     for n in &mut t.nodes {
         n.apps
-            .retain(|(a, _)| [APP_FAILOVER, APP_GEO, APP_DYNAMIC].contains(&a.as_str()));
+            .retain(|(a, _)| [APP_FAILOVER, APP_GEO, APP_DYNAMIC, APP_RELAY].contains(&a.as_str()));
     }
     t
 }
@@ -584,25 +613,40 @@ impl Cluster {
     /// endpoint is bound to the node's address, which only that namespace can reach directly).
     async fn http_get(&self, region: &str, path: &str) -> Result<String> {
         let addr = self.node(region).status;
-        let sock = self.tb().tcp_socket(region)?;
+        let (head, body) = self.http(region, "GET", addr, path).await?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {addr}{path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body)
+    }
+
+    /// Sends `method path` (no body) to `addr` from a socket made in `from`'s namespace, and
+    /// returns the answer's head and body, whatever its status.
+    async fn http(
+        &self,
+        from: &str,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(String, String)> {
+        let sock = self.tb().tcp_socket(from)?;
         let mut s = timeout(STEP, sock.connect(addr))
             .await
             .map_err(|_| anyhow!("connect {addr}: timed out"))?
             .with_context(|| format!("connect {addr}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         timeout(STEP, s.read_to_end(&mut buf))
             .await
-            .map_err(|_| anyhow!("GET {addr}{path}: no full answer within {STEP:?}"))??;
+            .map_err(|_| anyhow!("{method} {addr}{path}: no full answer within {STEP:?}"))??;
         let text = String::from_utf8_lossy(&buf);
         let (head, body) = text
             .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("GET {addr}{path}: no HTTP head in {text:?}"))?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {addr}{path}: {}", head.lines().next().unwrap_or(""));
-        }
-        Ok(body.to_string())
+            .ok_or_else(|| anyhow!("{method} {addr}{path}: no HTTP head in {text:?}"))?;
+        Ok((head.to_string(), body.to_string()))
     }
 
     async fn status(&self, region: &str) -> Result<Status> {
@@ -637,23 +681,28 @@ impl Cluster {
         views_agree(&self.statuses().await?)
     }
 
+    /// The region's node's explanation of how `lb` steers `client` now (`/v1/explain`).
+    async fn explanation(&self, region: &str, lb: &str, client: IpAddr) -> Result<Explanation> {
+        let body = self
+            .http_get(region, &format!("/v1/explain?lb={lb}&client={client}"))
+            .await?;
+        serde_json::from_str(&body).context("decode /v1/explain")
+    }
+
     /// The region's node's explanation of how `lb` steers `client` now, in one line.
     async fn explain(&self, region: &str, lb: &str, client: IpAddr) -> String {
-        let path = format!("/v1/explain?lb={lb}&client={client}");
-        match self.http_get(region, &path).await {
-            Ok(body) => match serde_json::from_str::<switchyard_node::core::explain::Explanation>(&body)
-            {
-                Ok(e) => format!(
-                    "{} explains {lb} for {client}: region {:?} (by {}), pool {:?} ({}), origin {:?}",
-                    node_id(region),
-                    e.region,
-                    e.located_by,
-                    e.pool,
-                    e.pool_reason.unwrap_or_default(),
-                    e.origin
-                ),
-                Err(e) => format!("{}: explain: {e}", node_id(region)),
-            },
+        match self.explanation(region, lb, client).await {
+            Ok(e) => format!(
+                "{} explains {lb} for {client}: region {:?} (by {}), pool {:?} ({}), origin {:?}, path {:?} ({})",
+                node_id(region),
+                e.region,
+                e.located_by,
+                e.pool,
+                e.pool_reason.unwrap_or_default(),
+                e.origin,
+                e.path,
+                e.path_reason.unwrap_or_default()
+            ),
             Err(e) => format!("{}: explain: {e:#}", node_id(region)),
         }
     }
@@ -973,7 +1022,7 @@ async fn geo(c: &Cluster) -> Result<()> {
     let body = c
         .http_get("WNAM", &format!("/v1/explain?lb=geo&client={weu_client}"))
         .await?;
-    let e: switchyard_node::core::explain::Explanation = serde_json::from_str(&body)?;
+    let e: Explanation = serde_json::from_str(&body)?;
     c.note(c.explain("WNAM", "geo", weu_client).await);
     assert_eq!(e.region.as_deref(), Some("WEU"), "{e:?}");
     assert_eq!(e.country.as_deref(), Some("DE"), "{e:?}");
@@ -1514,6 +1563,39 @@ fn cut_invariant(docs: &[(&str, Status, Value)], cut: &[String]) -> Option<Strin
 }
 
 impl Cluster {
+    /// A client of region `from` on app `app` of the node of `via`, served by `pool` through a
+    /// peer because that node's own path is down (its explain says so just before): the
+    /// greeting and the path, or why not.
+    async fn served_relayed(
+        &self,
+        from: &str,
+        via: &str,
+        app: &str,
+        pool: &str,
+    ) -> Result<String, String> {
+        use switchyard_node::core::relay::Why;
+        let e = self
+            .explanation(via, app, self.client_ip(from))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let path = e.path.unwrap_or_default();
+        let relayed = path
+            .strip_prefix("via ")
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|peer| path == via_words(peer, Why::DirectDown));
+        if relayed.is_none() {
+            return Err(format!(
+                "path {path:?} ({})",
+                e.path_reason.unwrap_or_default()
+            ));
+        }
+        let got = self.origin_for(from, via, app).await?;
+        if pool_of(&got) != pool {
+            return Err(format!("served by {got}, path {path}"));
+        }
+        Ok(format!("{got} ({path})"))
+    }
+
     /// Every node's status, typed and as JSON, by region.
     async fn docs(&self) -> Result<Vec<(&'static str, Status, Value)>, String> {
         let mut all = Vec::new();
@@ -1687,25 +1769,26 @@ async fn path_cut(c: &Cluster) -> Result<()> {
     ));
     c.snapshot("cut").await;
 
-    // edge-wnam steers its own region's clients around the cut path (WNAM's view has weu
-    // down); the other nodes keep serving weu, with both of its origins, to their own clients
-    // and to SEAS's.
+    // A path down from edge-wnam alone does not make weu down: its failover app (relay =
+    // "failover", the default) keeps weu for its own region's clients, through a peer that
+    // reaches it (WNAM's view has weu down). The other nodes keep serving weu, with both of its
+    // origins, to their own clients and to SEAS's.
     c.wait_for(
-        &format!("a WNAM client via {me}'s failover app is served by wnam"),
+        &format!("a WNAM client via {me}'s failover app is served by {CUT_POOL}, relayed"),
         CONVERGE,
         || async {
             watch(&c.docs().await?, t_cut);
-            let got = c.origin_for("WNAM", CUT_FROM, APP_FAILOVER).await?;
-            match pool_of(&got) {
-                "wnam" => Ok(()),
-                _ => Err(format!("served by {got}")),
-            }
+            c.served_relayed("WNAM", CUT_FROM, APP_FAILOVER, CUT_POOL)
+                .await
+                .map(|_| ())
         },
     )
     .await?;
     c.note(format!(
         "  during the cut, a WNAM client via {me}'s failover app (weu, wnam, seas) is served by {}",
-        c.client("WNAM", CUT_FROM, APP_FAILOVER).await?
+        c.served_relayed("WNAM", CUT_FROM, APP_FAILOVER, CUT_POOL)
+            .await
+            .map_err(anyhow::Error::msg)?
     ));
     for (from, via, app) in routes {
         let served: RefCell<BTreeSet<String>> = RefCell::new(BTreeSet::new());
@@ -1824,28 +1907,29 @@ async fn path_cut(c: &Cluster) -> Result<()> {
             o.healthy
         );
     }
-    // Knowing that its own path is to blame, edge-wnam does not send a client there whatever
-    // the client's region sees: a WEU client on its geo app (WEU's view has weu up) is served
-    // by another pool, not held until connect_timeout and closed. Checked after the verdict,
-    // and on failure the scenario goes on to heal (to show the rest), then fails with it.
+    // Knowing that its own path is to blame, edge-wnam does not send a client there directly
+    // whatever the client's region sees: a WEU client on its geo app (WEU's view has weu up)
+    // is served by weu through a peer, not held until connect_timeout and closed. Checked
+    // after the verdict, and on failure the scenario goes on to heal (to show the rest), then
+    // fails with it.
     let stranded = c
         .wait_for(
-            &format!("a WEU client via {me}'s geo app is served, not by {CUT_POOL}"),
+            &format!("a WEU client via {me}'s geo app is served by {CUT_POOL}, relayed"),
             CONVERGE,
             || async {
                 watch(&c.docs().await?, t_cut);
-                let got = c.origin_for("WEU", CUT_FROM, APP_GEO).await?;
-                if pool_of(&got) == CUT_POOL {
-                    return Err(format!("served by {got}"));
-                }
-                Ok(())
+                c.served_relayed("WEU", CUT_FROM, APP_GEO, CUT_POOL)
+                    .await
+                    .map(|_| ())
             },
         )
         .await;
     match &stranded {
         Ok(_) => c.note(format!(
             "  during the cut, a WEU client via {me}'s geo app is served by {}",
-            c.client("WEU", CUT_FROM, APP_GEO).await?
+            c.served_relayed("WEU", CUT_FROM, APP_GEO, CUT_POOL)
+                .await
+                .map_err(anyhow::Error::msg)?
         )),
         Err(_) => c.note(c.explain(CUT_FROM, APP_GEO, c.client_ip("WEU")).await),
     }
@@ -1982,26 +2066,42 @@ impl Cluster {
         Ok(())
     }
 
-    /// The region's node's count of refusals by reason, from its metrics.
+    /// The region's node's count of mesh refusals by reason, from its metrics.
     async fn refusals(&self, region: &str) -> Result<BTreeMap<String, f64>, String> {
+        self.counts(region, "switchyard_mesh_refused_total", "reason", &[])
+            .await
+    }
+
+    /// The region's node's counter `metric` (its series whose labels include every pair of
+    /// `with`), summed per value of `label`, from its metrics.
+    async fn counts(
+        &self,
+        region: &str,
+        metric: &str,
+        label: &str,
+        with: &[(&str, &str)],
+    ) -> Result<BTreeMap<String, f64>, String> {
         let text = self
             .http_get(region, "/metrics")
             .await
             .map_err(|e| format!("{e:#}"))?;
+        let series = format!("{metric}{{");
+        let key = format!("{label}=\"");
         let mut out = BTreeMap::new();
-        for l in text
-            .lines()
-            .filter(|l| l.starts_with("switchyard_mesh_refused_total{"))
-        {
-            let (Some(reason), Some(v)) = (
-                l.split("reason=\"")
-                    .nth(1)
-                    .and_then(|r| r.split('"').next()),
+        for l in text.lines().filter(|l| l.starts_with(&series)) {
+            if !with
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            {
+                continue;
+            }
+            let (Some(value), Some(v)) = (
+                l.split(&key).nth(1).and_then(|r| r.split('"').next()),
                 l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()),
             ) else {
                 continue;
             };
-            *out.entry(reason.to_string()).or_default() += v;
+            *out.entry(value.to_string()).or_default() += v;
         }
         Ok(out)
     }
@@ -2147,6 +2247,49 @@ async fn e2e_a_lying_member_changes_nothing() -> Result<()> {
     .await
 }
 
+impl Cluster {
+    /// `mesh-liar` in `region`'s namespace, from its client address, holding a certificate
+    /// that the cluster CA issued it for `region`, aimed at the node of `target`: the arguments
+    /// every mode takes; the caller adds the mode and its own.
+    fn liar_command(&self, region: &str, target: &str) -> Result<std::process::Command> {
+        let ca = self.dir.join("ca");
+        let paths =
+            switchyard_gossip::tls::issue_cert_in(&ca, "liar", Some(region.parse()?), &self.dir)
+                .map_err(|e| anyhow!("issue the liar's certificate: {e}"))?;
+        let mut cmd = self.tb().command(region, MESH_LIAR)?;
+        cmd.arg("--ca")
+            .arg(ca.join(switchyard_gossip::tls::CA_CERT_FILE))
+            .arg("--cert")
+            .arg(&paths.cert)
+            .arg("--key")
+            .arg(&paths.key)
+            .args(["--cluster", &self.topo.cluster, "--region", region])
+            .args([
+                "--bind",
+                &SocketAddr::new(self.client_ip(region), 0).to_string(),
+            ])
+            .args(["--target", &self.node(target).mesh.to_string()])
+            .args(["--target-id", node_id(target)])
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs `mesh-liar` to the end, noting what it printed; its lines, or why it failed.
+    fn run_liar(&self, mut cmd: std::process::Command) -> Result<Vec<String>> {
+        let out = cmd.output().context("run mesh-liar")?;
+        let lines: Vec<String> = (String::from_utf8_lossy(&out.stdout).lines())
+            .map(str::to_string)
+            .collect();
+        for line in &lines {
+            self.note(format!("  liar: {line}"));
+        }
+        if !out.status.success() {
+            bail!("mesh-liar failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(lines)
+    }
+}
+
 /// Where the liar runs, whom it lies to, and about whom.
 const LIAR_REGION: &str = "WEU";
 const LIED_TO: &str = "WNAM";
@@ -2161,36 +2304,13 @@ async fn liar(c: &Cluster) -> Result<()> {
         generation(&before[0].1).ok_or_else(|| anyhow!("no generation of {victim}"))?;
     let refused_before = c.refusals(LIED_TO).await.map_err(anyhow::Error::msg)?;
 
-    let ca = c.dir.join("ca");
-    let liar_region: switchyard_geo::Region = LIAR_REGION.parse()?;
-    let paths = switchyard_gossip::tls::issue_cert_in(&ca, "liar", Some(liar_region), &c.dir)
-        .map_err(|e| anyhow!("issue the liar's certificate: {e}"))?;
     let victim_node = c.node(LIED_ABOUT);
     let origins: Vec<String> = (c.topo.origins.iter())
         .filter(|o| o.pool == pool_of_region(LIED_ABOUT))
         .map(|o| o.name.clone())
         .collect();
-    let out = c
-        .tb()
-        .command(LIAR_REGION, MESH_LIAR)?
-        .arg("--ca")
-        .arg(ca.join(switchyard_gossip::tls::CA_CERT_FILE))
-        .arg("--cert")
-        .arg(&paths.cert)
-        .arg("--key")
-        .arg(&paths.key)
-        .args(["--cluster", &c.topo.cluster])
-        .args(["--region", LIAR_REGION, "--other-region", "SEAS"])
-        .args([
-            "--bind",
-            &SocketAddr::new(c.client_ip(LIAR_REGION), 0).to_string(),
-        ])
-        .args([
-            "--target",
-            &c.node(LIED_TO).mesh.to_string(),
-            "--target-id",
-            target,
-        ])
+    let mut cmd = c.liar_command(LIAR_REGION, LIED_TO)?;
+    cmd.args(["lie", "--other-region", "SEAS"])
         .args(["--victim", victim, "--victim-region", LIED_ABOUT])
         .args(["--victim-addr", &victim_node.mesh.to_string()])
         .args(["--victim-generation", &victim_gen.to_string()])
@@ -2199,16 +2319,8 @@ async fn liar(c: &Cluster) -> Result<()> {
             pool_of_region(LIED_ABOUT),
             "--origins",
             &origins.join(","),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .context("run mesh-liar")?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        c.note(format!("  liar: {line}"));
-    }
-    if !out.status.success() {
-        bail!("mesh-liar failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+        ]);
+    c.run_liar(cmd)?;
     let t = Instant::now();
 
     // Every lie arrived and was refused for what it is.
@@ -2483,5 +2595,434 @@ async fn dns(c: &mut Cluster) -> Result<()> {
         |a| a.first() == Some(&seas),
     )
     .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10-12. Relaying through a peer.
+
+/// The region whose node relays its clients' connections, the region of the node that carries
+/// them, and the region of the relay app's only pool.
+const RELAY_FROM: &str = "WNAM";
+const RELAY_VIA: &str = "SEAS";
+const RELAY_TO: &str = "WEU";
+/// Connections made in a row to show where new connections go.
+const RELAY_PROBES: usize = 3;
+
+/// For a path chosen by `relay = "fastest"` to be given up: the node keeps it for the hold-down
+/// while it works, then follows the round trips; plus the time for those to catch up.
+fn relay_switch_bound() -> Duration {
+    switchyard_node::core::relay::HOLD_DOWN + RTT_CATCH_UP
+}
+
+/// What explain says of a path through `peer`, for `why` (the node's own words).
+fn via_words(peer: &str, why: switchyard_node::core::relay::Why) -> String {
+    switchyard_node::core::relay::Path::Via {
+        peer: peer.into(),
+        expected_rtt: None,
+        why,
+    }
+    .words()
+}
+
+impl Cluster {
+    /// The relay streams the node of `server` accepted from the node of `asker`, all told
+    /// (`switchyard_mesh_relay_streams_total{peer, direction="received"}`).
+    async fn relay_streams_from(&self, server: &str, asker: &str) -> Result<f64, String> {
+        let by_peer = self
+            .counts(
+                server,
+                "switchyard_mesh_relay_streams_total",
+                "peer",
+                &[("direction", "received")],
+            )
+            .await?;
+        Ok(by_peer.get(node_id(asker)).copied().unwrap_or(0.0))
+    }
+
+    /// The relay app's path for a client of RELAY_FROM on its node, as explain words it.
+    async fn relay_path(&self) -> Result<(String, String), String> {
+        let e = self
+            .explanation(RELAY_FROM, APP_RELAY, self.client_ip(RELAY_FROM))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok((
+            e.path.unwrap_or_else(|| "(no path)".into()),
+            e.path_reason.unwrap_or_default(),
+        ))
+    }
+
+    /// A client of RELAY_FROM on its own node's relay app, served by the relay pool: the
+    /// greeting, or why not.
+    async fn relay_client(&self) -> Result<String, String> {
+        let got = self.origin_for(RELAY_FROM, RELAY_FROM, APP_RELAY).await?;
+        if pool_of(&got) != testnet::RELAY_POOL {
+            return Err(format!(
+                "served by {got}, not the {} pool",
+                testnet::RELAY_POOL
+            ));
+        }
+        Ok(got)
+    }
+
+    /// Waits until the relay app's path for RELAY_FROM's clients is `want` and such a client
+    /// is served by the relay pool (a connection each poll: the path of real connections is
+    /// what the hold-down remembers); notes how long it took.
+    async fn wait_relay_path(&self, want: &str, within: Duration, since: Instant) -> Result<()> {
+        let me = node_id(RELAY_FROM);
+        self.wait_for(
+            &format!("{me}'s new relay connections take the path \"{want}\""),
+            within,
+            || async {
+                let got = self.relay_client().await?;
+                let (path, why) = self.relay_path().await?;
+                if path != want {
+                    return Err(format!("path {path:?} ({why}); a client served by {got}"));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let (path, why) = self.relay_path().await.map_err(anyhow::Error::msg)?;
+        self.note(format!(
+            "{me}'s relay path: {path}: {why} ({} after the change)",
+            secs(since.elapsed())
+        ));
+        Ok(())
+    }
+
+    /// RELAY_PROBES new connections of a RELAY_FROM client to its node's relay app, each served
+    /// by the relay pool; each goes through RELAY_VIA's node (its count of relay streams from
+    /// RELAY_FROM's node grows with each) when `relayed`, and none does otherwise.
+    async fn relay_connections(&self, relayed: bool) -> Result<()> {
+        let (me, via) = (node_id(RELAY_FROM), node_id(RELAY_VIA));
+        let count = || async {
+            self.relay_streams_from(RELAY_VIA, RELAY_FROM)
+                .await
+                .map_err(anyhow::Error::msg)
+        };
+        let first = count().await?;
+        for _ in 0..RELAY_PROBES {
+            let before = count().await?;
+            // The path explain gives just before: on a failure, what the node meant to do.
+            let (path, why) = self.relay_path().await.map_err(anyhow::Error::msg)?;
+            let got = match self.relay_client().await {
+                Ok(got) => got,
+                Err(e) => bail!("{e} (the path just before: {path}: {why})"),
+            };
+            let after = count().await?;
+            self.note(format!(
+                "  a {RELAY_FROM} client via {me}'s {APP_RELAY} app ({path}): {got}; {via}'s relay streams from {me}: {before} -> {after}"
+            ));
+            if relayed {
+                assert!(
+                    after > before,
+                    "{via} accepted no relay stream from {me} for a connection served by {got}"
+                );
+            } else {
+                assert_eq!(
+                    after, before,
+                    "{via} accepted a relay stream from {me} for a connection served by {got}, on the direct path"
+                );
+            }
+        }
+        self.note(format!(
+            "  {via}'s relay streams from {me}: {first} -> {} over {RELAY_PROBES} connections",
+            count().await?
+        ));
+        Ok(())
+    }
+}
+
+// 10. Relay around a cut link.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_relay_around_a_cut_link() -> Result<()> {
+    scenario(
+        "e2e_relay_around_a_cut_link",
+        "relay-cut",
+        None,
+        async |c| relay_cut(c).await,
+    )
+    .await
+}
+
+async fn relay_cut(c: &Cluster) -> Result<()> {
+    use switchyard_node::core::relay::Why;
+    let t0 = Instant::now();
+    c.wait_relay_path("direct", CONVERGE, t0).await?;
+    c.relay_connections(false).await?;
+
+    c.tb().cut(RELAY_FROM, RELAY_TO)?;
+    let t_cut = Instant::now();
+    c.note(format!("cut {RELAY_FROM}-{RELAY_TO}"));
+    // Once edge-wnam's probes find weu down (and SWIM what it finds of the link), its relay
+    // connections go through edge-seas, which reaches weu, and are served.
+    let via = via_words(node_id(RELAY_VIA), Why::DirectDown);
+    c.wait_relay_path(&via, DETECT + CONVERGE, t_cut).await?;
+    c.relay_connections(true).await?;
+    c.snapshot("cut").await;
+
+    c.tb().heal(RELAY_FROM, RELAY_TO)?;
+    let t_heal = Instant::now();
+    c.note(format!("healed {RELAY_FROM}-{RELAY_TO}"));
+    // The path through the peer is kept for the hold-down while it works; then direct again.
+    c.wait_relay_path("direct", relay_switch_bound(), t_heal)
+        .await?;
+    c.relay_connections(false).await
+}
+
+// 11. Relay around a slow link.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_relay_around_a_slow_link() -> Result<()> {
+    scenario(
+        "e2e_relay_around_a_slow_link",
+        "relay-slow",
+        None,
+        async |c| relay_slow(c).await,
+    )
+    .await
+}
+
+/// The round trip that makes WNAM-WEU slower than WNAM-SEAS-WEU (160 + 170 ms) by more than
+/// the margin.
+const SLOW_RTT: Duration = Duration::from_millis(400);
+
+async fn relay_slow(c: &Cluster) -> Result<()> {
+    use switchyard_node::core::relay::Why;
+    let me = node_id(RELAY_FROM);
+    let t0 = Instant::now();
+    c.wait_relay_path("direct", CONVERGE, t0).await?;
+    c.relay_connections(false).await?;
+
+    c.tb().set_latency(RELAY_FROM, RELAY_TO, SLOW_RTT)?;
+    let t_slow = Instant::now();
+    c.note(format!(
+        "set {RELAY_FROM}-{RELAY_TO} to {SLOW_RTT:?} round trip (through {}: 160 + 170 ms)",
+        node_id(RELAY_VIA)
+    ));
+    let via = via_words(node_id(RELAY_VIA), Why::Faster);
+    c.wait_relay_path(&via, relay_switch_bound(), t_slow)
+        .await?;
+    c.relay_connections(true).await?;
+    // For speed, not health: edge-wnam's own probes still find weu up.
+    let s = c.status(RELAY_FROM).await?;
+    for o in (c.topo.origins.iter()).filter(|o| o.pool == testnet::RELAY_POOL) {
+        assert_eq!(
+            observer_up(&s, &o.name, me),
+            Some(true),
+            "{me}'s own row of {}: {}",
+            o.name,
+            describe(&s)
+        );
+    }
+    c.snapshot("slow").await;
+
+    let normal = (testnet::WAN_RTT.iter())
+        .find(|(a, b, _)| (*a, *b) == (RELAY_FROM, RELAY_TO))
+        .map(|l| l.2)
+        .ok_or_else(|| anyhow!("no default round trip for {RELAY_FROM}-{RELAY_TO}"))?;
+    c.tb().set_latency(RELAY_FROM, RELAY_TO, normal)?;
+    let t_back = Instant::now();
+    c.note(format!(
+        "set {RELAY_FROM}-{RELAY_TO} back to {normal:?} round trip"
+    ));
+    c.wait_relay_path("direct", relay_switch_bound(), t_back)
+        .await?;
+    c.relay_connections(false).await
+}
+
+// 12. Relay requests a peer refuses.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_relay_requests_outside_the_config_are_refused() -> Result<()> {
+    scenario(
+        "e2e_relay_requests_outside_the_config_are_refused",
+        "relay-refused",
+        None,
+        async |c| relay_refused(c).await,
+    )
+    .await
+}
+
+/// Where the asking member runs (its certificate names this region), and the node it asks.
+const ASKER_REGION: &str = "WEU";
+const ASKED: &str = RELAY_VIA;
+
+async fn relay_refused(c: &Cluster) -> Result<()> {
+    let asked = node_id(ASKED);
+    let pool = testnet::RELAY_POOL;
+    let origin = (c.topo.origins.iter())
+        .find(|o| o.pool == pool)
+        .ok_or_else(|| anyhow!("no origin in {pool}"))?;
+    let other_pool = pool_of_region(RELAY_FROM);
+    let other = (c.topo.origins.iter())
+        .find(|o| o.pool == other_pool)
+        .ok_or_else(|| anyhow!("no origin in {other_pool}"))?;
+    // (case, load balancer/pool/origin[/hops], the refusal wanted); the first is valid, the
+    // control: it must be accepted, so that the refusals are the names' doing, not the
+    // asker's standing.
+    let not_in_config = RefuseReason::NotInConfig.label();
+    let asks: Vec<(&str, String, &str)> = vec![
+        ("valid", format!("{APP_RELAY}/{pool}/{}", origin.name), ""),
+        (
+            "unknown_origin",
+            format!("{APP_RELAY}/{pool}/{pool}-99"),
+            not_in_config,
+        ),
+        (
+            "address",
+            format!("{APP_RELAY}/{pool}/{}", origin.data()),
+            not_in_config,
+        ),
+        (
+            "unknown_pool",
+            format!("{APP_RELAY}/nowhere/{}", origin.name),
+            not_in_config,
+        ),
+        (
+            "pool_not_of_lb",
+            format!("{APP_RELAY}/{other_pool}/{}", other.name),
+            not_in_config,
+        ),
+        (
+            "unknown_lb",
+            format!("nothing/{pool}/{}", origin.name),
+            not_in_config,
+        ),
+        (
+            "second_hop",
+            format!("{APP_RELAY}/{pool}/{}/1", origin.name),
+            RefuseReason::SecondHop.label(),
+        ),
+    ];
+
+    // A stranger: a certificate of another CA, and a bundle trusting both (so its own side of
+    // the handshake accepts the node's certificate and only the node's judgement counts).
+    let stranger_ca = c.dir.join("stranger-ca");
+    switchyard_gossip::tls::init_ca(&stranger_ca, "stranger")
+        .map_err(|e| anyhow!("init the stranger's CA: {e}"))?;
+    let stranger_dir = c.dir.join("stranger");
+    std::fs::create_dir_all(&stranger_dir)?;
+    let stranger = switchyard_gossip::tls::issue_cert_in(
+        &stranger_ca,
+        "stranger",
+        Some(ASKER_REGION.parse()?),
+        &stranger_dir,
+    )
+    .map_err(|e| anyhow!("issue the stranger's certificate: {e}"))?;
+    let bundle = c.dir.join("stranger-bundle.crt");
+    let ca_file = switchyard_gossip::tls::CA_CERT_FILE;
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(c.dir.join("ca").join(ca_file))?
+            + &std::fs::read_to_string(stranger_ca.join(ca_file))?,
+    )?;
+
+    let relay_before = c
+        .counts(ASKED, "switchyard_mesh_relay_refused_total", "reason", &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mesh_before = c.refusals(ASKED).await.map_err(anyhow::Error::msg)?;
+
+    let mut cmd = c.liar_command(ASKER_REGION, ASKED)?;
+    cmd.arg("relay")
+        .args([
+            "--client",
+            &SocketAddr::new(c.client_ip(ASKER_REGION), 40000).to_string(),
+        ])
+        .arg("--stranger-ca")
+        .arg(&bundle)
+        .arg("--stranger-cert")
+        .arg(&stranger.cert)
+        .arg("--stranger-key")
+        .arg(&stranger.key);
+    for (case, what, _) in &asks {
+        cmd.args(["--ask", &format!("{case}={what}")]);
+    }
+    let lines = c.run_liar(cmd)?;
+    let outcome = |case: &str| -> Result<&str> {
+        let prefix = format!("ask {case}: ");
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .ok_or_else(|| anyhow!("mesh-liar reported nothing for {case}"))
+    };
+
+    // The control: a member asking for what the config has is served, by that origin.
+    let valid = outcome("valid")?;
+    assert!(
+        valid.starts_with(&format!("accepted, greeting {}", origin.name)),
+        "{asked} did not relay the valid request: {valid}"
+    );
+    // Each of the others refused, for what the request asks, and counted by that reason.
+    let mut want: BTreeMap<&str, f64> = BTreeMap::new();
+    for (case, _, reason) in &asks[1..] {
+        let got = outcome(case)?;
+        assert!(
+            got.starts_with(&format!("refused {reason} ")),
+            "{asked} should refuse {case} as {reason}: {got}"
+        );
+        *want.entry(reason).or_default() += 1.0;
+    }
+    let relay_after = c
+        .counts(ASKED, "switchyard_mesh_relay_refused_total", "reason", &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let grown = |r: &str| {
+        relay_after.get(r).copied().unwrap_or(0.0) - relay_before.get(r).copied().unwrap_or(0.0)
+    };
+    c.note(format!(
+        "{asked}'s relay refusals: {relay_before:?} -> {relay_after:?}"
+    ));
+    for (reason, n) in &want {
+        assert!(
+            grown(reason) >= *n,
+            "{asked} counted {} {reason} refusals, the asker was refused {n}: {relay_after:?}",
+            grown(reason)
+        );
+    }
+
+    // A stranger never gets as far as asking: the handshake fails, and the node counts it.
+    let stranger_line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stranger: "))
+        .ok_or_else(|| anyhow!("mesh-liar reported nothing for the stranger"))?;
+    assert!(
+        !stranger_line.starts_with("accepted") && !stranger_line.starts_with("refused"),
+        "a client of another CA reached {asked}'s relay checks: {stranger_line}"
+    );
+    c.wait_for(
+        &format!("{asked} counts the stranger's handshake as wrong_ca"),
+        STEP,
+        || async {
+            let now = c.refusals(ASKED).await?;
+            let n = |m: &BTreeMap<String, f64>| m.get("wrong_ca").copied().unwrap_or(0.0);
+            if n(&now) > n(&mesh_before) {
+                c.note(format!(
+                    "{asked} counted the stranger's handshake: wrong_ca {} -> {}",
+                    n(&mesh_before),
+                    n(&now)
+                ));
+                Ok(())
+            } else {
+                Err(format!("refusals {now:?} (before: {mesh_before:?})"))
+            }
+        },
+    )
+    .await?;
+
+    // And the status port has nothing to ask with: no relay endpoint, by any method.
+    let status = c.node(ASKED).status;
+    for (method, code) in [("GET", 404), ("POST", 405)] {
+        let (head, _) = c.http(ASKER_REGION, method, status, "/v1/relay").await?;
+        let line = head.lines().next().unwrap_or("").to_string();
+        c.note(format!("  {method} http://{status}/v1/relay: {line}"));
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {code}")),
+            "{method} /v1/relay on {asked}'s status port: {line}"
+        );
+    }
     Ok(())
 }

@@ -181,8 +181,7 @@ impl Counters {
             } else if name == "switchyard_mesh_signatures_total{op=\"verified\"}" {
                 c.sigs_verified = v;
             } else if let Some(labels) = name.strip_prefix("switchyard_mesh_messages_total{") {
-                // The direction label is the enum variant's name ("Sent").
-                if labels.to_ascii_lowercase().contains("direction=\"sent\"") {
+                if labels.contains("direction=\"sent\"") {
                     if let Some(t) = labels
                         .split("type=\"")
                         .nth(1)

@@ -1012,6 +1012,7 @@ impl Ctx {
   ./testnet.sh client --from SEAS --app proximity --node edge-weu  # the nearest pool's: a seas origin
   ./testnet.sh client --from WNAM --app hash --node edge-seas      # the same origin from every node
   ./testnet.sh client --from WEU --app dynamic                     # the pool of lowest RTT from WEU
+  ./testnet.sh client --from WNAM --app relay                      # pool weu only; relay = \"fastest\"
   {b}/switchyard explain --lb geo --client {weu_client} --addr {status}   # why that origin
   {b}/switchyard geoip lookup {weu_client} --db {GEO_DB}   # where a client is
   {b}/switchyard status --addr {status}   # members, and who sees which origin
@@ -1049,6 +1050,7 @@ impl Ctx {
         let (status, dns) = (wnam.status, wnam.dns);
         let zone = topology::DNS_ZONE;
         let weu_client = self.topo.client("WEU").expect("a WEU client").ip;
+        let wnam_client = self.topo.client("WNAM").expect("a WNAM client").ip;
         say!(
             "
 try:
@@ -1059,6 +1061,8 @@ try:
   ./testnet.sh wan show                           # latencies and per-link counters
   ./testnet.sh wan set WNAM WEU 300ms             # a round-trip time between two regions
   ./testnet.sh wan cut WNAM WEU                   # and: ./testnet.sh wan heal WNAM WEU
+  ./testnet.sh client --from WNAM --app relay     # cut from WNAM, weu still serves: through a peer
+  ip netns exec {ns_wnam} {b}/switchyard explain --lb relay --client {wnam_client} --addr {status}   # the path, and why
   ip netns exec {ns_wnam} {b}/switchyard status --addr {status}   # members and RTTs
   ip netns exec {ns_wnam} {b}/switchyard explain --lb geo --client {weu_client} --addr {status}
   ip netns exec {ns_wnam} dig @{dns_ip} -p {dns_port} geo.{zone} +subnet={weu_client}/32   # edge-weu first
