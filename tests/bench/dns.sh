@@ -37,6 +37,10 @@ set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# log, die, uint, start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample,
+# stats, fmt (and the CPU cap).
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 REPS=${REPS:-3}
 SECS=${SECS:-5}
@@ -61,13 +65,6 @@ RESULTS="$ROOT/tests/bench/results"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 T0=$(date +%s)
 
-log() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf 'dns.sh: %s\n' "$*" >&2
-    exit 1
-}
-uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; }
-
 for v in REPS SECS CLIENTS THREADS OUTSTANDING TRIES LAT_QPS LAT_SECS ANSWERS HEALTH_REPS HEALTH_POLL_MS CAP_PERCENT SERVER_CPU CLIENT_CPU; do
     uint "$v" "${!v}"
 done
@@ -88,11 +85,6 @@ NCPU=$(nproc)
 
 # ------------------------------------------------------------------------------------------
 # Tools
-
-# start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample and the report's
-# stats and fmt.
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
 
 need=()
 command -v gdnsd >/dev/null || need+=(gdnsd)

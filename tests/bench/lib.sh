@@ -1,7 +1,15 @@
 # shellcheck shell=bash
-# Shared by the benchmark scripts (run.sh, dns.sh, relay.sh); sourced, not run. Processes started in
-# the background and stopped on exit, the samples file's metadata and notes, and the CPU cap.
-# The script defines log(), die(), SAMPLES and CAP_PERCENT before calling these.
+# Shared by the benchmark scripts (run.sh, dns.sh, relay.sh); sourced, not run, first thing:
+# messages and errors, processes started in the background and stopped on exit, the samples
+# file's metadata and notes, the CPU cap, the machine line and the report's statistics. The
+# script defines SAMPLES (and CAP_PERCENT for the cap) before calling what uses them.
+
+log() { printf '== %s\n' "$*" >&2; }
+die() {
+    printf '%s: %s\n' "${0##*/}" "$*" >&2
+    exit 1
+}
+uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; } # name value
 
 declare -a STARTED=()
 

@@ -43,6 +43,10 @@ set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# log, die, uint, start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample,
+# stats, fmt (and the CPU cap).
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 REPS=${REPS:-3}
 BULK_SECS=${BULK_SECS:-5}
@@ -71,13 +75,6 @@ RESULTS="$ROOT/tests/bench/results"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 T0=$(date +%s)
 
-log() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf 'relay.sh: %s\n' "$*" >&2
-    exit 1
-}
-uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; }
-
 for v in REPS BULK_SECS RTT_SECS WAN_BULK_SECS WAN_OMIT_SECS WAN_RTT_SECS WAN_QUEUE WAN_TCP_MEM; do
     uint "$v" "${!v}"
 done
@@ -97,10 +94,6 @@ if [[ -n $KEEP_DIR ]]; then
     KEEP_DIR=$(cd "$KEEP_DIR" && pwd)
 fi
 [[ $(id -u) == 0 ]] || die "needs root: network namespaces, and iptables to cut node A's own path to the origin"
-
-# start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample, stats, fmt.
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
 
 # ------------------------------------------------------------------------------------------
 # Tools
