@@ -37,6 +37,10 @@ set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# log, die, uint, start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample,
+# stats, fmt (and the CPU cap).
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 REPS=${REPS:-3}
 SECS=${SECS:-5}
@@ -60,13 +64,6 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS="$ROOT/tests/bench/results"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 T0=$(date +%s)
-
-log() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf 'dns.sh: %s\n' "$*" >&2
-    exit 1
-}
-uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number (got $2)"; }
 
 for v in REPS SECS CLIENTS THREADS OUTSTANDING TRIES LAT_QPS LAT_SECS ANSWERS HEALTH_REPS HEALTH_POLL_MS CAP_PERCENT SERVER_CPU CLIENT_CPU; do
     uint "$v" "${!v}"
@@ -95,15 +92,9 @@ command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-    [[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or install them"
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get update -qq >&2 || die "apt-get update failed"
-    # gdnsd's package may start a service of its own; this benchmark never uses it (it runs
-    # its own gdnsd from a private config dir, on its own port).
-    timeout 300 apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || die "could not install ${need[*]}"
-fi
+# gdnsd's package may start a service of its own; this benchmark never uses it (it runs its
+# own gdnsd from a private config dir, on its own port).
+apt_install "${need[@]}"
 if [[ " $SYSTEMS " == *" switchyard "* && $SKIP_BUILD != 1 ]]; then
     log "building (release)"
     timeout 1800 cargo build --release -p switchyard-node -p switchyard-tests --bins >&2 ||
@@ -162,9 +153,6 @@ RATE_CASES=("${CASES[@]}") # and the capped ones, when the cap works
 TMP=$(mktemp -d /tmp/sy-dnsbench.XXXXXX)
 SAMPLES="$TMP/samples.tsv"
 : >"$SAMPLES"
-# start_bg, stop_started, meta, note.
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
 declare -A PID=()
 
 cleanup() {
@@ -174,8 +162,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-sample() { printf 'S\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$SAMPLES"; } # metric case system rep value
 
 ports=("$BENCH_IP:$GDNSD_PORT" "127.0.0.1:$ORIGIN_PORT")
 for r in "${REGIONS[@]}"; do
@@ -190,9 +176,7 @@ done
 # ------------------------------------------------------------------------------------------
 # Machine and versions
 
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-VIRT=$(systemd-detect-virt 2>/dev/null || true)
-MACHINE="$NCPU cores, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)${VIRT:+, virtualized ($VIRT)}"
+MACHINE=$(machine)
 GDNSD_VERSION=$( (gdnsd -h 2>&1 || true) | awk '/^gdnsd version/ {print $3; exit}')
 DNSPERF_VERSION=$( (dnsperf -h 2>&1 || true) | awk '/^Version/ {print $2; exit}')
 meta machine "$MACHINE"
@@ -200,8 +184,6 @@ meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 meta commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
 meta versions "gdnsd ${GDNSD_VERSION:-?}, dnsperf ${DNSPERF_VERSION:-?}$([[ -x $BIN/switchyard ]] && echo ", $("$BIN/switchyard" --version)")"
 meta placement "the DNS server under test on CPU $SERVER_CPU (taskset, all its threads); dnsperf, dig, the other two nodes and the origin on CPU $CLIENT_CPU"
-# Other work on the machine (builds, tests of other trees) shows in the figures: say how much.
-others() { echo "rustc/clippy processes: $(($(pgrep -c -x rustc || true) + $(pgrep -c -x clippy-driver || true)))"; }
 meta load_before "loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(others)"
 log "machine: $MACHINE"
 
@@ -440,10 +422,6 @@ wait_answers() { # system
     die "$sys never gave the expected answers within 30 s ($bad; expected $ANSWERS addresses, with the case's region's node)"
 }
 
-# utime+stime of a process and its threads, in clock ticks.
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-
 field() { # dnsperf-output label -> the first number after "label:"
     awk -v l="$2" 'index($0, l ":") {sub(/^[^:]*:[ \t]*/, ""); print $1 + 0; exit}' <<<"$1"
 }
@@ -461,12 +439,12 @@ rate() { # system case rep [_capped]
     local -a args
     mapfile -t args < <(dnsperf_args "$sys" "$2")
     for try in $(seq 1 "$TRIES"); do
-        c0=$(cpu_ticks "$pid")
+        c0=$(pid_ticks "$pid")
         if ! out=$(timeout $((SECS + 30)) taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" -l "$SECS" ${qps_cap:+-Q "$qps_cap"} 2>&1); then
             note "$sys, ${CASE_TITLE[$c]}, run $rep: dnsperf failed: $(tail -3 <<<"$out" | tr '\n\t' '  ' | head -c 300)"
             return 0
         fi
-        c1=$(cpu_ticks "$pid")
+        c1=$(pid_ticks "$pid")
         sent=$(field "$out" "Queries sent")
         lost=$(field "$out" "Queries lost")
         qps=$(field "$out" "Queries per second")
@@ -660,29 +638,7 @@ meta load_after "loadavg $LOAD_AFTER; $(others)"
 meta duration "$(($(date +%s) - T0)) s"
 
 # ------------------------------------------------------------------------------------------
-# Report: medians, spread (min-max over the runs), Switchyard / gdnsd.
-
-values() { # metric case system -> its samples, one a line
-    awk -F'\t' -v m="$1" -v c="$2" -v s="$3" '$1 == "S" && $2 == m && $3 == c && $4 == s && $6 != "" {print $6}' "$SAMPLES"
-}
-stats() { # metric case system -> "median min max n" (nothing without samples)
-    values "$@" | sort -g |
-        awk '{v[NR] = $1} END {if (NR) printf "%s %s %s %d\n", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR], NR}'
-}
-fmt() { # value decimals -> with thousands separators, "-" when empty
-    [[ -n $1 ]] || {
-        echo -
-        return
-    }
-    LC_ALL=C awk -v v="$1" -v d="$2" 'BEGIN {
-        s = sprintf("%." d "f", v); i = s; f = ""
-        if (index(s, ".")) { i = substr(s, 1, index(s, ".") - 1); f = substr(s, index(s, ".")) }
-        neg = (substr(i, 1, 1) == "-"); if (neg) i = substr(i, 2)
-        o = ""; while (length(i) > 3) { o = "," substr(i, length(i) - 2) o; i = substr(i, 1, length(i) - 3) }
-        print (neg ? "-" : "") i o f }'
-}
-
-samples() { values "$@" | jq -s -c .; } # metric case system -> a JSON array
+# Report: medians, spread (min-max over the runs), Switchyard / gdnsd (lib.sh: stats, fmt).
 
 # key|title|unit|decimals|cases
 ROWS=(
@@ -775,8 +731,8 @@ mkdir -p "$RESULTS"
 } >"$RESULTS/dns.txt"
 
 jq -n --slurpfile metrics "$JSONL" \
-    --argjson meta "$(awk -F'\t' '$1 == "M" {print $2 "\t" $3}' "$SAMPLES" | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {(.[0]): .[1]}) | add // {}')" \
-    --argjson notes "$(awk -F'\t' '$1 == "N" {print $2}' "$SAMPLES" | jq -R -s 'split("\n") | map(select(length > 0))')" \
+    --argjson meta "$(meta_json)" \
+    --argjson notes "$(notes_json)" \
     --argjson systems "$(printf '%s\n' "${ACTIVE[@]}" | jq -R -s 'split("\n") | map(select(length > 0))')" \
     --arg cases "$(for c in "${RATE_CASES[@]}"; do printf '%s: %s; ' "$c" "${CASE_TITLE[$c]}"; done)mesh: the health change" \
     '{meta: $meta, systems: $systems, cases: $cases, metrics: $metrics, notes: $notes}' >"$RESULTS/dns.json"

@@ -43,6 +43,10 @@ BASELINE_BIN=${BASELINE_BIN:-}
 [[ -z $BASELINE_BIN || $BASELINE_BIN == /* ]] || BASELINE_BIN=$PWD/$BASELINE_BIN
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# log, die, uint, start_bg, stop_started, meta, note, apt_install, machine, pid_ticks, sample,
+# stats, fmt (and the CPU cap).
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 REPS=${REPS:-3}
 BULK_SECS=${BULK_SECS:-5}
@@ -68,12 +72,6 @@ RESULTS="$ROOT/tests/bench/results"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET_DIR/release"
 T0=$(date +%s)
-
-log() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf 'run.sh: %s\n' "$*" >&2
-    exit 1
-}
 
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 && $REPS -le 20 ]] || die "REPS must be 1..20"
 [[ $CAP_PERCENT =~ ^[0-9]+$ && $CAP_PERCENT -le 100 ]] || die "CAP_PERCENT must be 0..100"
@@ -172,9 +170,6 @@ PIN_DESC="bulk: $(pin_desc "$PIN_BULK"); new connections: $(pin_desc "$PIN_RATE"
 TMP=$(mktemp -d /tmp/sy-bench.XXXXXX)
 SAMPLES="$TMP/samples.tsv"
 : >"$SAMPLES"
-# start_bg, stop_started, meta, note.
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
 declare -a UPSTREAM_PIDS=()
 HOLD_PID=
 
