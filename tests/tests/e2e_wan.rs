@@ -2665,19 +2665,44 @@ impl Cluster {
         Ok(got)
     }
 
-    /// Waits until the relay app's path for RELAY_FROM's clients is `want` and such a client
-    /// is served by the relay pool (a connection each poll: the path of real connections is
-    /// what the hold-down remembers); notes how long it took.
+    /// Waits until the relay app's path for RELAY_FROM's clients is `want` and every origin of
+    /// the relay pool has served a connection on that path since the last one that was not (a
+    /// connection each poll: the path of real connections is what the hold-down remembers,
+    /// one hold per origin, each from its own switch); notes how long it took.
     async fn wait_relay_path(&self, want: &str, within: Duration, since: Instant) -> Result<()> {
         let me = node_id(RELAY_FROM);
+        let relayed_wanted = want != "direct";
+        let pool: BTreeSet<String> = (self.topo.origins.iter())
+            .filter(|o| o.pool == testnet::RELAY_POOL)
+            .map(|o| o.name.clone())
+            .collect();
+        // The origins that served a connection on the wanted path since one did not.
+        let on_path: RefCell<BTreeSet<String>> = RefCell::new(BTreeSet::new());
         self.wait_for(
-            &format!("{me}'s new relay connections take the path \"{want}\""),
+            &format!(
+                "{me}'s new relay connections take the path \"{want}\", to each of {pool:?}"
+            ),
             within,
             || async {
+                let before = self.relay_streams_from(RELAY_VIA, RELAY_FROM).await?;
                 let got = self.relay_client().await?;
+                let relayed = self.relay_streams_from(RELAY_VIA, RELAY_FROM).await? > before;
+                if relayed == relayed_wanted {
+                    on_path.borrow_mut().insert(got.clone());
+                } else {
+                    on_path.borrow_mut().clear();
+                }
                 let (path, why) = self.relay_path().await?;
                 if path != want {
                     return Err(format!("path {path:?} ({why}); a client served by {got}"));
+                }
+                let missing: Vec<&String> =
+                    pool.iter().filter(|o| !on_path.borrow().contains(*o)).collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "path {path:?}, but {missing:?} not yet served on it (the last connection: {got}, {})",
+                        if relayed { "relayed" } else { "direct" }
+                    ));
                 }
                 Ok(())
             },
