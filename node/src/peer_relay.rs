@@ -34,6 +34,20 @@ pub fn serve(mesh: &Mesh, cx: Arc<ProxyContext>) {
     });
 }
 
+/// How often a refusal for names not in the config is logged as a warning at most.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a warning may be logged at `now`: the first, then one per [`WARN_EVERY`].
+fn warn_now(now: Instant) -> bool {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|at| now < at + WARN_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 /// Refuses `incoming`, or starts carrying it as one of the proxy's connections.
 fn answer(incoming: IncomingRelay, cx: &Arc<ProxyContext>) {
     let req = &incoming.request;
@@ -65,9 +79,10 @@ fn answer(incoming: IncomingRelay, cx: &Arc<ProxyContext>) {
     );
     match admitted {
         Err(refusal) => {
-            if refusal.reason == RefuseReason::NotInConfig {
+            if refusal.reason == RefuseReason::NotInConfig && warn_now(Instant::now()) {
                 // A member asking for what the shared config does not have: config drift,
-                // or a member probing for an open proxy.
+                // or a member probing for an open proxy. Once a minute at most (the counter
+                // counts every one), so a member cannot flood the log.
                 tracing::warn!(parent: &span, reason = refusal.reason.label(), "relay refused: {}", refusal.why);
             } else {
                 tracing::debug!(parent: &span, reason = refusal.reason.label(), "relay refused: {}", refusal.why);
