@@ -9,13 +9,13 @@
 //! and outcome are the direct path's: a FIN one way shuts down the other side's write half
 //! and the other direction keeps going.
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use switchyard_gossip::{Mesh, RelayError, RelayRequest, RelayStreams};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::sleep_until;
 
 use super::relay::{Direction, EndReason, RelayOutcome};
@@ -81,6 +81,10 @@ pub async fn open(
 /// shutdown of the other side's write half), either side fails, or no byte moved either way
 /// for `idle_timeout`. `on_bytes` is called as bytes are delivered. Both are closed when it
 /// returns.
+///
+/// Both directions and the idle timer are polled by hand in one future, on the two halves
+/// as they are: no `tokio::io::split` (whose halves take a lock on every poll) and no select
+/// over three futures, so a wake-up on one side costs one poll of each direction.
 pub async fn pipe<C, O>(
     client: C,
     origin: O,
@@ -93,102 +97,139 @@ where
 {
     // An unbounded timeout must not overflow Instant arithmetic (as in `relay`).
     let idle_timeout = idle_timeout.min(Duration::from_secs(86_400 * 365 * 30));
-    let (client_rd, client_wr) = tokio::io::split(client);
-    let (origin_rd, origin_wr) = tokio::io::split(origin);
+    let mut client = pin!(client);
+    let mut origin = pin!(origin);
     let activity = Activity::new();
-    let moved = [AtomicU64::new(0), AtomicU64::new(0)];
-    let delivered = |dir: Direction, n: usize| {
-        moved[dir as usize].fetch_add(n as u64, Ordering::Relaxed);
+    let mut up = Copy::new(Direction::ClientToOrigin);
+    let mut down = Copy::new(Direction::OriginToClient);
+    let mut delivered = |dir: Direction, n: usize| {
         activity.touch();
         on_bytes(dir, n as u64);
     };
-    let up = pin!(copy(
-        client_rd,
-        origin_wr,
-        Direction::ClientToOrigin,
-        &delivered
-    ));
-    let down = pin!(copy(
-        origin_rd,
-        client_wr,
-        Direction::OriginToClient,
-        &delivered
-    ));
-    let end = drive(up, down, &activity, idle_timeout).await;
+    let mut idle = pin!(sleep_until(activity.last() + idle_timeout));
+    let end = poll_fn(|cx| {
+        loop {
+            if !up.done {
+                if let Poll::Ready(Err(end)) =
+                    up.poll(cx, client.as_mut(), origin.as_mut(), &mut delivered)
+                {
+                    return Poll::Ready(end);
+                }
+            }
+            if !down.done {
+                if let Poll::Ready(Err(end)) =
+                    down.poll(cx, origin.as_mut(), client.as_mut(), &mut delivered)
+                {
+                    return Poll::Ready(end);
+                }
+            }
+            if up.done && down.done {
+                return Poll::Ready(EndReason::Closed);
+            }
+            if idle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Bytes may have moved since the timer was armed: only a full idle period ends
+            // the connection; otherwise the timer is armed again from the last activity.
+            let deadline = activity.last() + idle_timeout;
+            if deadline <= tokio::time::Instant::now() {
+                return Poll::Ready(EndReason::IdleTimeout);
+            }
+            idle.as_mut().reset(deadline);
+        }
+    })
+    .await;
     RelayOutcome {
-        client_to_origin: moved[Direction::ClientToOrigin as usize].load(Ordering::Relaxed),
-        origin_to_client: moved[Direction::OriginToClient as usize].load(Ordering::Relaxed),
+        client_to_origin: up.moved,
+        origin_to_client: down.moved,
         end,
     }
 }
 
-/// Runs both directions and the idle timer until both are done, one fails, or the timer
-/// finds no activity since it was armed.
-async fn drive<A, B>(
-    mut up: std::pin::Pin<&mut A>,
-    mut down: std::pin::Pin<&mut B>,
-    activity: &Activity,
-    idle_timeout: Duration,
-) -> EndReason
-where
-    A: Future<Output = Result<(), EndReason>>,
-    B: Future<Output = Result<(), EndReason>>,
-{
-    let (mut up_done, mut down_done) = (false, false);
-    while !(up_done && down_done) {
-        let deadline = activity.last() + idle_timeout;
-        tokio::select! {
-            r = &mut up, if !up_done => match r {
-                Ok(()) => up_done = true,
-                Err(end) => return end,
-            },
-            r = &mut down, if !down_done => match r {
-                Ok(()) => down_done = true,
-                Err(end) => return end,
-            },
-            _ = sleep_until(deadline) => {
-                // Bytes may have moved since the deadline was taken: only a full idle
-                // period ends the connection.
-                if activity.last() + idle_timeout <= tokio::time::Instant::now() {
-                    return EndReason::IdleTimeout;
-                }
-            }
-        }
-    }
-    EndReason::Closed
+/// One direction's copy: reads its source until EOF, writing each read whole to its
+/// destination, then shuts the destination's write half (the half-close passed on).
+struct Copy {
+    dir: Direction,
+    /// Allocated on the first read, held while the connection is open.
+    buf: Vec<u8>,
+    /// `buf[pos..len]` is read and not yet written.
+    pos: usize,
+    len: usize,
+    /// The source is at EOF: the destination is being shut down.
+    eof: bool,
+    /// EOF passed on: nothing more to do.
+    done: bool,
+    moved: u64,
 }
 
-/// One direction: reads `src` until EOF, writing each read to `dst`, then shuts `dst`'s
-/// write half (the half-close passed on).
-async fn copy<R, W>(
-    mut src: R,
-    mut dst: W,
-    dir: Direction,
-    delivered: &impl Fn(Direction, usize),
-) -> Result<(), EndReason>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (src_reset, dst_reset) = match dir {
-        Direction::ClientToOrigin => (EndReason::ClientReset, EndReason::OriginReset),
-        Direction::OriginToClient => (EndReason::OriginReset, EndReason::ClientReset),
-    };
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = src.read(&mut buf).await.map_err(|_| src_reset)?;
-        if n == 0 {
-            return dst.shutdown().await.map_err(|_| dst_reset);
+impl Copy {
+    fn new(dir: Direction) -> Self {
+        Copy {
+            dir,
+            buf: Vec::new(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            done: false,
+            moved: 0,
         }
-        dst.write_all(&buf[..n]).await.map_err(|_| dst_reset)?;
-        delivered(dir, n);
+    }
+
+    /// Moves what it can: `Ready(Ok)` once done, `Pending` when waiting on either side.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+        delivered: &mut impl FnMut(Direction, usize),
+    ) -> Poll<Result<(), EndReason>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let (src_reset, dst_reset) = match self.dir {
+            Direction::ClientToOrigin => (EndReason::ClientReset, EndReason::OriginReset),
+            Direction::OriginToClient => (EndReason::OriginReset, EndReason::ClientReset),
+        };
+        loop {
+            if self.pos < self.len {
+                let n = ready!(dst.as_mut().poll_write(cx, &self.buf[self.pos..self.len]))
+                    .map_err(|_| dst_reset)?;
+                if n == 0 {
+                    return Poll::Ready(Err(dst_reset));
+                }
+                self.pos += n;
+                if self.pos == self.len {
+                    self.moved += self.len as u64;
+                    delivered(self.dir, self.len);
+                }
+                continue;
+            }
+            if self.eof {
+                ready!(dst.as_mut().poll_shutdown(cx)).map_err(|_| dst_reset)?;
+                self.done = true;
+                self.buf = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0u8; BUF];
+            }
+            let mut rb = ReadBuf::new(&mut self.buf);
+            ready!(src.as_mut().poll_read(cx, &mut rb)).map_err(|_| src_reset)?;
+            let n = rb.filled().len();
+            if n == 0 {
+                self.eof = true;
+            } else {
+                (self.pos, self.len) = (0, n);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
 
     #[tokio::test]
     async fn pipe_passes_bytes_both_ways_and_each_half_close() {
@@ -214,6 +255,26 @@ mod tests {
         let out = piped.await.unwrap();
         assert_eq!(out.end, EndReason::Closed);
         assert_eq!((out.client_to_origin, out.origin_to_client), (5, 6));
+    }
+
+    #[tokio::test]
+    async fn bytes_moving_keep_the_idle_timer_off_until_a_full_idle_period() {
+        let (mut client, client_end) = duplex(1024);
+        let (origin_end, mut origin) = duplex(1024);
+        let idle = Duration::from_millis(200);
+        let piped = tokio::spawn(pipe(client_end, origin_end, idle, |_, _| {}));
+        let start = tokio::time::Instant::now();
+        let mut got = [0u8; 1];
+        // A byte every 100 ms for 600 ms: three idle timeouts' worth, never idle for one.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"x").await.unwrap();
+            origin.read_exact(&mut got).await.unwrap();
+        }
+        let out = piped.await.unwrap();
+        assert_eq!(out.end, EndReason::IdleTimeout);
+        assert!(start.elapsed() >= Duration::from_millis(600) + idle);
+        assert_eq!((out.client_to_origin, out.origin_to_client), (6, 0));
     }
 
     #[tokio::test]
