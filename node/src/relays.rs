@@ -72,7 +72,9 @@ impl Relays {
             Some(m) => {
                 let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
                 let lately = |id: &str| failed.get(id).is_some_and(|at| now < *at + relay::SHUN);
-                peers(&key, &t.health.remote(), m, lately)
+                // As many of a peer's round trips as the pool's monitor takes per probe.
+                let trips = (rt.ask_target(&key)).map_or(1, |t| t.monitor.kind.round_trips());
+                peers(&key, &t.health.remote(), m, trips, lately)
             }
             None => Vec::new(),
         };
@@ -98,11 +100,13 @@ type Slot = (Arc<str>, OriginKey);
 /// Every other member as a possible relay for the origin `key`: SWIM's state and round trip,
 /// its advert's readiness, its own row for the origin (a direct observation: rows are
 /// never written for relayed paths, so a peer is used only when it reaches the origin itself),
-/// and whether a relay through it `failed_lately`.
+/// the `trips` its round trip counts as (the origin's monitor's), and whether a relay through
+/// it `failed_lately`.
 pub fn peers(
     key: &OriginKey,
     remote: &[RemoteReport],
     mesh: &MeshState,
+    trips: u32,
     failed_lately: impl Fn(&str) -> bool,
 ) -> Vec<Peer> {
     // Indexed once: this runs for new connections, over every member.
@@ -125,6 +129,7 @@ pub fn peers(
                 origin_up: row.is_some_and(|o| o.healthy),
                 origin_rtt: row.and_then(|o| o.rtt),
                 rtt: m.rtt,
+                trips,
                 failed_lately: failed_lately(&m.id),
             }
         })
@@ -223,12 +228,12 @@ mod tests {
             report("e", false, 10),
             report("f", true, 10),
         ];
-        let peers = peers(&key(), &remote, &mesh, |id| id == "f");
+        let peers = peers(&key(), &remote, &mesh, 2, |id| id == "f");
         let ids: Vec<&str> = peers.iter().map(|p| &*p.id).collect();
         assert_eq!(ids, ["b", "c", "d", "e", "f"], "every member but this node");
         let b = &peers[0];
         assert!(b.eligible());
-        assert_eq!(b.cost(), Some(Duration::from_millis(330)));
+        assert_eq!(b.cost(), Some(Duration::from_millis(490)), "2 x 160 + 170");
         assert!(!peers[1].alive, "suspect");
         assert!(!peers[2].ready, "its advert says not ready");
         assert!(!peers[3].ready, "no advert heard");

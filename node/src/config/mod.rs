@@ -266,6 +266,19 @@ pub enum MonitorType {
 }
 
 impl MonitorType {
+    /// Network round trips one passing check takes: the TCP handshake, and a TLS handshake
+    /// and an HTTP exchange of one round trip each. What a peer's one SWIM round trip is
+    /// counted as, to add to a probe's figure like for like.
+    pub fn round_trips(self) -> u32 {
+        match self {
+            MonitorType::Tcp => 1,
+            MonitorType::Tls | MonitorType::Http => 2,
+            MonitorType::Https => 3,
+        }
+    }
+}
+
+impl MonitorType {
     pub fn is_http(self) -> bool {
         matches!(self, MonitorType::Http | MonitorType::Https)
     }

@@ -89,6 +89,10 @@ pub struct Peer {
     pub origin_rtt: Option<Duration>,
     /// SWIM's round trip from this node to it.
     pub rtt: Option<Duration>,
+    /// Network round trips in one probe of the origin's monitor (see
+    /// `MonitorType::round_trips`): [`Peer::rtt`] counts that many times, so that it adds to
+    /// the probe's figure like for like.
+    pub trips: u32,
     /// A relay through it failed within the last [`SHUN`] (no answer, refused, no
     /// connection): SWIM may still call it alive when only the link from here is cut (its
     /// indirect acks come through others) and the QUIC round trip is then a stale figure.
@@ -103,9 +107,10 @@ impl Peer {
         self.alive && self.ready && self.origin_up && self.rtt.is_some() && !self.failed_lately
     }
 
-    /// RTT(here, peer) + RTT(peer, origin), when both are known.
+    /// RTT(here, peer) + RTT(peer, origin) on the probe's scale (the SWIM round trip counted
+    /// [`Peer::trips`] times), when both are known.
     pub fn cost(&self) -> Option<Duration> {
-        Some(self.rtt? + self.origin_rtt?)
+        Some(self.rtt? * self.trips.max(1) + self.origin_rtt?)
     }
 }
 
@@ -196,8 +201,12 @@ fn opt_ms(d: Option<Duration>) -> String {
 }
 
 fn via_words(p: &Peer) -> String {
+    let times = match p.trips {
+        0 | 1 => String::new(),
+        n => format!(" x{n} (the monitor's round trips)"),
+    };
     format!(
-        "via {}: {} to it + {} from it to the origin",
+        "via {}: {} to it{times} + {} from it to the origin",
         p.id,
         opt_ms(p.rtt),
         opt_ms(p.origin_rtt)
@@ -455,6 +464,7 @@ mod tests {
             origin_up: true,
             origin_rtt: Some(msd(origin)),
             rtt: Some(msd(to)),
+            trips: 1,
             failed_lately: false,
         }
     }
@@ -622,6 +632,25 @@ mod tests {
     }
 
     #[test]
+    fn a_peers_round_trip_counts_as_often_as_the_monitors_probe_takes_round_trips() {
+        // An http monitor: this node's probe takes two round trips of 78 ms. A peer 80 ms
+        // away next to the origin is no faster, however its one SWIM round trip compares.
+        let mut near = peer("weu", 80, 1);
+        assert_eq!(
+            via_of(&once(Fastest, up(156), &[near.clone()])),
+            Some("weu")
+        );
+        near.trips = 2;
+        let d = once(Fastest, up(156), &[near]);
+        assert_eq!(d.path, Path::Direct, "{}", d.reason);
+        assert!(d.reason.contains("x2"), "{}", d.reason);
+        // And 160 + 170 ms through a peer beats a 400 ms link, probe for probe.
+        let mut far = peer("seas", 160, 2 * 170);
+        far.trips = 2;
+        assert_eq!(via_of(&once(Fastest, up(800), &[far])), Some("seas"));
+    }
+
+    #[test]
     fn margin_is_ten_ms_or_ten_percent_at_its_boundaries() {
         assert_eq!(margin(msd(50)), msd(10));
         assert_eq!(margin(msd(100)), msd(10));
@@ -709,6 +738,7 @@ mod tests {
                 origin_up,
                 origin_rtt: o.map(msd),
                 rtt: r.map(msd),
+                trips: 1,
                 failed_lately,
             })
     }

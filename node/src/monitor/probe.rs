@@ -146,11 +146,8 @@ impl Prober {
 
     /// One attempt. `addr` is the resolved target; `host` is the name used
     /// for SNI and the default Host header (the origin's configured host, or
-    /// the IP). Returns the round trip to the origin: the TCP handshake's time,
-    /// whatever the monitor checks after it. One network round trip, whichever
-    /// the monitor type and however long the origin takes to answer, so
-    /// observers compare alike and the relay decision may add a peer's SWIM
-    /// round trip to it.
+    /// the IP). Returns the time from starting the connect to the end of the
+    /// check.
     pub async fn probe(
         &self,
         spec: &ProbeSpec,
@@ -196,20 +193,27 @@ impl Prober {
         }
 
         match plan {
-            Plan::Tcp => {}
+            // The PROXY header is only a local write; a tcp check measures
+            // the connect.
+            Plan::Tcp => Ok(connected),
             Plan::Tls(connector, name) => {
                 let mut stream = handshake(&connector, name, tcp).await?;
+                let rtt = start.elapsed();
                 // Courtesy close_notify so the origin sees a clean close; the
                 // check itself has already passed.
                 let _ = stream.shutdown().await;
+                Ok(rtt)
             }
-            Plan::Http(request) => exchange(tcp, request, spec).await?,
+            Plan::Http(request) => {
+                exchange(tcp, request, spec).await?;
+                Ok(start.elapsed())
+            }
             Plan::Https(connector, name, request) => {
                 let stream = handshake(&connector, name, tcp).await?;
                 exchange(stream, request, spec).await?;
+                Ok(start.elapsed())
             }
         }
-        Ok(connected)
     }
 
     fn tls_connector(&self, spec: &ProbeSpec) -> Result<TlsConnector, ProbeError> {
@@ -588,8 +592,6 @@ mod tests {
     enum Reply {
         /// Written in order, flushing after each.
         Chunks(Vec<Vec<u8>>),
-        /// As `Chunks`, after thinking this long.
-        Late(Duration, Vec<Vec<u8>>),
         /// Keep the connection open, reading until the client goes away.
         Hang,
         /// Close without answering.
@@ -715,15 +717,7 @@ mod tests {
                 .collect();
         }
         let _ = tx.send(seen);
-        let reply = match opts.reply {
-            Reply::Late(after, chunks) => {
-                tokio::time::sleep(after).await;
-                Reply::Chunks(chunks)
-            }
-            reply => reply,
-        };
-        match reply {
-            Reply::Late(..) => unreachable!("turned into chunks above"),
+        match opts.reply {
             Reply::Chunks(chunks) => {
                 for chunk in chunks {
                     if io.write_all(&chunk).await.is_err() || io.flush().await.is_err() {
@@ -979,27 +973,6 @@ mod tests {
         );
         assert_eq!(seen.header("connection"), ["close"]);
         assert!(seen.proxy_line.is_none());
-    }
-
-    #[tokio::test]
-    async fn http_round_trip_is_the_handshake_not_the_origins_thinking_time() {
-        // An origin that takes 2 s to answer on loopback: its round trip is the network's
-        // (the handshake), so observers and the relay decision compare like with like.
-        let think = Duration::from_secs(2);
-        let Reply::Chunks(chunks) = response(200, "ok") else {
-            unreachable!()
-        };
-        let server = Server::start(ServerOpts::http(Reply::Late(think, chunks))).await;
-        let mut spec = spec(MonitorType::Http);
-        spec.timeout = Duration::from_secs(10);
-        let rtt = Prober::new()
-            .probe(&spec, server.addr, "127.0.0.1")
-            .await
-            .expect("the late answer passes");
-        assert!(
-            rtt < think,
-            "round trip {rtt:?} counts the origin's thinking time"
-        );
     }
 
     #[tokio::test]
