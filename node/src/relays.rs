@@ -73,7 +73,11 @@ impl Relays {
                 let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
                 let lately = |id: &str| failed.get(id).is_some_and(|at| now < *at + relay::SHUN);
                 // As many of a peer's round trips as the pool's monitor takes per probe.
-                let trips = (rt.ask_target(&key)).map_or(1, |t| t.monitor.kind.round_trips());
+                // Looked up by the pool's index: this runs for new connections, and
+                // `ask_target` would find the origin by name and clone its monitor.
+                let trips = (rt.pools[t.pool].monitor.as_deref())
+                    .and_then(|name| rt.config.monitor(name))
+                    .map_or(1, |m| m.kind.round_trips());
                 peers(&key, &t.health.remote(), m, trips, lately)
             }
             None => Vec::new(),
