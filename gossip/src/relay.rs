@@ -272,13 +272,22 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut map = self.open.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
+        release(&mut map, &self.peer);
     }
+}
+
+/// Gives back one of `key`'s count in `map`, dropping the entry at zero (so the map holds only
+/// what is open); true when that was the last.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) -> bool {
+    let Some(n) = map.get_mut(key) else {
+        return false;
+    };
+    *n -= 1;
+    if *n > 0 {
+        return false;
+    }
+    map.remove(key);
+    true
 }
 
 /// The connection-level QUIC receive window of a connection that carries at least one
@@ -331,14 +340,9 @@ impl Drop for Widened {
             .per_conn
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let id = self.conn.stable_id();
-        if let Some(n) = map.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&id);
-                self.conn
-                    .set_receive_window(quinn::VarInt::from_u32(self.widening.narrow));
-            }
+        if release(&mut map, &self.conn.stable_id()) {
+            self.conn
+                .set_receive_window(quinn::VarInt::from_u32(self.widening.narrow));
         }
     }
 }
