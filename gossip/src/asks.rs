@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::codec;
+use crate::machine::StreamSink;
 use crate::metrics::{Dir, MeshMetrics};
-use crate::transport::Transport;
 use crate::wire::{Envelope, Msg, ProbeOutcome};
 
 /// Most asks of one peer served at once.
@@ -56,7 +56,7 @@ impl Drop for Slot {
 
 /// Where and how an answer goes back.
 pub(crate) struct Reply {
-    pub transport: Arc<Transport>,
+    pub send: StreamSink,
     pub peer: SocketAddr,
     pub id: u64,
     pub cluster: String,
@@ -95,7 +95,7 @@ impl ProbeAsk {
         match codec::encode(&env) {
             Ok(data) => {
                 r.metrics.msg(Dir::Sent, "probe_answer");
-                r.transport.send_stream(r.peer, Bytes::from(data));
+                (r.send)(r.peer, Bytes::from(data));
             }
             Err(e) => tracing::error!("cannot encode a probe answer: {e}"),
         }

@@ -8,8 +8,9 @@
 //! mesh and reads from it), `tls` (the cluster CA and node certificates), `keys` (who may sign what: this
 //! node's key and its peers' certificates), `transport` (the
 //! QUIC links), `asks` (peers asked to probe an origin now, and asks served), `relay` (relay streams
-//! through a peer: frames and the mesh's checks), `task` (the
-//! mesh task) and `mesh` (its handle).
+//! through a peer: frames and the mesh's checks), `machine` (the mesh's state machine: foca,
+//! the table and the keys, with no I/O), `task` (the mesh task that runs it over the
+//! transport) and `mesh` (its handle).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod error;
 pub mod hash;
 pub mod identity;
 pub mod keys;
+pub mod machine;
 mod mesh;
 mod metrics;
 pub mod relay;

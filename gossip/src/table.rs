@@ -1272,6 +1272,16 @@ impl Table {
             .chain(self.peers.iter().map(|(node, w)| w.view(node, false)))
     }
 
+    /// One writer's rows, the local node's included.
+    pub fn writer(&self, node: &str) -> Option<WriterView<'_>> {
+        if node == self.local_name {
+            return Some(self.local.view(&self.local_name, true));
+        }
+        self.peers
+            .get_key_value(node)
+            .map(|(n, w)| w.view(n, false))
+    }
+
     /// Age of the oldest peer row (now - last received), for a metric. Local rows are not
     /// counted: they are the source, never stale. Rows are re-sent only when they change or
     /// in a full batch, so on a quiet mesh this grows until the next snapshot.

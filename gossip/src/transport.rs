@@ -142,6 +142,30 @@ pub struct Inbound {
     _held: Held,
 }
 
+impl Inbound {
+    /// A message that arrived some other way than this transport (a simulated network),
+    /// counted against no inbox.
+    pub fn new(
+        from: SocketAddr,
+        peer_id: Option<String>,
+        peer_cert: Option<Bytes>,
+        kind: Kind,
+        data: Bytes,
+    ) -> Inbound {
+        Inbound {
+            from,
+            peer_id,
+            peer_cert,
+            kind,
+            data,
+            _held: Held {
+                bytes: 0,
+                total: Arc::default(),
+            },
+        }
+    }
+}
+
 /// Bytes counted against [`INBOX_BYTES`] until dropped.
 #[derive(Debug)]
 struct Held {
