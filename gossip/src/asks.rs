@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::codec;
-use crate::machine::StreamSink;
 use crate::metrics::{Dir, MeshMetrics};
 use crate::wire::{Envelope, Msg, ProbeOutcome};
 
@@ -53,6 +52,9 @@ impl Drop for Slot {
         }
     }
 }
+
+/// Sends a replication message to a peer, from any task (the transport, in a node).
+pub type StreamSink = Arc<dyn Fn(SocketAddr, Bytes) + Send + Sync>;
 
 /// Where and how an answer goes back.
 pub(crate) struct Reply {

@@ -32,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use crate::asks::StreamSink;
 use crate::asks::{Answer, Outstanding, ProbeAsk, Refusal, Reply, Serving};
 use crate::codec::{self, FocaCodec};
 use crate::config::MeshConfig;
@@ -91,9 +92,6 @@ pub trait Net {
     /// over (it outlives the call).
     fn stream_sink(&self) -> StreamSink;
 }
-
-/// Sends a replication message to a peer, from any task.
-pub type StreamSink = Arc<dyn Fn(SocketAddr, Bytes) + Send + Sync>;
 
 type TimerKey = (Instant, u64);
 
@@ -609,6 +607,7 @@ impl<N: Net> Machine<N> {
         self.members.clear();
         self.admitted.clear();
         let mut counts = [0i64; 3];
+        let now = self.now;
         for m in self.foca.iter_membership_state() {
             let state = match m.state() {
                 foca::State::Alive => MemberState::Alive,
@@ -619,9 +618,7 @@ impl<N: Net> Machine<N> {
             let id = m.id().clone();
             self.admitted.insert(id.id.clone());
             if state == MemberState::Suspect {
-                self.suspect_since
-                    .entry(id.id.clone())
-                    .or_insert_with(Instant::now);
+                self.suspect_since.entry(id.id.clone()).or_insert(now);
             } else {
                 self.suspect_since.remove(&id.id);
             }

@@ -4,5 +4,6 @@
 
 pub mod harness;
 pub mod origin;
+pub mod sim;
 pub mod topology;
 pub mod wan;

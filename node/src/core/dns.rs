@@ -266,37 +266,6 @@ pub struct Choice {
     pub relaxed: Relaxed,
 }
 
-/// The nodes' centres, (latitude, longitude), by `Region::index`: for a client region none
-/// of whose nodes measured the way to another, a rough but deterministic distance.
-const CENTRES: [(f64, f64); 13] = [
-    (40.0, -115.0), // WNAM
-    (40.0, -78.0),  // ENAM
-    (48.0, 4.0),    // WEU
-    (52.0, 25.0),   // EEU
-    (5.0, -70.0),   // NSAM
-    (-25.0, -58.0), // SSAM
-    (-28.0, 140.0), // OC
-    (27.0, 47.0),   // ME
-    (28.0, 10.0),   // NAF
-    (-20.0, 25.0),  // SAF
-    (22.0, 78.0),   // SAS
-    (5.0, 108.0),   // SEAS
-    (36.0, 125.0),  // NEAS
-];
-
-/// Round trip through fibre over the great-circle distance between two regions' centres:
-/// about 1 ms per 100 km.
-fn geographic_ms(a: Region, b: Region) -> u32 {
-    let (lat1, lon1) = CENTRES[a.index()];
-    let (lat2, lon2) = CENTRES[b.index()];
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    let km = 2.0 * 6371.0 * h.sqrt().min(1.0).asin();
-    (km / 100.0).round() as u32
-}
-
 fn mean(values: impl Iterator<Item = u32>) -> Option<u32> {
     let (sum, n) = values.fold((0u64, 0u64), |(s, n), v| (s + u64::from(v), n + 1));
     (n > 0).then(|| (sum / n) as u32)
@@ -323,7 +292,7 @@ pub fn distance(nodes: &[Node], from: Option<Region>, to: Region) -> Distance {
     } else if let Some(ms) = measured(to, from) {
         Distance::MeasuredBack(ms)
     } else {
-        Distance::Geography(geographic_ms(from, to))
+        Distance::Geography(from.fibre_rtt_ms(to))
     }
 }
 
