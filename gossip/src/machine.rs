@@ -295,6 +295,11 @@ impl<N: Net> Machine<N> {
         self.foca.num_members()
     }
 
+    /// Member updates foca still has to pass on (each is sent a few times).
+    pub fn updates_backlog(&self) -> usize {
+        self.foca.updates_backlog()
+    }
+
     /// Keeps membership changes for [`Machine::take_events`] from now on.
     pub fn record_events(&mut self) {
         self.events.get_or_insert_with(Vec::new);

@@ -999,6 +999,22 @@ impl Sim {
         }
     }
 
+    /// Runs until no node has member updates left to pass on (checked every 100 ms) or
+    /// `limit`; the instant it got there.
+    fn run_to_quiet(&mut self, limit: Ns) -> Ns {
+        loop {
+            let quiet = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.machine.as_ref())
+                .all(|m| m.updates_backlog() == 0);
+            if quiet || self.now >= limit {
+                return self.now;
+            }
+            self.run_until((self.now + 100 * MS).min(limit));
+        }
+    }
+
     fn schedule(&mut self, at: Ns, a: Action) {
         self.push(at, Ev::Act(a));
     }
@@ -1032,8 +1048,14 @@ impl Sim {
             Some(s) => self.note(format!("membership converged after {s:.2} s")),
             None => self.note("membership did not converge".into()),
         }
-        // Settle, then measure idle traffic for 20 s before the faults.
-        let t0 = self.now + 5 * SEC;
+        // Idle traffic is measured for 20 s once foca has passed on every member update
+        // (each is sent several times), before the faults.
+        let drained = self.run_to_quiet(self.now + 300 * SEC);
+        self.note(format!(
+            "every member update passed on after {:.2} s",
+            drained as f64 / SEC as f64
+        ));
+        let t0 = self.now + SEC;
         self.schedule(t0, Action::MeasureIdle(true));
         self.schedule(t0 + 20 * SEC, Action::MeasureIdle(false));
         let w0 = t0 + 20 * SEC;
