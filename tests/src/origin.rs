@@ -156,12 +156,26 @@ impl TestOrigin {
     }
 
     /// Listens again on the same addresses (SO_REUSEADDR) after stop(). Does
-    /// nothing if the origin is running.
+    /// nothing if the origin is running. While stopped, its port may be taken as the
+    /// ephemeral source port of some other connection on this host (a busy machine does
+    /// that); binding is tried again for up to 5 s, until that connection is gone.
     pub async fn restart(&mut self) -> io::Result<()> {
         if self.running.is_some() {
             return Ok(());
         }
-        let (data, http) = bind_all(self.addr, self.http_addr)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (data, http) = loop {
+            match bind_all(self.addr, self.http_addr) {
+                Ok(bound) => break bound,
+                Err(e)
+                    if e.kind() == io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.spawn(data, http);
         Ok(())
     }
