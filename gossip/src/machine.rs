@@ -280,14 +280,9 @@ impl<N: Net> Machine<N> {
 
     /// Every member foca knows, with its state (several generations of a node id may show).
     pub fn membership(&self) -> impl Iterator<Item = (&NodeIdentity, MemberState)> {
-        self.foca.iter_membership_state().map(|m| {
-            let state = match m.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            };
-            (m.id(), state)
-        })
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id(), foca_state(m.state())))
     }
 
     /// How many other members foca holds alive or suspect.
@@ -401,6 +396,14 @@ impl<N: Net> Machine<N> {
     }
 }
 
+fn foca_state(state: foca::State) -> MemberState {
+    match state {
+        foca::State::Alive => MemberState::Alive,
+        foca::State::Suspect => MemberState::Suspect,
+        foca::State::Down => MemberState::Down,
+    }
+}
+
 /// `base`, give or take a quarter, so that nodes started together do not act in step.
 fn jittered(base: Duration, rng: &mut StdRng) -> Duration {
     base.mul_f64(0.75 + rng.random::<f64>() * 0.5)
@@ -429,7 +432,6 @@ impl<N: Net> Machine<N> {
             self.notify(n);
         }
         if changed {
-            self.sync_members();
             self.changed = true;
         }
     }
@@ -449,14 +451,17 @@ impl<N: Net> Machine<N> {
         match n {
             OwnedNotification::MemberUp(id) => {
                 tracing::info!(member = %id.id, region = %id.region, addr = %id.addr, generation = id.generation, "member up");
+                self.note_member(&id, MemberState::Alive);
                 // A newcomer (or a returning member) gets what it lacks at once.
                 self.send_digest(id.addr, false);
             }
             OwnedNotification::MemberDown(id) => {
                 tracing::warn!(member = %id.id, "member down");
+                self.note_member(&id, MemberState::Down);
             }
             OwnedNotification::Rename(old, new) => {
                 tracing::info!(member = %new.id, old = old.generation, new = new.generation, "member rejoined under a new generation");
+                self.note_member(&new, MemberState::Alive);
                 if old.addr != new.addr {
                     self.net.forget(old.addr);
                 }
@@ -607,31 +612,45 @@ impl<N: Net> Machine<N> {
         }
     }
 
-    /// Refreshes the member map from foca's full membership state.
+    /// Refreshes the member map from foca's full membership state (suspicions included,
+    /// which foca does not report). Only what changed is copied: at a thousand members this
+    /// runs for each of them every second.
     fn sync_members(&mut self) {
-        self.members.clear();
-        self.admitted.clear();
-        let mut counts = [0i64; 3];
         let now = self.now;
+        let mut counts = [0i64; 3];
+        // Per node id, foca's entry of the newest generation.
+        let mut newest: HashMap<&str, (&NodeIdentity, MemberState)> =
+            HashMap::with_capacity(self.members.len() + 8);
         for m in self.foca.iter_membership_state() {
-            let state = match m.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            };
+            let state = foca_state(m.state());
             counts[state as usize] += 1;
-            let id = m.id().clone();
-            self.admitted.insert(id.id.clone());
+            let id = m.id();
+            if !self.admitted.contains(&id.id) {
+                self.admitted.insert(id.id.clone());
+            }
             if state == MemberState::Suspect {
-                self.suspect_since.entry(id.id.clone()).or_insert(now);
+                if !self.suspect_since.contains_key(&id.id) {
+                    self.suspect_since.insert(id.id.clone(), now);
+                }
             } else {
                 self.suspect_since.remove(&id.id);
             }
-            // Keep the newest generation of a node id.
-            match self.members.get(&id.id) {
+            match newest.get(id.id.as_str()) {
                 Some((old, _)) if old.generation >= id.generation => {}
                 _ => {
-                    self.members.insert(id.id.clone(), (id, state));
+                    newest.insert(&id.id, (id, state));
+                }
+            }
+        }
+        self.members
+            .retain(|node, _| newest.contains_key(node.as_str()));
+        self.admitted
+            .retain(|node| newest.contains_key(node.as_str()));
+        for (node, (id, state)) in newest {
+            match self.members.get_mut(node) {
+                Some((held, held_state)) if held == id => *held_state = state,
+                _ => {
+                    self.members.insert(node.to_string(), (id.clone(), state));
                 }
             }
         }
@@ -640,6 +659,18 @@ impl<N: Net> Machine<N> {
             .enumerate()
         {
             self.metrics.set_members(*s, counts[i]);
+        }
+    }
+
+    /// Takes what foca just reported of one member into the member map, if it is about the
+    /// newest generation held of its node.
+    fn note_member(&mut self, id: &NodeIdentity, state: MemberState) {
+        match self.members.get_mut(&id.id) {
+            Some((held, _)) if held.generation > id.generation => {}
+            Some((held, held_state)) if held.generation == id.generation => *held_state = state,
+            _ => {
+                self.members.insert(id.id.clone(), (id.clone(), state));
+            }
         }
     }
 
