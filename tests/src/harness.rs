@@ -167,6 +167,15 @@ impl Drop for MeshCerts {
     }
 }
 
+/// The directory of the running binary: where cargo put the workspace's other binaries, for
+/// the tools (testnet, chaos-soak) that run them.
+pub fn bin_dir() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("{} has no directory", exe.display()))
+}
+
 /// The `switchyard` binary, for tests that run it as a process: next to this crate's
 /// binaries, in target/<profile>/ (the test executable is in target/<profile>/deps/).
 pub fn switchyard_bin() -> anyhow::Result<std::path::PathBuf> {

@@ -4,5 +4,6 @@
 
 pub mod harness;
 pub mod origin;
+pub mod rng;
 pub mod topology;
 pub mod wan;

@@ -179,11 +179,7 @@ struct Ctx {
 impl Ctx {
     fn new(mode: Mode) -> Result<Ctx> {
         let root = std::env::current_dir().context("the current directory")?;
-        let exe = std::env::current_exe().context("the path of this binary")?;
-        let bin = exe
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| anyhow!("{} has no directory", exe.display()))?;
+        let bin = switchyard_tests::harness::bin_dir().context("the path of this binary")?;
         let mut ctx = Ctx {
             mode,
             topo: Topology::new(mode),
