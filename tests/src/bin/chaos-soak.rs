@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use switchyard_node::status::Status;
 use switchyard_tests::origin::{connect_from, parse_duration, read_line};
 use switchyard_tests::rng::Rng;
 use switchyard_tests::topology::{self, Mode, NodeFiles, Topology, REGION_NAMES, WAN_RTT};
@@ -77,6 +78,9 @@ const ASK_GRACE: Duration = Duration::from_secs(2);
 /// builds): timers and processes run late. The node itself calls a timer 500 ms late
 /// overloaded; each window gets this much on top of what the config gives.
 const SLACK: Duration = Duration::from_secs(3);
+/// After the load stops, the mesh has this long to settle (every row back up, every
+/// connection closed): the origin window and then some.
+const END_SETTLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(name = "chaos-soak")]
@@ -524,6 +528,7 @@ struct Reload {
 struct NodeInfo {
     id: String,
     region: usize,
+    status: SocketAddr,
     /// (app, address), in manifest order.
     apps: Vec<(String, SocketAddr)>,
 }
@@ -563,6 +568,11 @@ fn read_manifest() -> Result<Manifest> {
         nodes.push(NodeInfo {
             id: n["id"].as_str().context("manifest: node id")?.to_string(),
             region: region_index(n["region"].as_str().unwrap_or(""))?,
+            status: n["status"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .context("a status address")?,
             apps,
         });
     }
@@ -714,6 +724,95 @@ impl Bed {
             bail!("the invalid config ({invalid:?}) parses: the soak's own bug");
         }
         Ok(text)
+    }
+}
+
+impl Bed {
+    /// Node `i`'s status document, asked inside its region's namespace.
+    fn status_of(&self, man: &Manifest, i: usize) -> Result<Status> {
+        let n = &man.nodes[i];
+        let out = Command::new("ip")
+            .args(["netns", "exec", &man.clients[n.region].1])
+            .arg(self.bin.join("switchyard"))
+            .args(["status", "--addr", &n.status.to_string(), "--json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .context("run switchyard status")?;
+        if !out.status.success() {
+            bail!("switchyard status --addr {} failed", n.status);
+        }
+        serde_json::from_slice(&out.stdout).context("a status document")
+    }
+
+    /// What keeps the mesh from having settled (nothing, once it has): a node that does not
+    /// answer, a member not alive, an origin down in some observer's view, a sick node,
+    /// config drift, or a connection still open.
+    fn unsettled(&self, man: &Manifest) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in man.nodes.iter().enumerate() {
+            let s = match self.status_of(man, i) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push(format!("{}: {e:#}", n.id));
+                    continue;
+                }
+            };
+            for m in &man.nodes {
+                let state = s
+                    .members
+                    .iter()
+                    .find(|x| x.id == m.id)
+                    .map(|x| x.state.as_str());
+                if state != Some("alive") {
+                    out.push(format!(
+                        "{} lists {} as {}",
+                        n.id,
+                        m.id,
+                        state.unwrap_or("absent")
+                    ));
+                }
+            }
+            if s.node.sick.is_some() {
+                out.push(format!("{} is sick", n.id));
+            }
+            for d in &s.drift {
+                out.push(format!("{} has config drift with {}", n.id, d.node));
+            }
+            for app in s.apps.iter().filter(|a| a.active != 0) {
+                out.push(format!(
+                    "{} app {}: {} connections open",
+                    n.id, app.name, app.active
+                ));
+            }
+            for pool in &s.pools {
+                for o in &pool.origins {
+                    if o.active != 0 {
+                        out.push(format!(
+                            "{} {}/{}: {} connections open",
+                            n.id, pool.name, o.name, o.active
+                        ));
+                    }
+                    for obs in o.observers.iter().filter(|o| !o.1.healthy).map(|o| o.0) {
+                        out.push(format!(
+                            "{} sees {}/{} down as {obs} sees it",
+                            n.id, pool.name, o.name
+                        ));
+                    }
+                    if o.observers.len() != man.nodes.len() {
+                        out.push(format!(
+                            "{} has {} observers of {}/{}, not {}",
+                            n.id,
+                            o.observers.len(),
+                            pool.name,
+                            o.name,
+                            man.nodes.len()
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -1503,15 +1602,34 @@ fn run(seed: u64, duration: Duration, plan: Plan) -> Result<bool> {
     let _ = sampler.join();
     let end = bed.now();
 
-    // Every node runs and answers at the end, with the config testnet.sh wrote back in place.
+    // The end: every node back on the config testnet.sh wrote (reloaded, so that no config
+    // drift is left), then the mesh must settle: everything runs, every node lists every
+    // member alive and sees every origin up from every observer, no node is sick, and with
+    // the load stopped no connection is left open anywhere.
+    let steps = plan.steps.len() + 1;
     for n in &man.nodes {
         if runner.variant[&n.id] != 0 {
             let text = bed.config_text(&n.id, 0)?;
             write_atomic(&Bed::config_path(&n.id), text.as_bytes())?;
+            let mark = Bed::log_len(&n.id);
+            Bed::signal(&n.id, libc::SIGHUP)?;
+            let got = Bed::wait_log(
+                &n.id,
+                mark,
+                &[LOG_RELOADED, LOG_REFUSED],
+                Duration::from_secs(10),
+            );
+            runner.check(
+                steps,
+                format!(
+                    "{} went back to the config testnet.sh wrote on SIGHUP",
+                    n.id
+                ),
+                got.as_deref() == Some(LOG_RELOADED),
+            );
         }
     }
     let status = bed.testnet(&["status"]);
-    let steps = plan.steps.len() + 1;
     runner.check(
         steps,
         format!(
@@ -1523,6 +1641,32 @@ fn run(seed: u64, duration: Duration, plan: Plan) -> Result<bool> {
                 .unwrap_or_default()
         ),
         status.is_ok(),
+    );
+    let settling = Instant::now();
+    let mut problems = bed.unsettled(&man);
+    while !problems.is_empty() && settling.elapsed() < END_SETTLE {
+        std::thread::sleep(Duration::from_secs(1));
+        problems = bed.unsettled(&man);
+    }
+    if problems.is_empty() {
+        println!(
+            "[{:7.1}s] end state: every member alive, every origin up from every observer, no drift, no connection open ({:.1}s after the load stopped)",
+            bed.now(),
+            settling.elapsed().as_secs_f64()
+        );
+    }
+    runner.check(
+        steps,
+        format!(
+            "the mesh settled within {}s after the load stopped{}",
+            END_SETTLE.as_secs(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", problems.join("; "))
+            }
+        ),
+        problems.is_empty(),
     );
 
     let recs = std::mem::take(&mut *load.recs.lock().unwrap_or_else(PoisonError::into_inner));
@@ -1828,7 +1972,7 @@ impl Report {
         );
         println!(
             "  {:<52} {:>8}  target 0  {}",
-            "reload and restart checks failed",
+            "checks failed (reloads, restarts, the end state)",
             checks_failed,
             mark(checks_failed == 0)
         );
