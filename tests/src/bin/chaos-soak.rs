@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use switchyard_node::status::Status;
+use switchyard_tests::harness;
 use switchyard_tests::origin::{connect_from, parse_duration, read_line};
 use switchyard_tests::rng::Rng;
 use switchyard_tests::topology::{self, Mode, NodeFiles, Topology, REGION_NAMES, WAN_RTT};
@@ -731,18 +732,8 @@ impl Bed {
     /// Node `i`'s status document, asked inside its region's namespace.
     fn status_of(&self, man: &Manifest, i: usize) -> Result<Status> {
         let n = &man.nodes[i];
-        let out = Command::new("ip")
-            .args(["netns", "exec", &man.clients[n.region].1])
-            .arg(self.bin.join("switchyard"))
-            .args(["status", "--addr", &n.status.to_string(), "--json"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .context("run switchyard status")?;
-        if !out.status.success() {
-            bail!("switchyard status --addr {} failed", n.status);
-        }
-        serde_json::from_slice(&out.stdout).context("a status document")
+        let netns = &man.clients[n.region].1;
+        harness::node_status(&self.bin.join("switchyard"), Some(netns), n.status)
     }
 
     /// What keeps the mesh from having settled (nothing, once it has): a node that does not
@@ -1448,7 +1439,7 @@ fn run(seed: u64, duration: Duration, plan: Plan) -> Result<bool> {
         bail!("needs root (it runs clients inside the testbed's namespaces); run tests/chaos-soak.sh as root");
     }
     let root = std::env::current_dir().context("the current directory")?;
-    let bin = switchyard_tests::harness::bin_dir().context("the path of this binary")?;
+    let bin = harness::bin_dir().context("the path of this binary")?;
     let man = read_manifest()?;
     std::fs::create_dir_all(OUT).with_context(|| format!("create {OUT}"))?;
     let t0 = Instant::now();
