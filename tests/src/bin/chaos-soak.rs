@@ -72,6 +72,9 @@ const LOG_GEO_RELOADED: &str = "GeoIP database reloaded";
 const LOG_GEO_REFUSED: &str = "GeoIP database not reloaded";
 /// How a node's file watch polls the GeoIP database (node/src/app.rs: every 5 s).
 const GEO_POLL: Duration = Duration::from_secs(5);
+/// How long a node has to log a SIGHUP's outcome, and a GeoIP replacement's (two polls).
+const HUP_WAIT: Duration = Duration::from_secs(10);
+const GEO_WAIT: Duration = Duration::from_secs(13);
 /// Peers asked to confirm an origin down have the monitor's timeout plus this to answer
 /// (README, "How health and steering work").
 const ASK_GRACE: Duration = Duration::from_secs(2);
@@ -807,6 +810,11 @@ impl Bed {
     }
 }
 
+/// Where each of `names`' logs ends now, to read what comes after.
+fn log_marks(names: &[String]) -> Vec<(String, u64)> {
+    names.iter().map(|n| (n.clone(), Bed::log_len(n))).collect()
+}
+
 /// Writes through a temporary file and a rename, so a node never reads half a file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("soak-tmp");
@@ -850,6 +858,28 @@ struct Rec {
     corrupt: bool,
     /// Echo rounds a long-lived connection completed.
     rounds: u64,
+}
+
+impl Rec {
+    /// A connection starting now, working until it is known not to.
+    fn new(client: usize, node: usize, app: usize, long: bool, start: f64) -> Rec {
+        Rec {
+            start,
+            end: start,
+            last_ok: start,
+            client,
+            node,
+            app,
+            long,
+            ok: true,
+            stage: "",
+            error: String::new(),
+            origin: String::new(),
+            bytes_ok: 0,
+            corrupt: false,
+            rounds: 0,
+        }
+    }
 }
 
 struct Load {
@@ -901,23 +931,7 @@ fn failed(rec: &mut Rec, stage: &'static str, e: impl std::fmt::Display) {
 
 /// One short connection: greeting, then a payload echoed back whole.
 async fn short_once(load: &Load, t: &Target, rng: &mut Rng) -> Rec {
-    let start = load.now();
-    let mut rec = Rec {
-        start,
-        end: start,
-        last_ok: start,
-        client: t.client,
-        node: t.node,
-        app: t.app,
-        long: false,
-        ok: true,
-        stage: "",
-        error: String::new(),
-        origin: String::new(),
-        bytes_ok: 0,
-        corrupt: false,
-        rounds: 0,
-    };
+    let mut rec = Rec::new(t.client, t.node, t.app, false, load.now());
     let len = rng.range(256, 4096) as usize;
     let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
     let work = async {
@@ -978,23 +992,7 @@ async fn short_once(load: &Load, t: &Target, rng: &mut Rng) -> Rec {
 /// One long-lived connection: greeting, then an echo round every LONG_PING until the soak
 /// stops (ok) or the connection fails.
 async fn long_once(load: &Load, t: &Target, rng: &mut Rng) -> Rec {
-    let start = load.now();
-    let mut rec = Rec {
-        start,
-        end: start,
-        last_ok: start,
-        client: t.client,
-        node: t.node,
-        app: t.app,
-        long: true,
-        ok: true,
-        stage: "",
-        error: String::new(),
-        origin: String::new(),
-        bytes_ok: 0,
-        corrupt: false,
-        rounds: 0,
-    };
+    let mut rec = Rec::new(t.client, t.node, t.app, true, load.now());
     let opened = tokio::time::timeout(SHORT_TIMEOUT, async {
         let stream = connect_from(t.addr, Some(t.from))
             .await
@@ -1274,7 +1272,7 @@ impl Runner<'_> {
                 let text = bed.config_text(node, *variant)?;
                 write_atomic(&Bed::config_path(node), text.as_bytes())?;
                 self.variant.insert(node.clone(), *variant);
-                let mark = Bed::log_len(node);
+                let marks = log_marks(std::slice::from_ref(node));
                 let at = bed.now();
                 Bed::signal(node, libc::SIGHUP)?;
                 self.ran.reloads.push(Reload {
@@ -1282,19 +1280,14 @@ impl Runner<'_> {
                     node: Some(n),
                     step,
                 });
-                let got = Bed::wait_log(
-                    node,
-                    mark,
-                    &[LOG_RELOADED, LOG_REFUSED],
-                    Duration::from_secs(10),
-                );
-                self.check(
+                let what = "applied the valid config on SIGHUP";
+                self.expect_logs(
                     step,
-                    format!(
-                        "{node} applied the valid config on SIGHUP (log: {})",
-                        got.as_deref().unwrap_or("nothing within 10s")
-                    ),
-                    got.as_deref() == Some(LOG_RELOADED),
+                    &marks,
+                    &[LOG_RELOADED, LOG_REFUSED],
+                    LOG_RELOADED,
+                    HUP_WAIT,
+                    what,
                 );
             }
             Action::HupInvalid { node, invalid } => {
@@ -1302,36 +1295,33 @@ impl Runner<'_> {
                 let text = bed.invalid_text(node, *invalid)?;
                 let path = Bed::config_path(node);
                 write_atomic(&path, text.as_bytes())?;
-                let mark = Bed::log_len(node);
+                let marks = log_marks(std::slice::from_ref(node));
                 let at = bed.now();
                 let sent = Bed::signal(node, libc::SIGHUP);
-                let got = Bed::wait_log(
-                    node,
-                    mark,
-                    &[LOG_RELOADED, LOG_REFUSED],
-                    Duration::from_secs(10),
-                );
-                // The valid file back at once, whatever happened, so a restart finds it.
+                let what = format!("refused the invalid config ({invalid:?}) and kept its own");
+                if sent.is_ok() {
+                    self.ran.reloads.push(Reload {
+                        at,
+                        node: Some(n),
+                        step,
+                    });
+                    self.expect_logs(
+                        step,
+                        &marks,
+                        &[LOG_RELOADED, LOG_REFUSED],
+                        LOG_REFUSED,
+                        HUP_WAIT,
+                        &what,
+                    );
+                }
+                // The valid file back, whatever happened, so a restart finds it.
                 let valid = bed.config_text(node, self.variant[node])?;
                 write_atomic(&path, valid.as_bytes())?;
                 sent?;
-                self.ran.reloads.push(Reload {
-                    at,
-                    node: Some(n),
-                    step,
-                });
-                self.check(
-                    step,
-                    format!(
-                        "{node} refused the invalid config ({invalid:?}) and kept its own (log: {})",
-                        got.as_deref().unwrap_or("nothing within 10s")
-                    ),
-                    got.as_deref() == Some(LOG_REFUSED),
-                );
             }
             Action::GeoReplace { hup } => {
                 let nodes = self.running_nodes();
-                let marks: Vec<u64> = nodes.iter().map(|n| Bed::log_len(n)).collect();
+                let marks = log_marks(&nodes);
                 self.build_geo()?;
                 let at = bed.now();
                 self.ran.reloads.push(Reload {
@@ -1339,74 +1329,66 @@ impl Runner<'_> {
                     node: None,
                     step,
                 });
-                let needle = if *hup {
+                let (want, what) = if *hup {
                     for n in &nodes {
                         Bed::signal(n, libc::SIGHUP)?;
                     }
-                    LOG_RELOADED
+                    (LOG_RELOADED, "took the new GeoIP database on SIGHUP")
                 } else {
-                    LOG_GEO_RELOADED
+                    (
+                        LOG_GEO_RELOADED,
+                        "took the new GeoIP database from its file watch",
+                    )
                 };
-                for (n, mark) in nodes.iter().zip(marks) {
-                    let within = GEO_POLL * 2 + SLACK;
-                    let got =
-                        Bed::wait_log(n, mark, &[needle, LOG_REFUSED, LOG_GEO_REFUSED], within);
-                    self.check(
-                        step,
-                        format!(
-                            "{n} took the new GeoIP database{} (log: {})",
-                            if *hup {
-                                " on SIGHUP"
-                            } else {
-                                " from its file watch"
-                            },
-                            got.as_deref().unwrap_or("nothing in time")
-                        ),
-                        got.as_deref() == Some(needle),
-                    );
-                }
+                let outcomes = [want, LOG_REFUSED, LOG_GEO_REFUSED];
+                self.expect_logs(step, &marks, &outcomes, want, GEO_WAIT, what);
             }
             Action::GeoBad => {
                 let nodes = self.running_nodes();
-                let marks: Vec<u64> = nodes.iter().map(|n| Bed::log_len(n)).collect();
-                write_atomic(
-                    &bed.root.join(GEO_DB),
-                    b"chaos-soak: this is not a MaxMind database\n",
-                )?;
+                let marks = log_marks(&nodes);
+                let bad = b"chaos-soak: this is not a MaxMind database\n";
+                write_atomic(&bed.root.join(GEO_DB), bad)?;
                 let at = bed.now();
                 self.ran.reloads.push(Reload {
                     at,
                     node: None,
                     step,
                 });
-                let within = GEO_POLL * 2 + SLACK;
-                for (n, mark) in nodes.iter().zip(marks) {
-                    let got = Bed::wait_log(n, mark, &[LOG_GEO_REFUSED, LOG_GEO_RELOADED], within);
-                    self.check(
-                        step,
-                        format!(
-                            "{n} refused the bad GeoIP database and kept the old one (log: {})",
-                            got.as_deref().unwrap_or("nothing in time")
-                        ),
-                        got.as_deref() == Some(LOG_GEO_REFUSED),
-                    );
-                }
-                let marks: Vec<u64> = nodes.iter().map(|n| Bed::log_len(n)).collect();
+                let outcomes = [LOG_GEO_REFUSED, LOG_GEO_RELOADED];
+                let what = "refused the bad GeoIP database and kept the old one";
+                self.expect_logs(step, &marks, &outcomes, LOG_GEO_REFUSED, GEO_WAIT, what);
+                let marks = log_marks(&nodes);
                 self.build_geo()?;
-                for (n, mark) in nodes.iter().zip(marks) {
-                    let got = Bed::wait_log(n, mark, &[LOG_GEO_RELOADED], within);
-                    self.check(
-                        step,
-                        format!("{n} took the good GeoIP database again"),
-                        got.is_some(),
-                    );
-                }
+                let what = "took the good GeoIP database again";
+                self.expect_logs(step, &marks, &outcomes, LOG_GEO_RELOADED, GEO_WAIT, what);
             }
         }
         self.ran
             .timeline
             .push((step, start, bed.now(), action.describe()));
         Ok(())
+    }
+
+    /// Waits (bounded) until each log, past its mark, says one of `outcomes`, and checks that
+    /// it says `want`; `what` says what that means, after the node's name.
+    fn expect_logs(
+        &mut self,
+        step: usize,
+        marks: &[(String, u64)],
+        outcomes: &[&str],
+        want: &str,
+        within: Duration,
+        what: &str,
+    ) {
+        for (n, mark) in marks {
+            let got = Bed::wait_log(n, *mark, outcomes, within);
+            let seen = got.as_deref().unwrap_or("nothing in time");
+            self.check(
+                step,
+                format!("{n} {what} (log: {seen})"),
+                got.as_deref() == Some(want),
+            );
+        }
     }
 
     /// Builds the GeoIP database afresh from the testnet's CSV and puts it in place.
@@ -1602,22 +1584,11 @@ fn run(seed: u64, duration: Duration, plan: Plan) -> Result<bool> {
         if runner.variant[&n.id] != 0 {
             let text = bed.config_text(&n.id, 0)?;
             write_atomic(&Bed::config_path(&n.id), text.as_bytes())?;
-            let mark = Bed::log_len(&n.id);
+            let marks = log_marks(std::slice::from_ref(&n.id));
             Bed::signal(&n.id, libc::SIGHUP)?;
-            let got = Bed::wait_log(
-                &n.id,
-                mark,
-                &[LOG_RELOADED, LOG_REFUSED],
-                Duration::from_secs(10),
-            );
-            runner.check(
-                steps,
-                format!(
-                    "{} went back to the config testnet.sh wrote on SIGHUP",
-                    n.id
-                ),
-                got.as_deref() == Some(LOG_RELOADED),
-            );
+            let what = "went back to the config testnet.sh wrote on SIGHUP";
+            let outcomes = [LOG_RELOADED, LOG_REFUSED];
+            runner.expect_logs(steps, &marks, &outcomes, LOG_RELOADED, HUP_WAIT, what);
         }
     }
     let status = bed.testnet(&["status"]);
@@ -2145,22 +2116,10 @@ mod tests {
     }
 
     fn rec(client: usize, node: usize, from: f64, to: f64) -> Rec {
-        Rec {
-            start: from,
-            end: to,
-            last_ok: from,
-            client,
-            node,
-            app: 0,
-            long: false,
-            ok: false,
-            stage: "connect",
-            error: String::new(),
-            origin: String::new(),
-            bytes_ok: 0,
-            corrupt: false,
-            rounds: 0,
-        }
+        let mut r = Rec::new(client, node, 0, false, from);
+        r.end = to;
+        failed(&mut r, "connect", "refused");
+        r
     }
 
     #[test]
