@@ -167,6 +167,44 @@ impl Drop for MeshCerts {
     }
 }
 
+/// The directory of the running binary: where cargo put the workspace's other binaries, for
+/// the tools (testnet, chaos-soak) that run them.
+pub fn bin_dir() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("{} has no directory", exe.display()))
+}
+
+/// A node's status document from `switchyard status --addr ADDR --json`, run by the
+/// `switchyard` binary at `bin`, inside network namespace `netns` when given (`ip netns exec`).
+pub fn node_status(
+    bin: &std::path::Path,
+    netns: Option<&str>,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<switchyard_node::status::Status> {
+    use anyhow::Context;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let out = cmd
+        .args(["status", "--addr", &addr.to_string(), "--json"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("run switchyard status")?;
+    if !out.status.success() {
+        anyhow::bail!("switchyard status --addr {addr} failed");
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{addr}'s status is not a status document"))
+}
+
 /// The `switchyard` binary, for tests that run it as a process: next to this crate's
 /// binaries, in target/<profile>/ (the test executable is in target/<profile>/deps/).
 pub fn switchyard_bin() -> anyhow::Result<std::path::PathBuf> {

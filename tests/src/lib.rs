@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod origin;
+pub mod rng;
 pub mod sim;
 pub mod topology;
 pub mod wan;

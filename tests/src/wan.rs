@@ -618,15 +618,8 @@ impl Detached {
 
     /// The running emulator's pid: its pid file names a live wan-emu with this control socket.
     pub fn pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let want = format!("--control {}", self.control_path().display());
-        cmdline.contains(&want).then_some(pid)
+        pid_running(&self.pid_file(), &want)
     }
 
     /// Whether the emulator runs.
@@ -860,6 +853,19 @@ pub fn matrix(show: &str) -> String {
         .take_while(|l| !l.starts_with("link "))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// The pid in `pid_file` if that process runs and its command line (arguments joined by
+/// spaces) contains `marker`, so that a reused pid is never taken for it.
+pub fn pid_running(pid_file: &Path, marker: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    cmdline.contains(marker).then_some(pid)
 }
 
 /// Runs `f` on a fresh thread inside the network namespace `/run/netns/<netns>` and returns

@@ -30,6 +30,7 @@ use switchyard_gossip::{
     tls, LocalRow, MemberState, Mesh, MeshConfig, MeshMetrics, MeshState, Profile, Timings,
 };
 use switchyard_node::metrics::Metrics;
+use switchyard_tests::rng::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
@@ -193,22 +194,6 @@ impl Counters {
             }
         }
         c
-    }
-}
-
-/// Small deterministic PRNG (splitmix64): no dependency needed for picking nodes and rows.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

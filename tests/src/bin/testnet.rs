@@ -179,11 +179,7 @@ struct Ctx {
 impl Ctx {
     fn new(mode: Mode) -> Result<Ctx> {
         let root = std::env::current_dir().context("the current directory")?;
-        let exe = std::env::current_exe().context("the path of this binary")?;
-        let bin = exe
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| anyhow!("{} has no directory", exe.display()))?;
+        let bin = switchyard_tests::harness::bin_dir().context("the path of this binary")?;
         let mut ctx = Ctx {
             mode,
             topo: Topology::new(mode),
@@ -539,18 +535,9 @@ impl Ctx {
     /// ID's status document, from `switchyard status --json` (inside its namespace).
     fn status_of(&self, id: &str) -> Result<Status> {
         let node = self.topo.node(id).expect("a known node");
-        let out = self
-            .command(&node.region, self.bin("switchyard"))
-            .args(["status", "--addr", &node.status.to_string(), "--json"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .context("run switchyard status")?;
-        if !out.status.success() {
-            die!("switchyard status --addr {} failed", node.status);
-        }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("{id}'s status is not a status document"))
+        let netns = self.wan().then(|| self.netns_of(&node.region));
+        switchyard_tests::harness::node_status(&self.bin("switchyard"), netns, node.status)
+            .with_context(|| format!("{id}'s status"))
     }
 
     /// Whether ID lists every one of WANT alive; else what it lists.
