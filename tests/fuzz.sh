@@ -18,7 +18,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
     echo "usage: tests/fuzz.sh [SECONDS_PER_TARGET]" >&2
     exit 2
 fi
-targets=(mesh swim proxy_protocol dns http_probe geoip geoip_csv config)
+targets=(mesh swim machine proxy_protocol dns http_probe geoip geoip_csv config)
 
 if ! command -v cargo-afl >/dev/null; then
     echo "fuzz: cargo-afl is missing: cargo install cargo-afl --locked" \

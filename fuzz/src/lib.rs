@@ -13,6 +13,7 @@ pub mod config;
 pub mod dns;
 pub mod geoip;
 pub mod http_probe;
+pub mod machine;
 pub mod mesh;
 pub mod proxy_protocol;
 pub mod seeds;

@@ -30,6 +30,7 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
     vec![
         ("mesh", mesh()),
         ("swim", swim()),
+        ("machine", machine()),
         ("proxy_protocol", proxy_protocol()),
         ("dns", dns()),
         ("http_probe", http_probe()),
@@ -141,6 +142,20 @@ pub fn mesh() -> Seeds {
             codec::encode(&RelayResponse::Refused(RefuseReason::NotMember)).expect("encodes"),
         ),
     ])
+}
+
+/// The `swim` seeds as datagrams (first byte 0) and the `mesh` seeds as streams (1).
+pub fn machine() -> Seeds {
+    let on = |channel: u8, seeds: Seeds, kind: &'static str| {
+        seeds.into_iter().map(move |(name, bytes)| {
+            let mut v = vec![channel];
+            v.extend(bytes);
+            (format!("{kind}-{name}"), v)
+        })
+    };
+    on(0, swim(), "swim")
+        .chain(on(1, mesh(), "stream"))
+        .collect()
 }
 
 fn packet(header: &Header<NodeIdentity>, updates: &[Member<NodeIdentity>]) -> Vec<u8> {
@@ -454,18 +469,19 @@ pub fn geoip() -> Seeds {
     ])
 }
 
-/// A CSV as `switchyard geoip build` reads it (its format, with the oddities it allows).
-pub const LAB_CSV: &str = "\u{feff}# lab networks\n\
-    cidr,country,subdivision,latitude,longitude\n\
-    10.2.0.0/16,CH   # listed before the /8 that covers it\n\
-    10.0.0.0/8,US,CA,37.77,-122.42\n\
-    10.1.0.0/16,de,BE\n\
+/// A CSV as `switchyard geoip build` reads it, with the liberties its format allows: a byte
+/// order mark, comments, a header, blank lines, spaces around fields, lower-case codes,
+/// subdivisions with and without their country, CRLF, a lone address, IPv6, empty fields.
+pub const LAB_CSV: &str = "\u{feff}# fuzz seed\n\
+    network,country,subdivision,latitude,longitude\n\
+    10.3.0.0/16,SG   # inside the /8 below, listed first\n\
+    10.0.0.0/8,US,TX,30.27,-97.74\n\
     \n\
-    172.16.0.0/12, gb , eng\n\
-    192.168.1.0/24,FR,,48.85,2.35\r\n\
-    192.168.2.7,IT,IT-RM\n\
-    fd00::/8,JP,13\n\
-    100.64.0.0/10,NL,,,\n";
+    172.20.0.0/14, se , ab\n\
+    192.168.5.0/24,ES,,40.42,-3.70\r\n\
+    192.168.9.9,PT,PT-11\n\
+    fd12::/16,KR,11\n\
+    100.100.0.0/16,BE,,,\n";
 
 pub fn geoip_csv() -> Seeds {
     named(vec![
