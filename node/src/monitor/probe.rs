@@ -1360,10 +1360,7 @@ mod tests {
         wants_body.expected_body = Some("is ok".into());
         assert_eq!(check(ok, wants_body.clone()).await, Ok(()));
         wants_body.expected_body = Some("healthy".into());
-        assert_eq!(
-            check(ok, wants_body).await,
-            Err(ProbeError::BodyMismatch)
-        );
+        assert_eq!(check(ok, wants_body).await, Err(ProbeError::BodyMismatch));
         let unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             check(unavailable, spec(MonitorType::Http)).await,
