@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/, see fuzz/README.md) for SECONDS_PER_TARGET seconds (default
-# 20; CI runs the default, `tests/fuzz.sh 600` is a longer run), one after the other, from the
+# 16; CI runs the default, `tests/fuzz.sh 600` is a longer run), one after the other, from the
 # seed corpus in fuzz/corpus/<target>/, and prints per target what AFL++ did: executions,
 # corpus size (seeds plus what it found), crashes and hangs. Exits 1 if any target crashed,
 # naming the inputs and how to replay them; 2 if a tool is missing (it installs nothing).
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-secs=${1:-20}
+secs=${1:-16}
 if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
     echo "usage: tests/fuzz.sh [SECONDS_PER_TARGET]" >&2
     exit 2
@@ -37,7 +37,9 @@ echo "== building the fuzz targets (cargo afl build --release, in fuzz/)"
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 # Without --cfg fuzzing: dependencies that read it (quinn-proto) would run otherwise than
 # in the node, and the point is to fuzz what runs.
-(cd fuzz && AFL_NO_CFG_FUZZING=1 cargo afl build --release --locked --bins)
+# Not --locked: fuzz/Cargo.lock follows the workspace's dependencies, and a dependency the
+# workspace adds is resolved here at its first build.
+(cd fuzz && AFL_NO_CFG_FUZZING=1 cargo afl build --release --bins)
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
 export AFL_NO_UI=1 AFL_QUIET=1

@@ -34,33 +34,46 @@ public_addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
 
 [geo]
 [[geo.override]]
-cidr = "10.1.0.0/16"
-region = "WNAM"
-[[geo.override]]
-cidr = "10.2.0.0/16"
-region = "WEU"
-[[geo.override]]
 cidr = "2001:db8:3::/48"
 region = "SEAS"
+[[geo.override]]
+cidr = "100.64.1.0/24"
+region = "WNAM"
+[[geo.override]]
+cidr = "100.64.2.0/24"
+region = "WEU"
 
 [[pool]]
-name = "p"
-origins = [{ name = "o", address = "127.0.0.1:9" }]
+name = "weu"
+origins = [
+  { name = "weu-1", address = "192.0.2.10:8080" },
+  { name = "weu-2", address = "192.0.2.11:8080" },
+]
+
+[[pool]]
+name = "wnam"
+origins = [{ name = "wnam-1", address = "198.51.100.10:8080" }]
 
 [[load_balancer]]
-name = "lb"
-default_pools = ["p"]
+name = "failover"
+default_pools = ["weu", "wnam"]
+
+[[load_balancer]]
+name = "by-region"
+steering = "geo"
+default_pools = ["wnam", "weu"]
+region_pools = { WEU = ["weu"], WNAM = ["wnam"] }
 
 [[app]]
 name = "game"
 listen = "127.0.0.1:0"
-load_balancer = "lb"
+load_balancer = "failover"
 hostname = "game"
 
 [[app]]
 name = "api"
 listen = "127.0.0.1:0"
-load_balancer = "lb"
+load_balancer = "by-region"
 hostname = "api"
 
 [dns]
@@ -129,7 +142,7 @@ pub fn run(data: &[u8]) {
     let state = state();
     let mut out = Vec::new();
     let clients: [(IpAddr, bool); 2] = [
-        ("10.2.0.9".parse().expect("an IP"), false),
+        ("100.64.2.9".parse().expect("an IP"), false),
         ("2001:db8:3::9".parse().expect("an IP"), true),
     ];
     for (src, tcp) in clients {

@@ -316,7 +316,7 @@ fn ecs(family: u16, prefix: u8, addr: &[u8]) -> Vec<u8> {
 }
 
 pub fn dns() -> Seeds {
-    let ecs_weu = ecs(1, 24, &[10, 2, 0]);
+    let ecs_weu = ecs(1, 24, &[100, 64, 2]);
     let ecs_seas = ecs(2, 48, &[0x20, 0x01, 0x0d, 0xb8, 0, 3]);
     named(vec![
         ("a", query(1, "game.lb.example.com", 1, None)),
