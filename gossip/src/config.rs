@@ -78,7 +78,9 @@ impl Timings {
         }
     }
 
-    pub(crate) fn foca_config(&self, profile: Profile, expected_size: u32) -> foca::Config {
+    /// The foca configuration the mesh task runs with. Public so that whatever drives foca
+    /// outside the task (the fuzz targets in `fuzz/`) drives it as the mesh does.
+    pub fn foca_config(&self, profile: Profile, expected_size: u32) -> foca::Config {
         let size = NonZeroU32::new(expected_size.max(2)).unwrap_or(NonZeroU32::MIN);
         let mut c = match profile {
             Profile::Lan => foca::Config::new_lan(size),

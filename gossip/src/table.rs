@@ -1039,6 +1039,20 @@ impl Table {
                 _ => rows.insert(Stored { row, at: now }),
             }
         }
+        // A delta laid over the rows held must lead to a state the writer could have had:
+        // its rows are checked apart from the held ones (`validate`), but one of them may
+        // share a seq with a held row of another origin. Such a state can only be forged or
+        // signed by a lying writer, and holding it would break anti-entropy for the writer:
+        // every new holder refuses the snapshot of it (a full batch with a shared seq).
+        if !batch.full && same_epoch.is_some() {
+            if let Some(seq) = shared_seq(rows.iter().map(|s| &s.row), rows.len) {
+                self.stats.malformed += 1;
+                return Err(TableError::DuplicateSeq {
+                    node: batch.node,
+                    seq,
+                });
+            }
+        }
         let candidate = Writer {
             region: batch.region,
             fingerprint: batch.fingerprint,
@@ -1479,7 +1493,6 @@ fn validate(b: &Batch) -> Result<(), TableError> {
         }
     }
     let mut keys = HashSet::with_capacity(b.rows.len());
-    let mut seqs = HashSet::with_capacity(b.rows.len());
     for r in &b.rows {
         if !keys.insert((r.pool.as_str(), r.origin.as_str())) {
             return Err(TableError::DuplicateRow {
@@ -1488,14 +1501,20 @@ fn validate(b: &Batch) -> Result<(), TableError> {
                 origin: r.origin.clone(),
             });
         }
-        if !seqs.insert(r.seq) {
-            return Err(TableError::DuplicateSeq {
-                node: node(),
-                seq: r.seq,
-            });
-        }
     }
-    Ok(())
+    match shared_seq(&b.rows, b.rows.len()) {
+        Some(seq) => Err(TableError::DuplicateSeq { node: node(), seq }),
+        None => Ok(()),
+    }
+}
+
+/// A seq two of `rows` share, if any. A writer gives each change its own seq, so no state it
+/// ever had (nor any batch of one) holds two rows of one seq.
+fn shared_seq<'a>(rows: impl IntoIterator<Item = &'a Row>, len: usize) -> Option<u64> {
+    let mut seqs = HashSet::with_capacity(len);
+    rows.into_iter()
+        .map(|r| r.seq)
+        .find(|&seq| !seqs.insert(seq))
 }
 
 #[cfg(test)]
@@ -2426,6 +2445,84 @@ mod tests {
         assert_eq!(rows_of(&c, "x"), rows_of(&b, "x"));
         assert_eq!(rows_of(&c, "a"), rows_of(&a, "a"));
         assert!(b.delta(&c.digest()).is_empty());
+    }
+
+    /// The holder of `writer`'s rows web/weu-1 (seq 1) and api/weu-2 (seq 2), epoch E.
+    fn holding_two_rows(writer: &str) -> Table {
+        const E: u64 = 1_700_000_000_000;
+        let now = t0();
+        let mut w = Table::new(writer.into(), Region::Weu, E, 0xfeed);
+        up(&mut w, "web", "weu-1", 900, now);
+        down(&mut w, "api", "weu-2", "status 503", now);
+        let mut holder = Table::new("edge-wnam-1".into(), Region::Wnam, 1, 0xfeed);
+        holder.apply(w.local_since(0), now).unwrap();
+        holder
+    }
+
+    #[test]
+    fn a_delta_whose_row_shares_a_held_rows_seq_is_refused() {
+        let now = t0();
+        let mut holder = holding_two_rows("a");
+        let before = rows_of(&holder, "a");
+        // New origin api/x at seq 2, which the held api/weu-2 already has: no writer's state.
+        let mut delta = holder
+            .snapshot()
+            .into_iter()
+            .find(|b| b.node == "a")
+            .unwrap();
+        delta.full = false;
+        delta.base_seq = 1;
+        delta.rows = vec![Row {
+            origin: "x".into(),
+            ..before.iter().find(|r| r.seq == 2).unwrap().clone()
+        }];
+        let err = holder.apply(delta, now).unwrap_err();
+        assert!(
+            matches!(err, TableError::DuplicateSeq { seq: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(rows_of(&holder, "a"), before);
+        assert_eq!(holder.stats().malformed, 1);
+    }
+
+    #[test]
+    fn fuzz_mesh_crash_a_held_writer_always_snapshots() {
+        // Found by the `mesh` fuzz target: an envelope whose Delta's first batch, laid over
+        // the rows held of edge-weu-1, led to two rows of seq 2. The holder took it, and then
+        // every new holder refused its snapshot of edge-weu-1.
+        const INPUT: &[u8] = &[
+            0x04, 0x04, 0x70, 0x72, 0x6f, 0x64, 0x0b, 0x65, 0x64, 0x67, 0x65, 0x2d, 0x77, 0x6e,
+            0x61, 0x6d, 0x2d, 0x31, 0x02, 0x02, 0x0a, 0x65, 0x64, 0x67, 0x65, 0x2d, 0x77, 0x65,
+            0x75, 0x2d, 0x31, 0x03, 0x57, 0x45, 0x55, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01,
+            0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0xfb, 0xed, 0xfe, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x02, 0x23, 0x61, 0x70, 0x69, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+            0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+            0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x05, 0x77, 0x65, 0x75, 0x2d,
+            0x32, 0x00, 0x00, 0xfd, 0x90, 0x69, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x01, 0x0a,
+            0x73, 0x74, 0x61, 0x74, 0x75, 0x73, 0x20, 0x35, 0x30, 0x33, 0x01, 0x02, 0x02, 0x03,
+            0x77, 0x65, 0x62, 0x05, 0x77, 0x65, 0x75, 0x2d, 0x31, 0x01, 0x01, 0xfb, 0x84, 0x03,
+            0xfd, 0x2c, 0x69, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0a,
+            0x65, 0x64, 0x67, 0x65, 0x2d, 0x77, 0x65, 0x75, 0x2d, 0x31, 0x03, 0x57, 0x45, 0x55,
+            0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0xfb,
+            0xed, 0xfe, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let now = t0();
+        let mut holder = holding_two_rows("edge-weu-1");
+        let env: crate::wire::Envelope = crate::codec::decode(INPUT).unwrap();
+        let crate::wire::Msg::Delta(batches) = env.msg else {
+            panic!("a Delta: {:?}", env.msg);
+        };
+        for batch in batches {
+            let _ = holder.apply(batch, now);
+        }
+        let mut joining = unsealed("edge-seas-1", 1);
+        for batch in holder.snapshot() {
+            joining.apply(batch, now).unwrap();
+        }
+        assert_eq!(
+            rows_of(&joining, "edge-weu-1"),
+            rows_of(&holder, "edge-weu-1")
+        );
     }
 
     #[test]

@@ -465,6 +465,24 @@ fn default_host(kind: MonitorType, addr: SocketAddr, host: &str) -> String {
     }
 }
 
+/// The HTTP half of an `http` or `https` attempt over a stream already connected (and, for
+/// `https`, past its handshake): the request `spec` makes for `addr` and `host`, sent over
+/// `io`, and the response judged as [`Prober::probe`] judges it. The probe itself builds its
+/// request before connecting, so that a bad spec never touches the origin; this is the same
+/// two steps in one call, for the fuzz targets (`fuzz/`), which hand it canned responses.
+#[doc(hidden)]
+pub async fn http_check<T>(
+    io: T,
+    spec: &ProbeSpec,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<(), ProbeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    exchange(io, build_request(spec, addr, host)?, spec).await
+}
+
 /// Sends `request` over `io` and checks the response against `spec`.
 async fn exchange<T>(
     io: T,
@@ -1314,5 +1332,43 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let fut = prober.probe(&spec, addr, "127.0.0.1");
         assert_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn http_check_judges_a_response_as_the_probe_does() {
+        let addr: SocketAddr = "192.0.2.10:8080".parse().unwrap();
+        // The origin answers once it has the request's head, as a real one does.
+        let check = |response: &'static [u8], spec: ProbeSpec| async move {
+            let (probe_end, mut origin) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 1024];
+                    match origin.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = origin.write_all(response).await;
+                let _ = origin.shutdown().await;
+            });
+            http_check(probe_end, &spec, addr, "origin.example").await
+        };
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nall is ok";
+        assert_eq!(check(ok, spec(MonitorType::Http)).await, Ok(()));
+        let mut wants_body = spec(MonitorType::Http);
+        wants_body.expected_body = Some("is ok".into());
+        assert_eq!(check(ok, wants_body.clone()).await, Ok(()));
+        wants_body.expected_body = Some("healthy".into());
+        assert_eq!(check(ok, wants_body).await, Err(ProbeError::BodyMismatch));
+        let unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            check(unavailable, spec(MonitorType::Http)).await,
+            Err(ProbeError::Status(503))
+        );
+        assert!(matches!(
+            check(b"SSH-2.0-OpenSSH\r\n", spec(MonitorType::Http)).await,
+            Err(ProbeError::Http(_))
+        ));
     }
 }
