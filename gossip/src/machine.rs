@@ -674,6 +674,14 @@ impl<N: Net> Machine<N> {
         }
     }
 
+    /// Members held suspect for much longer than a suspicion lasts: foca dropped their
+    /// timers (it does when this node renews its identity, as after it was itself declared
+    /// down), so nothing here would ever decide them. Such a member is taken back as alive,
+    /// at the next incarnation and without telling anyone: this node's probes then judge it
+    /// afresh, with timers that run. Declaring it down instead made a live member rejoin,
+    /// and after a healed partition, every member the cut-off side had suspected (mesh-sim).
+    /// A member that is really gone is declared down by the others, whose timers did run,
+    /// and a down outranks any incarnation.
     fn suspicion_watchdog(&mut self) {
         let now = self.now;
         let limit = self.cfg.timings.suspect_to_down_after * 2 + self.cfg.timings.probe_period;
@@ -686,16 +694,22 @@ impl<N: Net> Machine<N> {
                     .get(&m.id().id)
                     .is_some_and(|since| now.saturating_duration_since(*since) > limit)
             })
-            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .map(|m| {
+                foca::Member::new(
+                    m.id().clone(),
+                    m.incarnation().saturating_add(1),
+                    foca::State::Alive,
+                )
+            })
             .collect();
         if stuck.is_empty() {
             return;
         }
         for m in &stuck {
-            tracing::info!(member = %m.id().id, "suspect for too long; declaring it down");
+            tracing::info!(member = %m.id().id, "suspect for too long with no suspicion running; probing it afresh");
             self.suspect_since.remove(&m.id().id);
         }
-        if let Err(e) = self.foca.apply_many(stuck.into_iter(), true, &mut self.rt) {
+        if let Err(e) = self.foca.apply_many(stuck.into_iter(), false, &mut self.rt) {
             tracing::debug!("watchdog: {e}");
         }
         self.drain();
