@@ -141,7 +141,7 @@ pub struct Machine<N: Net> {
     rng: StdRng,
     /// Since when each member has been suspect. Foca drops its suspicion timers when this
     /// node renews its identity, which can leave a member suspect forever; the watchdog
-    /// declares such a member down, and it rejoins under a new generation.
+    /// takes such a member back as alive and probes it afresh.
     suspect_since: HashMap<String, Instant>,
     leaving: bool,
     /// Node ids foca knows or is about to learn from a packet being handed to it: foca's

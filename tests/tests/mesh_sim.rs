@@ -79,6 +79,8 @@ fn a_healed_partition_merges_and_tables_agree() {
     for r in runs(Scenario::Partition) {
         assert_settled(&r);
         assert!(r.heal_converge_s.is_some(), "{}", r.line());
+        // Downs right after the heal are SWIM's (counted apart); none later.
+        assert_eq!(r.false_downs, 0, "{}", r.line());
     }
 }
 
