@@ -103,6 +103,30 @@ suspect_timeout = "1s"
 announce_interval = "300ms"
 anti_entropy_interval = "300ms""#;
 
+/// One certificate per node of `nodes` (id and the region it names, as `switchyard cert
+/// issue --region` makes them, so that every claim's region is checked), from a fresh CA
+/// for `cluster` in `dir`, loaded as a node loads its own.
+pub fn node_certs(
+    dir: &std::path::Path,
+    cluster: &str,
+    nodes: &[(String, switchyard_geo::Region)],
+) -> anyhow::Result<Vec<switchyard_gossip::tls::NodeTls>> {
+    use anyhow::Context;
+    use switchyard_gossip::tls;
+    let ca_dir = dir.join("ca");
+    tls::init_ca(&ca_dir, cluster).with_context(|| format!("creating the {cluster} CA"))?;
+    let ca = ca_dir.join(tls::CA_CERT_FILE);
+    nodes
+        .iter()
+        .map(|(id, region)| {
+            let paths = tls::issue_cert_in(&ca_dir, id, Some(*region), dir)
+                .with_context(|| format!("issuing a certificate for {id}"))?;
+            tls::load(&ca, &paths.cert, &paths.key)
+                .with_context(|| format!("loading the certificate of {id}"))
+        })
+        .collect()
+}
+
 /// A test CA in a scratch directory that issues node certificates next to it; removed on
 /// drop.
 pub struct MeshCerts {

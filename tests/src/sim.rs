@@ -12,9 +12,9 @@
 //! the rest. SWIM packets are datagrams (lost as they fall); replication messages are QUIC
 //! streams (a lost packet costs one more round trip; across a cut they are lost). What a
 //! node sends is counted as it would be on the wire: the payload, the IP, UDP and QUIC
-//! headers of its packets, the peer's ACKs, QUIC keep-alives on every open link and a
-//! handshake whenever a link has to be opened (the transport's keep-alive interval and idle
-//! timeout), so that idle traffic is what a real mesh of that size would send.
+//! headers of its packets, the peer's ACKs, QUIC keep-alives on every open link (at the
+//! transport's interval) and a handshake whenever a link is opened, so that idle traffic is
+//! what a real mesh of that size would send.
 //!
 //! Faults: crashes (and restarts under a new generation, with the same certificate), stalls
 //! (a node that handles nothing for a while: what arrives waits in its inbox, its timers
@@ -33,7 +33,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -349,7 +349,7 @@ struct Node {
     backlog: VecDeque<(usize, Kind, Bytes)>,
     /// The wake-up queued for it, if any.
     wake_at: Option<Ns>,
-    /// Bytes it sent on the wire, in all and in the measured idle window.
+    /// Bytes it sent in the measured idle window: on the wire, and of them the payload.
     sent: u64,
     payload: u64,
 }
@@ -432,11 +432,11 @@ pub struct Sim {
     cut: Option<Region>,
     /// The last region cut off, and when it was healed.
     last_cut: Option<(Region, Option<Ns>)>,
-    /// Per link (lower index first), when it last carried something: keep-alives run on it
-    /// from then on, and a handshake is due when it is used after its idle timeout.
+    /// Per link (lower index first), when it last carried something: the transport's
+    /// keep-alives run on it from then on (they come well within its idle timeout, so an
+    /// opened link stays open).
     links: HashMap<(u32, u32), Ns>,
-    keep_alive: Option<Ns>,
-    idle_timeout: Ns,
+    keep_alive: Ns,
     /// The idle window measured, once it started (and ended).
     idle: Option<(Ns, Option<Ns>)>,
     flips: Vec<Flip>,
@@ -457,7 +457,13 @@ impl Sim {
             return Err(anyhow!("--nodes: at least {} nodes", SEEDS + 2));
         }
         let topo = Rc::new(Topo::new(opts.nodes));
-        let certs = make_certs(dir, &topo)?;
+        let named: Vec<(String, Region)> = topo
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (node_id(i), *r))
+            .collect();
+        let certs = crate::harness::node_certs(dir, "sim", &named)?;
         let mut rng = StdRng::seed_from_u64(opts.seed);
         let nodes = certs
             .into_iter()
@@ -496,8 +502,7 @@ impl Sim {
             cut: None,
             last_cut: None,
             links: HashMap::new(),
-            keep_alive: Some(tls::KEEP_ALIVE_INTERVAL.as_nanos() as Ns),
-            idle_timeout: tls::MAX_IDLE_TIMEOUT.as_nanos() as Ns,
+            keep_alive: tls::KEEP_ALIVE_INTERVAL.as_nanos() as Ns,
             idle: None,
             flips: Vec::new(),
             crashes: HashMap::new(),
@@ -547,9 +552,15 @@ impl Sim {
         }
     }
 
-    /// Whether a cut was healed lately (within a suspicion timeout and 5 s).
+    /// Whether a heal at `healed` is recent: within a suspicion timeout and 5 s, in which
+    /// downs decided before it may still arrive.
+    fn since_heal(&self, healed: Ns) -> bool {
+        self.now < healed + self.suspicion().as_nanos() as Ns + 5 * SEC
+    }
+
+    /// Whether a cut was healed lately.
     fn healed_lately(&self) -> bool {
-        matches!(self.last_cut, Some((_, Some(h))) if self.now < h + self.suspicion().as_nanos() as Ns + 5 * SEC)
+        matches!(self.last_cut, Some((_, Some(h))) if self.since_heal(h))
     }
 
     /// Whether a cut separated `a` and `b` lately: a suspicion that began before the heal
@@ -559,9 +570,7 @@ impl Sim {
             return false;
         };
         let across = (self.topo.regions[a] == r) != (self.topo.regions[b] == r);
-        let recent =
-            healed.is_none_or(|h| self.now < h + self.suspicion().as_nanos() as Ns + 5 * SEC);
-        across && recent
+        across && healed.is_none_or(|h| self.since_heal(h))
     }
 
     /// Starts node `i` (again): a new machine, a new generation, the same certificate.
@@ -693,17 +702,9 @@ impl Sim {
         let now = self.now;
         match self.links.insert(key, now) {
             Some(last) => {
-                let gap_end = match self.keep_alive {
-                    Some(_) => now,
-                    None => now.min(last + self.idle_timeout),
-                };
-                let kas = self.keep_alive_bytes(last, gap_end);
+                let kas = self.keep_alive_bytes(last, now);
                 sender += kas / 2;
                 receiver += kas / 2;
-                if self.keep_alive.is_none() && now - last > self.idle_timeout {
-                    sender += HANDSHAKE_BYTES / 2;
-                    receiver += HANDSHAKE_BYTES / 2;
-                }
             }
             None => {
                 sender += HANDSHAKE_BYTES / 2;
@@ -716,9 +717,10 @@ impl Sim {
 
     /// Keep-alive bytes on a link idle from `from` to `to`, within the measured window.
     fn keep_alive_bytes(&self, from: Ns, to: Ns) -> u64 {
-        let (Some(k), Some((w0, w1))) = (self.keep_alive, self.idle) else {
+        let Some((w0, w1)) = self.idle else {
             return 0;
         };
+        let k = self.keep_alive;
         let lo = from.max(w0);
         let hi = to.min(w1.unwrap_or(Ns::MAX));
         if hi <= lo {
@@ -737,23 +739,20 @@ impl Sim {
     }
 
     fn observe(&mut self, observer: usize, e: MemberEvent) {
-        let down = match e {
-            MemberEvent::Down(id) => id,
-            MemberEvent::Up(id) => {
-                let _ = id;
-                return;
-            }
-            _ => return,
+        let MemberEvent::Down(down) = e else {
+            return;
         };
         let Some(j) = self.topo.index(down.addr) else {
             return;
         };
         // Any identity of the node's current run (foca renews it after a false down).
         let running_same = self.running(j) && down.generation >= self.nodes[j].generation;
-        if running_same && self.healed_lately() && !self.cut_lately(observer, j) {
+        if !running_same || self.cut_lately(observer, j) {
+            self.expected_downs += 1;
+        } else if self.healed_lately() {
             // Spread from the side that was cut off, which held the rest down.
             self.heal_downs += 1;
-        } else if running_same && self.reachable(observer, j) && !self.cut_lately(observer, j) {
+        } else if self.reachable(observer, j) {
             if self
                 .false_downs
                 .insert((observer, down.id.clone(), down.generation))
@@ -905,11 +904,7 @@ impl Sim {
                     let links: Vec<((u32, u32), Ns)> =
                         self.links.iter().map(|(k, v)| (*k, *v)).collect();
                     for ((a, b), last) in links {
-                        let end = match self.keep_alive {
-                            Some(_) => self.now,
-                            None => self.now.min(last + self.idle_timeout),
-                        };
-                        let kas = self.keep_alive_bytes(last, end);
+                        let kas = self.keep_alive_bytes(last, self.now);
                         self.nodes[a as usize].sent += kas / 2;
                         self.nodes[b as usize].sent += kas / 2;
                     }
@@ -952,7 +947,7 @@ impl Sim {
         self.after_call(i);
     }
 
-    /// Runs the queue up to `until`, calling `check` every `every` (a false answer stops).
+    /// Runs the queue up to `until`.
     fn run_until(&mut self, until: Ns) {
         while let Some(Reverse(item)) = self.queue.peek() {
             if item.at > until {
@@ -985,34 +980,30 @@ impl Sim {
             .all(|m| m.active_members() + 1 == running)
     }
 
-    /// Runs until converged (checked every 100 ms) or `limit`; the instant it converged.
-    fn run_to_convergence(&mut self, limit: Ns) -> Option<Ns> {
+    /// Runs until `done` holds (checked every 100 ms) or `limit`; the instant it held.
+    fn run_until_true(&mut self, limit: Ns, done: impl Fn(&Sim) -> bool) -> Option<Ns> {
         loop {
-            if self.converged() {
+            if done(self) {
                 return Some(self.now);
             }
             if self.now >= limit {
                 return None;
             }
-            let next = (self.now + 100 * MS).min(limit);
-            self.run_until(next);
+            self.run_until((self.now + 100 * MS).min(limit));
         }
     }
 
-    /// Runs until no node has member updates left to pass on (checked every 100 ms) or
-    /// `limit`; the instant it got there.
-    fn run_to_quiet(&mut self, limit: Ns) -> Ns {
-        loop {
-            let quiet = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.machine.as_ref())
-                .all(|m| m.updates_backlog() == 0);
-            if quiet || self.now >= limit {
-                return self.now;
-            }
-            self.run_until((self.now + 100 * MS).min(limit));
-        }
+    /// Runs until converged or `limit`; the instant it converged.
+    fn run_to_convergence(&mut self, limit: Ns) -> Option<Ns> {
+        self.run_until_true(limit, Sim::converged)
+    }
+
+    /// Whether no node has member updates left to pass on.
+    fn quiet(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.machine.as_ref())
+            .all(|m| m.updates_backlog() == 0)
     }
 
     fn schedule(&mut self, at: Ns, a: Action) {
@@ -1050,7 +1041,8 @@ impl Sim {
         }
         // Idle traffic is measured for 20 s once foca has passed on every member update
         // (each is sent several times), before the faults.
-        let drained = self.run_to_quiet(self.now + 300 * SEC);
+        let limit = self.now + 300 * SEC;
+        let drained = self.run_until_true(limit, Sim::quiet).unwrap_or(limit);
         self.note(format!(
             "every member update passed on after {:.2} s",
             drained as f64 / SEC as f64
@@ -1301,22 +1293,4 @@ fn initial_rows(rng: &mut StdRng) -> Vec<LocalRow> {
         }
     }
     rows
-}
-
-/// One certificate per node, naming its region, from a throwaway CA in `dir`.
-fn make_certs(dir: &Path, topo: &Topo) -> anyhow::Result<Vec<NodeTls>> {
-    let ca_dir = dir.join("ca");
-    tls::init_ca(&ca_dir, "sim").context("creating the simulation's CA")?;
-    let ca = ca_dir.join(tls::CA_CERT_FILE);
-    topo.regions
-        .iter()
-        .enumerate()
-        .map(|(i, region)| {
-            let id = node_id(i);
-            let paths = tls::issue_cert_in(&ca_dir, &id, Some(*region), dir)
-                .with_context(|| format!("issuing a certificate for {id}"))?;
-            tls::load(&ca, &paths.cert, &paths.key)
-                .with_context(|| format!("loading the certificate of {id}"))
-        })
-        .collect()
 }

@@ -16,12 +16,12 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use switchyard_geo::Region;
 use switchyard_gossip::table::Digest;
@@ -35,9 +35,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
-const REGIONS: [&str; 13] = [
-    "WNAM", "ENAM", "WEU", "EEU", "NSAM", "SSAM", "OC", "ME", "NAF", "SAF", "SAS", "SEAS", "NEAS",
-];
 const POOL: &str = "bench";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -502,28 +499,9 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// One certificate per node, naming the region the node speaks for (as production issues
-/// them, so that every claim's region is checked against it).
-fn make_certs(dir: &Path, ids: &[String]) -> anyhow::Result<Vec<tls::NodeTls>> {
-    let ca_dir = dir.join("ca");
-    tls::init_ca(&ca_dir, "bench").context("creating the bench CA")?;
-    let ca = ca_dir.join(tls::CA_CERT_FILE);
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let region = region_of(i)?;
-            let paths = tls::issue_cert_in(&ca_dir, id, Some(region), dir)
-                .with_context(|| format!("issuing a certificate for {id}"))?;
-            tls::load(&ca, &paths.cert, &paths.key)
-                .with_context(|| format!("loading the certificate of {id}"))
-        })
-        .collect()
-}
-
 /// The region of node number `i`: the regions in turn.
-fn region_of(i: usize) -> anyhow::Result<Region> {
-    let code = REGIONS[i % REGIONS.len()];
-    code.parse().map_err(|_| anyhow!("unknown region {code}"))
+fn region_of(i: usize) -> Region {
+    Region::ALL[i % Region::ALL.len()]
 }
 
 /// The share of one core a node spends signing and verifying under steady RTT updates.
@@ -635,7 +613,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )));
     let _ = std::fs::remove_dir_all(&dir.0);
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i:03}")).collect();
-    let certs = make_certs(&dir.0, &ids)?;
+    let named: Vec<(String, Region)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), region_of(i)))
+        .collect();
+    let certs = switchyard_tests::harness::node_certs(&dir.0, "bench", &named)?;
     let sig_cost_us = signature_cost(&certs[0], 2000);
 
     // ---- Start every node, seeds = the first node's address. ----
@@ -650,7 +633,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let cfg = MeshConfig {
             node_id: id.clone(),
-            region: region_of(i)?,
+            region: region_of(i),
             cluster: "bench".into(),
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
